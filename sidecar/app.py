@@ -1,0 +1,161 @@
+"""Composition root: builds the stages in path order and owns their lifecycle.
+
+    protocol (gRPC servicers, health, reflection)
+      -> routing (Router)
+        -> batching (per-version scheduler)
+          -> engine (ONNX Runtime sessions in a thread pool)
+
+``start()`` returns once the ports are bound and the repository's models are loaded and warm;
+``drain()`` turns health NOT_SERVING, refuses new work and waits for in-flight requests;
+``stop()`` closes the servers, the versions (flushing their batchers) and the engines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from sidecar.batching.scheduler import BatchSettings, DirectScheduler, Scheduler
+from sidecar.config import SidecarConfig
+from sidecar.engine.base import Engine
+from sidecar.engine.repository import ModelVersion, Repository
+from sidecar.engine.statistics import VersionStatistics
+from sidecar.lifecycle import Lifecycle
+from sidecar.protocol._generated import grpc_service_pb2 as pb
+from sidecar.protocol._generated import grpc_service_pb2_grpc as pb_grpc
+from sidecar.protocol.inference_servicer import InferenceServicer
+from sidecar.routing.router import Router
+
+log = logging.getLogger(__name__)
+
+INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+def make_scheduler(engine: Engine, settings: BatchSettings, stats: VersionStatistics, label: str) -> Scheduler:
+    """Dynamic batching for versions with a batch dimension when enabled; otherwise straight through."""
+    if settings.enabled and engine.max_batch_size > 1:
+        try:
+            from sidecar.batching.dynamic import DynamicBatcher
+        except ImportError:  # batching stage not present in this build
+            return DirectScheduler(engine, stats)
+        return DynamicBatcher(engine, settings, stats, label)
+    return DirectScheduler(engine, stats)
+
+
+class Sidecar:
+    def __init__(self, config: SidecarConfig) -> None:
+        self.config = config
+        self.lifecycle = Lifecycle()
+        self.executor = ThreadPoolExecutor(max(1, config.engine.executor_threads), thread_name_prefix="engine")
+        self.repository = Repository(config, self.executor, make_scheduler)
+        self.router = Router(self.repository)
+        self.health = health.aio.HealthServicer()
+        self.repository.on_change(self._on_version_change)
+        self._server: grpc.aio.Server | None = None
+        self._control: grpc.aio.Server | None = None
+        self._control_registrations: list[Callable[[grpc.aio.Server], str]] = []
+        self._background: set[asyncio.Future] = set()
+        self.grpc_port = 0
+        self.control_port = 0
+
+    def add_control_service(self, register: Callable[[grpc.aio.Server], str]) -> None:
+        """Stages add their control-API servicers here before start(); ``register`` returns the service name."""
+        self._control_registrations.append(register)
+
+    async def start(self) -> None:
+        cfg = self.config.server
+        options = [
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(options=options)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.router, self.repository, self.lifecycle), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if cfg.reflection:
+            reflection.enable_server_reflection(
+                (
+                    INFERENCE_SERVICE,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
+                server,
+            )
+        self.grpc_port = server.add_insecure_port(f"{_host(cfg.grpc_host)}:{cfg.grpc_port}")
+        if self.grpc_port == 0:
+            raise OSError(f"cannot bind the gRPC port {cfg.grpc_host}:{cfg.grpc_port}")
+        await self._set_server_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.start()
+        self._server = server
+        log.info("Open Inference Protocol gRPC API listening on %s:%d", cfg.grpc_host, self.grpc_port)
+        if self._control_registrations and cfg.control_port >= 0:
+            control = grpc.aio.server(options=options)
+            names = [register(control) for register in self._control_registrations]
+            if cfg.reflection:
+                reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), control)
+            self.control_port = control.add_insecure_port(f"{_host(cfg.control_host)}:{cfg.control_port}")
+            await control.start()
+            self._control = control
+            log.info("control API listening on %s:%d", cfg.control_host, self.control_port)
+        if self.config.repository.load_on_start and self.repository.root is not None:
+            await self.repository.load_all()
+        for entry in self.repository.index():
+            if entry.state != "READY":
+                log.warning("not serving %s %s: %s", entry.name, entry.version or "-", entry.reason)
+        self.lifecycle.started = True
+        await self._set_server_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "sidecar ready: %d model version(s) serving", sum(1 for e in self.repository.index() if e.state == "READY")
+        )
+
+    async def _set_server_health(self, status: int) -> None:
+        await self.health.set("", status)
+        await self.health.set(INFERENCE_SERVICE, status)
+
+    def _on_version_change(self, mv: ModelVersion) -> None:
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        try:
+            any_ready = any(v.ready for v in self.repository.versions(mv.name))
+        except Exception:
+            any_ready = False
+        for service, status in ((f"{mv.name}/{mv.version_str}", mv.ready), (mv.name, any_ready)):
+            task = asyncio.ensure_future(self.health.set(service, serving if status else not_serving))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def drain(self, timeout_s: float | None = None) -> bool:
+        """Refuse new requests, report NOT_SERVING, wait for in-flight requests. True if all finished."""
+        timeout = self.config.server.drain_timeout_s if timeout_s is None else timeout_s
+        self.lifecycle.draining = True
+        await self.health.enter_graceful_shutdown()
+        log.info("draining: %d request(s) in flight", self.lifecycle.inflight)
+        done = await self.lifecycle.wait_idle(timeout)
+        if not done:
+            log.warning("drain timeout after %.1f s with %d request(s) in flight", timeout, self.lifecycle.inflight)
+        return done
+
+    async def stop(self, grace_s: float = 1.0) -> None:
+        if self._server is not None:
+            await self._server.stop(grace_s)
+        if self._control is not None:
+            await self._control.stop(grace_s)
+        await self.repository.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        log.info("sidecar stopped")
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

@@ -1,0 +1,1 @@
+"""Scheduling a version's requests onto its engine: straight through, or dynamically batched."""

@@ -1,0 +1,95 @@
+"""The scheduler interface between a model version and its engine, and the unbatched scheduler.
+
+A scheduler receives validated work items and resolves each one exactly once: with the outputs the
+request asked for, or with an error from ``sidecar.errors``. Statistics (queue and compute time,
+executions by batch size) are recorded by the scheduler, which is the one that knows them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from sidecar.config import BatchingConfig
+from sidecar.engine.base import Engine
+from sidecar.engine.statistics import VersionStatistics
+from sidecar.errors import DeadlineExceeded, ServerDraining
+from sidecar.types import InferenceRequest
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    """A request checked against the version's signature. ``rows`` is its batch size (1 if unbatched)."""
+
+    request: InferenceRequest
+    rows: int
+    output_names: tuple[str, ...]
+    arrival_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSettings:
+    """A version's batching settings: server defaults overlaid with the version's metadata."""
+
+    enabled: bool
+    max_batch_size: int
+    max_queue_delay_ms: float
+    preferred_batch_sizes: tuple[int, ...]
+    max_queue_size: int
+    batches_in_flight: int
+    adaptive: bool
+
+    @classmethod
+    def resolve(cls, defaults: BatchingConfig, overrides: Mapping[str, object]) -> BatchSettings:
+        values = {
+            "enabled": defaults.enabled,
+            "max_batch_size": defaults.max_batch_size,
+            "max_queue_delay_ms": defaults.max_queue_delay_ms,
+            "preferred_batch_sizes": tuple(defaults.preferred_batch_sizes),
+            "max_queue_size": defaults.max_queue_size,
+            "batches_in_flight": defaults.batches_in_flight,
+            "adaptive": defaults.adaptive,
+        }
+        for key, value in overrides.items():
+            values[key] = tuple(value) if key == "preferred_batch_sizes" else value  # type: ignore[arg-type]
+        return cls(**values)  # type: ignore[arg-type]
+
+
+class Scheduler(Protocol):
+    queue_depth: int
+
+    async def submit(self, item: WorkItem) -> dict[str, np.ndarray]: ...
+
+    async def close(self) -> None:
+        """Stop accepting; resolve everything already accepted; return when idle."""
+        ...
+
+
+class DirectScheduler:
+    """No batching: each request runs the engine on its own, as soon as it arrives."""
+
+    def __init__(self, engine: Engine, stats: VersionStatistics) -> None:
+        self._engine = engine
+        self._stats = stats
+        self._closed = False
+        self.queue_depth = 0
+
+    async def submit(self, item: WorkItem) -> dict[str, np.ndarray]:
+        if self._closed:
+            raise ServerDraining("the version is shutting down and accepts no new requests")
+        deadline = item.request.deadline_ns
+        start = time.monotonic_ns()
+        if deadline is not None and start >= deadline:
+            raise DeadlineExceeded(f"request '{item.request.id}' expired before the model ran")
+        self._stats.record_queue(start - item.arrival_ns)
+        outputs = await self._engine.run(item.request.inputs, item.output_names)
+        end = time.monotonic_ns()
+        self._stats.record_execution(item.rows, 1, 0, end - start, 0)
+        return outputs
+
+    async def close(self) -> None:
+        self._closed = True

@@ -1,0 +1,224 @@
+"""The whole configuration as frozen, validated data, read once at start.
+
+Sources, later ones winning: defaults below < config file (TOML or YAML) < environment variables
+``SIDECAR_<SECTION>__<KEY>`` (e.g. ``SIDECAR_BATCHING__MAX_QUEUE_DELAY_MS=2``) < command-line flags.
+Every field carries a ``doc`` that ``sidecar serve --help`` prints, so the help is the reference.
+
+Nothing else in the package reads ``os.environ`` for its own settings (the OpenTelemetry
+``OTEL_*`` variables are read by the telemetry stage, where the standard says they belong).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sidecar.errors import ConfigError
+
+ENV_PREFIX = "SIDECAR_"
+
+
+def _doc(text: str, **kw: Any) -> Any:
+    return field(metadata={"doc": text}, **kw)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    grpc_host: str = _doc("Address the inference gRPC server binds.", default="0.0.0.0")
+    grpc_port: int = _doc("Port of the Open Inference Protocol gRPC API (Triton's default).", default=8001)
+    max_message_bytes: int = _doc(
+        "Largest gRPC message accepted or sent; larger requests get RESOURCE_EXHAUSTED.",
+        default=64 * 1024 * 1024,
+    )
+    drain_timeout_s: float = _doc(
+        "On SIGTERM/SIGINT: how long in-flight requests may take to finish before exit.", default=30.0
+    )
+    reflection: bool = _doc("Serve gRPC server reflection.", default=True)
+    control_host: str = _doc("Address of the control API (loopback only by default).", default="127.0.0.1")
+    control_port: int = _doc("Port of the sidecar control API (status, drift, routing); 0 = off.", default=8003)
+    control_token: str = _doc("Bearer token required by the control API; empty = none.", default="")
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryConfig:
+    path: str = _doc("Model repository: <path>/<model>/<semver>/model.onnx [+ model.json|toml].", default="")
+    load_on_start: bool = _doc("Load every model found at start (else load through the API).", default=True)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    providers: tuple[str, ...] = _doc(
+        "ONNX Runtime execution providers in order of preference; unavailable ones are skipped, "
+        "CPU is always the last resort.",
+        default=("CUDAExecutionProvider", "CPUExecutionProvider"),
+    )
+    intra_op_threads: int = _doc("ONNX Runtime intra-op threads per session; 0 = its default.", default=0)
+    executor_threads: int = _doc(
+        "Threads that run model sessions off the event loop (shared by all versions).", default=4
+    )
+    warmup_batch_sizes: tuple[int, ...] = _doc(
+        "Batch sizes run before a version reports ready; empty = 1 and the max batch size.", default=()
+    )
+    warmup_runs: int = _doc("Warm-up inferences per batch size.", default=2)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingConfig:
+    enabled: bool = _doc("Dynamic batching on by default for models with a batch dimension.", default=True)
+    max_batch_size: int = _doc("Default rows per batch when a version's metadata sets none.", default=64)
+    max_queue_delay_ms: float = _doc(
+        "How long the oldest request may wait for company (Triton's max_queue_delay).", default=1.0
+    )
+    preferred_batch_sizes: tuple[int, ...] = _doc("Batch sizes to close a batch at, if reached.", default=())
+    max_queue_size: int = _doc("Queued requests per version before load shedding.", default=2048)
+    batches_in_flight: int = _doc("Batches a version may run at once.", default=2)
+    adaptive: bool = _doc(
+        "Use the learned cost model and callers' deadlines to decide when to close a batch.", default=True
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    repository: RepositoryConfig = field(default_factory=RepositoryConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    log_level: str = _doc("Log level: DEBUG, INFO, WARNING, ERROR.", default="INFO")
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> SidecarConfig:
+        """Build the configuration from file < environment < ``overrides`` ("section.key": value)."""
+        data: dict[str, Any] = read_file(path) if path else {}
+        env = os.environ if environ is None else environ
+        for key, value in env.items():
+            if key.startswith(ENV_PREFIX) and "__" in key:
+                section, _, name = key[len(ENV_PREFIX) :].lower().partition("__")
+                data.setdefault(section, {})[name] = value
+            elif key == ENV_PREFIX + "LOG_LEVEL":
+                data["log_level"] = value
+        for dotted, value in (overrides or {}).items():
+            if value is None:
+                continue
+            section, _, name = dotted.partition(".")
+            if name:
+                data.setdefault(section, {})[name] = value
+            else:
+                data[section] = value
+        return from_mapping(cls, data, "")
+
+    def replace(self, **sections: Any) -> SidecarConfig:
+        return dataclasses.replace(self, **sections)
+
+
+def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from exc
+    try:
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            loaded = yaml.safe_load(text) or {}
+        else:
+            import tomllib
+
+            loaded = tomllib.loads(text)
+    except Exception as exc:
+        raise ConfigError(f"config file {p} is not valid {p.suffix.lstrip('.') or 'TOML'}: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {p} must hold a table/mapping at the top level")
+    return loaded
+
+
+def from_mapping(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    """Build frozen dataclass ``cls`` from a mapping, coercing strings, refusing unknown keys."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or 'config'} must be a table, not {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown configuration key(s) {', '.join(_join(where, u) for u in unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, _join(where, name))
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where or 'config'}: {exc}") from exc
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return from_mapping(tp, value, where)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or value == "":
+            return None
+        return _coerce(args[0], value, where)
+    if origin is tuple:
+        (item,) = typing.get_args(tp)[:1]
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, not {value!r}")
+        return tuple(_coerce(item, v, where) for v in value)
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} must be a table, not {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where} must be true or false, not {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be a number, not {value!r}")
+        try:
+            return tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a{'n integer' if tp is int else ' number'}, not {value!r}") from None
+    if tp is str:
+        if not isinstance(value, str | int | float):
+            raise ConfigError(f"{where} must be a string, not {value!r}")
+        return str(value)
+    return value
+
+
+def describe(cls: type = SidecarConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, doc) for every configuration field, for --help and the README."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = _join(prefix, f.name)
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows.extend(describe(tp, key))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if isinstance(default, tuple):
+            default = ",".join(str(d) for d in default)
+        rows.append((key, str(default), f.metadata.get("doc", "")))
+    return rows

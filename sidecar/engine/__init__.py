@@ -1,0 +1,1 @@
+"""Engines and the model repository: which versions exist, their sessions, warm-up and statistics."""

@@ -1,0 +1,156 @@
+"""ONNX Runtime engine: one ``InferenceSession`` per loaded version.
+
+Providers come from configuration in order of preference (CUDA first by default); those the
+installed onnxruntime lacks are skipped, CPU is always appended as the last resort, and the provider
+the session actually uses is reported (``provider``), logged, and shown in model metadata.
+Sessions run in a shared thread pool: ONNX Runtime releases the GIL inside ``run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
+from pathlib import Path
+
+import numpy as np
+
+from sidecar.errors import EngineError, ModelLoadError
+from sidecar.types import TensorSpec
+
+log = logging.getLogger(__name__)
+
+_ORT_TYPES = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+def choose_providers(preferred: Sequence[str], available: Sequence[str]) -> list[str]:
+    chosen = [p for p in preferred if p in available]
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+class OnnxEngine:
+    platform = "onnxruntime_onnx"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        providers: Sequence[str],
+        executor: Executor,
+        max_batch_size: int,
+        intra_op_threads: int = 0,
+        label: str = "",
+    ) -> None:
+        import onnxruntime as ort
+
+        self._executor = executor
+        self.label = label or str(path)
+        options = ort.SessionOptions()
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        options.log_severity_level = 3
+        requested = choose_providers(providers, ort.get_available_providers())
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
+        except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
+            raise ModelLoadError(f"{path}: ONNX Runtime cannot load the model: {_first_line(exc)}") from exc
+        in_use = self._session.get_providers()
+        self.provider = in_use[0] if in_use else "CPUExecutionProvider"
+        if requested[0] != self.provider:
+            log.warning("%s: wanted %s, running on %s", self.label, requested[0], self.provider)
+        self._string_inputs: set[str] = set()
+        self.inputs = tuple(self._spec(arg, is_input=True) for arg in self._session.get_inputs())
+        self.outputs = tuple(self._spec(arg, is_input=False) for arg in self._session.get_outputs())
+        batchable = bool(self.inputs) and all(s.shape and s.shape[0] == -1 for s in (*self.inputs, *self.outputs))
+        self.max_batch_size = max_batch_size if batchable else 0
+        self._output_names = [s.name for s in self.outputs]
+
+    def _spec(self, arg, *, is_input: bool) -> TensorSpec:
+        kind = "input" if is_input else "output"
+        datatype = _ORT_TYPES.get(arg.type)
+        if datatype is None:
+            hint = (
+                " (for scikit-learn classifiers convert with options={'zipmap': False})"
+                if "map" in arg.type or "seq" in arg.type
+                else ""
+            )
+            raise ModelLoadError(
+                f"{self.label}: {kind} '{arg.name}' has type {arg.type}, "
+                f"which the Open Inference Protocol cannot carry{hint}"
+            )
+        if datatype == "BYTES" and is_input:
+            self._string_inputs.add(arg.name)
+        shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
+        return TensorSpec(arg.name, datatype, shape)
+
+    async def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.run_sync, inputs, output_names)
+
+    def run_sync(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        feed = dict(inputs)
+        for name in self._string_inputs:
+            if name in feed:
+                feed[name] = _to_str_array(feed[name])
+        names = list(output_names) or self._output_names
+        try:
+            results = self._session.run(names, feed)
+        except Exception as exc:
+            raise EngineError(f"{self.label}: model failed while running: {_first_line(exc)}") from exc
+        return dict(zip(names, results, strict=True))
+
+    def warm_up(self, batch_sizes: Sequence[int], runs: int) -> float:
+        """Run dummy inferences at each batch size; returns the seconds it took."""
+        start = time.perf_counter()
+        sizes = [b for b in batch_sizes if b > 0] if self.max_batch_size else [0]
+        for b in sizes:
+            feed = {s.name: dummy_tensor(s, b) for s in self.inputs}
+            for _ in range(runs):
+                self.run_sync(feed, self._output_names)
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self._session = None  # type: ignore[assignment]
+
+
+def dummy_tensor(spec: TensorSpec, batch: int) -> np.ndarray:
+    """Zeros of the spec's shape; ``batch`` replaces the leading -1 when > 0, other -1 become 1."""
+    from sidecar.types import DATATYPE_TO_DTYPE
+
+    shape = list(spec.shape)
+    if batch and shape:
+        shape[0] = batch
+    shape = [d if d >= 0 else 1 for d in shape]
+    if spec.datatype == "BYTES":
+        return np.full(shape, b"", dtype=object)
+    return np.zeros(shape, dtype=DATATYPE_TO_DTYPE[spec.datatype])
+
+
+def _to_str_array(array: np.ndarray) -> np.ndarray:
+    if array.dtype.kind == "U":
+        return array
+    flat = [v.decode("utf-8", "replace") if isinstance(v, bytes | bytearray) else str(v) for v in array.ravel()]
+    return np.array(flat, dtype=object).reshape(array.shape)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:500]

@@ -1,0 +1,81 @@
+"""Check a decoded request against a version's signature before it is queued or batched.
+
+One malformed request must never fail its neighbours in a batch, so everything that can be checked
+per request is checked here: missing/unknown inputs, datatype, rank, fixed dimensions, batch size,
+unknown requested outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from sidecar.errors import InvalidTensor
+from sidecar.types import TensorSpec, datatype_of
+
+
+def validate_inputs(
+    label: str,
+    inputs: Mapping[str, np.ndarray],
+    specs: Sequence[TensorSpec],
+    max_batch_size: int,
+) -> int:
+    """Raise InvalidTensor naming the tensor at fault; return the request's rows (0 if unbatched)."""
+    expected = {s.name for s in specs}
+    missing = [s.name for s in specs if s.name not in inputs]
+    if missing:
+        raise InvalidTensor(
+            f"{label}: missing input tensor(s) {', '.join(repr(m) for m in missing)}; "
+            f"the model expects {sorted(expected)}"
+        )
+    unknown = [n for n in inputs if n not in expected]
+    if unknown:
+        raise InvalidTensor(
+            f"{label}: unknown input tensor(s) {', '.join(repr(u) for u in unknown)}; "
+            f"the model expects {sorted(expected)}"
+        )
+    rows = -1
+    for spec in specs:
+        array = inputs[spec.name]
+        got = datatype_of(array)
+        if got != spec.datatype:
+            raise InvalidTensor(f"{label}: input '{spec.name}' has datatype {got}, the model expects {spec.datatype}")
+        shape = array.shape
+        if len(shape) != len(spec.shape):
+            raise InvalidTensor(
+                f"{label}: input '{spec.name}' has shape {list(shape)}, the model expects "
+                f"{len(spec.shape)} dimensions {list(spec.shape)}"
+            )
+        for axis, (dim, want) in enumerate(zip(shape, spec.shape, strict=True)):
+            if want >= 0 and dim != want:
+                raise InvalidTensor(
+                    f"{label}: input '{spec.name}' has shape {list(shape)}, the model expects "
+                    f"{list(spec.shape)} (dimension {axis} must be {want})"
+                )
+        if max_batch_size:
+            batch = shape[0]
+            if batch < 1:
+                raise InvalidTensor(f"{label}: input '{spec.name}' has an empty batch dimension")
+            if batch > max_batch_size:
+                raise InvalidTensor(
+                    f"{label}: input '{spec.name}' has batch size {batch}, above the "
+                    f"version's max_batch_size {max_batch_size}"
+                )
+            if rows not in (-1, batch):
+                raise InvalidTensor(f"{label}: inputs disagree on the batch size ({rows} vs {batch} for '{spec.name}')")
+            rows = batch
+    return max(rows, 0) if max_batch_size else 1
+
+
+def validate_outputs(label: str, requested: Sequence[str] | None, specs: Sequence[TensorSpec]) -> tuple[str, ...]:
+    names = tuple(s.name for s in specs)
+    if not requested:
+        return names
+    unknown = [r for r in requested if r not in names]
+    if unknown:
+        raise InvalidTensor(
+            f"{label}: unknown requested output(s) {', '.join(repr(u) for u in unknown)}; "
+            f"the model produces {list(names)}"
+        )
+    return tuple(dict.fromkeys(requested))

@@ -1,0 +1,214 @@
+"""Open Inference Protocol messages <-> domain values, converted once at the edge.
+
+Raw contents decode zero-copy: each numeric tensor is a read-only ``numpy.frombuffer`` view of the
+request's bytes. Typed contents (``InferTensorContents``) are accepted too, with range checks for the
+narrow integer types. Every structural problem raises ``InvalidTensor`` naming the tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+from sidecar.errors import InvalidParameter, InvalidTensor
+from sidecar.protocol._generated import grpc_service_pb2 as pb
+from sidecar.types import DATATYPE_TO_DTYPE, InferenceRequest, InferenceResponse, datatype_of
+
+# datatype -> (InferTensorContents field, numpy dtype used to read it)
+_TYPED_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+_CONTENT_FIELDS = tuple(pb.InferTensorContents.DESCRIPTOR.fields_by_name)
+_ITEMSIZE = {k: v.itemsize for k, v in DATATYPE_TO_DTYPE.items() if k != "BYTES"}
+_LEN = struct.Struct("<I")
+
+
+def decode_parameters(params: Mapping[str, pb.InferParameter]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, p in params.items():
+        which = p.WhichOneof("parameter_choice")
+        out[key] = getattr(p, which) if which else None
+    return out
+
+
+def decode_request(
+    msg: pb.ModelInferRequest, grpc_deadline_ns: int | None = None, routing_key: str | None = None
+) -> InferenceRequest:
+    """Decode and structurally check a ModelInferRequest (not yet against a model's signature)."""
+    if not msg.model_name:
+        raise InvalidParameter("model_name is empty: name the model to run")
+    raws = msg.raw_input_contents
+    inputs: dict[str, np.ndarray] = {}
+    if raws and len(raws) != len(msg.inputs):
+        raise InvalidTensor(
+            f"request has {len(msg.inputs)} input tensor(s) but {len(raws)} raw_input_contents entries; "
+            "send one raw entry per input, in the order of 'inputs'"
+        )
+    for i, tensor in enumerate(msg.inputs):
+        name = tensor.name
+        if not name:
+            raise InvalidTensor(f"input #{i} has no name")
+        if name in inputs:
+            raise InvalidTensor(f"input '{name}' appears more than once")
+        datatype = tensor.datatype
+        dtype = DATATYPE_TO_DTYPE.get(datatype)
+        if dtype is None:
+            if datatype == "BF16":
+                raise InvalidTensor(f"input '{name}': datatype BF16 is not supported by this server")
+            raise InvalidTensor(f"input '{name}' has unknown datatype '{datatype}'")
+        shape = tuple(tensor.shape)
+        if any(d < 0 for d in shape):
+            raise InvalidTensor(f"input '{name}' has a negative dimension in shape {list(shape)}")
+        count = math.prod(shape)
+        has_typed = tensor.HasField("contents")
+        if raws:
+            if has_typed:
+                raise InvalidTensor(
+                    f"input '{name}' sets typed 'contents' while the request uses raw_input_contents; "
+                    "use one or the other"
+                )
+            inputs[name] = _decode_raw(name, datatype, dtype, shape, count, raws[i])
+        elif has_typed:
+            inputs[name] = _decode_typed(name, datatype, dtype, shape, count, tensor.contents)
+        else:
+            raise InvalidTensor(f"input '{name}' has no data: set its 'contents' or raw_input_contents")
+    params = decode_parameters(msg.parameters) if msg.parameters else {}
+    deadline = grpc_deadline_ns
+    priority = 0
+    key = routing_key
+    if params:
+        timeout_us = params.get("timeout")
+        if timeout_us is not None:
+            if not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us < 0:
+                raise InvalidParameter(
+                    f"parameter 'timeout' must be a non-negative int64 (microseconds), not {timeout_us!r}"
+                )
+            if timeout_us > 0:
+                own = time.monotonic_ns() + timeout_us * 1000
+                deadline = own if deadline is None else min(deadline, own)
+        prio = params.get("priority")
+        if prio is not None:
+            if not isinstance(prio, int) or isinstance(prio, bool) or prio < 0:
+                raise InvalidParameter(f"parameter 'priority' must be a non-negative int64, not {prio!r}")
+            priority = prio
+        rk = params.get("routing_key")
+        if rk is not None:
+            key = str(rk)
+    requested = tuple(o.name for o in msg.outputs) or None
+    return InferenceRequest(
+        model_name=msg.model_name,
+        model_version=msg.model_version,
+        id=msg.id,
+        inputs=inputs,
+        requested_outputs=requested,
+        parameters=params,
+        deadline_ns=deadline,
+        priority=priority,
+        routing_key=key,
+    )
+
+
+def _decode_raw(
+    name: str, datatype: str, dtype: np.dtype, shape: tuple[int, ...], count: int, raw: bytes
+) -> np.ndarray:
+    if datatype == "BYTES":
+        items = []
+        offset, end = 0, len(raw)
+        while offset < end:
+            if offset + 4 > end:
+                raise InvalidTensor(f"input '{name}': BYTES raw contents end inside a 4-byte length prefix")
+            (n,) = _LEN.unpack_from(raw, offset)
+            offset += 4
+            if offset + n > end:
+                raise InvalidTensor(f"input '{name}': BYTES element {len(items)} claims {n} bytes, past the end")
+            items.append(raw[offset : offset + n])
+            offset += n
+        if len(items) != count:
+            raise InvalidTensor(f"input '{name}' has {len(items)} BYTES elements, shape {list(shape)} needs {count}")
+        array = np.empty(count, dtype=object)
+        array[:] = items
+        return array.reshape(shape)
+    expected = count * _ITEMSIZE[datatype]
+    if len(raw) != expected:
+        raise InvalidTensor(
+            f"input '{name}': raw contents hold {len(raw)} bytes, but {datatype} with shape {list(shape)} "
+            f"needs {expected} bytes"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def _decode_typed(
+    name: str, datatype: str, dtype: np.dtype, shape: tuple[int, ...], count: int, contents: pb.InferTensorContents
+) -> np.ndarray:
+    field = _TYPED_FIELD.get(datatype)
+    if field is None:
+        raise InvalidTensor(f"input '{name}': {datatype} has no typed contents field; send it as raw_input_contents")
+    for other in _CONTENT_FIELDS:
+        if other != field and len(getattr(contents, other)):
+            raise InvalidTensor(f"input '{name}' is {datatype} but its contents are in '{other}'; use '{field}'")
+    values = getattr(contents, field)
+    if len(values) != count:
+        raise InvalidTensor(f"input '{name}' has {len(values)} values in '{field}', shape {list(shape)} needs {count}")
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    if dtype.kind in "iu" and dtype.itemsize < 4:
+        wide = np.asarray(values, dtype=np.int64)
+        info = np.iinfo(dtype)
+        if wide.size and (wide.min() < info.min or wide.max() > info.max):
+            raise InvalidTensor(f"input '{name}': a value is outside the {datatype} range [{info.min}, {info.max}]")
+        return wide.astype(dtype).reshape(shape)
+    return np.asarray(values, dtype=dtype).reshape(shape)
+
+
+def encode_tensor_bytes(array: np.ndarray) -> bytes:
+    """Row-major, little-endian bytes of a tensor; BYTES elements are length-prefixed."""
+    if array.dtype.kind in ("O", "U", "S"):
+        parts = []
+        for v in array.ravel():
+            b = v if isinstance(v, bytes) else str(v).encode("utf-8")
+            parts.append(_LEN.pack(len(b)))
+            parts.append(b)
+        return b"".join(parts)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(array).tobytes()
+
+
+def encode_response(resp: InferenceResponse) -> pb.ModelInferResponse:
+    msg = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id)
+    raws = []
+    for name, array in resp.outputs.items():
+        msg.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+        raws.append(encode_tensor_bytes(array))
+    msg.raw_output_contents.extend(raws)
+    for key, value in resp.parameters.items():
+        set_parameter(msg.parameters[key], value)
+    return msg
+
+
+def set_parameter(p: pb.InferParameter, value: object) -> None:
+    if isinstance(value, bool):
+        p.bool_param = value
+    elif isinstance(value, int):
+        p.int64_param = value
+    elif isinstance(value, float):
+        p.double_param = value
+    else:
+        p.string_param = str(value)

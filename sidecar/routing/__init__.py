@@ -1,0 +1,1 @@
+"""Which version answers a request: explicit pinning, the default version, traffic policies."""

@@ -1,0 +1,78 @@
+"""Values that travel between stages: immutable, transport-free.
+
+A request's tensors are numpy arrays keyed by name. On the raw path they are read-only
+``numpy.frombuffer`` views of the gRPC message's bytes (zero-copy); nothing below ``protocol/``
+may write into them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Open Inference Protocol datatype <-> numpy dtype. BYTES tensors are object arrays of ``bytes``.
+DATATYPE_TO_DTYPE: Mapping[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+DTYPE_TO_DATATYPE: Mapping[np.dtype, str] = {v: k for k, v in DATATYPE_TO_DTYPE.items()}
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """The protocol datatype of an array (unicode and bytes arrays are BYTES)."""
+    kind = array.dtype.kind
+    if kind in ("U", "S", "O"):
+        return "BYTES"
+    return DTYPE_TO_DATATYPE[array.dtype]
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One input or output of a model version. ``shape`` uses -1 for a variable dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceRequest:
+    """One inference request, decoded and structurally valid (byte lengths match shapes).
+
+    ``model_version`` is "" when the caller named none. ``requested_outputs`` is None for "all".
+    ``deadline_ns`` is on the ``time.monotonic_ns`` clock, or None for no deadline.
+    """
+
+    model_name: str
+    model_version: str
+    id: str
+    inputs: Mapping[str, np.ndarray]
+    requested_outputs: tuple[str, ...] | None = None
+    parameters: Mapping[str, object] = field(default_factory=dict)
+    deadline_ns: int | None = None
+    priority: int = 0
+    routing_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceResponse:
+    """The answer: ``model_version`` says which version actually served it."""
+
+    model_name: str
+    model_version: str
+    id: str
+    outputs: Mapping[str, np.ndarray]
+    parameters: Mapping[str, object] = field(default_factory=dict)
