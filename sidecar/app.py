@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from sidecar.batching.scheduler import BatchSettings, DirectScheduler, Scheduler
 from sidecar.config import SidecarConfig
@@ -30,6 +29,7 @@ from sidecar.lifecycle import Lifecycle
 from sidecar.protocol._generated import grpc_service_pb2 as pb
 from sidecar.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from sidecar.protocol.inference_servicer import InferenceServicer
+from sidecar.protocol.reflection import HEALTH_SERVICE, enable_reflection
 from sidecar.routing.router import Router
 
 log = logging.getLogger(__name__)
@@ -81,14 +81,7 @@ class Sidecar:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if cfg.reflection:
-            reflection.enable_server_reflection(
-                (
-                    INFERENCE_SERVICE,
-                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                    reflection.SERVICE_NAME,
-                ),
-                server,
-            )
+            enable_reflection(server, (INFERENCE_SERVICE, HEALTH_SERVICE))
         self.grpc_port = server.add_insecure_port(f"{_host(cfg.grpc_host)}:{cfg.grpc_port}")
         if self.grpc_port == 0:
             raise OSError(f"cannot bind the gRPC port {cfg.grpc_host}:{cfg.grpc_port}")
@@ -100,7 +93,7 @@ class Sidecar:
             control = grpc.aio.server(options=options)
             names = [register(control) for register in self._control_registrations]
             if cfg.reflection:
-                reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), control)
+                enable_reflection(control, names)
             self.control_port = control.add_insecure_port(f"{_host(cfg.control_host)}:{cfg.control_port}")
             await control.start()
             self._control = control
