@@ -37,15 +37,17 @@ log = logging.getLogger(__name__)
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
-def make_scheduler(engine: Engine, settings: BatchSettings, stats: VersionStatistics, label: str) -> Scheduler:
+def make_scheduler(
+    engine: Engine, settings: BatchSettings, stats: VersionStatistics, model: str, version: str
+) -> Scheduler:
     """Dynamic batching for versions with a batch dimension when enabled; otherwise straight through."""
     if settings.enabled and engine.max_batch_size > 1:
         try:
             from sidecar.batching.dynamic import DynamicBatcher
         except ImportError:  # batching stage not present in this build
-            return DirectScheduler(engine, stats)
-        return DynamicBatcher(engine, settings, stats, label)
-    return DirectScheduler(engine, stats)
+            return DirectScheduler(engine, stats, model, version)
+        return DynamicBatcher(engine, settings, stats, model, version)
+    return DirectScheduler(engine, stats, model, version)
 
 
 class Sidecar:

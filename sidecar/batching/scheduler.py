@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from sidecar.config import BatchingConfig
 from sidecar.engine.base import Engine
 from sidecar.engine.statistics import VersionStatistics
 from sidecar.errors import DeadlineExceeded, ServerDraining
+from sidecar.telemetry.spans import INVALID_SPAN, batch_span, record_queue_time
 from sidecar.types import InferenceRequest
 
 
@@ -29,6 +30,7 @@ class WorkItem:
     rows: int
     output_names: tuple[str, ...]
     arrival_ns: int
+    span: Any = INVALID_SPAN  # the request's span (sidecar.telemetry.spans.current_span()), for batch links
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +74,11 @@ class Scheduler(Protocol):
 class DirectScheduler:
     """No batching: each request runs the engine on its own, as soon as it arrives."""
 
-    def __init__(self, engine: Engine, stats: VersionStatistics) -> None:
+    def __init__(self, engine: Engine, stats: VersionStatistics, model: str = "", version: str = "") -> None:
         self._engine = engine
         self._stats = stats
+        self._model = model
+        self._version = version
         self._closed = False
         self.queue_depth = 0
 
@@ -86,7 +90,9 @@ class DirectScheduler:
         if deadline is not None and start >= deadline:
             raise DeadlineExceeded(f"request '{item.request.id}' expired before the model ran")
         self._stats.record_queue(start - item.arrival_ns)
-        outputs = await self._engine.run(item.request.inputs, item.output_names)
+        record_queue_time(item.span, (start - item.arrival_ns) / 1e9)
+        with batch_span(self._model, self._version, (item.span,), item.rows, self._engine.provider):
+            outputs = await self._engine.run(item.request.inputs, item.output_names)
         end = time.monotonic_ns()
         self._stats.record_execution(item.rows, 1, 0, end - start, 0)
         return outputs

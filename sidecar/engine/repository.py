@@ -35,6 +35,7 @@ from sidecar.errors import (
     SidecarError,
     VersionNotFound,
 )
+from sidecar.telemetry.spans import current_span
 from sidecar.types import InferenceRequest, InferenceResponse
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,14 @@ class VersionState(enum.Enum):
     UNAVAILABLE = "UNAVAILABLE"
 
 
-SchedulerFactory = Callable[[Engine, BatchSettings, VersionStatistics, str], Scheduler]
+# (engine, settings, statistics, model name, version string) -> scheduler
+SchedulerFactory = Callable[[Engine, BatchSettings, VersionStatistics, str, str], Scheduler]
 
 
-def direct_scheduler(engine: Engine, settings: BatchSettings, stats: VersionStatistics, label: str) -> Scheduler:
-    return DirectScheduler(engine, stats)
+def direct_scheduler(
+    engine: Engine, settings: BatchSettings, stats: VersionStatistics, model: str, version: str
+) -> Scheduler:
+    return DirectScheduler(engine, stats, model, version)
 
 
 class ModelVersion:
@@ -97,7 +101,7 @@ class ModelVersion:
             engine = self.engine
             rows = validate_inputs(self.label, request.inputs, engine.inputs, engine.max_batch_size)
             outputs = validate_outputs(self.label, request.requested_outputs, engine.outputs)
-            result = await self.scheduler.submit(WorkItem(request, rows, outputs, arrival))
+            result = await self.scheduler.submit(WorkItem(request, rows, outputs, arrival, current_span()))
             ok = True
         finally:
             self.stats.record_request(ok, time.monotonic_ns() - arrival, rows)
@@ -287,7 +291,7 @@ class Repository:
             return reason
         mv.engine = engine
         mv.settings = settings
-        mv.scheduler = self._scheduler_factory(engine, settings, mv.stats, mv.label)
+        mv.scheduler = self._scheduler_factory(engine, settings, mv.stats, mv.name, mv.version_str)
         previous = self._models.get(name, {}).get(version)
         mv.state = VersionState.READY
         self._publish(mv)

@@ -9,6 +9,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class StatisticsSink(Protocol):
+    """Receives every recorded event as it happens (the telemetry stage turns them into metrics)."""
+
+    def request(self, ok: bool, duration_ns: int, rows: int) -> None: ...
+
+    def queue(self, ns: int) -> None: ...
+
+    def execution(self, batch_rows: int, requests: int, input_ns: int, infer_ns: int, output_ns: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -40,6 +51,7 @@ class VersionStatistics:
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, BatchStats] = field(default_factory=dict)
+    sink: StatisticsSink | None = None
 
     def record_request(self, ok: bool, duration_ns: int, rows: int) -> None:
         self.last_inference_ms = time.time_ns() // 1_000_000
@@ -48,9 +60,13 @@ class VersionStatistics:
             self.inference_count += rows
         else:
             self.fail.add(duration_ns)
+        if self.sink is not None:
+            self.sink.request(ok, duration_ns, rows)
 
     def record_queue(self, ns: int) -> None:
         self.queue.add(ns)
+        if self.sink is not None:
+            self.sink.queue(ns)
 
     def record_execution(self, batch_rows: int, requests: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
         """One engine run that served ``requests`` requests with ``batch_rows`` rows in all."""
@@ -64,3 +80,5 @@ class VersionStatistics:
         stats.compute_input.add(input_ns)
         stats.compute_infer.add(infer_ns)
         stats.compute_output.add(output_ns)
+        if self.sink is not None:
+            self.sink.execution(batch_rows, requests, input_ns, infer_ns, output_ns)

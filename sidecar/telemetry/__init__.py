@@ -1,0 +1,1 @@
+"""OpenTelemetry: traces, metrics and GPU/host sampling. Every instrument is declared once here."""
