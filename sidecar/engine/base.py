@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from typing import Protocol
 
 import numpy as np
 
 from sidecar.types import TensorSpec
+
+# The deadline (``time.monotonic_ns`` clock) of the request an engine runs for, set by the router on
+# the request's task; engines that forward work elsewhere (the upstream proxy) propagate it. None when
+# the request has no deadline or when the engine runs a merged batch outside any one request's task.
+DEADLINE_NS: ContextVar[int | None] = ContextVar("sidecar_deadline_ns", default=None)
 
 
 class Engine(Protocol):
