@@ -66,7 +66,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             mv = self._repository.get(request.name, request.version)
             return pb.ModelReadyResponse(ready=mv.ready and self._lifecycle.ready)
         except SidecarError as exc:
-            if exc.status == "UNAVAILABLE":
+            if exc.status in ("UNAVAILABLE", "NOT_FOUND"):  # a readiness probe: unknown is simply not ready
                 return pb.ModelReadyResponse(ready=False)
             await self._abort(context, exc)
 

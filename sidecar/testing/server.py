@@ -96,10 +96,10 @@ class ServerThread:
         self.stop()
 
 
-def config_for_tests(repository: str, **sections: dict[str, Any]) -> SidecarConfig:
+def config_for_tests(repository_path: str, /, **sections: dict[str, Any]) -> SidecarConfig:
     """A config for tests: port 0 everywhere, CPU provider, small warm-up; ``sections`` override."""
     overrides: dict[str, Any] = {
-        "repository.path": repository,
+        "repository.path": repository_path,
         "server.grpc_host": "127.0.0.1",
         "server.grpc_port": 0,
         "server.control_port": 0,
