@@ -84,11 +84,74 @@ class BatchingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """OpenTelemetry traces and metrics, and the Prometheus scrape endpoint.
+
+    Empty / zero values fall back to the standard ``OTEL_*`` environment variables, then to the
+    OpenTelemetry defaults; values set here win over ``OTEL_*`` (see the README's telemetry section).
+    """
+
+    enabled: bool = _doc("Master switch: false turns all telemetry off (no OpenTelemetry SDK objects).", default=True)
+    service_name: str = _doc("Resource service.name; empty = OTEL_SERVICE_NAME, else 'sidecar'.", default="")
+    traces_exporter: str = _doc(
+        "otlp | console | none (comma-separated); empty = OTEL_TRACES_EXPORTER, else otlp when an OTLP "
+        "endpoint is configured, else none.",
+        default="",
+    )
+    metrics_exporter: str = _doc(
+        "otlp | console | prometheus | none (comma-separated); empty = OTEL_METRICS_EXPORTER, else otlp "
+        "when an OTLP endpoint is configured, else none (the scrape endpoint is metrics_port).",
+        default="",
+    )
+    otlp_endpoint: str = _doc(
+        "OTLP collector URL (http://host:4317 for grpc, http://host:4318 for http/protobuf); "
+        "empty = OTEL_EXPORTER_OTLP[_TRACES|_METRICS]_ENDPOINT.",
+        default="",
+    )
+    otlp_protocol: str = _doc(
+        "grpc | http/protobuf; empty = OTEL_EXPORTER_OTLP[_TRACES|_METRICS]_PROTOCOL, else grpc.", default=""
+    )
+    otlp_headers: str = _doc(
+        "Extra export headers 'k1=v1,k2=v2'; empty = OTEL_EXPORTER_OTLP[_TRACES|_METRICS]_HEADERS.", default=""
+    )
+    otlp_timeout_ms: float = _doc("Per-export timeout; 0 = OTEL_EXPORTER_OTLP_TIMEOUT, else 10000.", default=0.0)
+    sampler: str = _doc(
+        "Trace sampler (OTEL_TRACES_SAMPLER names: parentbased_always_on, parentbased_traceidratio, "
+        "traceidratio, always_on, always_off, parentbased_always_off); empty = OTEL_TRACES_SAMPLER, else "
+        "parentbased_always_on.",
+        default="",
+    )
+    sampler_arg: str = _doc("Sampler argument (the ratio); empty = OTEL_TRACES_SAMPLER_ARG, else 1.0.", default="")
+    metrics_host: str = _doc("Address of the Prometheus scrape endpoint.", default="0.0.0.0")
+    metrics_port: int = _doc(
+        "Prometheus scrape endpoint port (Triton's --metrics-port, /metrics); -1 = off, 0 = any free port.",
+        default=8002,
+    )
+    metric_export_interval_ms: int = _doc(
+        "OTLP/console metric export interval; 0 = OTEL_METRIC_EXPORT_INTERVAL, else 60000.", default=0
+    )
+    span_queue_size: int = _doc(
+        "Finished spans buffered for export before new ones are dropped (and counted); "
+        "0 = OTEL_BSP_MAX_QUEUE_SIZE, else 2048.",
+        default=0,
+    )
+    span_batch_size: int = _doc("Spans per export call; 0 = OTEL_BSP_MAX_EXPORT_BATCH_SIZE, else 512.", default=0)
+    span_schedule_delay_ms: float = _doc(
+        "Longest wait before queued spans are exported; 0 = OTEL_BSP_SCHEDULE_DELAY, else 5000.", default=0.0
+    )
+    host_metrics: bool = _doc("Export process CPU and memory (psutil).", default=True)
+    gpu_metrics: bool = _doc("Export per-GPU utilization, memory, power, temperature (NVML).", default=True)
+    gpu_sample_interval_s: float = _doc("How often the GPU sampler thread reads NVML.", default=5.0)
+    shutdown_timeout_s: float = _doc("At stop: longest wait to flush spans and metrics.", default=5.0)
+
+
+@dataclass(frozen=True, slots=True)
 class SidecarConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     repository: RepositoryConfig = field(default_factory=RepositoryConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     log_level: str = _doc("Log level: DEBUG, INFO, WARNING, ERROR.", default="INFO")
 
     @classmethod
