@@ -146,12 +146,33 @@ class TelemetryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    policies: dict[str, Any] = _doc(  # noqa: RUF009 (a field() with a doc)
+        "Traffic policies by model, e.g. [routing.policies.mlp] stable = \"1.0.0\", weights = {\"1.0.0\" = 90, "
+        "\"1.1.0\" = 10}, shadows = {\"1.2.0\" = 100} (percent, 0.1 % steps; weights sum to 100). The state file's "
+        "run-time changes win over these.",
+        default_factory=dict,
+    )
+    state_file: str = _doc(
+        "Where run-time policy changes are written (atomically) so a restart keeps them; empty = "
+        "<repository.path>/.sidecar/routing-state.json; 'none' = not persisted.",
+        default="",
+    )
+    shadow_queue_size: int = _doc("Shadow copies waiting to run; beyond it copies are dropped, counted.", default=1024)
+    shadow_workers: int = _doc("Shadow copies running at once (all shadow versions together).", default=2)
+    shadow_timeout_s: float = _doc("A shadow copy that takes longer counts as a timeout.", default=5.0)
+    shadow_window_s: float = _doc("Length of a shadow comparison window.", default=60.0)
+    shadow_windows: int = _doc("Closed shadow comparison windows kept (besides the running total).", default=10)
+
+
+@dataclass(frozen=True, slots=True)
 class SidecarConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     repository: RepositoryConfig = field(default_factory=RepositoryConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     log_level: str = _doc("Log level: DEBUG, INFO, WARNING, ERROR.", default="INFO")
 
     @classmethod
