@@ -1,0 +1,1 @@
+"""Monitoring: streaming histograms (native kernel + numpy twin), drift and prediction quality."""
