@@ -1,0 +1,1 @@
+"""Benchmarks: load generator, server harness, peer comparisons, GPU scripts. Run from the repository root."""

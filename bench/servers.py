@@ -1,0 +1,314 @@
+"""Start, watch and stop servers under test as their own processes; read their CPU time.
+
+Every benchmark that needs a server uses this module, so they all start and measure servers the
+same way::
+
+    from bench.servers import start_sidecar
+
+    with start_sidecar(repo, env={"SIDECAR_BATCHING__ENABLED": "false"}) as server:
+        result = loadgen.run(server.target, payload, concurrency=64, duration_s=5,
+                             cpu_probes={"server": server.cpu_seconds})
+
+A server is ready when it answers the Open Inference Protocol ``ModelReady`` for each model named in
+``models`` (or ``ServerReady`` when none are named). ``cpu_seconds()`` is user + system CPU of the
+process and all its descendants (MLServer's workers, Triton under PyTriton), live ones read from
+/proc and finished-and-reaped ones from the parent's ``children_*`` times. Output goes to a log file
+(``log_path``) whose tail is shown when a server fails to start. ``stop()`` sends SIGTERM to the
+process group, waits, then SIGKILLs whatever is left, so nothing outlives the benchmark.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_READY_METHOD = "/inference.GRPCInferenceService/ServerReady"
+_MODEL_READY_METHOD = "/inference.GRPCInferenceService/ModelReady"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def process_tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants (reaped children included)."""
+    try:
+        root = psutil.Process(pid)
+        t = root.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        kids = root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0.0
+    for child in kids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            ct = child.cpu_times()
+            # A live child's own time; its reaped children are in its children_* fields.
+            total += ct.user + ct.system + ct.children_user + ct.children_system
+    return total
+
+
+def _model_ready_request(name: str) -> bytes:
+    """ModelReadyRequest{name=1} serialised by hand (no generated code needed)."""
+    raw = name.encode()
+    return b"\x0a" + _varint(len(raw)) + raw
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _is_ready(response: bytes) -> bool:
+    # ServerReadyResponse / ModelReadyResponse: bool ready = 1 -> b"\x08\x01" when true.
+    return response == b"\x08\x01"
+
+
+class ServerProcess:
+    """A server under test in its own process group. Use as a context manager or call start()/stop()."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        port: int,
+        models: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        startup_timeout_s: float = 120.0,
+        log_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.port = port
+        self.models = tuple(models)
+        self.env = dict(os.environ if env is None else env)
+        self.cwd = cwd
+        self.startup_timeout_s = startup_timeout_s
+        log_root = Path(log_dir) if log_dir else Path(tempfile.gettempdir())
+        log_root.mkdir(parents=True, exist_ok=True)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        self.log_path = log_root / f"{safe}-{os.getpid()}-{port}.log"
+        self.proc: subprocess.Popen | None = None
+        self.startup_s = 0.0
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError(f"{self.name} is not running")
+        return self.proc.pid
+
+    def cpu_seconds(self) -> float:
+        """Cumulative CPU seconds of the server and all its descendant processes."""
+        return process_tree_cpu(self.pid)
+
+    def start(self) -> ServerProcess:
+        if self.proc is not None:
+            raise RuntimeError(f"{self.name} was already started")
+        began = time.monotonic()
+        log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child, closed below
+        try:
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_s = time.monotonic() - began
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        with grpc.insecure_channel(self.target) as channel:
+            server_ready = channel.unary_unary(_READY_METHOD, request_serializer=None, response_deserializer=None)
+            model_ready = channel.unary_unary(_MODEL_READY_METHOD, request_serializer=None, response_deserializer=None)
+            pending = list(self.models)
+            while True:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"{self.name} exited with code {self.proc.returncode} before it was ready; "
+                        f"log {self.log_path}:\n{self.log_tail()}"
+                    )
+                try:
+                    if pending:
+                        if _is_ready(model_ready(_model_ready_request(pending[0]), timeout=2)):
+                            pending.pop(0)
+                            continue
+                    elif _is_ready(server_ready(b"", timeout=2)):
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{self.name} not ready after {self.startup_timeout_s:.0f} s; log {self.log_path}:\n"
+                        f"{self.log_tail()}"
+                    )
+                time.sleep(0.2)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        """SIGTERM the process group, wait ``timeout_s``, SIGKILL what is left. Returns the exit code."""
+        proc = self.proc
+        if proc is None:
+            return None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            descendants = psutil.Process(proc.pid).children(recursive=True)
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        # Children that left the process group (Triton's stubs do not, but be sure).
+        with contextlib.suppress(NameError):
+            _, alive = psutil.wait_procs(descendants, timeout=3)
+            for p in alive:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.kill()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return proc.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self if self.proc is not None else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def sidecar_env(settings: Mapping[str, Any] | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for ``sidecar serve``: ``{"batching.enabled": False}`` -> ``SIDECAR_BATCHING__ENABLED=false``."""
+    env = dict(os.environ if base is None else base)
+    for key, value in (settings or {}).items():
+        section, _, name = key.partition(".")
+        var = f"SIDECAR_{section.upper()}__{name.upper()}" if name else f"SIDECAR_{section.upper()}"
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, list | tuple):
+            value = ",".join(str(v) for v in value)
+        env[var] = str(value)
+    return env
+
+
+def start_sidecar(
+    repository: str | os.PathLike[str],
+    *,
+    models: Sequence[str] = (),
+    settings: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    port: int | None = None,
+    python: str = sys.executable,
+    name: str = "sidecar",
+    log_dir: str | os.PathLike[str] | None = None,
+    extra_args: Sequence[str] = (),
+    python_args: Sequence[str] = (),
+    startup_timeout_s: float = 120.0,
+) -> ServerProcess:
+    """Start ``sidecar serve`` on a free port (or ``port``) and return it once ``models`` are ready.
+
+    ``settings`` are configuration keys ("batching.enabled": False, "engine.executor_threads": 2, ...)
+    passed as SIDECAR_* environment variables over ``env`` (default: this process's environment).
+    ``python_args`` go before ``-m sidecar``: ``["-m", "cProfile", "-o", "out.prof"]`` profiles the event
+    loop thread (the profile is written when the server exits on SIGTERM).
+    """
+    port = port or free_port()
+    argv = [
+        python,
+        *python_args,
+        "-m",
+        "sidecar",
+        "serve",
+        "--model-repository",
+        str(repository),
+        "--grpc-port",
+        str(port),
+        "--grpc-address",
+        "127.0.0.1",
+        "--control-port",
+        "0",
+        "--log-level",
+        "WARNING",
+    ]
+    if config_file is not None:
+        argv += ["--config", str(config_file)]
+    argv += list(extra_args)
+    proc_env = sidecar_env(settings, env)
+    proc_env.setdefault("PYTHONUNBUFFERED", "1")
+    server = ServerProcess(
+        name,
+        argv,
+        port=port,
+        models=models,
+        env=proc_env,
+        cwd=REPO_ROOT,
+        startup_timeout_s=startup_timeout_s,
+        log_dir=log_dir,
+    )
+    return server.start()
+
+
+def start_echo(
+    *,
+    response_file: str | os.PathLike[str] | None = None,
+    parse: bool = False,
+    port: int | None = None,
+    python: str = sys.executable,
+    name: str = "echo",
+    log_dir: str | os.PathLike[str] | None = None,
+) -> ServerProcess:
+    """Start ``bench.echo_server`` (the bare grpc.aio ceiling) on a free port and return it once ready."""
+    port = port or free_port()
+    argv = [python, "-m", "bench.echo_server", "--port", str(port)]
+    if response_file is not None:
+        argv += ["--response-file", str(response_file)]
+    if parse:
+        argv.append("--parse")
+    return ServerProcess(name, argv, port=port, cwd=REPO_ROOT, log_dir=log_dir).start()
