@@ -30,7 +30,8 @@ from sidecar.protocol._generated import grpc_service_pb2 as pb
 from sidecar.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from sidecar.protocol.inference_servicer import InferenceServicer
 from sidecar.protocol.reflection import HEALTH_SERVICE, enable_reflection
-from sidecar.routing.router import Router
+from sidecar.protocol.routing_servicer import add_routing_servicer
+from sidecar.routing import build_routing
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class Sidecar:
         self.lifecycle = Lifecycle()
         self.executor = ThreadPoolExecutor(max(1, config.engine.executor_threads), thread_name_prefix="engine")
         self.repository = Repository(config, self.executor, make_scheduler)
-        self.router = Router(self.repository)
+        self.router, self.routing = build_routing(config, self.repository)
         self.health = health.aio.HealthServicer()
         self.repository.on_change(self._on_version_change)
         self._server: grpc.aio.Server | None = None
@@ -65,6 +66,7 @@ class Sidecar:
         self._background: set[asyncio.Future] = set()
         self.grpc_port = 0
         self.control_port = 0
+        self.add_control_service(lambda server: add_routing_servicer(server, self.routing, config.server.control_token))
 
     def add_control_service(self, register: Callable[[grpc.aio.Server], str]) -> None:
         """Stages add their control-API servicers here before start(); ``register`` returns the service name."""
@@ -102,6 +104,8 @@ class Sidecar:
             log.info("control API listening on %s:%d", cfg.control_host, self.control_port)
         if self.config.repository.load_on_start and self.repository.root is not None:
             await self.repository.load_all()
+        self.routing.start()  # traffic policies: state file, then config (after the models are loaded)
+        self.router.start()
         for entry in self.repository.index():
             if entry.state != "READY":
                 log.warning("not serving %s %s: %s", entry.name, entry.version or "-", entry.reason)
@@ -143,6 +147,7 @@ class Sidecar:
             await self._server.stop(grace_s)
         if self._control is not None:
             await self._control.stop(grace_s)
+        await self.router.stop()  # shadow copies are dropped, never waited for
         await self.repository.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         log.info("sidecar stopped")

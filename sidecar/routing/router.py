@@ -1,19 +1,142 @@
-"""The router: picks the model version that answers a request and dispatches to it.
+"""The router: picks the model version that answers a request, dispatches to it, mirrors to shadows.
 
-Today: a request that names a version is pinned to it; otherwise the newest ready version (in
-semantic-version order) answers. Traffic policies (canary weights, sticky keys, shadows) extend this.
+- A request that names a version is pinned to it: no policy, no shadow.
+- A model without a traffic policy is answered by its newest ready version (semantic-version order).
+- A model with a policy: its ``CompiledPolicy`` chooses the version from the request's sticky key
+  (``routing_key`` parameter or ``x-routing-key`` header, else the request id, else a random draw).
+  If the chosen version is gone or not ready (being unloaded, say), the request falls back to the
+  policy's stable version, then to the newest ready version, and the fallback is logged; a client
+  never pays for a policy that went stale a moment before the controller caught up.
+- After the primary answered, the shadow versions the policy picks for this request get a copy
+  (``ShadowMirror.offer``, never waiting).
+
+Concurrency: ``_policies`` maps model -> CompiledPolicy and is replaced as a whole on every change
+(never mutated), so the request path reads it without a lock and never sees half a policy.
 """
 
 from __future__ import annotations
 
-from sidecar.engine.repository import Repository
+import logging
+import time
+
+from sidecar.engine.base import DEADLINE_NS
+from sidecar.engine.repository import ModelVersion, Repository
+from sidecar.errors import SidecarError
+from sidecar.routing.policy import CompiledPolicy
+from sidecar.routing.shadow import ShadowMirror
+from sidecar.telemetry.spans import current_span
 from sidecar.types import InferenceRequest, InferenceResponse
+
+log = logging.getLogger(__name__)
+
+_FALLBACK_LOG_INTERVAL_NS = 10_000_000_000
 
 
 class Router:
-    def __init__(self, repository: Repository) -> None:
+    def __init__(self, repository: Repository, shadows: ShadowMirror | None = None) -> None:
         self._repository = repository
+        self._policies: dict[str, CompiledPolicy] = {}
+        self.shadows = shadows if shadows is not None else ShadowMirror(repository.get)
+        self._fallback_logged: dict[tuple[str, str], int] = {}
+        self.fallbacks = 0
 
+    # -- policies (the controller installs them) ------------------------------------------------
+    def install(self, model: str, policy: CompiledPolicy | None) -> None:
+        """Atomically replace ``model``'s policy (None: back to the newest ready version)."""
+        policies = dict(self._policies)
+        if policy is None:
+            policies.pop(model, None)
+        else:
+            policies[model] = policy
+        self._policies = policies
+        self.shadows.reset(model, policy.shadow_versions if policy is not None else ())
+
+    def policy(self, model: str) -> CompiledPolicy | None:
+        return self._policies.get(model)
+
+    def policies(self) -> dict[str, CompiledPolicy]:
+        return self._policies
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.shadows.start()
+
+    async def stop(self) -> None:
+        await self.shadows.stop()
+
+    # -- the request path -----------------------------------------------------------------------
     async def dispatch(self, request: InferenceRequest) -> InferenceResponse:
-        version = self._repository.get(request.model_name, request.model_version)
-        return await version.infer(request)
+        token = DEADLINE_NS.set(request.deadline_ns)
+        try:
+            if request.model_version:
+                return await self._repository.get(request.model_name, request.model_version).infer(request)
+            policy = self._policies.get(request.model_name)
+            if policy is None:
+                return await self._repository.get(request.model_name).infer(request)
+            key = request.routing_key or request.id or None
+            mv = self._resolve(policy, policy.choose(key))
+            if not policy.shadow_versions:
+                return await mv.infer(request)
+            start = time.monotonic_ns()
+            response = await mv.infer(request)
+            shadows = policy.shadows_for(key)
+            if shadows:
+                parent = current_span().get_span_context()
+                self.shadows.offer(shadows, request, response, time.monotonic_ns() - start, parent)
+            return response
+        finally:
+            DEADLINE_NS.reset(token)
+
+    def choose(self, request: InferenceRequest) -> str:
+        """The version that would answer ``request`` now (the routing decision alone)."""
+        if request.model_version:
+            return request.model_version
+        policy = self._policies.get(request.model_name)
+        if policy is None:
+            return self._repository.get(request.model_name).version_str
+        return self._resolve(policy, policy.choose(request.routing_key or request.id or None)).version_str
+
+    def _resolve(self, policy: CompiledPolicy, version: str) -> ModelVersion:
+        model = policy.policy.model
+        try:
+            mv = self._repository.get(model, version)
+            if mv.ready:
+                return mv
+            problem = f"is {mv.state.value}"
+        except SidecarError as exc:
+            mv = None
+            problem = f"is unavailable ({exc.message})"
+        fallback = self._fallback(policy, version)
+        if fallback is None:
+            if mv is not None:
+                return mv  # nothing else is ready either: let the chosen version report its state
+            return self._repository.get(model)  # raises the repository's own, precise error
+        self.fallbacks += 1
+        now = time.monotonic_ns()
+        key = (model, version)
+        if now - self._fallback_logged.get(key, 0) > _FALLBACK_LOG_INTERVAL_NS:
+            self._fallback_logged[key] = now
+            log.warning(
+                "routing: model '%s' version %s from the traffic policy %s; serving %s instead",
+                model,
+                version,
+                problem,
+                fallback.version_str,
+            )
+        return fallback
+
+    def _fallback(self, policy: CompiledPolicy, failed: str) -> ModelVersion | None:
+        model = policy.policy.model
+        stable = policy.policy.stable
+        if stable != failed:
+            try:
+                mv = self._repository.get(model, stable)
+                if mv.ready:
+                    return mv
+            except SidecarError:
+                pass
+        try:
+            mv = self._repository.get(model)
+        except SidecarError:
+            return None
+        return mv if mv.ready else None

@@ -1,0 +1,268 @@
+"""Shadow-versus-primary comparison statistics, per shadow version, over tumbling time windows.
+
+For every mirrored request whose shadow answered, the outputs both versions produced are compared:
+
+- classifiers: the share of rows whose predicted class agrees. The predicted class is an integer
+  output of shape ``[batch]`` (a label) when the model has one, else the arg-max over the last axis of
+  a floating-point output of shape ``[batch, classes]`` (probabilities or logits);
+- every numeric output: the mean and the max absolute difference, element-wise (except 1-D integer
+  outputs, which are class labels: a difference between two class ids means nothing, agreement does);
+- latency: the shadow's latency minus the primary's, mean and max;
+- errors: shadow failures, timeouts and "mismatches" (missing outputs, other shapes, NaN where the
+  primary has a number) over the copies that ran; copies dropped because the shadow queue was full.
+
+Only the shadow workers update these (on the event loop), so no lock is needed; readers take
+``snapshot()`` values, which are immutable.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowSnapshot:
+    """Comparison figures for one window (or the total since the shadow was configured)."""
+
+    start_unix_s: float
+    duration_s: float
+    mirrored: int  # copies queued
+    dropped: int  # copies refused because the shadow queue was full
+    completed: int  # copies that got an answer from the shadow
+    errors: int
+    timeouts: int
+    mismatches: int
+    compared_rows: int
+    class_rows: int
+    agreement: float  # NaN when no classifier output was compared
+    mean_abs_diff: float  # NaN when nothing numeric was compared
+    max_abs_diff: float
+    mean_latency_diff_ms: float  # shadow minus primary; NaN when no shadow answered
+    max_latency_diff_ms: float
+    mean_shadow_latency_ms: float
+
+    @property
+    def ran(self) -> int:
+        return self.completed + self.errors + self.timeouts
+
+    @property
+    def error_rate(self) -> float:
+        return (self.errors + self.timeouts) / self.ran if self.ran else math.nan
+
+
+class _Window:
+    __slots__ = (
+        "agree",
+        "class_rows",
+        "compared_rows",
+        "completed",
+        "diff_elements",
+        "diff_sum",
+        "dropped",
+        "errors",
+        "latency_diff_max_ns",
+        "latency_diff_sum_ns",
+        "max_abs_diff",
+        "mirrored",
+        "mismatches",
+        "shadow_latency_sum_ns",
+        "start",
+        "timeouts",
+    )
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.mirrored = self.dropped = self.completed = self.errors = self.timeouts = self.mismatches = 0
+        self.compared_rows = self.class_rows = self.agree = self.diff_elements = 0
+        self.diff_sum = 0.0
+        self.max_abs_diff = 0.0
+        self.latency_diff_sum_ns = 0
+        self.latency_diff_max_ns = -(1 << 62)
+        self.shadow_latency_sum_ns = 0
+
+    def merge_into(self, total: _Window) -> None:
+        for name in (
+            "mirrored",
+            "dropped",
+            "completed",
+            "errors",
+            "timeouts",
+            "mismatches",
+            "compared_rows",
+            "class_rows",
+            "agree",
+            "diff_elements",
+            "diff_sum",
+            "latency_diff_sum_ns",
+            "shadow_latency_sum_ns",
+        ):
+            setattr(total, name, getattr(total, name) + getattr(self, name))
+        total.max_abs_diff = max(total.max_abs_diff, self.max_abs_diff)
+        total.latency_diff_max_ns = max(total.latency_diff_max_ns, self.latency_diff_max_ns)
+
+    def snapshot(self, end: float) -> ShadowSnapshot:
+        nan = math.nan
+        return ShadowSnapshot(
+            start_unix_s=self.start,
+            duration_s=max(0.0, end - self.start),
+            mirrored=self.mirrored,
+            dropped=self.dropped,
+            completed=self.completed,
+            errors=self.errors,
+            timeouts=self.timeouts,
+            mismatches=self.mismatches,
+            compared_rows=self.compared_rows,
+            class_rows=self.class_rows,
+            agreement=self.agree / self.class_rows if self.class_rows else nan,
+            mean_abs_diff=self.diff_sum / self.diff_elements if self.diff_elements else nan,
+            max_abs_diff=self.max_abs_diff if self.diff_elements else nan,
+            mean_latency_diff_ms=self.latency_diff_sum_ns / self.completed / 1e6 if self.completed else nan,
+            max_latency_diff_ms=self.latency_diff_max_ns / 1e6 if self.completed else nan,
+            mean_shadow_latency_ms=self.shadow_latency_sum_ns / self.completed / 1e6 if self.completed else nan,
+        )
+
+
+class ShadowStats:
+    """The windows of one (model, shadow version). ``window_s`` long, the last ``keep`` kept."""
+
+    def __init__(self, model: str, version: str, window_s: float = 60.0, keep: int = 10) -> None:
+        self.model = model
+        self.version = version
+        self.window_s = window_s
+        self._closed: deque[ShadowSnapshot] = deque(maxlen=max(1, keep))
+        now = time.time()
+        self._total = _Window(now)
+        self._current = _Window(now)
+
+    def _window(self) -> _Window:
+        now = time.time()
+        current = self._current
+        if now - current.start >= self.window_s:
+            # Close the finished window (and skip empty ones the clock jumped over).
+            self._closed.append(current.snapshot(current.start + self.window_s))
+            current.merge_into(self._total)
+            elapsed = int((now - current.start) // self.window_s)
+            current = self._current = _Window(current.start + elapsed * self.window_s)
+        return current
+
+    # -- recording (shadow workers and the mirror, on the event loop) -----------------------------
+    def record_mirrored(self) -> None:
+        self._window().mirrored += 1
+
+    def record_dropped(self) -> None:
+        self._window().dropped += 1
+
+    def record_error(self, timeout: bool = False) -> None:
+        w = self._window()
+        if timeout:
+            w.timeouts += 1
+        else:
+            w.errors += 1
+
+    def record_result(
+        self,
+        primary: Mapping[str, np.ndarray],
+        shadow: Mapping[str, np.ndarray],
+        primary_latency_ns: int,
+        shadow_latency_ns: int,
+    ) -> None:
+        w = self._window()
+        w.completed += 1
+        diff = shadow_latency_ns - primary_latency_ns
+        w.latency_diff_sum_ns += diff
+        w.latency_diff_max_ns = max(w.latency_diff_max_ns, diff)
+        w.shadow_latency_sum_ns += shadow_latency_ns
+        result = compare_outputs(primary, shadow)
+        if result.mismatch:
+            w.mismatches += 1
+        w.compared_rows += result.rows
+        w.class_rows += result.class_rows
+        w.agree += result.agree
+        w.diff_elements += result.elements
+        w.diff_sum += result.abs_diff_sum
+        w.max_abs_diff = max(w.max_abs_diff, result.max_abs_diff)
+
+    # -- reading -------------------------------------------------------------------------------
+    def current(self) -> ShadowSnapshot:
+        return self._window().snapshot(time.time())
+
+    def windows(self) -> tuple[ShadowSnapshot, ...]:
+        """Closed windows, oldest first, then the current (open) one."""
+        self._window()
+        return (*self._closed, self._current.snapshot(time.time()))
+
+    def total(self) -> ShadowSnapshot:
+        current = self._window()
+        total = _Window(self._total.start)
+        self._total.merge_into(total)
+        current.merge_into(total)
+        return total.snapshot(time.time())
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    rows: int = 0
+    class_rows: int = 0
+    agree: int = 0
+    elements: int = 0
+    abs_diff_sum: float = 0.0
+    max_abs_diff: float = 0.0
+    mismatch: bool = False
+
+
+def predicted_class(outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The per-row predicted class of a classifier's outputs, or None if they do not look like one."""
+    for array in outputs.values():
+        if array.dtype.kind in "iu" and array.ndim == 1:
+            return array
+    for array in outputs.values():
+        if array.dtype.kind == "f" and array.ndim == 2 and array.shape[1] > 1:
+            return np.argmax(array, axis=1)
+    return None
+
+
+def compare_outputs(primary: Mapping[str, np.ndarray], shadow: Mapping[str, np.ndarray]) -> Comparison:
+    """Compare a shadow's outputs with the primary's (see the module docstring)."""
+    mismatch = False
+    elements = 0
+    diff_sum = 0.0
+    max_diff = 0.0
+    rows = 0
+    for name, p in primary.items():
+        s = shadow.get(name)
+        if s is None or s.shape != p.shape:
+            mismatch = True
+            continue
+        rows = max(rows, p.shape[0] if p.ndim else 1)
+        if p.dtype.kind in "iu" and p.ndim == 1:
+            continue  # a label: compared by agreement below
+        if p.dtype.kind not in "biuf" or s.dtype.kind not in "biuf" or p.size == 0:
+            if p.dtype.kind in "OSU" and not np.array_equal(p, s):
+                mismatch = True
+            continue
+        d = np.abs(p.astype(np.float64, copy=False) - s.astype(np.float64, copy=False))
+        if not np.isfinite(d).all():
+            bad = ~np.isfinite(d)
+            if (np.isfinite(p.astype(np.float64, copy=False)) & bad).any():
+                mismatch = True
+            d = d[~bad]
+            if d.size == 0:
+                continue
+        elements += d.size
+        diff_sum += float(d.sum())
+        max_diff = max(max_diff, float(d.max()))
+    if set(shadow) - set(primary):
+        mismatch = True
+    class_rows = agree = 0
+    pc = predicted_class(primary)
+    sc = predicted_class({k: shadow[k] for k in primary if k in shadow}) if pc is not None else None
+    if pc is not None and sc is not None and pc.shape == sc.shape:
+        class_rows = int(pc.size)
+        agree = int(np.count_nonzero(pc == sc))
+    return Comparison(rows, class_rows, agree, elements, diff_sum, max_diff, mismatch)

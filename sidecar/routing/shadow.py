@@ -1,0 +1,192 @@
+"""Shadow mirroring: copy a share of live requests to shadow versions, off the client's path.
+
+After the primary answered, the router ``offer``s the request and the primary's outputs; ``offer``
+never awaits and never blocks: the copy goes into a bounded queue, or, when the queue is full, is
+dropped and counted. A fixed number of worker tasks take copies from the queue and run them on the
+shadow version at the lowest priority, each under its own timeout, then compare the answers
+(``comparison.ShadowStats``). Shadow answers are never returned to anybody, and a shadow's failure,
+hang or garbage only shows up in its statistics and logs, never in a client's response.
+
+Memory is bounded by ``queue_size`` copies (each holds references to the request's input views and
+the primary's outputs, nothing more).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from opentelemetry import trace
+
+from sidecar.engine.base import DEADLINE_NS
+from sidecar.errors import DeadlineExceeded, SidecarError
+from sidecar.routing.comparison import ShadowStats
+from sidecar.types import InferenceRequest, InferenceResponse
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("sidecar.routing")
+
+# Triton's convention: priority 0 is the default level and larger numbers are less urgent.
+SHADOW_PRIORITY = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowJob:
+    request: InferenceRequest  # already addressed to the shadow version
+    primary: InferenceResponse
+    primary_latency_ns: int
+    stats: ShadowStats
+    parent: Any  # the primary's span context (for a link), or None
+
+
+# (model, version) -> the ModelVersion-like object that answers (``await .infer(request)``)
+Resolver = Callable[[str, str], Any]
+
+
+class ShadowMirror:
+    def __init__(
+        self,
+        resolve: Resolver,
+        queue_size: int = 1024,
+        workers: int = 2,
+        timeout_s: float = 5.0,
+        window_s: float = 60.0,
+        windows: int = 10,
+    ) -> None:
+        self._resolve = resolve
+        self._queue: asyncio.Queue[ShadowJob | None] = asyncio.Queue(maxsize=max(1, queue_size))
+        self._workers_n = max(1, workers)
+        self._timeout_s = timeout_s
+        self._window_s = window_s
+        self._windows = windows
+        self._workers: list[asyncio.Task] = []
+        # (model, version) -> stats; replaced, never mutated, so readers iterate without a lock
+        self._stats: dict[tuple[str, str], ShadowStats] = {}
+        self.dropped_total = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        if not self._workers:
+            self._workers = [asyncio.ensure_future(self._worker(i)) for i in range(self._workers_n)]
+
+    async def stop(self) -> None:
+        """Drop queued copies, cancel the ones running (shadows never delay a shutdown)."""
+        workers, self._workers = self._workers, []
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    # -- statistics -----------------------------------------------------------------------------
+    def stats_for(self, model: str, version: str) -> ShadowStats:
+        key = (model, version)
+        stats = self._stats.get(key)
+        if stats is None:
+            stats = ShadowStats(model, version, self._window_s, self._windows)
+            self._stats = {**self._stats, key: stats}
+        return stats
+
+    def all_stats(self, model: str | None = None) -> list[ShadowStats]:
+        return [s for (m, _), s in sorted(self._stats.items()) if model is None or m == model]
+
+    def reset(self, model: str, keep: tuple[str, ...]) -> None:
+        """Forget the statistics of ``model``'s shadows that are no longer configured."""
+        self._stats = {k: s for k, s in self._stats.items() if k[0] != model or k[1] in keep}
+
+    # -- the request path -----------------------------------------------------------------------
+    def offer(
+        self,
+        versions: tuple[str, ...],
+        request: InferenceRequest,
+        primary: InferenceResponse,
+        primary_latency_ns: int,
+        parent: Any,
+    ) -> None:
+        """Queue a copy of ``request`` for each shadow version; never waits, never raises."""
+        for version in versions:
+            stats = self.stats_for(request.model_name, version)
+            copy = dataclasses.replace(request, model_version=version, priority=SHADOW_PRIORITY, deadline_ns=None)
+            try:
+                self._queue.put_nowait(ShadowJob(copy, primary, primary_latency_ns, stats, parent))
+            except asyncio.QueueFull:
+                stats.record_dropped()
+                self.dropped_total += 1
+                continue
+            stats.record_mirrored()
+
+    # -- workers --------------------------------------------------------------------------------
+    async def _worker(self, index: int) -> None:
+        while True:
+            job = await self._queue.get()
+            if job is None:
+                return
+            try:
+                await self._run(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug in comparison must not kill the worker
+                log.exception("shadow comparison failed for %s", job.request.model_name)
+
+    async def _run(self, job: ShadowJob) -> None:
+        request = job.request
+        timeout_s = self._timeout_s
+        start = time.monotonic_ns()
+        deadline = start + int(timeout_s * 1e9)
+        request = dataclasses.replace(request, deadline_ns=deadline)
+        token = DEADLINE_NS.set(deadline)
+        links = [trace.Link(job.parent)] if job.parent is not None and job.parent.is_valid else []
+        try:
+            with _tracer.start_as_current_span(
+                "sidecar.shadow",
+                context=trace.set_span_in_context(trace.INVALID_SPAN),
+                links=links,
+                attributes={
+                    "model.name": request.model_name,
+                    "model.version": request.model_version,
+                    "sidecar.shadow.primary_version": job.primary.model_version,
+                },
+                record_exception=False,
+            ) as span:
+                try:
+                    mv = self._resolve(request.model_name, request.model_version)
+                    response = await asyncio.wait_for(mv.infer(request), timeout_s)
+                except (TimeoutError, DeadlineExceeded):
+                    job.stats.record_error(timeout=True)
+                    span.set_attribute("sidecar.shadow.outcome", "timeout")
+                    return
+                except SidecarError as exc:
+                    job.stats.record_error()
+                    span.set_attribute("sidecar.shadow.outcome", "error")
+                    span.set_attribute("error.type", type(exc).__name__)
+                    log.debug("shadow %s %s failed: %s", request.model_name, request.model_version, exc.message)
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    job.stats.record_error()
+                    span.set_attribute("sidecar.shadow.outcome", "error")
+                    log.warning("shadow %s %s failed: %r", request.model_name, request.model_version, exc)
+                    return
+                latency = time.monotonic_ns() - start
+                job.stats.record_result(job.primary.outputs, _outputs(response), job.primary_latency_ns, latency)
+                span.set_attribute("sidecar.shadow.outcome", "ok")
+        finally:
+            DEADLINE_NS.reset(token)
+
+
+def _outputs(response: Any) -> Mapping[str, np.ndarray]:
+    outputs = getattr(response, "outputs", None)
+    if not isinstance(outputs, Mapping):
+        return {}
+    return {k: v for k, v in outputs.items() if isinstance(v, np.ndarray)}
