@@ -166,6 +166,69 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MonitoringConfig:
+    """Drift and data-quality monitoring of every request (see the README's monitoring section)."""
+
+    enabled: bool = _doc("Watch every request's inputs and outputs for drift and data quality.", default=True)
+    profile_file: str = _doc(
+        "Reference profile file in each version folder (written by `sidecar profile`); loaded with the version.",
+        default="reference_profile.json",
+    )
+    window_requests: int = _doc("Tumbling count window: requests per window.", default=1000)
+    window_s: float = _doc("Tumbling time window: seconds per window.", default=60.0)
+    alert_window: str = _doc("Window kind alerts are evaluated on: count | time.", default="count")
+    alert_after_windows: int = _doc(
+        "An alert is raised when its statistic is at or above its threshold this many windows in a row.", default=3
+    )
+    clear_after_windows: int = _doc("An alert clears after this many windows in a row below its threshold.", default=3)
+    alert_statistics: tuple[str, ...] = _doc(
+        "Statistics that raise alerts (others are reported only): psi, js, ks, chi2, missing_rate, inf_rate, "
+        "out_of_range_rate, schema_violation_rate.",
+        default=("psi", "chi2", "missing_rate", "inf_rate", "out_of_range_rate", "schema_violation_rate"),
+    )
+    psi_warn: float = _doc("PSI warn threshold (raised to the sample-size floor for small windows).", default=0.1)
+    psi_alert: float = _doc("PSI alert threshold (raised to the sample-size floor for small windows).", default=0.25)
+    js_warn: float = _doc("Jensen-Shannon distance (base 2) warn threshold.", default=0.05)
+    js_alert: float = _doc("Jensen-Shannon distance (base 2) alert threshold.", default=0.1)
+    significance: float = _doc(
+        "Alpha of the sample-size aware PSI/JS floor: chi2_isf(alpha, B-1) * (1/n + 1/m).", default=0.01
+    )
+    ks_warn_p: float = _doc("KS warn at this p-value (threshold = critical D).", default=0.15)
+    ks_alert_p: float = _doc("KS alert at this p-value (threshold = critical D).", default=0.05)
+    chi2_warn_p: float = _doc("Categorical chi-square warn at this p-value.", default=0.15)
+    chi2_alert_p: float = _doc("Categorical chi-square alert at this p-value.", default=0.05)
+    missing_rate_warn: float = _doc("NaN/missing rate above the reference's rate that warns.", default=0.005)
+    missing_rate_alert: float = _doc("NaN/missing rate above the reference's rate that alerts.", default=0.01)
+    inf_rate_warn: float = _doc("+-inf rate above the reference's rate that warns.", default=0.0005)
+    inf_rate_alert: float = _doc("+-inf rate above the reference's rate that alerts.", default=0.001)
+    out_of_range_rate_warn: float = _doc("Share of values outside the reference [min, max] that warns.", default=0.02)
+    out_of_range_rate_alert: float = _doc("Share of values outside the reference [min, max] that alerts.", default=0.05)
+    schema_violation_rate_warn: float = _doc("Share of requests rejected for their inputs that warns.", default=0.001)
+    schema_violation_rate_alert: float = _doc("Share of requests rejected for their inputs that alerts.", default=0.01)
+    min_window_rows: int = _doc("Windows with fewer rows report insufficient_data, leaving alerts alone.", default=50)
+    buffer_rows: int = _doc(
+        "Rows per version waiting to be folded into the histograms; beyond it observations are dropped (counted).",
+        default=65536,
+    )
+    flush_interval_ms: float = _doc("How long observations gather before one vectorized histogram update.", default=50)
+    history_windows: int = _doc("Closed windows of each kind kept for the drift report.", default=8)
+
+    def __post_init__(self) -> None:
+        if self.alert_window not in ("count", "time"):
+            raise ValueError(f"monitoring.alert_window must be 'count' or 'time', not {self.alert_window!r}")
+        if self.window_requests < 1 or self.window_s <= 0:
+            raise ValueError("monitoring.window_requests and monitoring.window_s must be positive")
+        if not 0.0 < self.significance < 1.0:
+            raise ValueError("monitoring.significance must be between 0 and 1")
+        if self.buffer_rows < 1 or self.history_windows < 1:
+            raise ValueError("monitoring.buffer_rows and monitoring.history_windows must be at least 1")
+        known = {"psi", "js", "ks", "chi2", "missing_rate", "inf_rate", "out_of_range_rate", "schema_violation_rate"}
+        unknown = sorted(set(self.alert_statistics) - known)
+        if unknown:
+            raise ValueError(f"monitoring.alert_statistics: unknown statistic(s) {unknown}; known: {sorted(known)}")
+
+
+@dataclass(frozen=True, slots=True)
 class SidecarConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     repository: RepositoryConfig = field(default_factory=RepositoryConfig)
@@ -173,6 +236,7 @@ class SidecarConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     log_level: str = _doc("Log level: DEBUG, INFO, WARNING, ERROR.", default="INFO")
 
     @classmethod
