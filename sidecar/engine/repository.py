@@ -26,6 +26,7 @@ from sidecar.engine.base import Engine
 from sidecar.engine.metadata import VersionMetadata, load_metadata
 from sidecar.engine.semver import SemVer
 from sidecar.engine.statistics import VersionStatistics
+from sidecar.engine.upstream import UPSTREAM_FILES, UpstreamEngine, UpstreamSettings, find_upstream_file
 from sidecar.engine.validation import validate_inputs, validate_outputs
 from sidecar.errors import (
     InvalidArgument,
@@ -85,7 +86,8 @@ class ModelVersion:
 
     @property
     def ready(self) -> bool:
-        return self.state is VersionState.READY
+        # An upstream engine is only ready while its upstream says so (engine.upstream's probe).
+        return self.state is VersionState.READY and getattr(self.engine, "healthy", True)
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         if self.state is not VersionState.READY or self.engine is None or self.scheduler is None:
@@ -238,8 +240,8 @@ class Repository:
             if onnx.exists() and not onnx.resolve().is_relative_to(self._root):  # type: ignore[arg-type]
                 self._fail(name, entry.name, f"{onnx} resolves outside the model repository")
                 continue
-            if not onnx.is_file():
-                self._fail(name, entry.name, f"{entry} has no {MODEL_FILE}")
+            if not onnx.is_file() and find_upstream_file(entry) is None:
+                self._fail(name, entry.name, f"{entry} has no {MODEL_FILE} (nor {' or '.join(UPSTREAM_FILES)})")
                 continue
             found[str(semver)] = entry
         if not found and not any(k[0] == name for k in self._failures):
@@ -262,6 +264,9 @@ class Repository:
         try:
             settings = BatchSettings.resolve(self._config.batching, metadata.batching)
             engine = await loop.run_in_executor(self._executor, self._build_engine, mv, settings)
+            start = getattr(engine, "start", None)  # engines with async set-up (the upstream proxy)
+            if start is not None:
+                await start()
             sizes = metadata.warmup_batch_sizes or self._config.engine.warmup_batch_sizes
             if not sizes:
                 sizes = tuple(sorted({1, engine.max_batch_size or 1}))
@@ -303,6 +308,14 @@ class Repository:
     def _build_engine(self, mv: ModelVersion, settings: BatchSettings) -> Engine:
         from sidecar.engine.onnx_session import OnnxEngine
 
+        upstream = find_upstream_file(mv.path)
+        if upstream is not None and not (mv.path / MODEL_FILE).is_file():
+            return UpstreamEngine(
+                UpstreamSettings.load(upstream, mv.name),
+                label=mv.label,
+                max_batch_size=settings.max_batch_size if settings.enabled else 0,
+                max_message_bytes=self._config.server.max_message_bytes,
+            )
         providers = mv.metadata.providers or self._config.engine.providers
         return OnnxEngine(
             mv.path / MODEL_FILE,

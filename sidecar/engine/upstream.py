@@ -1,0 +1,425 @@
+"""Upstream engine: a model version served by another Open Inference Protocol gRPC server.
+
+A version folder holds ``upstream.json`` (or ``upstream.toml``) instead of ``model.onnx``::
+
+    {"target": "triton:8001",       # host:port of the upstream's gRPC API (required)
+     "model": "resnet",             # the upstream's model name; default: this model's name
+     "version": "",                 # the upstream's version; default: its own default
+     "timeout_s": 30.0,             # per-call limit when the caller sent no deadline
+     "retries": 2,                  # extra attempts, only on UNAVAILABLE (see below)
+     "retry_backoff_ms": 10.0,      # first back-off, doubled per attempt
+     "connections": 2,              # pooled HTTP/2 connections, used round-robin
+     "max_batch_size": null,        # default: the upstream's ModelConfig (0 if it has none)
+     "health_interval_s": 2.0,      # how often the upstream's ModelReady is polled
+     "connect_timeout_s": 10.0,     # at load: how long to wait for the upstream to come up
+     "tls": false,                  # TLS with the system's root certificates
+     "headers": {}}                 # metadata sent on every call (e.g. an upstream's token)
+
+The version becomes READY only when the upstream says the model is ready; its inputs, outputs and
+platform are the upstream's ``ModelMetadata``, its batch size the upstream's ``ModelConfig``. A sidecar
+that starts before its upstream waits ``connect_timeout_s`` for it; after that the version is
+UNAVAILABLE with the reason, and a ``RepositoryModelLoad`` of the model tries again. While
+serving, a probe polls ``ModelReady``; an unready upstream makes the version not ready (``healthy``),
+so the router's fallback moves policy traffic away from it.
+
+Each call carries the caller's deadline (``DEADLINE_NS``) or ``timeout_s``, whichever ends first.
+Only UNAVAILABLE is retried: the call did not reach a model (no connection, connection reset, server
+going away), and inference has no side effects, so sending it again is safe; never after
+DEADLINE_EXCEEDED (the upstream may still be working on it) and never past the caller's deadline.
+Upstream statuses map to ours: UNAVAILABLE -> UpstreamUnavailable, DEADLINE_EXCEEDED ->
+DeadlineExceeded, INVALID_ARGUMENT -> InvalidArgument, NOT_FOUND -> UpstreamUnavailable (the upstream
+lost the model), RESOURCE_EXHAUSTED -> ResourceExhausted, anything else -> EngineError; every message
+names the upstream and keeps the upstream's own words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from sidecar.engine.base import DEADLINE_NS
+from sidecar.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    EngineError,
+    InvalidArgument,
+    ModelLoadError,
+    ResourceExhausted,
+    UpstreamUnavailable,
+)
+from sidecar.protocol._generated import grpc_service_pb2 as pb
+from sidecar.protocol._generated import grpc_service_pb2_grpc as pb_grpc
+from sidecar.protocol.codec import encode_tensor_bytes
+from sidecar.types import DATATYPE_TO_DTYPE, TensorSpec, datatype_of
+
+log = logging.getLogger(__name__)
+
+UPSTREAM_FILES = ("upstream.json", "upstream.toml")
+_PROBE_TIMEOUT_S = 2.0
+_LOAD_TIMEOUT_S = 10.0
+
+
+def find_upstream_file(version_dir: Path) -> Path | None:
+    for name in UPSTREAM_FILES:
+        path = version_dir / name
+        if path.is_file():
+            return path
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    target: str
+    model: str
+    version: str = ""
+    timeout_s: float = 30.0
+    retries: int = 2
+    retry_backoff_ms: float = 10.0
+    connections: int = 2
+    max_batch_size: int | None = None
+    health_interval_s: float = 2.0
+    connect_timeout_s: float = 10.0
+    tls: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path, model: str) -> UpstreamSettings:
+        try:
+            text = path.read_text()
+            if path.suffix == ".json":
+                raw = json.loads(text)
+            else:
+                import tomllib
+
+                raw = tomllib.loads(text)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{path}: cannot parse the upstream settings: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ModelLoadError(f"{path}: upstream settings must be an object/table")
+        return cls.from_mapping(raw, model, str(path))
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], model: str, where: str) -> UpstreamSettings:
+        types: dict[str, type | tuple[type, ...]] = {
+            "target": str,
+            "model": str,
+            "version": str,
+            "timeout_s": (int, float),
+            "retries": int,
+            "retry_backoff_ms": (int, float),
+            "connections": int,
+            "max_batch_size": (int, type(None)),
+            "health_interval_s": (int, float),
+            "connect_timeout_s": (int, float),
+            "tls": bool,
+            "headers": dict,
+        }
+        unknown = sorted(set(raw) - set(types))
+        if unknown:
+            raise ModelLoadError(f"{where}: unknown upstream key(s) {', '.join(unknown)} (known: {', '.join(types)})")
+        for key, value in raw.items():
+            tp = types[key]
+            if not isinstance(value, tp) or (isinstance(value, bool) and tp is not bool):
+                raise ModelLoadError(f"{where}: upstream '{key}' has the wrong type ({value!r})")
+        target = raw.get("target", "")
+        if not target or ":" not in target:
+            raise ModelLoadError(f"{where}: upstream 'target' must be host:port, not {target!r}")
+        settings = cls(
+            target=target,
+            model=raw.get("model") or model,
+            version=raw.get("version", ""),
+            timeout_s=float(raw.get("timeout_s", 30.0)),
+            retries=raw.get("retries", 2),
+            retry_backoff_ms=float(raw.get("retry_backoff_ms", 10.0)),
+            connections=raw.get("connections", 2),
+            max_batch_size=raw.get("max_batch_size"),
+            health_interval_s=float(raw.get("health_interval_s", 2.0)),
+            connect_timeout_s=float(raw.get("connect_timeout_s", 10.0)),
+            tls=raw.get("tls", False),
+            headers={str(k): str(v) for k, v in raw.get("headers", {}).items()},
+        )
+        if settings.timeout_s <= 0 or settings.retries < 0 or settings.connections < 1:
+            raise ModelLoadError(f"{where}: timeout_s must be > 0, retries >= 0, connections >= 1")
+        if settings.health_interval_s <= 0 or settings.retry_backoff_ms < 0 or settings.connect_timeout_s <= 0:
+            raise ModelLoadError(f"{where}: health_interval_s and connect_timeout_s must be > 0, retry_backoff_ms >= 0")
+        if settings.max_batch_size is not None and settings.max_batch_size < 0:
+            raise ModelLoadError(f"{where}: max_batch_size must be >= 0")
+        return settings
+
+
+class UpstreamEngine:
+    """Forwards inference to an upstream server; see the module docstring."""
+
+    def __init__(
+        self, settings: UpstreamSettings, *, label: str, max_batch_size: int, max_message_bytes: int = 64 << 20
+    ) -> None:
+        self.settings = settings
+        self.label = label
+        self.platform = "upstream"
+        self.provider = f"upstream:{settings.target}"
+        self.inputs: tuple[TensorSpec, ...] = ()
+        self.outputs: tuple[TensorSpec, ...] = ()
+        self.max_batch_size = 0
+        self.healthy = False
+        self._batch_limit = max_batch_size
+        self._options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.use_local_subchannel_pool", 1),  # one TCP connection per pooled channel
+            ("grpc.keepalive_time_ms", 30_000),
+        ]
+        self._metadata = tuple((k.lower(), v) for k, v in settings.headers.items()) or None
+        self._channels: list[grpc.aio.Channel] = []
+        self._stubs: list[pb_grpc.GRPCInferenceServiceStub] = []
+        self._next = itertools.count()
+        self._probe: asyncio.Task | None = None
+        self._where = f"upstream {settings.target} model '{settings.model}'" + (
+            f" version '{settings.version}'" if settings.version else ""
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect, read readiness, metadata and batch size from the upstream, start the probe."""
+        for _ in range(self.settings.connections):
+            if self.settings.tls:
+                channel = grpc.aio.secure_channel(
+                    self.settings.target, grpc.ssl_channel_credentials(), options=self._options
+                )
+            else:
+                channel = grpc.aio.insecure_channel(self.settings.target, options=self._options)
+            self._channels.append(channel)
+            self._stubs.append(pb_grpc.GRPCInferenceServiceStub(channel))
+        try:
+            await self._load_metadata()
+        except BaseException:
+            await self._close_channels()
+            raise
+        self.healthy = True
+        self._probe = asyncio.ensure_future(self._probe_loop())
+
+    async def _load_metadata(self) -> None:
+        s = self.settings
+        stub = self._stubs[0]
+        try:
+            ready = await stub.ModelReady(
+                pb.ModelReadyRequest(name=s.model, version=s.version),
+                timeout=s.connect_timeout_s,
+                metadata=self._metadata,
+                wait_for_ready=True,
+            )
+            if not ready.ready:
+                raise ModelLoadError(f"{self.label}: {self._where} is not ready; load it there first")
+            meta = await stub.ModelMetadata(
+                pb.ModelMetadataRequest(name=s.model, version=s.version),
+                timeout=_LOAD_TIMEOUT_S,
+                metadata=self._metadata,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise ModelLoadError(
+                f"{self.label}: cannot read {self._where}: {exc.code().name}: {exc.details()}"
+            ) from None
+        self.platform = meta.platform or "upstream"
+        self.inputs = tuple(TensorSpec(t.name, t.datatype, tuple(int(d) for d in t.shape)) for t in meta.inputs)
+        self.outputs = tuple(TensorSpec(t.name, t.datatype, tuple(int(d) for d in t.shape)) for t in meta.outputs)
+        if not self.inputs or not self.outputs:
+            raise ModelLoadError(
+                f"{self.label}: {self._where} reports no input/output metadata; the sidecar needs it to check "
+                "requests (declare the model's inputs and outputs on the upstream)"
+            )
+        for spec in (*self.inputs, *self.outputs):
+            if spec.datatype not in DATATYPE_TO_DTYPE:
+                raise ModelLoadError(f"{self.label}: {self._where}: tensor '{spec.name}' has datatype {spec.datatype}")
+        upstream_mbs = s.max_batch_size
+        if upstream_mbs is None:
+            upstream_mbs = 0
+            try:
+                config = await stub.ModelConfig(
+                    pb.ModelConfigRequest(name=s.model, version=s.version),
+                    timeout=_LOAD_TIMEOUT_S,
+                    metadata=self._metadata,
+                )
+                upstream_mbs = max(0, int(config.config.max_batch_size))
+            except grpc.aio.AioRpcError as exc:  # MLServer and KServe have no ModelConfig
+                log.info(
+                    "%s: %s has no ModelConfig (%s): no batch dimension assumed",
+                    self.label,
+                    self._where,
+                    exc.code().name,
+                )
+        if upstream_mbs:
+            if not all(spec.shape and spec.shape[0] == -1 for spec in (*self.inputs, *self.outputs)):
+                raise ModelLoadError(
+                    f"{self.label}: {self._where} has max_batch_size {upstream_mbs} but not every tensor's "
+                    "first dimension is variable (-1)"
+                )
+            self.max_batch_size = min(upstream_mbs, self._batch_limit) if self._batch_limit else upstream_mbs
+        log.info(
+            "%s: forwarding to %s (%s, max_batch_size %d, %d connection(s))",
+            self.label,
+            self._where,
+            self.platform,
+            self.max_batch_size,
+            len(self._channels),
+        )
+
+    async def _probe_loop(self) -> None:
+        s = self.settings
+        request = pb.ModelReadyRequest(name=s.model, version=s.version)
+        while True:
+            await asyncio.sleep(s.health_interval_s)
+            try:
+                response = await self._stubs[0].ModelReady(
+                    request, timeout=min(_PROBE_TIMEOUT_S, s.health_interval_s), metadata=self._metadata
+                )
+                healthy, why = bool(response.ready), "the upstream reports the model not ready"
+            except grpc.aio.AioRpcError as exc:
+                healthy, why = False, f"{exc.code().name}: {exc.details()}"
+            if healthy != self.healthy:
+                if healthy:
+                    log.info("%s: %s is ready again", self.label, self._where)
+                else:
+                    log.warning("%s: %s is not ready (%s)", self.label, self._where, why)
+                self.healthy = healthy
+
+    def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
+        self.healthy = False
+        if self._channels:
+            with contextlib.suppress(RuntimeError):  # no running loop: the process is ending anyway
+                asyncio.get_running_loop().create_task(self._close_channels())
+
+    async def _close_channels(self) -> None:
+        channels, self._channels, self._stubs = self._channels, [], []
+        await asyncio.gather(*(c.close(grace=1.0) for c in channels), return_exceptions=True)
+
+    # -- inference ------------------------------------------------------------------------------
+    async def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        if not self._stubs:
+            raise UpstreamUnavailable(f"{self.label}: the connection to {self._where} is closed")
+        s = self.settings
+        request = pb.ModelInferRequest(model_name=s.model, model_version=s.version)
+        raws = []
+        for name, array in inputs.items():
+            request.inputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+            raws.append(encode_tensor_bytes(array))
+        request.raw_input_contents.extend(raws)
+        for name in output_names:
+            request.outputs.add(name=name)
+        deadline = DEADLINE_NS.get()
+        own = time.monotonic_ns() + int(s.timeout_s * 1e9)
+        deadline = own if deadline is None else min(deadline, own)
+        attempt = 0
+        while True:
+            remaining = (deadline - time.monotonic_ns()) / 1e9
+            if remaining <= 0:
+                raise DeadlineExceeded(f"{self.label}: the deadline passed before {self._where} answered")
+            stub = self._stubs[next(self._next) % len(self._stubs)]
+            try:
+                response = await stub.ModelInfer(request, timeout=remaining, metadata=self._metadata)
+                break
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                if code is grpc.StatusCode.UNAVAILABLE and attempt < s.retries:
+                    backoff = s.retry_backoff_ms / 1e3 * (2**attempt)
+                    if time.monotonic_ns() + backoff * 1e9 < deadline:
+                        attempt += 1
+                        await asyncio.sleep(backoff)
+                        continue
+                raise self._error(exc, remaining, attempt + 1) from None
+        return decode_outputs(response, self.label)
+
+    def _error(self, exc: grpc.aio.AioRpcError, timeout_s: float, attempts: int) -> Exception:
+        code, details = exc.code(), exc.details() or ""
+        where = self._where
+        tries = f" after {attempts} attempt(s)" if attempts > 1 else ""
+        if code is grpc.StatusCode.UNAVAILABLE:
+            return UpstreamUnavailable(f"{self.label}: {where} is unavailable{tries}: {details}")
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            return DeadlineExceeded(f"{self.label}: {where} did not answer within {timeout_s:.3f} s")
+        if code is grpc.StatusCode.INVALID_ARGUMENT:
+            return InvalidArgument(f"{self.label}: {where} refused the request: {details}")
+        if code is grpc.StatusCode.NOT_FOUND:
+            return UpstreamUnavailable(f"{self.label}: {where} is not found there: {details}")
+        if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return ResourceExhausted(f"{self.label}: {where} is overloaded: {details}")
+        if code is grpc.StatusCode.CANCELLED:
+            return Cancelled(f"{self.label}: the call to {where} was cancelled")
+        return EngineError(f"{self.label}: {where} failed: {code.name}: {details}")
+
+
+def decode_outputs(msg: pb.ModelInferResponse, label: str) -> dict[str, np.ndarray]:
+    """The output tensors of an upstream's response (raw or typed contents)."""
+    raws = msg.raw_output_contents
+    if raws and len(raws) != len(msg.outputs):
+        raise EngineError(f"{label}: upstream answered {len(msg.outputs)} outputs with {len(raws)} raw contents")
+    out: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(msg.outputs):
+        dtype = DATATYPE_TO_DTYPE.get(tensor.datatype)
+        if dtype is None:
+            raise EngineError(f"{label}: upstream output '{tensor.name}' has datatype {tensor.datatype}")
+        shape = tuple(int(d) for d in tensor.shape)
+        count = math.prod(shape)
+        if raws:
+            out[tensor.name] = _from_raw(tensor.name, tensor.datatype, dtype, shape, count, raws[i], label)
+        else:
+            out[tensor.name] = _from_typed(tensor, dtype, shape, count, label)
+    return out
+
+
+def _from_raw(name: str, datatype: str, dtype: np.dtype, shape: tuple[int, ...], count: int, raw: bytes, label: str):
+    if datatype == "BYTES":
+        items, offset = [], 0
+        while offset < len(raw):
+            n = int.from_bytes(raw[offset : offset + 4], "little")
+            items.append(raw[offset + 4 : offset + 4 + n])
+            offset += 4 + n
+        if len(items) != count:
+            raise EngineError(f"{label}: upstream output '{name}' has {len(items)} elements, shape {list(shape)}")
+        array = np.empty(count, dtype=object)
+        array[:] = items
+        return array.reshape(shape)
+    if len(raw) != count * dtype.itemsize:
+        raise EngineError(f"{label}: upstream output '{name}' has {len(raw)} bytes for shape {list(shape)}")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+_TYPED = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def _from_typed(tensor, dtype: np.dtype, shape: tuple[int, ...], count: int, label: str) -> np.ndarray:
+    field_name = _TYPED.get(tensor.datatype)
+    values = getattr(tensor.contents, field_name) if field_name else ()
+    if len(values) != count:
+        raise EngineError(f"{label}: upstream output '{tensor.name}' has {len(values)} values for shape {list(shape)}")
+    if tensor.datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    return np.asarray(values, dtype=dtype).reshape(shape)
