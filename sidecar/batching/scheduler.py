@@ -17,7 +17,7 @@ import numpy as np
 from sidecar.config import BatchingConfig
 from sidecar.engine.base import Engine
 from sidecar.engine.statistics import VersionStatistics
-from sidecar.errors import DeadlineExceeded, ServerDraining
+from sidecar.errors import DeadlineExceeded, ModelLoadError, ServerDraining
 from sidecar.telemetry.spans import INVALID_SPAN, batch_span, record_queue_time
 from sidecar.types import InferenceRequest
 
@@ -58,7 +58,26 @@ class BatchSettings:
         }
         for key, value in overrides.items():
             values[key] = tuple(value) if key == "preferred_batch_sizes" else value  # type: ignore[arg-type]
-        return cls(**values)  # type: ignore[arg-type]
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Raise ModelLoadError naming every setting out of range (checked when a version loads)."""
+        problems = []
+        if self.max_batch_size < 1:
+            problems.append(f"max_batch_size must be at least 1, not {self.max_batch_size}")
+        if self.max_queue_delay_ms < 0:
+            problems.append(f"max_queue_delay_ms must not be negative, not {self.max_queue_delay_ms}")
+        if self.max_queue_size < 1:
+            problems.append(f"max_queue_size must be at least 1 (queues are always bounded), not {self.max_queue_size}")
+        if self.batches_in_flight < 1:
+            problems.append(f"batches_in_flight must be at least 1, not {self.batches_in_flight}")
+        bad = [s for s in self.preferred_batch_sizes if not isinstance(s, int) or not 1 <= s <= self.max_batch_size]
+        if bad:
+            problems.append(f"preferred_batch_sizes must lie in [1, max_batch_size={self.max_batch_size}], not {bad}")
+        if problems:
+            raise ModelLoadError("batching: " + "; ".join(problems))
 
 
 class Scheduler(Protocol):

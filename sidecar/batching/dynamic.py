@@ -1,0 +1,368 @@
+"""Dynamic batching: one queue per model version, rows merged into batches, outputs split back.
+
+    submit(item) ──▶ RequestQueue (priority, arrival, shape group, deadline)
+                          │  _schedule(): at most once per event-loop turn, on completion, on timer
+                          ▼
+                 ClosePolicy: close now, or when?  (Triton's rule or the adaptive rule)
+                          │
+                 _run(batch): merge (one np.concatenate per input) ─▶ engine.run ─▶ split (views)
+                          └─▶ every caller's future resolved exactly once
+
+Rules (each has a unit test in tests/batching/):
+
+* A batch holds at most the engine's ``max_batch_size`` rows (a request's rows are its batch
+  dimension); a bigger request was already refused as INVALID_ARGUMENT by validation, which runs
+  before submit, so one malformed request never reaches (or fails) a batch.
+* Requests are taken by priority level, then arrival (see ``sidecar.batching.queue``); requests whose
+  non-batch dimensions differ go into different batches; each caller gets exactly the outputs it
+  asked for, as views of the batch's output rows.
+* ``batches_in_flight`` batches may run at once, so the next batch is merged while one runs.
+* Bounded queue: at ``max_queue_size`` queued requests a new one fails at once with QueueFull
+  (RESOURCE_EXHAUSTED).
+* Deadlines (the caller's gRPC deadline and the ``timeout`` parameter, already combined in
+  ``InferenceRequest.deadline_ns``): a request that expires while queued is answered
+  DEADLINE_EXCEEDED without running, promptly (one timer for the earliest deadline, not one per
+  request). A caller that is cancelled is forgotten; its CancelledError propagates untouched.
+* A failing engine run fails every request in that batch with the engine's error (EngineError,
+  INTERNAL, for anything that is not already a SidecarError); the next batch runs normally.
+* ``close()`` refuses new requests, runs everything queued without waiting for company, and returns
+  when every accepted request has been answered.
+
+Costs on the event loop: per request one future, one queue entry and no task and no timer; per batch
+one task, one engine call and at most one timer. Timers in asyncio and uvloop resolve about 1 ms, so
+a wake-up is never armed closer than ``TIMER_MIN_NS``; short holds end on events instead (the running
+batch completing, a request arriving).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+from sidecar.batching.cost_model import CostModel
+from sidecar.batching.policy import ClosePolicy
+from sidecar.batching.queue import Entry, RequestQueue, priority_level
+from sidecar.batching.scheduler import BatchSettings, WorkItem
+from sidecar.engine.base import Engine
+from sidecar.engine.statistics import VersionStatistics
+from sidecar.errors import Cancelled, DeadlineExceeded, EngineError, QueueFull, ServerDraining, SidecarError
+from sidecar.telemetry.spans import batch_span, record_queue_time
+
+TIMER_MIN_NS = 1_000_000  # no wake-up is armed closer than this (event-loop timer resolution)
+DUE_SLACK_NS = 100_000  # a close time this close to now counts as now
+_EWMA = 0.125  # weight of a new sample in the arrival and merge-time averages
+_MAX_GAP_NS = 1_000_000_000  # an idle spell counts as at most this gap between arrivals
+
+
+class DynamicBatcher:
+    """The Scheduler of a version with a batch dimension and batching enabled."""
+
+    def __init__(
+        self, engine: Engine, settings: BatchSettings, stats: VersionStatistics, model: str = "", version: str = ""
+    ) -> None:
+        self._engine = engine
+        self._stats = stats
+        self._model = model
+        self._version = version
+        self.label = f"model '{model}' version '{version}'"
+        self.settings = settings
+        self._batched = engine.max_batch_size > 0
+        self._max_rows = max(1, engine.max_batch_size)
+        self._slots = max(1, settings.batches_in_flight)
+        self._max_queue = max(1, settings.max_queue_size)
+        self._preferred = frozenset(s for s in settings.preferred_batch_sizes if 0 < s <= self._max_rows)
+        self._input_names = tuple(s.name for s in engine.inputs)
+        self._output_rank = {s.name: i for i, s in enumerate(engine.outputs)}
+        # Only models with a variable non-batch dimension need shape groups.
+        self._keyed = self._batched and any(d < 0 for s in engine.inputs for d in s.shape[1:])
+        self.cost = CostModel()
+        delay_ns = int(settings.max_queue_delay_ms * 1_000_000)
+        self._policy = ClosePolicy(self._max_rows, delay_ns, settings.adaptive, self.cost)
+        self._queue = RequestQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running = 0
+        self._finishes: list[int] = []  # predicted finish (ns) of each running batch
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._schedule_pending = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_ns = 0
+        self._closed = False
+        self._idle: asyncio.Event | None = None
+        self._last_arrival_ns = 0
+        self._gap_ns = float(_MAX_GAP_NS)  # mean time between arrivals (EWMA)
+        self._rows_per_request = 1.0  # EWMA
+        self._merge_ns = 0.0  # EWMA of the time a merge takes
+
+    # -- Scheduler protocol ---------------------------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a batch (not counting those running)."""
+        return self._queue.count
+
+    @property
+    def batches_running(self) -> int:
+        return self._running
+
+    async def submit(self, item: WorkItem) -> dict[str, np.ndarray]:
+        if self._closed:
+            raise ServerDraining(f"{self.label} is shutting down and accepts no new requests")
+        queue = self._queue
+        deadline = item.request.deadline_ns
+        if deadline is not None and deadline <= time.monotonic_ns():
+            raise DeadlineExceeded(f"{self.label}: request '{item.request.id}' passed its deadline before queueing")
+        if queue.count >= self._max_queue:
+            now = time.monotonic_ns()
+            if queue.due(now):
+                self._fail_expired(queue.expire(now), now)
+            if queue.count >= self._max_queue:
+                raise QueueFull(
+                    f"{self.label}: the queue is full ({queue.count} requests waiting, max_queue_size "
+                    f"{self._max_queue}); retry with backoff, or raise batching.max_queue_size"
+                )
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        key = tuple(item.request.inputs[n].shape[1:] for n in self._input_names) if self._keyed else None
+        entry = Entry(item, loop.create_future(), key)
+        queue.push(entry, priority_level(item.request.priority))
+        arrival = item.arrival_ns
+        if self._last_arrival_ns:
+            gap = min(max(arrival - self._last_arrival_ns, 0), _MAX_GAP_NS)
+            self._gap_ns += (gap - self._gap_ns) * _EWMA
+            self._rows_per_request += (item.rows - self._rows_per_request) * _EWMA
+        self._last_arrival_ns = arrival
+        if not self._schedule_pending:
+            self._schedule_pending = True
+            loop.call_soon(self._schedule)
+        try:
+            return await entry.future
+        except asyncio.CancelledError:
+            if queue.discard(entry):  # still queued: forget it, it will never run
+                self._check_idle()
+            raise
+
+    async def close(self) -> None:
+        """Stop accepting; run everything queued at once; return when every request is answered."""
+        self._closed = True
+        if self._queue.count or self._running:
+            if self._idle is None:
+                self._idle = asyncio.Event()
+            self._schedule()
+            await self._idle.wait()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- forming batches ------------------------------------------------------------------------
+    def _schedule(self) -> None:
+        """Start every batch that should start now; arm one wake-up for the next decision."""
+        self._schedule_pending = False
+        queue = self._queue
+        now = time.monotonic_ns()
+        if queue.due(now):
+            self._fail_expired(queue.expire(now), now)
+        wake: int | None = None
+        while queue.count and self._running < self._slots:
+            limit = self._max_rows
+            target = queue.preferred_target(self._preferred, limit) if self._preferred else 0
+            if target:
+                limit = target
+            elif not self._closed and queue.rows < limit:
+                close_at = self._close_at(now)
+                if close_at > now + DUE_SLACK_NS:
+                    wake = close_at
+                    break
+            self._launch(now, limit)
+        if queue.count:
+            deadline = queue.earliest_deadline()
+            if deadline is not None and (wake is None or deadline < wake):
+                wake = deadline
+        self._arm(wake, now)
+
+    def _close_at(self, now: int) -> int:
+        queue = self._queue
+        head = queue.head()
+        return self._policy.close_at_ns(
+            now,
+            queue.count,
+            queue.rows,
+            head.item.arrival_ns if head is not None else now,
+            queue.earliest_deadline(),
+            self._running,
+            min(self._finishes) if self._finishes else None,
+            self._last_arrival_ns,
+            self._gap_ns,
+            self._rows_per_request,
+            self._merge_ns,
+        )
+
+    def _launch(self, now: int, limit: int) -> None:
+        expired: list[Entry] = []
+        batch, rows = self._queue.take(now, limit, expired)
+        if expired:
+            self._fail_expired(expired, now)
+        if not batch:
+            return
+        finish = now + int(self._merge_ns + self.cost.predict_ns(rows))
+        self._running += 1
+        self._finishes.append(finish)
+        task = asyncio.get_running_loop().create_task(self._run(batch, finish))
+        self._tasks.add(task)
+
+    def _arm(self, wake: int | None, now: int) -> None:
+        timer = self._timer
+        if wake is None:
+            if timer is not None:
+                timer.cancel()
+                self._timer = None
+            return
+        if timer is not None:
+            if self._timer_ns <= wake:
+                return  # an earlier wake-up is armed; it will decide again
+            timer.cancel()
+        self._timer_ns = wake
+        self._timer = asyncio.get_running_loop().call_later(max(wake - now, TIMER_MIN_NS) / 1e9, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._schedule()
+
+    def _fail_expired(self, entries: list[Entry], now: int) -> None:
+        for e in entries:
+            if not e.future.done():
+                waited_ms = (now - e.item.arrival_ns) / 1e6
+                e.future.set_exception(
+                    DeadlineExceeded(
+                        f"{self.label}: request '{e.item.request.id}' passed its deadline after waiting "
+                        f"{waited_ms:.1f} ms in the queue; it did not run"
+                    )
+                )
+        if entries:
+            self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self._closed and self._idle is not None and not self._queue.count and not self._running:
+            self._idle.set()
+
+    # -- running a batch ------------------------------------------------------------------------
+    async def _run(self, batch: list[Entry], finish: int) -> None:
+        released = False
+        try:
+            start = time.monotonic_ns()
+            batch = self._still_wanted(batch, start)
+            if not batch:
+                return
+            stats = self._stats
+            rows = 0
+            for e in batch:
+                rows += e.rows
+                queued = start - e.item.arrival_ns
+                stats.record_queue(queued)
+                record_queue_time(e.item.span, queued / 1e9)
+            error: SidecarError | None = None
+            outputs: dict[str, np.ndarray] = {}
+            names = self._output_names(batch)
+            try:
+                inputs = self._merge(batch)
+                merged = time.monotonic_ns()
+                spans = [e.item.span for e in batch]
+                with batch_span(self._model, self._version, spans, rows, self._engine.provider):
+                    outputs = await self._engine.run(inputs, names)
+            except SidecarError as exc:
+                error = exc
+            except asyncio.CancelledError:
+                self._fail(batch, Cancelled(f"{self.label}: the batch was cancelled (server shutting down)"))
+                raise
+            except Exception as exc:
+                error = EngineError(f"{self.label}: model failed while running: {type(exc).__name__}: {exc}")
+            else:
+                error = self._check_outputs(outputs, names, rows)
+            ran = time.monotonic_ns()
+            released = True
+            self._release(finish)
+            if error is not None:
+                self._fail(batch, error)
+                return
+            self._split(batch, outputs, names)
+            done = time.monotonic_ns()
+            merge_ns = merged - start
+            self._merge_ns += (merge_ns - self._merge_ns) * _EWMA
+            self.cost.observe(rows, ran - merged)
+            stats.record_execution(rows, len(batch), merge_ns, ran - merged, done - ran)
+        finally:
+            if not released:
+                self._release(finish)
+            self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._check_idle()
+
+    def _release(self, finish: int) -> None:
+        """Free the batch's slot and start the next batch before this one's outputs are split."""
+        self._running -= 1
+        self._finishes.remove(finish)
+        if self._queue.count:
+            self._schedule()
+
+    def _still_wanted(self, batch: list[Entry], now: int) -> list[Entry]:
+        """Drop callers cancelled or expired since the batch was taken (the model has not run yet)."""
+        live: list[Entry] | None = None
+        expired: list[Entry] = []
+        for i, e in enumerate(batch):
+            d = e.deadline_ns
+            if e.future.done() or (d is not None and d <= now):
+                if live is None:
+                    live = batch[:i]
+                if not e.future.done():
+                    expired.append(e)
+            elif live is not None:
+                live.append(e)
+        if expired:
+            self._fail_expired(expired, now)
+        return batch if live is None else live
+
+    def _output_names(self, batch: list[Entry]) -> tuple[str, ...]:
+        names = batch[0].item.output_names
+        for e in batch:
+            other = e.item.output_names
+            if other is not names and other != names:
+                wanted = {n for x in batch for n in x.item.output_names}
+                return tuple(sorted(wanted, key=self._output_rank.__getitem__))
+        return names
+
+    def _merge(self, batch: list[Entry]) -> dict[str, np.ndarray]:
+        if len(batch) == 1:
+            return dict(batch[0].item.request.inputs)
+        return {n: np.concatenate([e.item.request.inputs[n] for e in batch]) for n in self._input_names}
+
+    def _check_outputs(self, outputs: dict[str, np.ndarray], names: tuple[str, ...], rows: int) -> EngineError | None:
+        for name in names:
+            array = outputs.get(name)
+            if array is None:
+                return EngineError(f"{self.label}: the engine returned no output '{name}'")
+            if self._batched and (array.ndim == 0 or array.shape[0] != rows):
+                return EngineError(
+                    f"{self.label}: output '{name}' has shape {list(array.shape)} for a batch of {rows} rows; "
+                    "a batched model's outputs must keep the batch dimension first"
+                )
+        return None
+
+    def _split(self, batch: list[Entry], outputs: dict[str, np.ndarray], names: tuple[str, ...]) -> None:
+        if len(batch) == 1:
+            e = batch[0]
+            if not e.future.done():
+                wanted = e.item.output_names
+                e.future.set_result(outputs if wanted == names else {n: outputs[n] for n in wanted})
+            return
+        offset = 0
+        for e in batch:
+            end = offset + e.rows
+            if not e.future.done():
+                e.future.set_result({n: outputs[n][offset:end] for n in e.item.output_names})
+            offset = end
+
+    @staticmethod
+    def _fail(batch: list[Entry], error: SidecarError) -> None:
+        for e in batch:
+            if not e.future.done():
+                e.future.set_exception(error)
