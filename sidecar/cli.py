@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default="demo-repository", help="where the example repository is built")
     demo.add_argument("--requests", type=int, default=2000, help="requests to send per phase")
     demo.add_argument("--concurrency", type=int, default=16, help="concurrent client requests")
+
+    from sidecar.routing.commands import add_route_parser
+
+    add_route_parser(sub)  # sidecar route set|show|clear|history|shadows
     return parser
 
 
@@ -81,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sidecar.demo import run_demo
 
             return run_demo(args)
+        if args.command == "route":
+            from sidecar.routing.commands import run_route
+
+            return run_route(args)
     except ConfigError as exc:
         print(f"sidecar: configuration error: {exc.message}", file=sys.stderr)
         return 2
