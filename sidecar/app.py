@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -29,9 +30,12 @@ from sidecar.lifecycle import Lifecycle
 from sidecar.protocol._generated import grpc_service_pb2 as pb
 from sidecar.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from sidecar.protocol.inference_servicer import InferenceServicer
+from sidecar.protocol.interceptors import observed
 from sidecar.protocol.reflection import HEALTH_SERVICE, enable_reflection
 from sidecar.protocol.routing_servicer import add_routing_servicer
 from sidecar.routing import build_routing
+from sidecar.telemetry.settings import resolve as resolve_telemetry
+from sidecar.telemetry.stage import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +56,10 @@ def make_scheduler(
 
 
 class Sidecar:
-    def __init__(self, config: SidecarConfig) -> None:
+    def __init__(self, config: SidecarConfig, environ: Mapping[str, str] | None = None) -> None:
         self.config = config
+        self._environ = os.environ if environ is None else environ  # OTEL_* are read at start()
+        self.telemetry: Telemetry | None = None
         self.lifecycle = Lifecycle()
         self.executor = ThreadPoolExecutor(max(1, config.engine.executor_threads), thread_name_prefix="engine")
         self.repository = Repository(config, self.executor, make_scheduler)
@@ -80,8 +86,11 @@ class Sidecar:
             ("grpc.so_reuseport", 0),
         ]
         server = grpc.aio.server(options=options)
+        self.telemetry = Telemetry(resolve_telemetry(self.config.telemetry, self._environ))
+        self.telemetry.start(self.repository)
+        servicer = InferenceServicer(self.router, self.repository, self.lifecycle)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.router, self.repository, self.lifecycle), server
+            observed(servicer, INFERENCE_SERVICE, self.telemetry.tracer, self.telemetry.rpc_durations), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if cfg.reflection:
@@ -150,6 +159,8 @@ class Sidecar:
         await self.router.stop()  # shadow copies are dropped, never waited for
         await self.repository.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.telemetry is not None:
+            await asyncio.to_thread(self.telemetry.shutdown)  # flush spans and metrics, bounded
         log.info("sidecar stopped")
 
     async def wait_for_termination(self) -> None:

@@ -106,6 +106,7 @@ def config_for_tests(repository_path: str, /, **sections: dict[str, Any]) -> Sid
         "engine.providers": ["CPUExecutionProvider"],
         "engine.executor_threads": 2,
         "engine.intra_op_threads": 1,
+        "telemetry.metrics_port": -1,  # no fixed Prometheus port (8002) in tests; telemetry={...} turns it on
     }
     for section, values in sections.items():
         for key, value in values.items():

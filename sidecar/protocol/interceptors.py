@@ -1,0 +1,201 @@
+"""Per-RPC telemetry around a servicer: a server span per call and ``rpc.server.call.duration``.
+
+Not a ``grpc.aio.ServerInterceptor``: the generic interceptor machinery runs a coroutine per call for
+every method before the handler is even chosen. Instead ``observed(servicer, ...)`` wraps each
+servicer method once, at registration (the generated ``add_*_to_server`` reads the methods from the
+object it is given), so the per-call cost is the wrapper alone, and nothing at all when telemetry is
+off (the servicer itself is registered).
+
+The span continues the caller's W3C ``traceparent``/``tracestate`` from the call metadata and is the
+current span while the method runs (batchers link their batch spans to it). Its status follows the
+OpenTelemetry gRPC conventions: ``rpc.status_code`` always; ERROR status (with the gRPC details as
+description, and ``error.type``) for the codes that are server faults: UNKNOWN, DEADLINE_EXCEEDED,
+UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS. Client faults (INVALID_ARGUMENT, NOT_FOUND, ...)
+carry ``rpc.status_code`` and ``error.type`` but leave the status unset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from sidecar.telemetry.histograms import HistogramFamily
+
+SERVER_ERRORS = frozenset(
+    {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
+)
+_PROPAGATOR = TraceContextTextMapPropagator()
+_CODE_NAMES = {c: c.name for c in grpc.StatusCode}
+_CODE_NAMES.update({c.value[0]: c.name for c in grpc.StatusCode})
+
+
+def observed(servicer: Any, service: str, tracer: Any, durations: HistogramFamily | None) -> Any:
+    """``servicer`` with every RPC method observed; ``servicer`` itself when there is nothing to record."""
+    if tracer is None and durations is None:
+        return servicer
+    return ObservedServicer(servicer, service, tracer, durations)
+
+
+class ObservedServicer:
+    """Presents the wrapped servicer's RPC methods (capitalised names) with telemetry around them."""
+
+    def __init__(self, servicer: Any, service: str, tracer: Any, durations: HistogramFamily | None) -> None:
+        self._servicer = servicer
+        self._service = service
+        self._tracer = tracer
+        self._durations = durations
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._servicer, name)
+        if not name[:1].isupper() or not callable(attr):
+            return attr
+        call = _Call(f"{self._service}/{name}", self._tracer, self._durations)
+        if inspect.isasyncgenfunction(attr):
+            return call.wrap_stream(attr)
+        return call.wrap_unary(attr)
+
+
+class _Call:
+    """What one RPC method's wrapper needs, computed once."""
+
+    __slots__ = ("_by_code", "_durations", "_tracer", "attributes", "method")
+
+    def __init__(self, method: str, tracer: Any, durations: HistogramFamily | None) -> None:
+        self.method = method
+        self._tracer = tracer
+        self._durations = durations
+        self._by_code: dict[str, Any] = {}  # status code name -> histogram series; replaced, never mutated
+        self.attributes = {"rpc.system.name": "grpc", "rpc.method": method}
+
+    def _series(self, code: str) -> Any:
+        series = self._by_code.get(code)
+        if series is None:
+            series = self._durations.series(**self.attributes, **{"rpc.status_code": code})  # type: ignore[union-attr]
+            self._by_code = {**self._by_code, code: series}
+        return series
+
+    def _start(self, context: Any, request: Any) -> tuple[Any, Any]:
+        parent = _remote_parent(context)
+        span = self._tracer.start_span(self.method, context=parent, kind=SpanKind.SERVER, attributes=self.attributes)
+        if span.is_recording():
+            name = getattr(request, "model_name", None)
+            if name:
+                span.set_attribute("model.name", name)
+                if request.model_version:
+                    span.set_attribute("model.version", request.model_version)
+        return span, otel_context.attach(trace.set_span_in_context(span, parent))
+
+    def _finish(self, span: Any, token: Any, start_ns: int, code: str, exc: BaseException | None, ctx: Any) -> None:
+        if token is not None:
+            otel_context.detach(token)
+        if span is not None:
+            if span.is_recording():
+                span.set_attribute("rpc.status_code", code)
+                if code != "OK":
+                    error_type = type(exc).__name__ if exc is not None and code == "UNKNOWN" else code
+                    span.set_attribute("error.type", error_type)
+                    if code in SERVER_ERRORS:
+                        span.set_status(Status(StatusCode.ERROR, _details(ctx) or error_type))
+            span.end()
+        if self._durations is not None:
+            self._series(code).record(time.monotonic_ns() - start_ns)
+
+    def wrap_unary(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        tracer = self._tracer
+
+        async def unary(request: Any, context: Any) -> Any:
+            start = time.monotonic_ns()
+            span = token = None
+            if tracer is not None:
+                span, token = self._start(context, request)
+            code, error = "OK", None
+            try:
+                response = await method(request, context)
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except grpc.aio.AbortError:
+                code = _code(context) or "UNKNOWN"
+                raise
+            except BaseException as exc:
+                code, error = "UNKNOWN", exc
+                raise
+            else:
+                code = _code(context) or "OK"
+                return response
+            finally:
+                self._finish(span, token, start, code, error, context)
+
+        unary.__name__ = method.__name__
+        return unary
+
+    def wrap_stream(self, method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+        tracer = self._tracer
+
+        async def stream(request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+            start = time.monotonic_ns()
+            span = token = None
+            if tracer is not None:
+                span, token = self._start(context, None)
+            code, error = "OK", None
+            try:
+                async for response in method(request_iterator, context):
+                    yield response
+            except (asyncio.CancelledError, GeneratorExit):
+                code = "CANCELLED"
+                raise
+            except grpc.aio.AbortError:
+                code = _code(context) or "UNKNOWN"
+                raise
+            except BaseException as exc:
+                code, error = "UNKNOWN", exc
+                raise
+            else:
+                code = _code(context) or "OK"
+            finally:
+                self._finish(span, token, start, code, error, context)
+
+        stream.__name__ = method.__name__
+        return stream
+
+
+def _remote_parent(context: Any) -> Any:
+    """The caller's trace context from ``traceparent``/``tracestate`` metadata, or None."""
+    carrier = None
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent" or key == "tracestate":
+            if carrier is None:
+                carrier = {}
+            carrier[key] = value if isinstance(value, str) else value.decode()
+    if carrier is None or "traceparent" not in carrier:
+        return None
+    return _PROPAGATOR.extract(carrier)
+
+
+def _code(context: Any) -> str | None:
+    try:
+        code = context.code()
+    except Exception:
+        return None
+    if code is None:
+        return None
+    return _CODE_NAMES.get(code, str(code))
+
+
+def _details(context: Any) -> str:
+    try:
+        details = context.details()
+    except Exception:
+        return ""
+    if isinstance(details, bytes):
+        return details.decode(errors="replace")
+    return details or ""
