@@ -200,9 +200,7 @@ def markdown_table() -> str:
     ]
     for i in ALL:
         attrs = ", ".join(f"`{a}`" for a in i.attributes)
-        rows.append(
-            f"| `{i.name}` | `{prometheus_name(i)}` | {i.kind} | `{i.unit}` | {attrs} | {i.description} |"
-        )
+        rows.append(f"| `{i.name}` | `{prometheus_name(i)}` | {i.kind} | `{i.unit}` | {attrs} | {i.description} |")
     return "\n".join(rows)
 
 

@@ -198,9 +198,7 @@ class CountingMetricExporter(MetricExporter):
 
 
 def _points(data: MetricsData) -> int:
-    return sum(
-        len(m.data.data_points) for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
-    )
+    return sum(len(m.data.data_points) for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics)
 
 
 def _shutdown_exporter(exporter: Any, timeout_millis: float = 1000) -> None:

@@ -21,6 +21,7 @@ from sidecar.telemetry import catalog
 from sidecar.telemetry.model_metrics import create_observable
 
 log = logging.getLogger(__name__)
+_TEMPERATURE_GPU = 0  # pynvml.NVML_TEMPERATURE_GPU
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +120,7 @@ class GpuSampler:
                     memory_used=int(mem.used),
                     memory_total=int(mem.total),
                     power_w=_optional(lambda h=h: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0),
-                    temperature_c=_optional(lambda h=h: float(nvml.nvmlDeviceGetTemperature(h, getattr(nvml, "NVML_TEMPERATURE_GPU", 0)))),
+                    temperature_c=_optional(lambda h=h: float(nvml.nvmlDeviceGetTemperature(h, _TEMPERATURE_GPU))),
                 )
             )
         self.readings = tuple(readings)

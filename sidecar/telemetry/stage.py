@@ -70,9 +70,7 @@ class Telemetry:
             return
         from opentelemetry.sdk.resources import Resource
 
-        resource = Resource(
-            {**s.resource, "telemetry.sdk.name": "opentelemetry", "telemetry.sdk.language": "python"}
-        )
+        resource = Resource({**s.resource, "telemetry.sdk.name": "opentelemetry", "telemetry.sdk.language": "python"})
         if s.metrics:
             self._start_metrics(resource, repository)
         if s.tracing:
