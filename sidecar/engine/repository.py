@@ -15,10 +15,13 @@ import enum
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
+
+import numpy as np
 
 from sidecar.batching.scheduler import BatchSettings, DirectScheduler, Scheduler, WorkItem
 from sidecar.config import SidecarConfig
@@ -30,6 +33,7 @@ from sidecar.engine.upstream import UPSTREAM_FILES, UpstreamEngine, UpstreamSett
 from sidecar.engine.validation import validate_inputs, validate_outputs
 from sidecar.errors import (
     InvalidArgument,
+    InvalidTensor,
     ModelLoadError,
     ModelNotFound,
     ModelNotReady,
@@ -62,6 +66,16 @@ def direct_scheduler(
     return DirectScheduler(engine, stats, model, version)
 
 
+class InferenceObserver(Protocol):
+    """Sees every request a version answers, and every one it rejects for its inputs (the monitoring stage).
+
+    Both calls are made on the event loop, must be O(1) and must never raise."""
+
+    def observe(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], rows: int) -> None: ...
+
+    def rejected(self) -> None: ...
+
+
 class ModelVersion:
     """One version of one model: its engine, scheduler, statistics and state."""
 
@@ -80,6 +94,7 @@ class ModelVersion:
         self.stats = VersionStatistics()
         self.warmup_s = 0.0
         self.loaded_at = time.time()
+        self.observer: InferenceObserver | None = None  # set by the monitoring stage before READY
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -101,7 +116,12 @@ class ModelVersion:
         rows = 1
         try:
             engine = self.engine
-            rows = validate_inputs(self.label, request.inputs, engine.inputs, engine.max_batch_size)
+            try:
+                rows = validate_inputs(self.label, request.inputs, engine.inputs, engine.max_batch_size)
+            except InvalidTensor:
+                if self.observer is not None:
+                    self.observer.rejected()
+                raise
             outputs = validate_outputs(self.label, request.requested_outputs, engine.outputs)
             result = await self.scheduler.submit(WorkItem(request, rows, outputs, arrival, current_span()))
             ok = True
@@ -110,6 +130,8 @@ class ModelVersion:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
+        if self.observer is not None:
+            self.observer.observe(request.inputs, result, rows)
         return InferenceResponse(self.name, self.version_str, request.id, result)
 
     async def wait_idle(self, timeout_s: float | None = None) -> bool:
@@ -156,11 +178,17 @@ class Repository:
         self._failures: dict[tuple[str, str], str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._listeners: list[Callable[[ModelVersion], None]] = []
+        self._preparers: list[Callable[[ModelVersion, Engine], None]] = []
 
     # -- listeners (health, telemetry) --------------------------------------------------------
     def on_change(self, callback: Callable[[ModelVersion], None]) -> None:
         """Called (on the event loop) whenever a version changes state."""
         self._listeners.append(callback)
+
+    def before_ready(self, callback: Callable[[ModelVersion, Engine], None]) -> None:
+        """Called (on the event loop) with a loaded, warmed-up version and its engine just before it reports
+        READY; a SidecarError raised there fails the load with its message (a malformed reference profile)."""
+        self._preparers.append(callback)
 
     def _changed(self, mv: ModelVersion) -> None:
         for cb in self._listeners:
@@ -283,6 +311,8 @@ class Repository:
                 runs,
                 mv.warmup_s * 1e3,
             )
+            for prepare in self._preparers:
+                prepare(mv, engine)
         except SidecarError as exc:
             mv.state, mv.reason = VersionState.UNAVAILABLE, exc.message
             self._unpublish(mv)
