@@ -30,9 +30,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from sidecar.telemetry.histograms import HistogramFamily
 
-SERVER_ERRORS = frozenset(
-    {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
-)
+SERVER_ERRORS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"})
 _PROPAGATOR = TraceContextTextMapPropagator()
 _CODE_NAMES = {c: c.name for c in grpc.StatusCode}
 _CODE_NAMES.update({c.value[0]: c.name for c in grpc.StatusCode})
