@@ -1,0 +1,61 @@
+"""Build hook for the native histogram kernel; all project metadata lives in pyproject.toml.
+
+The extension is optional: without a working C compiler `pip install` still succeeds, prints a warning,
+and ``sidecar.monitoring.histogram`` uses its numpy twin (it logs which kernel is active, and
+``sidecar.monitoring.histogram.KERNEL`` says so). The kernel is portable C: no ``-march=native``; it
+carries AVX2 and AVX-512 variants chosen at run time (native/histogram.c).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+KERNEL_SOURCES = ["native/histogram.c", "sidecar/monitoring/_histogram_native.c"]
+KERNEL_HEADERS = ["native/histogram.h", "native/histogram_body.h"]
+
+
+class OptionalBuildExt(build_ext):
+    """Build the kernel if a compiler is there; otherwise warn and leave the numpy twin in charge."""
+
+    def build_extensions(self) -> None:
+        if self.compiler.compiler_type == "unix":
+            for ext in self.extensions:
+                ext.extra_compile_args = ["-O3", "-std=c11", "-fno-strict-aliasing", "-Wno-psabi"]
+        super().build_extensions()
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # any failure to set up a compiler must not fail the install
+            self._warn(exc)
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # a failed compile must not fail the install
+            self._warn(exc)
+
+    @staticmethod
+    def _warn(exc: BaseException) -> None:
+        print(
+            f"WARNING: the native histogram kernel was not built ({type(exc).__name__}: {exc}); "
+            "sidecar.monitoring.histogram will use its numpy twin",
+            file=sys.stderr,
+        )
+
+
+setup(
+    ext_modules=[
+        Extension(
+            "sidecar.monitoring._histogram_native",
+            sources=KERNEL_SOURCES,
+            depends=KERNEL_HEADERS,
+            include_dirs=["native"],
+            libraries=["m"] if sys.platform != "win32" else [],
+        )
+    ],
+    cmdclass={"build_ext": OptionalBuildExt},
+)
