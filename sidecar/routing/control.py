@@ -206,13 +206,13 @@ class RoutingController:
         dry_run: bool = False,
     ) -> PolicyRecord:
         async with self._lock:
+            self._validate(policy)
             current = self.get(policy.model)
             if expected_revision and expected_revision != current.revision:
                 raise FailedPrecondition(
                     f"model '{policy.model}': policy revision is {current.revision}, not {expected_revision} "
                     "(someone changed it meanwhile); read it again and retry"
                 )
-            self._validate(policy)
             if dry_run:
                 return PolicyRecord(policy.model, policy, current.revision, "dry-run", actor, _now(), reason)
             record = PolicyRecord(policy.model, policy, current.revision + 1, "control", actor, _now(), reason)

@@ -7,7 +7,8 @@ fails with a chosen gRPC status, so tests can make an upstream that is slow, bro
         ...  up.target  ("127.0.0.1:<port>")
 
 Default model: ``input`` FP32 [-1, 4] -> ``probabilities`` FP32 [-1, 3] (softmax of fixed weights)
-and ``label`` INT64 [-1]. ``max_batch_size`` is reported through ModelConfig.
+and ``label`` INT64 [-1]; ``inputs``/``outputs``/``compute`` replace it. ``max_batch_size`` is reported
+through ModelConfig. ``delay_s``, ``fail_with`` and ``ready`` may be changed while it runs.
 """
 
 from __future__ import annotations
@@ -93,14 +94,16 @@ class FakeUpstream:
         compute: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] = default_compute,
         max_batch_size: int = 8,
         port: int = 0,
+        inputs: tuple[TensorSpec, ...] = DEFAULT_INPUTS,
+        outputs: tuple[TensorSpec, ...] = DEFAULT_OUTPUTS,
     ) -> None:
         self.model = model
         self.delay_s = delay_s
         self.fail_with = fail_with
         self.compute = compute
         self.max_batch_size = max_batch_size
-        self.inputs = DEFAULT_INPUTS
-        self.outputs = DEFAULT_OUTPUTS
+        self.inputs = inputs
+        self.outputs = outputs
         self.ready = True
         self.calls = 0
         self.port = port
