@@ -15,6 +15,9 @@ specs and a ``compute`` function for other models (``-1`` in a non-batch dimensi
 
 ``latency_s`` (seconds, a number or a function of the batch rows) is spent with ``asyncio.sleep`` by
 default, or blocking in ``executor``'s threads when one is given (like ONNX Runtime).
+
+``work_item`` builds a validated WorkItem the way ModelVersion.infer does, and ``batch_settings``
+a BatchSettings with test-friendly defaults, so a scheduler can be driven without a server.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sidecar.types import TensorSpec
+from sidecar.batching.scheduler import BatchSettings, WorkItem
+from sidecar.engine.validation import validate_inputs, validate_outputs
+from sidecar.types import InferenceRequest, TensorSpec
 
 Compute = Callable[[Mapping[str, np.ndarray], Sequence[str]], dict[str, np.ndarray]]
 
@@ -187,3 +192,45 @@ class FakeEngine:
 
     def close(self) -> None:
         self.closed = True
+
+
+def work_item(
+    engine: FakeEngine,
+    inputs: np.ndarray | Mapping[str, np.ndarray],
+    *,
+    outputs: Sequence[str] | None = None,
+    priority: int = 0,
+    deadline_ns: int | None = None,
+    id: str = "",
+) -> WorkItem:
+    """A request checked against ``engine``'s signature (a bare array is the first input)."""
+    feed = dict(inputs) if isinstance(inputs, Mapping) else {engine.inputs[0].name: inputs}
+    request = InferenceRequest(
+        "fake",
+        "",
+        id,
+        feed,
+        requested_outputs=tuple(outputs) if outputs else None,
+        deadline_ns=deadline_ns,
+        priority=priority,
+    )
+    rows = validate_inputs("fake", feed, engine.inputs, engine.max_batch_size)
+    names = validate_outputs("fake", request.requested_outputs, engine.outputs)
+    return WorkItem(request, rows, names, time.monotonic_ns())
+
+
+def batch_settings(**overrides: object) -> BatchSettings:
+    """Triton's rule, no queue delay, one batch in flight, a queue of 1000, unless overridden."""
+    values: dict[str, object] = {
+        "enabled": True,
+        "max_batch_size": 8,
+        "max_queue_delay_ms": 0.0,
+        "preferred_batch_sizes": (),
+        "max_queue_size": 1000,
+        "batches_in_flight": 1,
+        "adaptive": False,
+    }
+    values.update(overrides)
+    settings = BatchSettings(**values)  # type: ignore[arg-type]
+    settings.check()
+    return settings

@@ -1,0 +1,384 @@
+"""DynamicBatcher over a fake engine: one test per batching rule.
+
+The engine's gate (``pause``/``resume``) makes queueing deterministic: while the first batch waits at
+the gate, everything submitted queues behind it. Timing is used only as lower bounds (a delay that
+must have been waited) or as generous upper bounds (far below a delay that must not be waited).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from sidecar.errors import DeadlineExceeded, EngineError, QueueFull, ServerDraining
+from sidecar.testing.fake_engine import FakeEngine, double_and_row_sum, work_item
+from sidecar.types import TensorSpec
+
+
+def rows_of(value: float, rows: int = 1, width: int = 4) -> np.ndarray:
+    """A read-only (like a decoded request) [rows, width] FP32 tensor; row r holds value + r."""
+    x = (np.arange(rows, dtype=np.float32)[:, None] + value) * np.ones((1, width), np.float32)
+    x.setflags(write=False)
+    return x
+
+
+def submit(batcher, engine, x, **kw) -> asyncio.Task:
+    return asyncio.ensure_future(batcher.submit(work_item(engine, x, **kw)))
+
+
+async def turns(n: int = 5) -> None:
+    """Let the event loop run ``n`` turns (tasks reach their first await; scheduled callbacks run)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def hold_engine(batcher, engine) -> asyncio.Task:
+    """Pause the engine and start one request, so everything submitted next queues behind it."""
+    engine.pause()
+    first = submit(batcher, engine, rows_of(-1.0))
+    await engine.wait_started(1)
+    return first
+
+
+def check_outputs(x: np.ndarray, out: dict, names=("OUTPUT0", "OUTPUT1")) -> None:
+    assert set(out) == set(names)
+    if "OUTPUT0" in names:
+        np.testing.assert_array_equal(out["OUTPUT0"], 2 * x)
+    if "OUTPUT1" in names:
+        np.testing.assert_array_equal(out["OUTPUT1"], x.reshape(x.shape[0], -1).sum(axis=1))
+
+
+# -- merging and splitting ------------------------------------------------------------------------
+async def test_lone_request_runs_alone_with_its_outputs(engine, make_batcher):
+    batcher, stats = make_batcher(engine)
+    x = rows_of(1.0, rows=3)
+    out = await batcher.submit(work_item(engine, x))
+    check_outputs(x, out)
+    assert [c.rows for c in engine.calls] == [3]
+    assert stats.execution_count == 1 and stats.queue.count == 1 and list(stats.batches) == [3]
+
+
+async def test_requests_queued_behind_a_running_batch_run_as_one_batch_and_split_back(engine, make_batcher):
+    batcher, stats = make_batcher(engine)
+    first = await hold_engine(batcher, engine)
+    xs = [rows_of(10.0 * i, rows=r) for i, r in enumerate([1, 3, 2, 1], start=1)]
+    tasks = [submit(batcher, engine, x) for x in xs]
+    await turns()
+    assert batcher.queue_depth == 4
+    engine.resume()
+    results = await asyncio.gather(first, *tasks)
+    assert [c.rows for c in engine.calls] == [1, 7]
+    np.testing.assert_array_equal(engine.calls[1].inputs["INPUT0"], np.concatenate(xs))
+    for x, out in zip(xs, results[1:], strict=True):
+        check_outputs(x, out)
+    # Outputs are views of the batch's output rows, not copies.
+    assert results[1]["OUTPUT0"].base is not None and results[1]["OUTPUT0"].base is results[2]["OUTPUT0"].base
+    assert stats.execution_count == 2 and sorted(stats.batches) == [1, 7] and stats.queue.count == 5
+    assert stats.compute_infer.count == 5  # per request, as Triton counts them
+
+
+async def test_batches_hold_at_most_max_batch_size_rows_in_arrival_order(make_batcher):
+    engine = FakeEngine(max_batch_size=4)
+    batcher, _ = make_batcher(engine)
+    first = await hold_engine(batcher, engine)
+    sizes = [1, 2, 1, 3, 1, 1, 4, 1]
+    xs = [rows_of(100.0 * i, rows=r) for i, r in enumerate(sizes)]
+    tasks = [submit(batcher, engine, x) for x in xs]
+    await turns()
+    engine.resume()
+    results = await asyncio.gather(*tasks)
+    await first
+    # Greedy in arrival order, never overtaking: [1,2,1] [3,1] [1] (+4 would not fit) [4] [1].
+    assert [c.rows for c in engine.calls[1:]] == [4, 4, 1, 4, 1]
+    ran = np.concatenate([c.inputs["INPUT0"] for c in engine.calls[1:]])
+    np.testing.assert_array_equal(ran, np.concatenate(xs))
+    for x, out in zip(xs, results, strict=True):
+        check_outputs(x, out)
+
+
+async def test_each_request_gets_exactly_the_outputs_it_asked_for(engine, make_batcher):
+    batcher, _ = make_batcher(engine)
+    first = await hold_engine(batcher, engine)
+    asks = [("OUTPUT0",), ("OUTPUT1",), None, ("OUTPUT1", "OUTPUT0")]
+    xs = [rows_of(float(i), rows=2) for i in range(len(asks))]
+    tasks = [submit(batcher, engine, x, outputs=a) for x, a in zip(xs, asks, strict=True)]
+    await turns()
+    engine.resume()
+    results = await asyncio.gather(*tasks)
+    await first
+    assert len(engine.calls) == 2 and engine.calls[1].rows == 8
+    assert engine.calls[1].output_names == ("OUTPUT0", "OUTPUT1")  # the union, in the model's order
+    for x, a, out in zip(xs, asks, results, strict=True):
+        check_outputs(x, out, a or ("OUTPUT0", "OUTPUT1"))
+
+
+async def test_only_requested_outputs_are_computed_when_all_agree(engine, make_batcher):
+    batcher, _ = make_batcher(engine)
+    first = await hold_engine(batcher, engine)
+    tasks = [submit(batcher, engine, rows_of(float(i)), outputs=("OUTPUT1",)) for i in range(3)]
+    await turns()
+    engine.resume()
+    results = await asyncio.gather(*tasks)
+    await first
+    assert engine.calls[1].output_names == ("OUTPUT1",)
+    assert all(set(r) == {"OUTPUT1"} for r in results)
+
+
+async def test_requests_with_different_non_batch_shapes_are_never_merged(make_batcher):
+    engine = FakeEngine(
+        inputs=(TensorSpec("INPUT0", "FP32", (-1, -1)),),
+        outputs=(TensorSpec("OUTPUT0", "FP32", (-1, -1)), TensorSpec("OUTPUT1", "FP32", (-1,))),
+        max_batch_size=8,
+    )
+    batcher, _ = make_batcher(engine)
+    first = await hold_engine(batcher, engine)
+    widths = [3, 5, 3, 5, 5]
+    xs = [rows_of(float(i), rows=1, width=w) for i, w in enumerate(widths)]
+    tasks = [submit(batcher, engine, x) for x in xs]
+    await turns()
+    engine.resume()
+    results = await asyncio.gather(*tasks)
+    await first
+    shapes = [c.input_shapes["INPUT0"] for c in engine.calls[1:]]
+    assert shapes == [(2, 3), (3, 5)]  # the head's group first, then the others in their order
+    for x, out in zip(xs, results, strict=True):
+        check_outputs(x, out)
+
+
+# -- order ------------------------------------------------------------------------------------------
+async def test_priority_levels_then_arrival_order(make_batcher):
+    engine = FakeEngine(max_batch_size=1)
+    batcher, _ = make_batcher(engine)
+    first = await hold_engine(batcher, engine)
+    # (value, priority): 0 is the default level, served as level 1 (the most urgent).
+    plan = [(1.0, 5), (2.0, 0), (3.0, 2), (4.0, 1), (5.0, 0)]
+    tasks = [submit(batcher, engine, rows_of(v), priority=p) for v, p in plan]
+    await turns()
+    engine.resume()
+    await asyncio.gather(first, *tasks)
+    order = [float(c.inputs["INPUT0"][0, 0]) for c in engine.calls[1:]]
+    assert order == [2.0, 4.0, 5.0, 3.0, 1.0]
+
+
+# -- deadlines, cancellation, shedding ------------------------------------------------------------
+async def test_request_already_past_its_deadline_is_refused_without_running(engine, make_batcher):
+    batcher, _ = make_batcher(engine)
+    with pytest.raises(DeadlineExceeded):
+        await batcher.submit(work_item(engine, rows_of(1.0), deadline_ns=time.monotonic_ns() - 1))
+    assert engine.started == 0
+
+
+async def test_request_expiring_in_the_queue_is_answered_promptly_and_never_runs(engine, make_batcher):
+    batcher, _ = make_batcher(engine)
+    first = await hold_engine(batcher, engine)
+    late = submit(batcher, engine, rows_of(7.0), deadline_ns=time.monotonic_ns() + 30_000_000)
+    keeper = submit(batcher, engine, rows_of(8.0))
+    with pytest.raises(DeadlineExceeded, match="did not run"):
+        await asyncio.wait_for(late, 10)
+    assert engine.running == 1 and engine.started == 1  # answered while the engine was still busy
+    assert batcher.queue_depth == 1
+    engine.resume()
+    await first
+    check_outputs(rows_of(8.0), await keeper)
+    ran = np.concatenate([c.inputs["INPUT0"] for c in engine.calls])
+    assert 7.0 not in ran
+
+
+async def test_cancelled_caller_is_dropped_before_the_model_runs(engine, make_batcher):
+    batcher, _ = make_batcher(engine)
+    first = await hold_engine(batcher, engine)
+    doomed = submit(batcher, engine, rows_of(7.0))
+    kept = submit(batcher, engine, rows_of(8.0))
+    await turns()
+    assert batcher.queue_depth == 2
+    doomed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await doomed  # CancelledError reaches the caller: not swallowed
+    assert batcher.queue_depth == 1
+    engine.resume()
+    await first
+    check_outputs(rows_of(8.0), await kept)
+    assert [c.rows for c in engine.calls] == [1, 1]
+    assert engine.calls[1].inputs["INPUT0"][0, 0] == 8.0
+
+
+async def test_caller_cancelled_while_its_batch_runs_does_not_disturb_its_neighbours(engine, make_batcher):
+    batcher, _ = make_batcher(engine)
+    engine.pause()
+    a = submit(batcher, engine, rows_of(1.0))
+    b = submit(batcher, engine, rows_of(2.0))
+    await engine.wait_started(1)
+    assert engine.calls == [] and batcher.batches_running == 1
+    a.cancel()
+    engine.resume()
+    check_outputs(rows_of(2.0), await b)
+    assert a.cancelled()
+    assert [c.rows for c in engine.calls] == [2]
+
+
+async def test_full_queue_sheds_new_requests_at_once(engine, make_batcher):
+    batcher, _ = make_batcher(engine, max_queue_size=2)
+    first = await hold_engine(batcher, engine)
+    queued = [submit(batcher, engine, rows_of(float(i))) for i in range(2)]
+    await turns()
+    with pytest.raises(QueueFull, match="max_queue_size 2"):
+        await batcher.submit(work_item(engine, rows_of(9.0)))
+    assert batcher.queue_depth == 2
+    queued[0].cancel()  # a cancelled caller frees its place at once
+    await turns()
+    again = submit(batcher, engine, rows_of(10.0))
+    await turns()
+    assert batcher.queue_depth == 2
+    engine.resume()
+    await asyncio.gather(first, queued[1], again)
+    ran = np.concatenate([c.inputs["INPUT0"] for c in engine.calls])
+    assert 9.0 not in ran and 0.0 not in ran and 10.0 in ran
+
+
+# -- failures -------------------------------------------------------------------------------------
+async def test_failing_batch_fails_every_request_in_it_and_the_next_batch_runs(engine, make_batcher):
+    batcher, stats = make_batcher(engine)
+    engine.pause()
+    victims = [submit(batcher, engine, rows_of(float(i))) for i in range(3)]  # one batch of 3
+    await engine.wait_started(1)
+    survivors = [submit(batcher, engine, rows_of(10.0 + i)) for i in range(2)]  # queued behind it
+    await turns()
+    engine.fail_next(EngineError("model 'm' version '1.0.0': model failed while running: boom"))
+    engine.resume()
+    errors = await asyncio.gather(*victims, return_exceptions=True)
+    assert all(isinstance(e, EngineError) and "boom" in e.message for e in errors), errors
+    for i, t in enumerate(survivors):
+        check_outputs(rows_of(10.0 + i), await t)
+    assert [c.rows for c in engine.calls] == [3, 2]
+    assert stats.execution_count == 1  # only the run that succeeded
+
+
+async def test_engine_error_reaches_every_caller_of_that_batch_only(engine, make_batcher):
+    batcher, stats = make_batcher(engine)
+    first = await hold_engine(batcher, engine)
+    victims = [submit(batcher, engine, rows_of(float(i))) for i in range(3)]
+    await turns()
+    # The gated run has not computed yet: make only the three-row batch fail.
+    engine.fail_when(lambda feed: RuntimeError("boom") if feed["INPUT0"].shape[0] == 3 else None)
+    engine.resume()
+    check_outputs(rows_of(-1.0), await first)
+    errors = await asyncio.gather(*victims, return_exceptions=True)
+    assert all(isinstance(e, EngineError) for e in errors)
+    assert all("RuntimeError: boom" in e.message and "model 'm' version '1.0.0'" in e.message for e in errors)
+    engine.fail_when(None)
+    check_outputs(rows_of(5.0), await batcher.submit(work_item(engine, rows_of(5.0))))
+    assert stats.execution_count == 2  # failed runs are not counted as executions
+
+
+async def test_sidecar_errors_from_the_engine_pass_through_unchanged(engine, make_batcher):
+    batcher, _ = make_batcher(engine)
+    error = EngineError("m: CUDA out of memory")
+    engine.fail_next(error)
+    with pytest.raises(EngineError) as caught:
+        await batcher.submit(work_item(engine, rows_of(1.0)))
+    assert caught.value is error
+
+
+async def test_outputs_without_the_batch_dimension_fail_the_batch(make_batcher):
+    def collapse(feed, names):
+        return {n: v[:1] for n, v in double_and_row_sum(feed, names).items()}
+
+    engine = FakeEngine(compute=collapse)
+    batcher, _ = make_batcher(engine)
+    with pytest.raises(EngineError, match="batch dimension first"):
+        await batcher.submit(work_item(engine, rows_of(1.0, rows=3)))
+
+
+# -- when batches close ---------------------------------------------------------------------------
+async def test_batches_in_flight_bounds_concurrent_runs(engine, make_batcher):
+    batcher, _ = make_batcher(engine, batches_in_flight=2)
+    engine.pause()
+    a = submit(batcher, engine, rows_of(1.0))
+    await engine.wait_started(1)
+    b = submit(batcher, engine, rows_of(2.0))
+    await engine.wait_started(2)  # the second slot takes the next request at once (delay 0)
+    c = submit(batcher, engine, rows_of(3.0))
+    await turns()
+    assert engine.running == 2 and batcher.batches_running == 2 and batcher.queue_depth == 1
+    engine.resume()
+    await asyncio.gather(a, b, c)
+    assert engine.max_running == 2 and [x.rows for x in engine.calls] == [1, 1, 1]
+
+
+async def test_oldest_request_waits_max_queue_delay_for_company(engine, make_batcher):
+    batcher, _ = make_batcher(engine, max_queue_delay_ms=300.0)
+    start = time.monotonic()
+    a = submit(batcher, engine, rows_of(1.0))
+    await asyncio.sleep(0.02)
+    b = submit(batcher, engine, rows_of(2.0))
+    await asyncio.gather(a, b)
+    assert time.monotonic() - start >= 0.29
+    assert [c.rows for c in engine.calls] == [2]
+
+
+async def test_full_batch_closes_without_waiting_the_delay(engine, make_batcher):
+    batcher, _ = make_batcher(engine, max_queue_delay_ms=60_000.0)
+    xs = [rows_of(float(i), rows=2) for i in range(4)]
+    results = await asyncio.wait_for(asyncio.gather(*(submit(batcher, engine, x) for x in xs)), 10)
+    assert [c.rows for c in engine.calls] == [8]
+    for x, out in zip(xs, results, strict=True):
+        check_outputs(x, out)
+
+
+async def test_preferred_batch_size_closes_at_once_and_close_flushes_the_rest(engine, make_batcher):
+    batcher, _ = make_batcher(engine, max_queue_delay_ms=60_000.0, preferred_batch_sizes=(2,))
+    tasks = [submit(batcher, engine, rows_of(float(i))) for i in range(3)]
+    await engine.wait_finished(1)
+    assert [c.rows for c in engine.calls] == [2]
+    assert batcher.queue_depth == 1  # the third waits for company (the delay is a minute)
+    await asyncio.wait_for(batcher.close(), 10)  # close runs it without waiting
+    assert all(t.done() for t in tasks)
+    assert [c.rows for c in engine.calls] == [2, 1]
+    for i, t in enumerate(tasks):
+        check_outputs(rows_of(float(i)), t.result())
+
+
+async def test_close_answers_everything_accepted_then_refuses_new_requests(engine, make_batcher):
+    batcher, _ = make_batcher(engine, max_queue_delay_ms=60_000.0, max_batch_size=8)
+    tasks = [submit(batcher, engine, rows_of(float(i))) for i in range(3)]
+    await turns()
+    closing = asyncio.ensure_future(batcher.close())
+    await asyncio.wait_for(asyncio.shield(closing), 10)
+    assert all(t.done() and not t.exception() for t in tasks)
+    with pytest.raises(ServerDraining):
+        await batcher.submit(work_item(engine, rows_of(1.0)))
+
+
+async def test_adaptive_lone_request_on_an_idle_engine_does_not_wait_for_company(engine, make_batcher):
+    batcher, _ = make_batcher(engine, adaptive=True, max_queue_delay_ms=60_000.0)
+    for i in range(6):  # enough runs for the cost model to be ready
+        start = time.monotonic()
+        check_outputs(rows_of(float(i)), await asyncio.wait_for(batcher.submit(work_item(engine, rows_of(i))), 10))
+        assert time.monotonic() - start < 5.0  # far below the 60 s delay Triton's rule would wait
+    assert batcher.cost.ready
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+async def test_adaptive_holds_the_next_batch_while_the_engine_is_busy(make_batcher, adaptive):
+    # Learn ~60 ms per run, then make the measured run faster than predicted, so the hold cannot expire
+    # before the running batch finishes.
+    engine = FakeEngine(max_batch_size=8, latency_s=0.06)
+    batcher, _ = make_batcher(engine, adaptive=adaptive, batches_in_flight=2, max_queue_delay_ms=0.0)
+    for i in range(4):
+        await batcher.submit(work_item(engine, rows_of(float(i))))
+    engine.latency_s = 0.02
+    first = submit(batcher, engine, rows_of(10.0))
+    await engine.wait_started(5)
+    rest = [submit(batcher, engine, rows_of(11.0 + i)) for i in range(3)]
+    await asyncio.gather(first, *rest)
+    if adaptive:
+        # The three waited for the running batch instead of taking the free slot with fewer rows.
+        assert [c.rows for c in engine.calls[4:]] == [1, 3]
+        assert engine.calls[5].started_ns >= engine.calls[4].finished_ns
+    else:
+        # Triton's rule with no delay uses the free slot at once.
+        assert [c.rows for c in engine.calls[4:]] == [1, 3]
+        assert engine.calls[5].started_ns < engine.calls[4].finished_ns
