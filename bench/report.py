@@ -35,7 +35,12 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[st
         return str(v)
 
     head = "| " + " | ".join(h for _, h in columns) + " |"
-    rule = "|" + "|".join("---" if k in ("server", "model", "name", "mode") else "---:" for k, _ in columns) + "|"
+
+    def numeric(key: str) -> bool:
+        values = [r.get(key) for r in rows if r.get(key) is not None]
+        return bool(values) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+
+    rule = "|" + "|".join("---:" if numeric(k) else "---" for k, _ in columns) + "|"
     body = ["| " + " | ".join(fmt(r.get(k)) for k, _ in columns) + " |" for r in rows]
     return "\n".join([head, rule, *body])
 

@@ -430,3 +430,28 @@ def _libpython_dir(python: Path) -> str | None:
     )
     libdir = out.stdout.strip()
     return libdir if libdir and Path(libdir).is_dir() else None
+
+
+def model_statistics(target: str, model: str, timeout_s: float = 5.0) -> tuple[int, int] | None:
+    """(inference_count, execution_count) summed over versions, from Triton's ModelStatistics; None if absent.
+
+    inference_count / execution_count is the mean batch size the server formed (Triton, PyTriton, sidecar).
+    """
+    from sidecar.protocol._generated import grpc_service_pb2 as pb
+
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelStatistics",
+            request_serializer=pb.ModelStatisticsRequest.SerializeToString,
+            response_deserializer=pb.ModelStatisticsResponse.FromString,
+        )
+        try:
+            resp = call(pb.ModelStatisticsRequest(name=model), timeout=timeout_s)
+        except grpc.RpcError:
+            return None
+    if not resp.model_stats:
+        return None
+    return (
+        sum(s.inference_count for s in resp.model_stats),
+        sum(s.execution_count for s in resp.model_stats),
+    )
