@@ -27,10 +27,12 @@ from sidecar.engine.base import Engine
 from sidecar.engine.repository import ModelVersion, Repository
 from sidecar.engine.statistics import VersionStatistics
 from sidecar.lifecycle import Lifecycle
+from sidecar.monitoring.monitor import Monitoring
 from sidecar.protocol._generated import grpc_service_pb2 as pb
 from sidecar.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from sidecar.protocol.inference_servicer import InferenceServicer
 from sidecar.protocol.interceptors import observed
+from sidecar.protocol.monitoring_servicer import add_monitoring_servicer
 from sidecar.protocol.reflection import HEALTH_SERVICE, enable_reflection
 from sidecar.protocol.routing_servicer import add_routing_servicer
 from sidecar.routing import build_routing
@@ -73,6 +75,12 @@ class Sidecar:
         self.grpc_port = 0
         self.control_port = 0
         self.add_control_service(lambda server: add_routing_servicer(server, self.routing, config.server.control_token))
+        # Drift and data-quality monitoring: attaches to every version before it reports READY.
+        self.monitoring = Monitoring(config.monitoring, self.repository)
+        if config.monitoring.enabled:
+            self.add_control_service(
+                lambda server: add_monitoring_servicer(server, self.monitoring, config.server.control_token)
+            )
 
     def add_control_service(self, register: Callable[[grpc.aio.Server], str]) -> None:
         """Stages add their control-API servicers here before start(); ``register`` returns the service name."""
@@ -111,6 +119,7 @@ class Sidecar:
             await control.start()
             self._control = control
             log.info("control API listening on %s:%d", cfg.control_host, self.control_port)
+        await self.monitoring.start()
         if self.config.repository.load_on_start and self.repository.root is not None:
             await self.repository.load_all()
         self.routing.start()  # traffic policies: state file, then config (after the models are loaded)
@@ -158,6 +167,7 @@ class Sidecar:
             await self._control.stop(grace_s)
         await self.router.stop()  # shadow copies are dropped, never waited for
         await self.repository.close()
+        await self.monitoring.close()  # folds what was observed, stops the monitoring thread
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self.telemetry is not None:
             await asyncio.to_thread(self.telemetry.shutdown)  # flush spans and metrics, bounded

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sidecar.routing.commands import add_route_parser
 
     add_route_parser(sub)  # sidecar route set|show|clear|history|shadows
+    from sidecar.monitoring.commands import add_monitoring_parsers
+
+    add_monitoring_parsers(sub)  # sidecar profile | status
     return parser
 
 
@@ -89,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sidecar.routing.commands import run_route
 
             return run_route(args)
+        if args.command in ("profile", "status"):
+            from sidecar.monitoring.commands import run_profile, run_status
+
+            return run_profile(args) if args.command == "profile" else run_status(args)
     except ConfigError as exc:
         print(f"sidecar: configuration error: {exc.message}", file=sys.stderr)
         return 2

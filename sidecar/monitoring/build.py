@@ -139,7 +139,11 @@ def build_profile(
     sources: list[Source] = []
     for spec in inputs:
         matrix = np.asarray(data[spec.name]).reshape(n, -1)
-        names = list(feature_names.get(spec.name) or [f"{spec.name}[{j}]" for j in range(matrix.shape[1])])
+        width = matrix.shape[1]
+        default = [spec.name] if width == 1 else [f"{spec.name}[{j}]" for j in range(width)]
+        names = list(feature_names.get(spec.name) or default)
+        if len(names) != width:
+            raise InvalidArgument(f"input '{spec.name}' has {width} columns but {len(names)} feature names")
         kind = _kind_of(spec.datatype)
         feats = tuple(
             _feature(names[j], matrix[:, j], kind, bins, max_categories, categorical_max_distinct)

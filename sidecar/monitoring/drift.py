@@ -227,6 +227,7 @@ def compare(
         )
     else:
         stat, cdf = chi2_two_sample(reference, current)
+        cdf = max(cdf, 1)
         p = chi2_sf(stat, cdf) if not math.isnan(stat) else math.nan
         out.append(_stat("chi2", stat, chi2_isf(t.chi2_warn_p, cdf), chi2_isf(t.chi2_alert_p, cdf), enough, p))
     return tuple(out)

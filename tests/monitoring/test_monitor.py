@@ -1,0 +1,233 @@
+"""Version monitors without a server: one counting path, windows, fleet merging, bounded memory."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+
+from sidecar.config import MonitoringConfig
+from sidecar.monitoring import drift
+from sidecar.monitoring.binning import ProfileCounter
+from sidecar.monitoring.build import build_profile
+from sidecar.monitoring.monitor import VersionMonitor
+from sidecar.monitoring.profile import CategoricalFeature, NumericFeature
+from sidecar.types import TensorSpec
+
+INPUTS = (
+    TensorSpec("x", "FP32", (-1, 3)),
+    TensorSpec("code", "INT64", (-1,)),
+    TensorSpec("city", "BYTES", (-1, 1)),
+)
+OUTPUTS = (TensorSpec("probabilities", "FP32", (-1, 2)), TensorSpec("label", "INT64", (-1,)))
+CITIES = np.array([b"paris", b"lyon", b"nice", b"brest"], dtype=object)
+
+
+def make_rows(rng: np.random.Generator, n: int, shift: float = 0.0) -> dict[str, np.ndarray]:
+    x = rng.normal(0.0, 1.0, (n, 3)).astype(np.float32)
+    x[:, 1] += shift
+    return {
+        "x": x,
+        "code": rng.choice([3, 7, 9], size=n, p=[0.5, 0.3, 0.2]).astype(np.int64),
+        "city": rng.choice(CITIES, size=(n, 1), p=[0.4, 0.3, 0.2, 0.1]),
+    }
+
+
+def answer(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    p1 = 1.0 / (1.0 + np.exp(-rows["x"][:, 0]))
+    probs = np.stack([1 - p1, p1], axis=1).astype(np.float32)
+    return {"probabilities": probs, "label": probs.argmax(axis=1).astype(np.int64)}
+
+
+@pytest.fixture(scope="module")
+def profile():
+    rng = np.random.default_rng(0)
+    data = make_rows(rng, 5000)
+    return build_profile("m", "1.0.0", INPUTS, OUTPUTS, data, {"x": ["a", "b", "c"]}, answer(data))
+
+
+def monitor(profile, **cfg) -> VersionMonitor:
+    config = MonitoringConfig(**{"window_requests": 100, "window_s": 3600.0, "alert_after_windows": 2, **cfg})
+    return VersionMonitor("m", "1.0.0", ProfileCounter(profile), config, has_reference=True)
+
+
+def requests(rng, count: int, rows: int = 4, shift: float = 0.0, t0: float | None = None, dt: float = 0.0):
+    t = time.monotonic() if t0 is None else t0
+    out = []
+    for i in range(count):
+        inputs = make_rows(rng, rows, shift)
+        out.append((inputs, answer(inputs), t + i * dt, rows))
+    return out
+
+
+def test_profile_features_and_reference_counts_use_the_serving_code_path(profile):
+    kinds = {f.name: type(f) for _, f in profile.features}
+    assert kinds == {
+        "a": NumericFeature,
+        "b": NumericFeature,
+        "c": NumericFeature,
+        "code": CategoricalFeature,
+        "city": CategoricalFeature,
+        "label": CategoricalFeature,
+        "probabilities.confidence": NumericFeature,
+    }
+    a = profile.sources[0].features[0]
+    assert a.bins == 10 and len(a.counts) == 14 and a.rows == 5000
+    assert a.counts[0] == a.counts[-3] == 0  # edges span the reference min..max: nothing out of range
+    assert all(450 <= c <= 550 for c in a.counts[1:-3])  # quantile bins hold ~10% each
+    city = dict(zip(profile.sources[2].features[0].categories, profile.sources[2].features[0].counts, strict=False))
+    assert list(city) == ["paris", "lyon", "nice", "brest"]  # by frequency
+    code = profile.sources[1].features[0]
+    assert code.categories == (3, 7, 9) and sum(code.counts[:3]) == 5000 and code.counts[3:] == (0, 0)
+    # Counting the training data again with a fresh counter (what the server does) gives the same counts.
+    rng = np.random.default_rng(0)
+    data = make_rows(rng, 5000)
+    counter = ProfileCounter(profile)
+    flat = counter.zeros()
+    counter.count([data], [answer(data)], flat)
+    assert np.array_equal(flat, counter.reference)
+
+
+def test_count_windows_close_exactly_and_reference_like_traffic_is_ok(profile):
+    m = monitor(profile)
+    rng = np.random.default_rng(1)
+    events = m.fold(requests(rng, 250), 0, 0, time.monotonic())
+    assert events == []
+    (last,) = [w for w in m.report().windows if w.kind == "count"]
+    assert last.requests == 100 and last.rows == 400 and last.index == 1
+    assert m.report().open_count_requests == 50
+    assert len(m.history("count")) == 2
+    for f in last.features:
+        psi = f.statistic("psi")
+        assert psi is not None and psi.status in (drift.OK, drift.WARN), (f.feature, psi)
+    assert m.alerts == ()
+
+
+def test_shift_raises_alert_after_k_windows_and_clears(profile):
+    m = monitor(profile, alert_after_windows=2, clear_after_windows=2)
+    rng = np.random.default_rng(2)
+    m.fold(requests(rng, 100), 0, 0, time.monotonic())
+    assert m.alerts == ()
+    events = m.fold(requests(rng, 100, shift=2.0), 0, 0, time.monotonic())
+    assert events == [] and m.alerts == ()  # one window above the threshold is not enough
+    events = m.fold(requests(rng, 100, shift=2.0), 0, 0, time.monotonic())
+    raised = {(e.alert.feature, e.alert.statistic) for e in events}
+    assert ("b", "psi") in raised and all(
+        feature in ("b", "label", "probabilities.confidence") for feature, _ in raised
+    )
+    alert = next(a for a in m.alerts if a.feature == "b" and a.statistic == "psi")
+    assert alert.value > 0.25 and alert.threshold >= 0.25 and alert.model == "m" and alert.version == "1.0.0"
+    m.fold(requests(rng, 100), 0, 0, time.monotonic())
+    assert any(a.feature == "b" for a in m.alerts)  # one window below does not clear
+    events = m.fold(requests(rng, 100), 0, 0, time.monotonic())
+    assert ("b", "psi") in {(e.alert.feature, e.alert.statistic) for e in events if e.kind == "cleared"}
+    assert not any(a.feature == "b" for a in m.alerts)
+
+
+def test_time_windows_close_on_time_even_without_traffic(profile):
+    m = monitor(profile, window_requests=10_000, window_s=10.0)
+    rng = np.random.default_rng(3)
+    t0 = time.monotonic()
+    m.fold(requests(rng, 30, t0=t0, dt=0.5), 0, 0, t0 + 15)  # 30 requests over 15 s: one closes at 10 s
+    (w,) = [w for w in m.report().windows if w.kind == "time"]
+    assert w.requests == 20 and w.end_unix - w.start_unix == pytest.approx(10.0, abs=0.05)
+    assert m.report().open_time_requests == 10
+    m.fold([], 0, 0, t0 + 45)  # no traffic: the open window closes; empty ones are skipped
+    assert [h.requests for h in m.history("time")] == [20, 10]
+    assert m.next_time_boundary() == pytest.approx(t0 + 50)
+
+
+def test_fleet_merge_sums_counts_to_exactly_one_monitors_statistics(profile):
+    rng = np.random.default_rng(4)
+    stream = requests(rng, 300, shift=0.5)
+    whole = monitor(profile)
+    whole.fold(stream, 0, 0, time.monotonic())
+    parts = [monitor(profile) for _ in range(3)]
+    for i, part in enumerate(parts):
+        part.fold(stream[i::3], 0, 0, time.monotonic())  # a load balancer spreading requests over 3 sidecars
+    merged = sum(p.cumulative_counts() for p in parts)
+    assert np.array_equal(merged, whole.cumulative_counts())
+    counter = whole.counter
+    for slot in counter.slots:
+        fleet = drift.psi(slot.distribution(counter.reference), slot.distribution(merged))
+        single = whole.report().window("cumulative").feature(slot.name).statistic("psi").value
+        assert fleet == single
+    # The snapshot (the telemetry read API) exposes the same cumulative counters.
+    snap = {f.feature: f for f in whole.snapshot().features}
+    slot = counter.slots[0]
+    assert snap[slot.name].cumulative == tuple(int(c) for c in merged[slot.start : slot.stop])
+    assert len(snap[slot.name].bins) == len(snap[slot.name].cumulative) == 14
+
+
+def test_quality_statistics_missing_inf_out_of_range_unknown_category(profile):
+    m = monitor(profile)
+    rng = np.random.default_rng(5)
+    items = requests(rng, 100, rows=4)
+    for inputs, _, _, _ in items[:20]:
+        inputs["x"][0, 0] = np.nan
+        inputs["x"][1, 2] = np.inf
+        inputs["x"][2, 1] = 1e6
+        inputs["city"][0, 0] = b""
+        inputs["city"][1, 0] = b"atlantis"
+    m.fold(items, 7, 3, time.monotonic())
+    w = m.report().window("count")
+    assert w.feature("a").statistic("missing_rate").value == pytest.approx(20 / 400)
+    assert w.feature("a").statistic("missing_rate").status == drift.ALERT
+    assert w.feature("c").statistic("inf_rate").value == pytest.approx(20 / 400)
+    assert w.feature("b").statistic("out_of_range_rate").value >= 20 / 400
+    assert w.feature("city").statistic("missing_rate").value == pytest.approx(20 / 400)
+    assert w.schema_violations == 7 and w.dropped == 3
+    viol = w.statistics[0]
+    assert viol.name == "schema_violation_rate" and viol.value == pytest.approx(7 / 110)
+    assert viol.status == drift.ALERT
+    snap = {f.feature: f for f in m.snapshot().features}
+    assert snap["city"].cumulative[-2] == 20  # "other": the unseen category
+    assert snap["city"].bins[-2:] == ("other", "missing")
+
+
+def test_missing_outputs_are_not_counted(profile):
+    m = monitor(profile)
+    rng = np.random.default_rng(6)
+    items = [(i, {"label": o["label"]}, t, r) for i, o, t, r in requests(rng, 100)]
+    m.fold(items, 0, 0, time.monotonic())
+    w = m.report().window("count")
+    assert w.feature("probabilities.confidence").values == 0
+    assert w.feature("label").values == 400
+
+
+def test_buffer_is_bounded_and_drops_are_counted(profile):
+    woken = []
+    config = MonitoringConfig(buffer_rows=10)
+    m = VersionMonitor("m", "1.0.0", ProfileCounter(profile), config, has_reference=True, wake=lambda: woken.append(1))
+    rng = np.random.default_rng(7)
+    inputs = make_rows(rng, 4)
+    outputs = answer(inputs)
+    for _ in range(10):
+        m.observe(inputs, outputs, 4)
+    items, rejected, dropped = m.take()
+    assert len(items) == 3 and dropped == 7 and rejected == 0  # 3 x 4 rows fill the 10-row buffer; the rest are dropped
+    m.rejected()
+    assert m.take()[1:] == (1, 7) and len(woken) == 4
+    m.fold(items, 1, 7, time.monotonic())
+    assert m.report().requests_total == 3 and m.report().dropped_total == 7
+
+
+def test_a_chunk_that_cannot_be_counted_is_logged_not_raised(profile, caplog):
+    m = monitor(profile)
+    bad = ({"x": np.zeros((2, 5), np.float32), "code": np.zeros(2, np.int64), "city": CITIES[:2]}, {}, 0.0, 2)
+    assert m.fold([bad], 0, 0, time.monotonic()) == []
+    assert m.report().errors_total == 1
+    assert "could not count" in caplog.text
+
+
+def test_profile_counter_rejects_nothing_it_built_itself(profile):
+    # Round trip through JSON keeps every count (fleet collectors read profiles from disk).
+    from sidecar.monitoring.profile import parse_profile, profile_to_dict
+
+    again = parse_profile(profile_to_dict(profile), "mem")
+    assert again.sources == profile.sources
+    bad = dataclasses.replace(profile, bins=3)
+    with pytest.raises(Exception, match="edges"):
+        parse_profile(profile_to_dict(bad), "mem")
