@@ -1,0 +1,155 @@
+"""Dynamic batching through the real server: tritonclient requests, ONNX Runtime underneath."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tc
+from tritonclient.utils import InferenceServerException
+
+from sidecar.testing.models import mlp_model, write_version
+from sidecar.testing.server import ServerThread, config_for_tests
+
+CLIENTS = 16
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("batching-repository")
+    # Triton's rule with a long window, so concurrent requests surely share batches.
+    triton_rule = {"max_batch_size": 16, "max_queue_delay_ms": 20, "adaptive": False}
+    write_version(root, "mlp", "1.0.0", mlp_model, {"batching": triton_rule})
+    # One request at a time, one waiting at most: everything else is shed.
+    write_version(
+        root,
+        "slow",
+        "1.0.0",
+        mlp_model,
+        {
+            "batching": {"max_batch_size": 2, "batches_in_flight": 1, "max_queue_size": 1, "max_queue_delay_ms": 0},
+            "warmup": {"batch_sizes": [1], "runs": 1},
+        },
+        hidden=4096,
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path):
+    # Server defaults: adaptive batching; the versions above override what they need.
+    with ServerThread(config_for_tests(str(repo), batching={"max_queue_delay_ms": 2.0})) as srv:
+        yield srv
+
+
+def infer(client: tc.InferenceServerClient, model: str, x: np.ndarray, **kw) -> tc.InferResult:
+    inp = tc.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    return client.infer(model, [inp], **kw)
+
+
+def statistics(client: tc.InferenceServerClient, model: str) -> dict:
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    return stats
+
+
+def test_concurrent_requests_are_batched_and_split_back_exactly(server, repo):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(repo / "mlp" / "1.0.0" / "model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(7)
+    xs = [rng.standard_normal((int(rng.integers(1, 4)), 64)).astype(np.float32) for _ in range(96)]
+    client = tc.InferenceServerClient(server.url)
+    before = statistics(client, "mlp")
+    outputs = [None, [tc.InferRequestedOutput("label")], [tc.InferRequestedOutput("probabilities")]]
+
+    def one(i: int):
+        return infer(client, "mlp", xs[i], outputs=outputs[i % 3])
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        results = list(pool.map(one, range(len(xs))))
+    for i, (x, result) in enumerate(zip(xs, results, strict=True)):
+        probs, labels = session.run(["probabilities", "label"], {"input": x})
+        names = {o["name"] for o in result.get_response(as_json=True)["outputs"]}
+        if i % 3 == 1:
+            assert names == {"label"}
+        elif i % 3 == 2:
+            assert names == {"probabilities"}
+        else:
+            assert names == {"label", "probabilities"}
+        if "probabilities" in names:
+            np.testing.assert_allclose(result.as_numpy("probabilities"), probs, rtol=1e-5, atol=1e-6)
+        if "label" in names:
+            np.testing.assert_array_equal(result.as_numpy("label"), labels)
+    after = statistics(client, "mlp")
+    requests = len(xs)
+    executions = int(after.get("execution_count", 0)) - int(before.get("execution_count", 0))
+    rows = sum(x.shape[0] for x in xs)
+    assert int(after["inference_count"]) - int(before.get("inference_count", 0)) == rows
+    assert 0 < executions < requests  # requests shared engine runs
+    sizes = [int(b["batch_size"]) for b in after["batch_stats"]]
+    assert max(sizes) > 3 and all(s <= 16 for s in sizes)
+    assert int(after["inference_stats"]["queue"]["count"]) >= requests
+
+
+def test_malformed_request_fails_alone_while_its_neighbours_succeed(server):
+    client = tc.InferenceServerClient(server.url)
+    good = np.ones((1, 64), np.float32)
+    bad = np.ones((1, 63), np.float32)
+
+    def one(i: int):
+        try:
+            return infer(client, "mlp", bad if i == 5 else good).as_numpy("probabilities")
+        except InferenceServerException as exc:
+            return exc
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        results = list(pool.map(one, range(12)))
+    assert isinstance(results[5], InferenceServerException) and "INVALID_ARGUMENT" in results[5].status()
+    for i, r in enumerate(results):
+        if i != 5:
+            assert isinstance(r, np.ndarray) and r.shape == (1, 10)
+
+
+def test_full_queue_sheds_with_resource_exhausted_while_others_succeed(server):
+    client = tc.InferenceServerClient(server.url)
+    x = np.ones((1, 64), np.float32)
+
+    def one(_: int):
+        try:
+            infer(client, "slow", x)
+            return "OK"
+        except InferenceServerException as exc:
+            return exc.status()
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        statuses = list(pool.map(one, range(48)))
+    assert "OK" in statuses
+    shed = [s for s in statuses if s != "OK"]
+    assert shed and all(s == "StatusCode.RESOURCE_EXHAUSTED" for s in shed), set(statuses)
+
+
+def test_expired_timeout_parameter_gives_deadline_exceeded(server):
+    client = tc.InferenceServerClient(server.url)
+    x = np.ones((1, 64), np.float32)
+    with pytest.raises(InferenceServerException) as caught:
+        infer(client, "mlp", x, timeout=1)  # Triton's timeout parameter: 1 microsecond
+    assert caught.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    # A request queued behind a busy engine expires in the queue and never runs.
+    statuses = []
+    with ThreadPoolExecutor(1) as pool:
+        for _ in range(10):  # each try: occupy the engine, then send a request with a 0.5 ms timeout
+            busy = pool.submit(infer, client, "slow", np.ones((2, 64), np.float32))
+            time.sleep(0.003)
+            try:
+                infer(client, "slow", x, timeout=500)
+                statuses.append("OK")
+            except InferenceServerException as exc:
+                statuses.append(exc.status())
+            busy.result()
+            if "StatusCode.DEADLINE_EXCEEDED" in statuses:
+                break
+    assert "StatusCode.DEADLINE_EXCEEDED" in statuses, statuses
