@@ -340,7 +340,15 @@ class UpstreamEngine:
                         await asyncio.sleep(backoff)
                         continue
                 raise self._error(exc, remaining, attempt + 1) from None
-        return decode_outputs(response, self.label)
+        return self._conform(decode_outputs(response, self.label))
+
+    def _conform(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Match the shapes the upstream declared: MLServer's NumpyCodec answers a [N] tensor as [N, 1]."""
+        for spec in self.outputs:
+            array = outputs.get(spec.name)
+            if array is not None and array.ndim == len(spec.shape) + 1 and array.shape[-1] == 1:
+                outputs[spec.name] = array.reshape(array.shape[:-1])
+        return outputs
 
     def _error(self, exc: grpc.aio.AioRpcError, timeout_s: float, attempts: int) -> Exception:
         code, details = exc.code(), exc.details() or ""
