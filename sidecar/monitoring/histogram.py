@@ -91,10 +91,10 @@ def _edge_error(edges: np.ndarray, flat_index: int) -> ValueError:
     i, j = divmod(flat_index, edges.shape[1])
     value = edges[i, j]
     if not np.isfinite(value):
-        return ValueError(f"edges[{i}, {j}] is {value}: every edge must be finite")
+        return ValueError(f"edges[{i}, {j}] is {float(value)}: every edge must be finite")
     return ValueError(
-        f"edges[{i}, {j}] = {value!r} is below edges[{i - 1}, {j}] = {edges[i - 1, j]!r}: each column of the "
-        "edge-major (K, F) edges must be sorted non-decreasing"
+        f"edges[{i}, {j}] = {float(value)!r} is below edges[{i - 1}, {j}] = {float(edges[i - 1, j])!r}: "
+        "each column of the edge-major (K, F) edges must be sorted non-decreasing"
     )
 
 
