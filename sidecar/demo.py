@@ -381,6 +381,13 @@ def run_demo(args: argparse.Namespace) -> int:
         # == end of drift monitoring phase ============================================================
 
         # == routing phase (sidecar.routing) ==========================================================
+        from sidecar.routing.demo import run_routing_phase
+
+        routing_ok = run_routing_phase(
+            server.url, server.control_url, MODEL, VERSIONS[0], VERSIONS[1], data.x_test, data.y_test,
+            args.requests, args.concurrency, send_rows,
+        )  # fmt: skip
+        served.errors += 0 if routing_ok else 1
         # == end of routing phase =====================================================================
 
         # == telemetry phase (sidecar.telemetry) ======================================================
