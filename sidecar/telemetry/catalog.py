@@ -124,8 +124,15 @@ DRIFT_PSI = Instrument(
     "sidecar.drift.psi",
     "gauge",
     "1",
-    "Population stability index of each feature against the version's reference profile.",
+    "Population stability index of each feature in the last closed alert window, against the reference profile.",
     (*MODEL, "feature"),
+)
+DRIFT_STATISTIC = Instrument(
+    "sidecar.drift.statistic",
+    "gauge",
+    "1",
+    "Every drift and quality statistic of the last closed alert window (psi, js, ks, chi2, missing_rate, ...).",
+    (*MODEL, "feature", "statistic"),
 )
 FEATURE_BIN_COUNT = Instrument(
     "sidecar.feature.bin.count",
@@ -134,19 +141,34 @@ FEATURE_BIN_COUNT = Instrument(
     "Cumulative observations per feature and reference bin (sum across replicas, then compute PSI).",
     (*MODEL, "feature", "bin"),
 )
+FEATURE_BIN_REFERENCE = Instrument(
+    "sidecar.feature.bin.reference",
+    "gauge",
+    "1",
+    "Share of the reference (training) data in each bin: the other side of a fleet-wide PSI.",
+    (*MODEL, "feature", "bin"),
+)
 DATA_QUALITY = Instrument(
     "sidecar.data_quality.issues",
     "counter",
     "{value}",
-    "Input values failing a data-quality check (missing, non-finite, out of range, ...).",
+    "Cumulative values failing a data-quality check: missing, non_finite, out_of_range, unknown_category; "
+    'schema_violation counts requests rejected for their inputs (feature "*").',
     (*MODEL, "feature", "check"),
 )
 ALERTS_ACTIVE = Instrument(
     "sidecar.alerts.active",
     "gauge",
     "{alert}",
-    "Alerts firing now.",
-    (*MODEL, "alert", "severity"),
+    "Drift and data-quality alerts firing now, per version (0 when none).",
+    MODEL,
+)
+DRIFT_ALERT = Instrument(
+    "sidecar.drift.alert",
+    "gauge",
+    "{alert}",
+    "1 for each (feature, statistic) whose alert is firing now.",
+    (*MODEL, "feature", "statistic"),
 )
 TELEMETRY_DROPPED = Instrument(
     "sidecar.telemetry.dropped",

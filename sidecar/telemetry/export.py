@@ -70,6 +70,12 @@ class DropCounter:
             self.counts[key],
         )
 
+    def seed(self, signal: str, *reasons: str) -> None:
+        """Report these kinds as 0 from the start, so rate()/increase() see the first drop."""
+        with self._lock:
+            for reason in reasons:
+                self.counts.setdefault((signal, reason), 0)
+
     def total(self, signal: str | None = None) -> int:
         return sum(n for (s, _), n in self.counts.items() if signal is None or s == signal)
 

@@ -139,12 +139,21 @@ class HistogramSet:
         return out
 
     def merge_into(self, data: MetricsData | None) -> MetricsData | None:
+        """``data`` plus these histograms, in the SDK's own ``sidecar`` scope when it has one (OTLP encoders
+        key scopes by name: two ScopeMetrics of one scope would overwrite each other)."""
         metrics = self.metrics()
         if not metrics:
             return data
-        scope = ScopeMetrics(scope=SCOPE, metrics=metrics, schema_url="")
         if data is None or not data.resource_metrics:
+            scope = ScopeMetrics(scope=SCOPE, metrics=metrics, schema_url="")
             return MetricsData(resource_metrics=[ResourceMetrics(self.resource, [scope], schema_url="")])
         first, *rest = data.resource_metrics
-        merged = ResourceMetrics(first.resource, [*first.scope_metrics, scope], first.schema_url)
+        scopes = list(first.scope_metrics)
+        for i, sm in enumerate(scopes):
+            if sm.scope.name == SCOPE.name and sm.scope.version == SCOPE.version:
+                scopes[i] = ScopeMetrics(scope=sm.scope, metrics=[*sm.metrics, *metrics], schema_url=sm.schema_url)
+                break
+        else:
+            scopes.append(ScopeMetrics(scope=SCOPE, metrics=metrics, schema_url=""))
+        merged = ResourceMetrics(first.resource, scopes, first.schema_url)
         return MetricsData(resource_metrics=[merged, *rest])

@@ -30,7 +30,7 @@ def batch_span(model: str, version: str, request_spans: Sequence[Any], rows: int
     links = []
     for span in request_spans:
         ctx = span.get_span_context()
-        if ctx.is_valid:
+        if ctx.is_valid and ctx.trace_flags.sampled:  # a link to an unrecorded span would dangle
             links.append(trace.Link(ctx))
     if not links:
         # Nothing sampled in this batch: no span to record (and no tracer work on the hot path).

@@ -103,6 +103,8 @@ class Telemetry:
             exporters.append(metric_exporter(s.metrics_otlp))
         if s.metrics_console:
             exporters.append(console_exporters()[1])
+        if exporters:
+            self.drops.seed("metrics", "export_failed")
         for exporter in exporters:
             counting = CountingMetricExporter(exporter, self.drops)
             self.metric_exporters.append(counting)
@@ -145,6 +147,8 @@ class Telemetry:
             exporters.append(span_exporter(s.traces_otlp))
         if s.traces_console:
             exporters.append(console_exporters()[0])
+        if exporters:
+            self.drops.seed("traces", "queue_full", "export_failed")
         for exporter in exporters:
             processor = BoundedSpanProcessor(
                 exporter, self.drops, s.span_queue_size, s.span_batch_size, s.span_schedule_delay_ms / 1000.0
@@ -154,6 +158,13 @@ class Telemetry:
         self.tracer_provider = provider
         self.tracer = provider.get_tracer("sidecar.protocol", __version__)
         tracing.activate(provider)
+
+    def observe_monitoring(self, monitoring: Any) -> None:
+        """Export drift, data-quality and alert metrics from ``monitoring.snapshot()`` (the monitoring stage)."""
+        if self.meter is not None and monitoring is not None:
+            from sidecar.telemetry.drift_metrics import DriftMetrics
+
+            DriftMetrics(self.meter, monitoring.snapshot)
 
     def destinations(self) -> list[str]:
         lines = self.settings.destinations()

@@ -1,0 +1,126 @@
+"""Drift and data-quality metrics, read from the monitoring stage's frozen snapshot at collection time.
+
+Source: ``sidecar.monitoring.monitor.Monitoring.snapshot()`` (a ``MonitoringSnapshot``: per version,
+per feature the cumulative bin counts, the last closed alert window's statistics, active alerts).
+Nothing here touches the request path or the monitoring thread's state; one snapshot serves all the
+instruments of one collection (it is reused for ``CACHE_S``).
+
+- ``sidecar.feature.bin.count``: cumulative observations per bin: counters, so a collector can sum them
+  across replicas and compute the fleet's PSI against the reference shares
+  (``sidecar.feature.bin.reference``).
+- ``sidecar.drift.psi`` / ``sidecar.drift.statistic``: the statistics of the last closed window of the
+  alert window kind (the values alerts are judged on); absent until a window closed with enough data.
+- ``sidecar.data_quality.issues``: cumulative counts of missing, non-finite, out-of-range values, unknown
+  categories, and requests rejected for their inputs (``feature="*"``).
+- ``sidecar.alerts.active``: alerts firing per version (0 when none); ``sidecar.drift.alert``: 1 per
+  firing (feature, statistic).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+from sidecar.telemetry import catalog
+from sidecar.telemetry.model_metrics import create_observable
+
+CACHE_S = 0.5
+_NO_VALUE = ("insufficient_data", "no_reference")
+
+
+class DriftMetrics:
+    def __init__(self, meter: Meter, snapshot: Callable[[], Any]) -> None:
+        self._take = snapshot
+        self._lock = threading.Lock()
+        self._cached: tuple[float, Any] | None = None
+        create_observable(meter, catalog.FEATURE_BIN_COUNT, self._bins)
+        create_observable(meter, catalog.FEATURE_BIN_REFERENCE, self._reference)
+        create_observable(meter, catalog.DRIFT_PSI, self._psi)
+        create_observable(meter, catalog.DRIFT_STATISTIC, self._statistics)
+        create_observable(meter, catalog.DATA_QUALITY, self._quality)
+        create_observable(meter, catalog.ALERTS_ACTIVE, self._alerts)
+        create_observable(meter, catalog.DRIFT_ALERT, self._alert_states)
+
+    def snapshot(self) -> Any:
+        now = time.monotonic()
+        with self._lock:
+            if self._cached is not None and now - self._cached[0] < CACHE_S:
+                return self._cached[1]
+        snap = self._take()
+        with self._lock:
+            self._cached = (now, snap)
+        return snap
+
+    def _versions(self) -> Iterable[tuple[dict[str, str], Any]]:
+        for v in self.snapshot().versions:
+            yield {"model.name": v.model, "model.version": v.version}, v
+
+    def _bins(self, options: CallbackOptions) -> Iterable[Observation]:
+        for attrs, v in self._versions():
+            for f in v.features:
+                for label, count in zip(f.bins, f.cumulative, strict=True):
+                    yield Observation(count, {**attrs, "feature": f.feature, "bin": label})
+
+    def _reference(self, options: CallbackOptions) -> Iterable[Observation]:
+        for attrs, v in self._versions():
+            if not v.has_reference:
+                continue
+            for f in v.features:
+                total = sum(f.reference)
+                if total:
+                    for label, count in zip(f.bins, f.reference, strict=True):
+                        yield Observation(count / total, {**attrs, "feature": f.feature, "bin": label})
+
+    def _window_statistics(self) -> Iterable[tuple[dict[str, str], str, Any]]:
+        for attrs, v in self._versions():
+            window = v.last_window
+            if window is None:
+                continue
+            for f in window.features:
+                for s in f.statistics:
+                    if s.status not in _NO_VALUE and s.value == s.value:  # NaN: no value
+                        yield attrs, f.feature, s
+
+    def _psi(self, options: CallbackOptions) -> Iterable[Observation]:
+        for attrs, feature, s in self._window_statistics():
+            if s.name == "psi":
+                yield Observation(s.value, {**attrs, "feature": feature})
+
+    def _statistics(self, options: CallbackOptions) -> Iterable[Observation]:
+        for attrs, feature, s in self._window_statistics():
+            yield Observation(s.value, {**attrs, "feature": feature, "statistic": s.name})
+
+    def _quality(self, options: CallbackOptions) -> Iterable[Observation]:
+        for attrs, v in self._versions():
+            yield Observation(v.schema_violations_total, {**attrs, "feature": "*", "check": "schema_violation"})
+            for f in v.features:
+                for check, count in quality_counts(f, v.has_reference).items():
+                    yield Observation(count, {**attrs, "feature": f.feature, "check": check})
+
+    def _alerts(self, options: CallbackOptions) -> Iterable[Observation]:
+        for attrs, v in self._versions():
+            yield Observation(len(v.alerts), attrs)
+
+    def _alert_states(self, options: CallbackOptions) -> Iterable[Observation]:
+        for attrs, v in self._versions():
+            for a in v.alerts:
+                yield Observation(1, {**attrs, "feature": a.feature, "statistic": a.statistic})
+
+
+def quality_counts(f: Any, has_reference: bool) -> dict[str, int]:
+    """Data-quality counts of one feature from its cumulative bins.
+
+    The layout is ``sidecar.monitoring.binning.FeatureSlot``'s: numeric = below-min, bins..., above-max,
+    NaN, inf; categorical = categories..., other, missing.
+    """
+    c = f.cumulative
+    if f.kind == "numeric":
+        counts = {"missing": c[-2], "non_finite": c[-1]}
+        if has_reference:  # the outer bins are below the reference min / above its max
+            counts["out_of_range"] = c[0] + c[-3]
+        return counts
+    return {"missing": c[-1], "unknown_category": c[-2]}

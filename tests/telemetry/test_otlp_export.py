@@ -1,0 +1,193 @@
+"""The real OTLP exporters, from a real sidecar, into an OTLP receiver implementing the collector services."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tc
+
+from sidecar.telemetry import catalog
+from sidecar.testing.otlp_receiver import OtlpReceiver
+from sidecar.testing.server import ServerThread, config_for_tests
+
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+UNSAMPLED_TRACE = "0af7651916cd43dd8448eb211c80319c"
+MODEL_INFER = "inference.GRPCInferenceService/ModelInfer"
+
+
+def _input(rows: int = 2) -> tc.InferInput:
+    x = np.random.default_rng(rows).random((rows, 64), dtype=np.float32)
+    inp = tc.InferInput("input", [rows, 64], "FP32")
+    inp.set_data_from_numpy(x)
+    return inp
+
+
+@pytest.fixture(scope="module")
+def otlp():
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def traced(model_repository, otlp):
+    """A sidecar exporting traces and metrics over OTLP/gRPC, after some traffic."""
+    cfg = config_for_tests(
+        str(model_repository),
+        telemetry={
+            "otlp_endpoint": otlp.grpc_endpoint,
+            "otlp_headers": "x-tenant=team%20a",
+            "span_schedule_delay_ms": 50,
+            "metric_export_interval_ms": 300,
+            "service_name": "sidecar-under-test",
+        },
+        batching={"max_queue_delay_ms": 20},
+    )
+    with ServerThread(cfg) as srv:
+        client = tc.InferenceServerClient(srv.url)
+        client.infer(
+            "mlp", [_input(3)], model_version="1.0.0", headers={"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"}
+        )
+        client.infer("mlp", [_input(1)], headers={"traceparent": f"00-{UNSAMPLED_TRACE}-{CALLER_SPAN}-00"})
+        with pytest.raises(tc.InferenceServerException):
+            client.infer("no_such_model", [_input(1)])
+        with ThreadPoolExecutor(8) as pool:  # concurrent requests: the dynamic batcher merges some
+            list(pool.map(lambda i: client.infer("mlp", [_input(1 + i % 3)], model_version="1.0.0"), range(24)))
+        assert srv.app.telemetry.force_flush(5.0)
+        yield srv
+
+
+def test_request_span_continues_the_callers_trace(traced, otlp):
+    span = otlp.wait_for_span(lambda s: s.span.trace_id.hex() == CALLER_TRACE)
+    assert span.name == MODEL_INFER
+    assert span.span.kind == span.span.SPAN_KIND_SERVER
+    assert span.span.parent_span_id.hex() == CALLER_SPAN
+    attrs = span.attributes
+    assert attrs["rpc.system.name"] == "grpc"
+    assert attrs["rpc.method"] == MODEL_INFER
+    assert attrs["rpc.status_code"] == "OK"
+    assert attrs["model.name"] == "mlp"
+    assert attrs["model.version"] == "1.0.0"
+    assert attrs["sidecar.batch.rows"] >= 3
+    assert attrs["sidecar.queue.duration_s"] >= 0.0
+    assert len(attrs["sidecar.batch.span_id"]) == 16
+    assert span.resource["service.name"] == "sidecar-under-test"
+    assert span.resource["service.version"]
+    assert span.resource["service.instance.id"]
+    assert span.resource["host.name"]
+    assert span.protocol == "grpc"
+
+
+def test_batch_span_links_to_the_request_spans_it_served(traced, otlp):
+    request = otlp.wait_for_span(lambda s: s.span.trace_id.hex() == CALLER_TRACE)
+    batch_id = request.attributes["sidecar.batch.span_id"]
+    batch = otlp.wait_for_span(lambda s: s.name == "sidecar.batch" and s.span.span_id.hex() == batch_id)
+    links = {(link.trace_id.hex(), link.span_id.hex()) for link in batch.span.links}
+    assert (CALLER_TRACE, request.span.span_id.hex()) in links
+    assert batch.span.trace_id.hex() != CALLER_TRACE  # a trace of its own, linked, not a child
+    attrs = batch.attributes
+    assert attrs["model.name"] == "mlp"
+    assert attrs["model.version"] == "1.0.0"
+    assert attrs["sidecar.engine.provider"] == "CPUExecutionProvider"
+    assert attrs["sidecar.batch.rows"] == request.attributes["sidecar.batch.rows"]
+    assert attrs["sidecar.batch.requests"] == len(batch.span.links)
+
+
+def test_a_batch_of_several_requests_links_each_of_them(traced, otlp):
+    spans = otlp.spans()
+    requests = {s.span.span_id.hex(): s for s in spans if s.name == MODEL_INFER}
+    batches = [s for s in spans if s.name == "sidecar.batch" and len(s.span.links) >= 2]
+    assert batches, "the dynamic batcher merged no concurrent requests"
+    for batch in batches:
+        served = [requests[link.span_id.hex()] for link in batch.span.links]
+        assert sum(r.attributes["model.name"] == "mlp" for r in served) == len(served)
+        assert {r.attributes["sidecar.batch.span_id"] for r in served} == {batch.span.span_id.hex()}
+        assert {r.attributes["sidecar.batch.rows"] for r in served} == {batch.attributes["sidecar.batch.rows"]}
+        assert batch.attributes["sidecar.batch.rows"] >= len(served)
+
+
+def test_unsampled_caller_is_respected(traced, otlp):
+    assert not [s for s in otlp.spans() if s.span.trace_id.hex() == UNSAMPLED_TRACE]
+
+
+def test_error_is_recorded_with_the_grpc_status(traced, otlp):
+    span = otlp.wait_for_span(lambda s: s.attributes.get("model.name") == "no_such_model")
+    assert span.attributes["rpc.status_code"] == "NOT_FOUND"
+    assert span.attributes["error.type"] == "NOT_FOUND"
+    # NOT_FOUND is the caller's fault: the gRPC conventions leave a server span's status unset.
+    assert span.span.status.code == span.span.status.STATUS_CODE_UNSET
+
+
+def test_metric_names_units_and_attributes(traced, otlp):
+    expected = {
+        catalog.RPC_DURATION: "s",
+        catalog.INFERENCE_REQUESTS: "{request}",
+        catalog.INFERENCE_ROWS: "{row}",
+        catalog.INFERENCE_DURATION: "s",
+        catalog.QUEUE_DURATION: "s",
+        catalog.COMPUTE_DURATION: "s",
+        catalog.BATCH_ROWS: "{row}",
+        catalog.BATCH_EXECUTIONS: "{batch}",
+        catalog.QUEUE_DEPTH: "{request}",
+        catalog.MODEL_FRESHNESS: "d",
+        catalog.PROCESS_CPU_TIME: "s",
+        catalog.PROCESS_MEMORY_USAGE: "By",
+    }
+    for instrument, unit in expected.items():
+        metric = otlp.wait_for_metric(instrument.name)
+        assert metric.unit == unit, instrument.name
+    requests = otlp.wait_for_metric(
+        "sidecar.inference.requests",
+        lambda m: any(
+            _attrs(p) == {"model.name": "mlp", "model.version": "1.0.0", "outcome": "success"} and p.as_int >= 25
+            for p in m.points()
+        ),
+    )
+    assert requests.metric.sum.is_monotonic
+    assert requests.metric.sum.aggregation_temporality == 2  # cumulative
+    assert requests.resource["service.name"] == "sidecar-under-test"
+
+    rpc = otlp.latest_metric("rpc.server.call.duration")
+    by_code = {_attrs(p)["rpc.status_code"]: p for p in rpc.points() if _attrs(p)["rpc.method"] == MODEL_INFER}
+    assert by_code["OK"].count >= 26 and by_code["NOT_FOUND"].count == 1
+    assert {"rpc.system.name": "grpc", "rpc.method": MODEL_INFER, "rpc.status_code": "OK"} == _attrs(by_code["OK"])
+    assert list(by_code["OK"].explicit_bounds) == list(catalog.DURATION_BUCKETS_S)
+    assert sum(by_code["OK"].bucket_counts) == by_code["OK"].count
+
+    rows = otlp.latest_metric("sidecar.batch.rows")
+    point = next(p for p in rows.points() if _attrs(p)["model.version"] == "1.0.0")
+    assert list(point.explicit_bounds) == [float(b) for b in catalog.ROWS_BUCKETS]
+    assert point.sum == 3 + sum(1 + i % 3 for i in range(24))  # every row served lands in exactly one batch
+
+    freshness = otlp.latest_metric("sidecar.model.freshness")
+    values = {_attrs(p)["model.version"]: p.as_double or p.as_int for p in freshness.points()}
+    assert values == {"1.0.0": (dt.date.today() - dt.date(2024, 1, 15)).days}  # only 1.0.0 has a training_date
+
+
+def test_export_headers_reach_the_collector(traced, otlp):
+    otlp.wait_for(lambda: otlp.headers)
+    assert any(h.get("x-tenant") == "team a" for h in otlp.headers)
+
+
+def test_no_gpu_means_no_gpu_instruments_and_one_log_line(model_repository, caplog):
+    caplog.set_level(logging.INFO, logger="sidecar.telemetry.gpu")
+    cfg = config_for_tests(str(model_repository), telemetry={"metrics_port": 0, "gpu_sample_interval_s": 0.05})
+    with ServerThread(cfg) as srv:
+        port = srv.app.telemetry.prometheus_port
+        import urllib.request
+
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert "process_cpu_time_seconds_total" in text
+    assert "hw_gpu" not in text and "hw_power" not in text
+    lines = [r for r in caplog.records if r.name == "sidecar.telemetry.gpu"]
+    assert len(lines) == 1 and "GPU metrics off" in lines[0].getMessage()
+
+
+def _attrs(point) -> dict:
+    from sidecar.testing.otlp_receiver import attributes
+
+    return attributes(point.attributes)
