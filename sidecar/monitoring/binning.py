@@ -186,6 +186,13 @@ class ProfileCounter:
         self.sources = tuple(
             SourceCounter(s, sl, update_counts) for s, sl in zip(profile.sources, per_source, strict=True)
         )
+        # Per source, its numeric features as one block: (slots, start, stop, counts per feature).
+        blocks = []
+        for sl in per_source:
+            numeric = tuple(x for x in sl if x.kind == NUMERIC)
+            if numeric:
+                blocks.append((numeric, numeric[0].start, numeric[-1].stop, numeric[0].stop - numeric[0].start))
+        self.numeric_blocks: tuple[tuple[tuple[FeatureSlot, ...], int, int, int], ...] = tuple(blocks)
 
     def zeros(self) -> np.ndarray:
         return np.zeros(self.size, dtype=np.int64)

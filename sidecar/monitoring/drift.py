@@ -97,41 +97,52 @@ def _as_counts(counts: np.ndarray) -> np.ndarray:
     return np.asarray(counts, dtype=np.float64)
 
 
-def psi(reference: np.ndarray, current: np.ndarray, epsilon: float = PSI_EPSILON) -> float:
-    """PSI of ``current`` against ``reference`` (count vectors over the same bins); NaN if either is empty."""
-    q, p = _as_counts(reference), _as_counts(current)
-    n, m = q.sum(), p.sum()
-    if n <= 0 or m <= 0:
-        return math.nan
-    q = q / n
-    p = p / m
+def _shares(reference: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row-wise shares (rows = features) and a mask of the rows where both sides have data."""
+    q, p = np.atleast_2d(_as_counts(reference)), np.atleast_2d(_as_counts(current))
+    n, m = q.sum(axis=1, keepdims=True), p.sum(axis=1, keepdims=True)
+    ok = ((n > 0) & (m > 0))[:, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return q / np.where(n > 0, n, 1.0), p / np.where(m > 0, m, 1.0), ok
+
+
+def psi_rows(reference: np.ndarray, current: np.ndarray, epsilon: float = PSI_EPSILON) -> np.ndarray:
+    """PSI of each row of ``current`` against the same row of ``reference`` ((F, B) counts); NaN where empty."""
+    q, p, ok = _shares(reference, current)
     q = np.where(q > 0, q, epsilon)
     p = np.where(p > 0, p, epsilon)
-    return float(np.sum((p - q) * np.log(p / q)))
+    return np.where(ok, np.sum((p - q) * np.log(p / q), axis=1), np.nan)
+
+
+def js_rows(reference: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """Jensen-Shannon distance (base 2, in [0, 1]) row by row; NaN where either side is empty."""
+    q, p, ok = _shares(reference, current)
+    mid = 0.5 * (p + q)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kp = np.where(p > 0, p * np.log2(p / mid), 0.0).sum(axis=1)
+        kq = np.where(q > 0, q * np.log2(q / mid), 0.0).sum(axis=1)
+    return np.where(ok, np.sqrt(np.maximum(0.0, 0.5 * (kp + kq))), np.nan)
+
+
+def ks_rows(reference: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """Largest absolute gap between the binned CDFs, row by row; NaN where either side is empty."""
+    q, p, ok = _shares(reference, current)
+    return np.where(ok, np.max(np.abs(np.cumsum(p, axis=1) - np.cumsum(q, axis=1)), axis=1), np.nan)
+
+
+def psi(reference: np.ndarray, current: np.ndarray, epsilon: float = PSI_EPSILON) -> float:
+    """PSI of ``current`` against ``reference`` (count vectors over the same bins); NaN if either is empty."""
+    return float(psi_rows(reference, current, epsilon)[0])
 
 
 def js_distance(reference: np.ndarray, current: np.ndarray) -> float:
     """Jensen-Shannon distance (base 2, in [0, 1]); NaN if either side is empty."""
-    q, p = _as_counts(reference), _as_counts(current)
-    n, m = q.sum(), p.sum()
-    if n <= 0 or m <= 0:
-        return math.nan
-    q = q / n
-    p = p / m
-    mid = 0.5 * (p + q)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kp = np.where(p > 0, p * np.log2(p / mid), 0.0).sum()
-        kq = np.where(q > 0, q * np.log2(q / mid), 0.0).sum()
-    return float(math.sqrt(max(0.0, 0.5 * (kp + kq))))
+    return float(js_rows(reference, current)[0])
 
 
 def ks_binned(reference: np.ndarray, current: np.ndarray) -> float:
     """Largest absolute difference between the binned CDFs; NaN if either side is empty."""
-    q, p = _as_counts(reference), _as_counts(current)
-    n, m = q.sum(), p.sum()
-    if n <= 0 or m <= 0:
-        return math.nan
-    return float(np.max(np.abs(np.cumsum(p) / m - np.cumsum(q) / n)))
+    return float(ks_rows(reference, current)[0])
 
 
 def chi2_two_sample(reference: np.ndarray, current: np.ndarray) -> tuple[float, int]:
@@ -202,35 +213,47 @@ def _stat(
     return StatisticValue(name, value, warn, alert, status, p_value)
 
 
+def compare_rows(
+    kind: str, reference: np.ndarray, current: np.ndarray, thresholds: Thresholds
+) -> list[tuple[StatisticValue, ...]]:
+    """Drift statistics of several features at once (rows of (F, B) counts over the same bins).
+
+    ``kind`` "numeric": PSI, JS, KS; "categorical": PSI, JS, chi-square."""
+    t = thresholds
+    ref, cur = np.atleast_2d(_as_counts(reference)), np.atleast_2d(_as_counts(current))
+    ns, ms = ref.sum(axis=1), cur.sum(axis=1)
+    dfs = np.maximum(1, np.count_nonzero(ref + cur, axis=1) - 1)
+    psis, jss = psi_rows(ref, cur), js_rows(ref, cur)
+    kss = ks_rows(ref, cur) if kind == NUMERIC_KIND else None
+    a = t.significance
+    out = []
+    for i in range(len(ref)):
+        n, m, df = float(ns[i]), float(ms[i]), int(dfs[i])
+        enough = m >= t.min_rows and n > 0
+        psi_floor = psi_critical(n, m, df, a)
+        js_floor = js_critical(n, m, df, a)
+        row = [
+            _stat("psi", float(psis[i]), max(t.psi_warn, psi_floor), max(t.psi_alert, psi_floor), enough),
+            _stat("js", float(jss[i]), max(t.js_warn, js_floor), max(t.js_alert, js_floor), enough),
+        ]
+        if kss is not None:
+            d = float(kss[i])
+            warn, alert = ks_critical(n, m, t.ks_warn_p), ks_critical(n, m, t.ks_alert_p)
+            row.append(_stat("ks", d, warn, alert, enough, ks_p_value(d, n, m)))
+        else:
+            stat, cdf = chi2_two_sample(ref[i], cur[i])
+            cdf = max(cdf, 1)
+            p = chi2_sf(stat, cdf) if not math.isnan(stat) else math.nan
+            row.append(_stat("chi2", stat, chi2_isf(t.chi2_warn_p, cdf), chi2_isf(t.chi2_alert_p, cdf), enough, p))
+        out.append(tuple(row))
+    return out
+
+
 def compare(
     kind: str, reference: np.ndarray, current: np.ndarray, thresholds: Thresholds
 ) -> tuple[StatisticValue, ...]:
     """Drift statistics of one feature: ``kind`` is "numeric" (PSI, JS, KS) or "categorical" (PSI, JS, chi2)."""
-    t = thresholds
-    n = float(np.sum(reference))
-    m = float(np.sum(current))
-    enough = m >= t.min_rows and n > 0
-    df = degrees_of_freedom(reference, current)
-    a = t.significance
-    psi_v = psi(reference, current)
-    psi_floor = psi_critical(n, m, df, a)
-    js_v = js_distance(reference, current)
-    js_floor = js_critical(n, m, df, a)
-    out = [
-        _stat("psi", psi_v, max(t.psi_warn, psi_floor), max(t.psi_alert, psi_floor), enough),
-        _stat("js", js_v, max(t.js_warn, js_floor), max(t.js_alert, js_floor), enough),
-    ]
-    if kind == NUMERIC_KIND:
-        d = ks_binned(reference, current)
-        out.append(
-            _stat("ks", d, ks_critical(n, m, t.ks_warn_p), ks_critical(n, m, t.ks_alert_p), enough, ks_p_value(d, n, m))
-        )
-    else:
-        stat, cdf = chi2_two_sample(reference, current)
-        cdf = max(cdf, 1)
-        p = chi2_sf(stat, cdf) if not math.isnan(stat) else math.nan
-        out.append(_stat("chi2", stat, chi2_isf(t.chi2_warn_p, cdf), chi2_isf(t.chi2_alert_p, cdf), enough, p))
-    return tuple(out)
+    return compare_rows(kind, reference, current, thresholds)[0]
 
 
 def rate(name: str, events: float, total: float, warn: float, alert: float, min_rows: int) -> StatisticValue:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from sidecar.monitoring.binning import FeatureSlot, ProfileCounter
-from sidecar.monitoring.drift import NUMERIC_KIND, Thresholds, compare, rate
+from sidecar.monitoring.drift import NUMERIC_KIND, Thresholds, compare, compare_rows, rate
 from sidecar.monitoring.report import FeatureReport, WindowReport
 
 
@@ -50,50 +50,49 @@ class Accumulator:
         self.requests = self.rows = self.rejected = self.dropped = 0
 
 
-def feature_report(
+def categorical_report(
     slot: FeatureSlot, reference: np.ndarray, counts: np.ndarray, t: Thresholds, has_reference: bool
 ) -> FeatureReport:
+    """Report of one categorical feature: PSI, JS, chi-square and its missing rate."""
     total = slot.total(counts)
     ref_total = slot.total(reference)
     stats = []
     if has_reference:
         stats.extend(compare(slot.kind, slot.distribution(reference), slot.distribution(counts), t))
     ref_missing = slot.missing(reference) / ref_total if ref_total else 0.0
-    stats.append(
-        rate(
-            "missing_rate",
-            slot.missing(counts),
-            total,
-            ref_missing + t.missing_rate_warn,
-            ref_missing + t.missing_rate_alert,
-            t.min_rows,
-        )
-    )
-    if slot.kind == NUMERIC_KIND:
-        ref_inf = slot.infinite(reference) / ref_total if ref_total else 0.0
-        stats.append(
-            rate(
-                "inf_rate",
-                slot.infinite(counts),
-                total,
-                ref_inf + t.inf_rate_warn,
-                ref_inf + t.inf_rate_alert,
-                t.min_rows,
-            )
-        )
-        if has_reference:
-            finite = total - slot.missing(counts) - slot.infinite(counts)
-            stats.append(
-                rate(
-                    "out_of_range_rate",
-                    slot.out_of_range(counts),
-                    finite,
-                    t.out_of_range_rate_warn,
-                    t.out_of_range_rate_alert,
-                    t.min_rows,
-                )
-            )
+    warn, alert = ref_missing + t.missing_rate_warn, ref_missing + t.missing_rate_alert
+    stats.append(rate("missing_rate", slot.missing(counts), total, warn, alert, t.min_rows))
     return FeatureReport(slot.name, slot.source.side, slot.kind, slot.source.derive, total, tuple(stats))
+
+
+def _numeric_reports(
+    slots: tuple[FeatureSlot, ...], ref: np.ndarray, cur: np.ndarray, t: Thresholds, has_reference: bool
+) -> list[FeatureReport]:
+    """Reports of a block of numeric features at once: ``ref``/``cur`` are (F, B + 4) counts."""
+    drift_stats = compare_rows(NUMERIC_KIND, ref[:, :-2], cur[:, :-2], t) if has_reference else [()] * len(slots)
+    totals, ref_totals = cur.sum(axis=1), ref.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ref_missing = np.where(ref_totals > 0, ref[:, -2] / ref_totals, 0.0)
+        ref_inf = np.where(ref_totals > 0, ref[:, -1] / ref_totals, 0.0)
+    finite = totals - cur[:, -2] - cur[:, -1]
+    out = []
+    for i, slot in enumerate(slots):
+        total = int(totals[i])
+        stats = [
+            *drift_stats[i],
+            rate("missing_rate", int(cur[i, -2]), total, ref_missing[i] + t.missing_rate_warn,
+                 ref_missing[i] + t.missing_rate_alert, t.min_rows),
+            rate("inf_rate", int(cur[i, -1]), total, ref_inf[i] + t.inf_rate_warn, ref_inf[i] + t.inf_rate_alert,
+                 t.min_rows),
+        ]  # fmt: skip
+        if has_reference:
+            oor = int(cur[i, 0] + cur[i, -3])
+            stats.append(
+                rate("out_of_range_rate", oor, int(finite[i]), t.out_of_range_rate_warn, t.out_of_range_rate_alert,
+                     t.min_rows)
+            )  # fmt: skip
+        out.append(FeatureReport(slot.name, slot.source.side, slot.kind, slot.source.derive, total, tuple(stats)))
+    return out
 
 
 def evaluate(
@@ -104,7 +103,16 @@ def evaluate(
     end_unix: float,
 ) -> WindowReport:
     """The drift and quality report of one window's counts against the reference."""
-    features = tuple(feature_report(s, counter.reference, acc.counts, t, has_reference) for s in counter.slots)
+    by_name: dict[str, FeatureReport] = {}
+    for slots, start, stop, stride in counter.numeric_blocks:
+        ref = counter.reference[start:stop].reshape(-1, stride)
+        cur = acc.counts[start:stop].reshape(-1, stride)
+        for report in _numeric_reports(slots, ref, cur, t, has_reference):
+            by_name[report.feature] = report
+    features = tuple(
+        by_name.get(s.name) or categorical_report(s, counter.reference, acc.counts, t, has_reference)
+        for s in counter.slots
+    )
     attempted = acc.requests + acc.dropped + acc.rejected
     violations = rate(
         "schema_violation_rate",

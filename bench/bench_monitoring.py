@@ -1,0 +1,193 @@
+"""Cost of drift monitoring: the sidecar serving the MLP with monitoring on versus off.
+
+Target: with monitoring on (reference profile loaded, every request's 64 input features, its
+predicted class and its confidence folded into histograms, windows and alerts evaluated) the sidecar
+serves at least 95% of the requests/s it serves with monitoring off (closed loop, concurrency 64,
+batch-1 requests).
+
+Both servers run at once as `sidecar serve` subprocesses (bench/servers.py) on the same repository;
+the load generator (bench/loadgen.py) runs in a worker process of its own and measures them in
+alternating rounds (on, off, on, off, ...) so that drift in the machine's load hits both alike. The
+report gives each round, the median ratio, server CPU per request, and what the monitor saw (rows
+monitored, dropped, kernel) read back from the control API. A second part times the pieces in
+process: the request-path hook (``VersionMonitor.observe``) and one fold of a chunk.
+
+    .venv/bin/python -m bench.bench_monitoring                 # 3 rounds x 10 s per server
+    .venv/bin/python -m bench.bench_monitoring --rounds 5 --duration 20 --concurrency 64
+
+Results: bench/results/monitoring.json and .md. On a shared or small machine the numbers are noisy:
+compare the ratio, and rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.loadgen import make_infer_request, run
+from bench.report import STANDARD_COLUMNS, machine_info, markdown_table, result_row, save_results
+from bench.servers import free_port, start_sidecar
+
+FEATURES = 64
+
+
+def build_repository(root: Path) -> Path:
+    from sidecar.monitoring.build import profile_version
+    from sidecar.testing.models import mlp_model, write_version
+
+    vdir = write_version(root, "mlp", "1.0.0", mlp_model, features=FEATURES)
+    train = np.random.default_rng(0).normal(0.0, 1.0, (20_000, FEATURES)).astype(np.float32)
+    np.save(root / "train.npy", train)
+    profile_version(vdir, root / "train.npy")
+    return root
+
+
+def monitor_report(control: str) -> dict[str, Any]:
+    from sidecar.protocol.monitoring_client import MonitoringClient
+
+    with MonitoringClient(control) as client:
+        (r,) = client.drift_report("mlp")
+    return {
+        "requests_monitored": r.requests_total,
+        "rows_monitored": r.rows_total,
+        "dropped": r.dropped_total,
+        "errors": r.errors_total,
+        "kernel": r.kernel,
+        "features": len(r.windows[-1].features) if r.windows else 0,
+        "alerts": len(r.alerts),
+    }
+
+
+def micro(repeats: int = 20_000) -> dict[str, float]:
+    """In-process cost of the hook and of one fold, on the same profile."""
+    from sidecar.config import MonitoringConfig
+    from sidecar.monitoring.binning import ProfileCounter
+    from sidecar.monitoring.build import build_profile
+    from sidecar.monitoring.monitor import VersionMonitor
+    from sidecar.types import TensorSpec
+
+    rng = np.random.default_rng(1)
+    train = rng.normal(0, 1, (5000, FEATURES)).astype(np.float32)
+    probs = rng.dirichlet(np.ones(10), 5000).astype(np.float32)
+    profile = build_profile(
+        "mlp",
+        "1.0.0",
+        (TensorSpec("input", "FP32", (-1, FEATURES)),),
+        (TensorSpec("probabilities", "FP32", (-1, 10)), TensorSpec("label", "INT64", (-1,))),
+        {"input": train},
+        {},
+        {"probabilities": probs, "label": probs.argmax(1)},
+    )
+    config = MonitoringConfig(buffer_rows=1 << 30)
+    mon = VersionMonitor("mlp", "1.0.0", ProfileCounter(profile), config, has_reference=True)
+    x = {"input": train[:1]}
+    y = {"probabilities": probs[:1], "label": probs[:1].argmax(1)}
+    start = time.perf_counter()
+    for _ in range(repeats):
+        mon.observe(x, y, 1)
+    observe_us = (time.perf_counter() - start) / repeats * 1e6
+    chunk = 200
+    items = [(x, y, time.monotonic(), 1) for _ in range(chunk)]
+    folds = 200
+    start = time.perf_counter()
+    for _ in range(folds):
+        mon.fold(items, 0, 0, time.monotonic())
+    fold_ms = (time.perf_counter() - start) / folds * 1e3
+    return {
+        "observe_us_per_request": round(observe_us, 3),
+        "fold_ms_per_200_requests": round(fold_ms, 3),
+        "fold_us_per_request": round(fold_ms * 1e3 / chunk, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per round and server")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--name", default="monitoring")
+    args = parser.parse_args(argv)
+
+    payload = make_infer_request("mlp", {"input": np.random.default_rng(2).normal(0, 1, (1, FEATURES)).astype("f4")})
+    common = {"batching.enabled": True, "engine.executor_threads": 2, "telemetry.enabled": False}
+    rows: list[dict[str, Any]] = []
+    ratios: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-monitoring-") as tmp:
+        repo = build_repository(Path(tmp))
+        control = free_port()
+        on = start_sidecar(
+            repo,
+            models=["mlp"],
+            settings={**common, "monitoring.enabled": True},
+            name="monitoring-on",
+            extra_args=["--control-port", str(control)],
+        )
+        try:
+            off = start_sidecar(repo, models=["mlp"], settings={**common, "monitoring.enabled": False}, name="off")
+            try:
+                for k in range(args.rounds):
+                    pair = {}
+                    for label, server in (("on", on), ("off", off)) if k % 2 == 0 else (("off", off), ("on", on)):
+                        result = run(
+                            server.target,
+                            payload,
+                            concurrency=args.concurrency,
+                            duration_s=args.duration,
+                            warmup_s=args.warmup,
+                            processes=1,
+                            cpu_probes={"server": server.cpu_seconds},
+                            labels={"monitoring": label, "round": k + 1},
+                        )
+                        pair[label] = result.rps
+                        rows.append(result_row(result))
+                        print(f"round {k + 1} monitoring {label}: {result.rps:.0f} req/s", file=sys.stderr)
+                    ratios.append(pair["on"] / pair["off"] if pair["off"] else float("nan"))
+                seen = monitor_report(f"127.0.0.1:{control}")
+            finally:
+                off.stop()
+        finally:
+            on.stop()
+    parts = micro()
+    ratio = statistics.median(ratios)
+    summary = {
+        "median_ratio_on_over_off": round(ratio, 4),
+        "ratios": [round(r, 4) for r in ratios],
+        "target": 0.95,
+        "meets_target": ratio >= 0.95,
+        "monitor": seen,
+        "micro": parts,
+    }
+    columns = (("monitoring", "monitoring"), ("round", "round"), *STANDARD_COLUMNS)
+    md = "\n".join(
+        [
+            "# Drift monitoring on vs off (MLP 64 features, batch-1 requests, closed loop)",
+            "",
+            f"`python -m bench.bench_monitoring --rounds {args.rounds} --duration {args.duration:g} "
+            f"--concurrency {args.concurrency}`",
+            "",
+            markdown_table(rows, columns),
+            "",
+            f"Median throughput ratio on/off: **{ratio:.3f}** (per round: {', '.join(f'{r:.3f}' for r in ratios)};"
+            f" target >= 0.95).",
+            "",
+            f"Monitor (server with monitoring on): {seen}.",
+            "",
+            f"In process: {parts}.",
+            "",
+        ]
+    )
+    save_results(args.name, {"machine": machine_info(), "summary": summary, "rows": rows}, md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
