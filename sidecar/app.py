@@ -96,6 +96,7 @@ class Sidecar:
         server = grpc.aio.server(options=options)
         self.telemetry = Telemetry(resolve_telemetry(self.config.telemetry, self._environ))
         self.telemetry.start(self.repository)
+        self.telemetry.observe_monitoring(self.monitoring)  # drift, data-quality and alert metrics
         servicer = InferenceServicer(self.router, self.repository, self.lifecycle)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
             observed(servicer, INFERENCE_SERVICE, self.telemetry.tracer, self.telemetry.rpc_durations), server
