@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grpc-port", type=int, help="inference gRPC port (server.grpc_port, default 8001)")
     serve.add_argument("--grpc-address", help="inference gRPC bind address (server.grpc_host, default 0.0.0.0)")
     serve.add_argument("--control-port", type=int, help="control API port (server.control_port, default 8003)")
+    serve.add_argument(
+        "--metrics-port", type=int, help="Prometheus /metrics port (telemetry.metrics_port, default 8002; -1 = off)"
+    )
     serve.add_argument("--config", help="configuration file (TOML or YAML)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (log_level)")
 
@@ -108,6 +111,7 @@ def _serve(args: argparse.Namespace) -> int:
         "server.grpc_port": args.grpc_port,
         "server.grpc_host": args.grpc_address,
         "server.control_port": args.control_port,
+        "telemetry.metrics_port": args.metrics_port,
         "log_level": args.log_level,
     }
     config = SidecarConfig.load(args.config, overrides=overrides)
