@@ -6,13 +6,13 @@ compiled once (``CompiledPolicy``) into a cumulative-weight array; choosing a ve
 one ``bisect``. Compiled policies are immutable and replaced as a whole, so a request reads either the
 old policy or the new one, never half of each.
 
-Sticky assignment: a routing key (e.g. a user id) is hashed with BLAKE2b, salted with the model
-name, into one of ``BUCKETS`` points; the same key, model and policy give the same version on every
-request, after restarts and on every replica (Python's own ``hash`` is randomised per process, so it
-is not used). Non-stable arms occupy the low end of the range and the stable version the rest, so
-raising a canary from 10 % to 20 % only moves keys from stable to the canary, never back and forth.
-Shadow sampling uses a second, independent salt, so whether a request is mirrored does not depend on
-which arm served it.
+Sticky assignment: a routing key (e.g. a user id) is hashed once with BLAKE2b (64 bits), salted
+with the model name; the low 32 bits are its point for choosing the arm, the high 32 bits its point
+for shadow sampling, so whether a request is mirrored does not depend on which arm served it. The
+same key, model and policy give the same version on every request, after restarts and on every
+replica (Python's own ``hash`` is randomised per process, so it is not used). Non-stable arms occupy
+the low end of the range and the stable version the rest, so raising a canary from 10 % to 20 % only
+moves keys from stable to the canary, never back and forth. Without a key, 64 random bits are drawn.
 """
 
 from __future__ import annotations
@@ -179,9 +179,17 @@ def _check_permille(value: int, where: str) -> int:
     return value
 
 
-def hash_point(salt: bytes, key: str) -> int:
-    """A stable point in [0, BUCKETS) for ``key``: identical on every process and machine."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4, key=salt).digest(), "little")
+_LOW = BUCKETS - 1
+
+
+def hash_key(salt: bytes, key: str) -> int:
+    """64 stable bits for ``key``: identical on every process and machine."""
+    return int.from_bytes(hashlib.blake2b(salt + key.encode(), digest_size=8).digest(), "little")
+
+
+def key_bits(salt: bytes, key: str | None) -> int:
+    """The 64 bits a request is routed by: its key's hash, or a random draw without a key."""
+    return hash_key(salt, key) if key else random.getrandbits(64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,8 +204,7 @@ class CompiledPolicy:
     bounds: tuple[int, ...]
     shadow_versions: tuple[str, ...]
     shadow_bounds: tuple[int, ...]  # a request is mirrored to shadow i when its shadow point < bound
-    arm_salt: bytes
-    shadow_salt: bytes
+    salt: bytes
     revision: int = 0
     meta: Mapping[str, Any] = field(default_factory=dict)
 
@@ -212,33 +219,40 @@ class CompiledPolicy:
             cumulative += permille
             versions.append(version)
             bounds.append(cumulative * BUCKETS // PERMILLE)
-        salt = policy.model.encode()[:48]
         return cls(
             policy=policy,
             versions=tuple(versions),
             bounds=tuple(bounds),
             shadow_versions=tuple(v for v, _ in policy.shadows),
             shadow_bounds=tuple(p * BUCKETS // PERMILLE for _, p in policy.shadows),
-            arm_salt=b"arm:" + salt,
-            shadow_salt=b"shadow:" + salt,
+            salt=policy.model.encode() + b"\x00",
             revision=revision,
             meta=dict(meta or {}),
         )
 
-    def point(self, key: str | None) -> int:
-        if key:
-            return hash_point(self.arm_salt, key)
-        return random.getrandbits(32)
+    def bits(self, key: str | None) -> int:
+        """The request's 64 routing bits (see the module docstring); compute once, use for both choices."""
+        return key_bits(self.salt, key)
+
+    def choose_bits(self, bits: int) -> str:
+        if len(self.versions) == 1:
+            return self.versions[0]
+        return self.versions[bisect_right(self.bounds, bits & _LOW)]
+
+    def shadows_bits(self, bits: int) -> tuple[str, ...]:
+        if not self.shadow_versions:
+            return ()
+        point = bits >> 32
+        return tuple(v for v, bound in zip(self.shadow_versions, self.shadow_bounds, strict=True) if point < bound)
 
     def choose(self, key: str | None) -> str:
         """The version for a request with this sticky key (None or "": a random draw)."""
         if len(self.versions) == 1:
             return self.versions[0]
-        return self.versions[bisect_right(self.bounds, self.point(key))]
+        return self.choose_bits(self.bits(key))
 
     def shadows_for(self, key: str | None) -> tuple[str, ...]:
-        """The shadow versions this request is copied to."""
+        """The shadow versions a request with this key is copied to."""
         if not self.shadow_versions:
             return ()
-        point = hash_point(self.shadow_salt, key) if key else random.getrandbits(32)
-        return tuple(v for v, bound in zip(self.shadow_versions, self.shadow_bounds, strict=True) if point < bound)
+        return self.shadows_bits(self.bits(key))

@@ -68,33 +68,29 @@ class Router:
     async def dispatch(self, request: InferenceRequest) -> InferenceResponse:
         token = DEADLINE_NS.set(request.deadline_ns)
         try:
-            if request.model_version:
-                return await self._repository.get(request.model_name, request.model_version).infer(request)
-            policy = self._policies.get(request.model_name)
-            if policy is None:
-                return await self._repository.get(request.model_name).infer(request)
-            key = request.routing_key or request.id or None
-            mv = self._resolve(policy, policy.choose(key))
-            if not policy.shadow_versions:
+            mv, shadows = self.decide(request)
+            if not shadows:
                 return await mv.infer(request)
             start = time.monotonic_ns()
             response = await mv.infer(request)
-            shadows = policy.shadows_for(key)
-            if shadows:
-                parent = current_span().get_span_context()
-                self.shadows.offer(shadows, request, response, time.monotonic_ns() - start, parent)
+            parent = current_span().get_span_context()
+            self.shadows.offer(shadows, request, response, time.monotonic_ns() - start, parent)
             return response
         finally:
             DEADLINE_NS.reset(token)
 
-    def choose(self, request: InferenceRequest) -> str:
-        """The version that would answer ``request`` now (the routing decision alone)."""
+    def decide(self, request: InferenceRequest) -> tuple[ModelVersion, tuple[str, ...]]:
+        """The routing decision: the version that answers ``request`` and the shadows that get a copy."""
         if request.model_version:
-            return request.model_version
+            return self._repository.get(request.model_name, request.model_version), ()
         policy = self._policies.get(request.model_name)
         if policy is None:
-            return self._repository.get(request.model_name).version_str
-        return self._resolve(policy, policy.choose(request.routing_key or request.id or None)).version_str
+            return self._repository.get(request.model_name), ()
+        key = request.routing_key or request.id or None
+        if not policy.shadow_versions:
+            return self._resolve(policy, policy.choose(key)), ()
+        bits = policy.bits(key)  # one hash for both decisions
+        return self._resolve(policy, policy.choose_bits(bits)), policy.shadows_bits(bits)
 
     def _resolve(self, policy: CompiledPolicy, version: str) -> ModelVersion:
         model = policy.policy.model
