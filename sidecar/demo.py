@@ -320,9 +320,14 @@ def run_demo(args: argparse.Namespace) -> int:
     print("== 1. Building the example model repository (scikit-learn -> skl2onnx)")
     data = load_data()
     repo = build_repository(workdir, data)
+    # == drift monitoring: reference profiles from the training split (sidecar.monitoring) ========
+    from sidecar.monitoring.demo import DEMO_SETTINGS, run_drift_phase, write_profiles
+
+    write_profiles(repo, MODEL, VERSIONS, data.x_train, data.feature_names)
+    # == end of drift monitoring profiles =========================================================
 
     print("\n== 2. Starting the sidecar")
-    with serve(repo, workdir) as server:
+    with serve(repo, workdir, DEMO_SETTINGS) as server:
         client = tc.InferenceServerClient(server.url)
         meta = client.get_model_metadata(MODEL)
         config = client.get_model_config(MODEL, as_json=True)["config"]
@@ -378,6 +383,12 @@ def run_demo(args: argparse.Namespace) -> int:
         )
 
         # == drift monitoring phase (sidecar.monitoring) ==============================================
+        drift = run_drift_phase(
+            server.url, server.control_url, MODEL, dash.version, data.x_train, data.x_test, data.feature_names,
+            args.concurrency, send_rows,
+        )  # fmt: skip
+        dash.psi, dash.psi_feature, dash.alerts = drift.psi, drift.feature, drift.active
+        served.errors += 0 if drift.ok else 1
         # == end of drift monitoring phase ============================================================
 
         # == routing phase (sidecar.routing) ==========================================================

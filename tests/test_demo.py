@@ -16,4 +16,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "served 300/300 requests (0 errors)" in out
     assert "Model Performance Dashboard - cancer v2.1.0" in out
     assert "Accuracy: " in out and "Latency: 95% < " in out
+    # Drift phase: the alerts fire on exactly the two shifted features, then clear.
+    both = "['mean texture', 'worst texture']"
+    assert f"input features alerting: {both} (shifted: {both})" in out
+    assert "after: 0 active alert(s)" in out and "ALERT cancer 2.1.0 worst texture psi=" in out
     assert (tmp_path / "models" / "cancer" / "2.1.0" / "model.json").exists()
