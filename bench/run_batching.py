@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from bench import loadgen, servers
+from bench.profiling import PySpy, render_markdown
 from bench.report import RESULTS_DIR, machine_info, markdown_table, result_row, save_results
 
 # --------------------------------------------------------------------------------------------------
@@ -241,6 +242,7 @@ class RunRecord:
     cells: list[Cell] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     startup_s: dict[str, float] = field(default_factory=dict)
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def run_raw(ctx: Context) -> dict[str, Any]:
@@ -299,6 +301,22 @@ def measure_server(ctx: Context, spec: ServerSpec, record: RunRecord) -> None:
                 loads.append({"rate_per_s": args.rate})
             for load in loads:
                 stats_before = servers.model_statistics(server.target, name) if spec.key != "echo" else None
+                spy = None
+                if (
+                    args.profile
+                    and spec.key.startswith("sidecar")
+                    and name == "mlp"
+                    and load.get("concurrency") == max(args.concurrency)
+                ):
+                    try:
+                        spy = PySpy.attach(
+                            server.pid,
+                            args.warmup + args.duration,
+                            ctx.workdir / f"pyspy-{spec.key}.txt",
+                            executable=args.py_spy,
+                        )
+                    except FileNotFoundError as exc:
+                        record.profiles[spec.key] = {"error": str(exc)}
                 result = loadgen.run(
                     server.target,
                     payload,
@@ -309,6 +327,11 @@ def measure_server(ctx: Context, spec: ServerSpec, record: RunRecord) -> None:
                     labels={"server": spec.key, "model": name},
                     **load,
                 )
+                if spy is not None:
+                    try:
+                        record.profiles[spec.key] = {**spy.summary(), "load": f"c={load['concurrency']}"}
+                    except RuntimeError as exc:
+                        record.profiles[spec.key] = {"error": str(exc)}
                 stats_after = servers.model_statistics(server.target, name) if stats_before is not None else None
                 mean_batch = None
                 if stats_before and stats_after and stats_after[1] > stats_before[1]:
@@ -451,6 +474,12 @@ def render(ctx: Context, record: RunRecord, meta: dict[str, Any]) -> str:
             )
         )
         lines.append("")
+    for key, prof in record.profiles.items():
+        lines += [f"## Where the time goes: {SERVERS[key].title}, MLP", ""]
+        if "error" in prof:
+            lines += [f"Not profiled: {prof['error']}", ""]
+        else:
+            lines += [f"At {prof['load']}. " + render_markdown(prof), ""]
     if record.skipped:
         lines += ["## Skipped", ""]
         lines += [f"- {k}: {v}" for k, v in record.skipped.items()]
@@ -486,6 +515,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--name", help="results file stem (default batching / batching-quick)")
     p.add_argument("--out", default=str(RESULTS_DIR), help="results folder")
     p.add_argument("--note", default="", help="a note printed at the top of the Markdown (e.g. 'noisy machine')")
+    p.add_argument("--profile", action="store_true", help="py-spy the sidecar (MLP, top concurrency)")
+    p.add_argument("--py-spy", help="path of the py-spy executable (default: PATH, then beside this Python)")
     p.add_argument("--keep-workdir", action="store_true", help="keep the generated models and logs")
     args = p.parse_args(argv)
     quick = args.quick
@@ -550,6 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "targets": targets(record),
             "skipped": record.skipped,
             "startup_s": record.startup_s,
+            "profiles": record.profiles,
         }
         json_path, md_path = save_results(args.name, payload, render(ctx, record, meta), args.out)
         print(f"wrote {json_path} and {md_path} in {meta['elapsed_s']:.0f} s", flush=True)

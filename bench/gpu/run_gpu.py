@@ -1,0 +1,395 @@
+"""GPU benchmark: ResNet-50 and a transformer encoder, raw ONNX Runtime vs the sidecar, plus the ingest ceiling.
+
+Meant for one H100 machine (16 cores). For each model, in one session:
+
+1. raw in-process ONNX Runtime on CUDA at batch sizes 1..max, without and with IO binding (the
+   ceiling; "without" is what a server that receives numpy arrays can reach);
+2. the ingest ceiling: a bare grpc.aio server (bench/echo_server.py) receiving the same batch-1
+   requests (602 KB each for ResNet-50) and answering with the model's real response bytes;
+3. the sidecar with batching on (and off, unless ``--servers`` says otherwise), batch-1 clients,
+   closed loop at each concurrency (default 1, 16, 64, 256), load generator in several processes.
+
+For every sidecar cell it also records the CPU of the sidecar's threads (the main thread runs the
+event loop: gRPC ingest, decoding, batching), so the report says where the time goes; ``--profile``
+samples the highest-concurrency batched cell with py-spy (bench/profiling.py) and adds the event
+loop's top functions.
+
+    python -m bench.gpu.run_gpu --export                      # on the H100: export (needs torch), then run
+    python -m bench.gpu.run_gpu --repository DIR              # models already exported
+    python -m bench.gpu.run_gpu --cpu-check                   # tiny models on CPU: checks the pipeline only
+
+Results: bench/results/gpu.json and gpu.md (``--cpu-check``: gpu-cpu-check.*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench import loadgen, servers
+from bench.profiling import PySpy, render_markdown
+from bench.raw_onnxruntime import batch_sizes_up_to, make_inputs, make_session
+from bench.report import RESULTS_DIR, machine_info, markdown_table, result_row, save_results
+
+MODELS = {
+    # name: (input name, description)
+    "resnet50": ("input", "ResNet-50, FP32 1x3x224x224 per request (602 KB)"),
+    "encoder": ("input_ids", "transformer encoder, INT64 token ids 1x128 per request"),
+}
+GPU_PROVIDERS = "CUDAExecutionProvider,CPUExecutionProvider"
+
+
+def export(repository: Path, tiny: bool, python: str) -> None:
+    cmd = [python, "-m", "bench.gpu.export_models", "--out", str(repository)]
+    if tiny:
+        cmd.append("--tiny")
+    subprocess.run(cmd, check=True, cwd=servers.REPO_ROOT)
+
+
+def raw_sweep(model_path: Path, args: argparse.Namespace, io_binding: bool, workdir: Path) -> dict[str, Any]:
+    out = workdir / f"raw-{model_path.parent.parent.name}-{'iob' if io_binding else 'numpy'}.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.raw_onnxruntime",
+        str(model_path),
+        "--batch-sizes",
+        ",".join(str(b) for b in args.raw_batch_sizes),
+        "--duration",
+        str(args.raw_duration),
+        "--providers",
+        args.providers,
+        "--int-high",
+        "1000",
+        "--json",
+        str(out),
+    ]
+    if io_binding:
+        cmd.append("--io-binding")
+    subprocess.run(cmd, check=True, cwd=servers.REPO_ROOT, timeout=900)
+    return json.loads(out.read_text())
+
+
+def request_and_response(model_path: Path, model: str, providers: Sequence[str]) -> tuple[bytes, bytes, int]:
+    """A batch-1 request for ``model`` and the real response bytes; returns (request, response, request size)."""
+    import numpy as np
+
+    from sidecar.protocol._generated import grpc_service_pb2 as pb
+    from sidecar.types import datatype_of
+
+    session = make_session(model_path, providers)
+    feed = make_inputs(session, 1, int_high=1000)
+    request = loadgen.make_infer_request(model, feed)
+    names = [o.name for o in session.get_outputs()]
+    outputs = session.run(names, feed)
+    resp = pb.ModelInferResponse(model_name=model, model_version="1.0.0")
+    for name, array in zip(names, outputs, strict=True):
+        resp.outputs.add(name=name, datatype=datatype_of(array), shape=list(array.shape))
+        resp.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
+    return request, resp.SerializeToString(), len(request)
+
+
+def sidecar_settings(args: argparse.Namespace, batching: bool) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "engine.providers": args.providers,
+        "batching.enabled": batching,
+        "batching.max_batch_size": args.max_batch_size,
+        "batching.max_queue_delay_ms": args.max_queue_delay_ms,
+        "engine.warmup_batch_sizes": ",".join(
+            str(b) for b in sorted({1, 8, 32, args.max_batch_size}) if b <= args.max_batch_size
+        ),
+    }
+    for item in args.sidecar_setting:
+        key, _, value = item.partition("=")
+        settings[key] = value
+    return settings
+
+
+def run_cells(
+    server: servers.ServerProcess,
+    key: str,
+    model: str,
+    payload: bytes,
+    args: argparse.Namespace,
+    cells: list[dict[str, Any]],
+    profile_dir: Path | None = None,
+) -> dict[str, Any] | None:
+    """Closed loop at each concurrency; with ``profile_dir``, py-spy samples the top-concurrency cell."""
+    profile = None
+    for c in args.concurrency:
+        spy = None
+        if profile_dir is not None and c == max(args.concurrency):
+            try:
+                spy = PySpy.attach(
+                    server.pid,
+                    args.warmup + args.duration,
+                    profile_dir / f"{key}-{model}-c{c}.txt",
+                    native=args.profile_native,
+                    executable=args.py_spy,
+                )
+            except FileNotFoundError as exc:
+                profile = {"error": str(exc)}
+        threads_before = servers.thread_cpu(server.pid)
+        stats_before = servers.model_statistics(server.target, model) if key != "echo" else None
+        result = loadgen.run(
+            server.target,
+            payload,
+            concurrency=c,
+            duration_s=args.duration,
+            warmup_s=args.warmup,
+            processes=min(args.processes, c),
+            cpu_probes={
+                "server": server.cpu_seconds,
+                "event_loop": lambda: servers.thread_cpu(server.pid).get("main", 0.0),
+            },
+            timeout_s=60,
+            labels={"server": key, "model": model},
+        )
+        threads_after = servers.thread_cpu(server.pid)
+        if spy is not None:
+            try:
+                profile = spy.summary(top=args.profile_top)
+                profile["load"] = f"c={c}"
+            except RuntimeError as exc:
+                profile = {"error": str(exc)}
+        stats_after = servers.model_statistics(server.target, model) if stats_before else None
+        mean_batch = None
+        if stats_before and stats_after and stats_after[1] > stats_before[1]:
+            mean_batch = (stats_after[0] - stats_before[0]) / (stats_after[1] - stats_before[1])
+        window = args.duration + args.warmup  # thread samples span warm-up and window: report per second
+        busy = {
+            name: round((threads_after.get(name, 0.0) - threads_before.get(name, 0.0)) / window, 3)
+            for name in threads_after
+        }
+        busy = {k: v for k, v in sorted(busy.items(), key=lambda kv: -kv[1]) if v >= 0.01}
+        row = result_row(result)
+        row.update(
+            server=key,
+            model=model,
+            mean_batch=mean_batch,
+            event_loop_us=result.cpu_us_per_request("event_loop"),
+            event_loop_busy=round(result.cpu_s.get("event_loop", 0.0) / args.duration, 3),
+            thread_cores=busy,
+        )
+        cells.append(row)
+        extra = f" mean batch {mean_batch:.1f}" if mean_batch else ""
+        print(
+            f"[{key}] {model} {result.summary()}{extra} event loop busy {row['event_loop_busy']:.0%}",
+            flush=True,
+        )
+    return profile
+
+
+def best_raw(raw: dict[str, Any]) -> float:
+    return max((r["rows_per_s"] for r in raw.get("rows", [])), default=math.nan)
+
+
+def render(meta: dict[str, Any], args: argparse.Namespace, data: dict[str, Any]) -> str:
+    lines = [f"# GPU benchmark ({meta['started']})", ""]
+    if args.cpu_check:
+        lines += [
+            "**CPU pipeline check with tiny models: these are not GPU numbers and say nothing about performance.**",
+            "",
+        ]
+    lines += [
+        f"Command: `{meta['command']}`",
+        "",
+        f"Machine: {meta['machine'].get('cpu_model', '?')}, {meta['machine']['cpus']} CPUs, "
+        f"onnxruntime {meta['machine'].get('onnxruntime', '?')}, providers {args.providers}. "
+        f"Batch-1 requests, closed loop, {args.duration:g} s per cell after {args.warmup:g} s warm-up, load "
+        f"generator in up to {args.processes} processes; sidecar batching max batch {args.max_batch_size}, "
+        f"max queue delay {args.max_queue_delay_ms:g} ms.",
+        "",
+    ]
+    for model, entry in data["models"].items():
+        lines += [f"## {model}: {MODELS[model][1]}", ""]
+        lines += [f"Request {entry['request_bytes']:,} bytes; sidecar provider: {entry.get('provider') or '?'}.", ""]
+        for kind in ("numpy", "io_binding"):
+            raw = entry["raw"].get(kind)
+            if raw:
+                lines += [f"Raw ONNX Runtime ({raw['provider']}, {kind.replace('_', ' ')}):", ""]
+                lines.append(
+                    markdown_table(
+                        raw["rows"],
+                        (("batch", "batch"), ("rows_per_s", "rows/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")),
+                    )
+                )
+                lines.append("")
+        rows = [c for c in data["cells"] if c["model"] == model]
+        if rows:
+            lines += ["Servers (batch-1 requests):", ""]
+            lines.append(
+                markdown_table(
+                    rows,
+                    (
+                        ("server", "server"),
+                        ("load", "load"),
+                        ("rps", "req/s = rows/s"),
+                        ("p50_ms", "p50 ms"),
+                        ("p99_ms", "p99 ms"),
+                        ("errors", "errors"),
+                        ("server_us", "server CPU us/req"),
+                        ("event_loop_us", "event loop CPU us/req"),
+                        ("event_loop_busy", "event loop busy (cores)"),
+                        ("mean_batch", "mean batch"),
+                    ),
+                )
+            )
+            lines.append("")
+            top = max((c for c in rows if c["server"] == "sidecar-batching"), key=lambda c: c["rps"], default=None)
+            if top is not None:
+                cores = ", ".join(f"{k} {v:.2f}" for k, v in top["thread_cores"].items())
+                lines += [f"Sidecar threads at {top['load']} (cores busy): {cores}.", ""]
+        target = entry.get("target")
+        if target:
+            lines += [
+                f"Target: sidecar (batching) rows/s at c={target['concurrency']} vs best raw rows/s without IO "
+                f"binding: {target['sidecar_rows_per_s']:,.0f} / {target['raw_best_rows_per_s']:,.0f} = "
+                f"{target['ratio']:.0%} (goal >= 70%: {'met' if target['ratio'] >= 0.7 else 'NOT met'}).",
+                "",
+            ]
+        prof = entry.get("profile")
+        if prof and "error" in prof:
+            lines += [f"Profile: not taken ({prof['error']}).", ""]
+        elif prof:
+            lines += [f"Sidecar (batching) profile at {prof['load']}:", "", render_markdown(prof), ""]
+    if data.get("skipped"):
+        lines += ["## Skipped", "", *[f"- {k}: {v}" for k, v in data["skipped"].items()], ""]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.gpu.run_gpu", description=__doc__.splitlines()[0])
+    p.add_argument("--repository", default="bench/.models/gpu-repository", help="exported models (sidecar layout)")
+    p.add_argument("--export", action="store_true", help="export the models first (needs torch)")
+    p.add_argument("--torch-python", default=sys.executable, help="Python with torch, for --export")
+    p.add_argument("--cpu-check", action="store_true", help="tiny models on the CPU, short cells: pipeline check")
+    p.add_argument("--models", default="resnet50,encoder")
+    p.add_argument("--servers", default="echo,sidecar-batching,sidecar", help="echo, sidecar-batching, sidecar")
+    p.add_argument("--concurrency", default="1,16,64,256")
+    p.add_argument("--duration", type=float, default=8.0)
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--processes", type=int, default=4, help="load generator processes (at most the concurrency)")
+    p.add_argument("--providers", default=GPU_PROVIDERS)
+    p.add_argument("--max-batch-size", type=int, default=128)
+    p.add_argument("--max-queue-delay-ms", type=float, default=2.0)
+    p.add_argument("--raw-duration", type=float, default=2.0)
+    p.add_argument("--sidecar-setting", action="append", default=[], help="extra sidecar KEY=VALUE")
+    p.add_argument("--profile", action="store_true", help="py-spy the batched sidecar at the top concurrency")
+    p.add_argument("--profile-native", action="store_true", help="py-spy --native (C/C++ frames too)")
+    p.add_argument("--profile-top", type=int, default=15)
+    p.add_argument("--py-spy", help="path of the py-spy executable (default: PATH, then beside this Python)")
+    p.add_argument("--name", default=None, help="results file stem (default gpu, or gpu-cpu-check)")
+    p.add_argument("--out", default=str(RESULTS_DIR))
+    args = p.parse_args(argv)
+    if args.cpu_check:
+        args.providers = "CPUExecutionProvider"
+        args.concurrency = "1,16"
+        args.duration, args.warmup, args.raw_duration = 1.5, 0.5, 0.3
+        args.processes = 1
+        args.max_batch_size = 8
+        args.export = True
+        args.repository = args.repository if args.repository != "bench/.models/gpu-repository" else ""
+    args.models = [m for m in args.models.split(",") if m]
+    args.servers = [s for s in args.servers.split(",") if s]
+    args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
+    args.raw_batch_sizes = batch_sizes_up_to(args.max_batch_size)
+    args.name = args.name or ("gpu-cpu-check" if args.cpu_check else "gpu")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    command = "python -m bench.gpu.run_gpu " + " ".join(sys.argv[1:] if argv is None else argv)
+    workdir = Path(tempfile.mkdtemp(prefix="sidecar-gpu-bench-"))
+    repository = Path(args.repository) if args.repository else workdir / "repository"
+    providers = [p for p in args.providers.split(",") if p]
+    if "CUDAExecutionProvider" in providers:
+        import onnxruntime as ort
+
+        if hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()
+    if args.export:
+        export(repository, tiny=args.cpu_check, python=args.torch_python)
+    data: dict[str, Any] = {"models": {}, "cells": [], "skipped": {}}
+    began = time.monotonic()
+    try:
+        for model in args.models:
+            path = repository / model / "1.0.0" / "model.onnx"
+            if not path.exists():
+                data["skipped"][model] = f"{path} not found (run with --export, or bench.gpu.export_models)"
+                continue
+            entry: dict[str, Any] = {"raw": {}}
+            data["models"][model] = entry
+            print(f"[raw onnxruntime] {model}", flush=True)
+            entry["raw"]["numpy"] = raw_sweep(path, args, False, workdir)
+            if "CUDAExecutionProvider" in providers:
+                entry["raw"]["io_binding"] = raw_sweep(path, args, True, workdir)
+            request, response, entry["request_bytes"] = request_and_response(path, model, providers)
+            response_file = workdir / f"response-{model}.bin"
+            response_file.write_bytes(response)
+            if "echo" in args.servers:
+                with servers.start_echo(response_file=response_file, name=f"echo-{model}") as echo:
+                    run_cells(echo, "echo", model, request, args, data["cells"])
+            for key in ("sidecar-batching", "sidecar"):
+                if key not in args.servers:
+                    continue
+                try:
+                    server = servers.start_sidecar(
+                        repository,
+                        models=[model],
+                        settings=sidecar_settings(args, key == "sidecar-batching"),
+                        name=key,
+                        log_dir=workdir / "logs",
+                        startup_timeout_s=300,
+                    )
+                except Exception as exc:
+                    data["skipped"][f"{key}/{model}"] = f"{type(exc).__name__}: {str(exc)[:2000]}"
+                    print(f"[{key}] could not start: {exc}", flush=True)
+                    continue
+                with server:
+                    entry["provider"] = servers.model_provider(server.target, model)
+                    profile_dir = workdir if (args.profile and key == "sidecar-batching") else None
+                    prof = run_cells(server, key, model, request, args, data["cells"], profile_dir)
+                    if prof is not None:
+                        entry["profile"] = prof
+            batched = [c for c in data["cells"] if c["model"] == model and c["server"] == "sidecar-batching"]
+            if batched:
+                top = max(batched, key=lambda c: int(c["load"].removeprefix("c=")))
+                raw_best = best_raw(entry["raw"]["numpy"])
+                entry["target"] = {
+                    "concurrency": int(top["load"].removeprefix("c=")),
+                    "sidecar_rows_per_s": top["rows_per_s"],
+                    "raw_best_rows_per_s": raw_best,
+                    "ratio": top["rows_per_s"] / raw_best if raw_best else math.nan,
+                }
+        meta = {
+            "started": started,
+            "command": command,
+            "elapsed_s": round(time.monotonic() - began, 1),
+            "machine": machine_info(),
+            "cpu_check": args.cpu_check,
+        }
+        payload = {**meta, "settings": {k: v for k, v in vars(args).items() if k != "out"}, **data}
+        json_path, md_path = save_results(args.name, payload, render(meta, args, data), args.out)
+        print(f"wrote {json_path} and {md_path}", flush=True)
+    finally:
+        import shutil
+
+        with contextlib.suppress(OSError):
+            shutil.rmtree(workdir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

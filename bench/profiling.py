@@ -1,0 +1,140 @@
+"""Where a server's time goes: sample it with py-spy while it is under load, summarise per thread and function.
+
+py-spy attaches to a running process from outside (no restart, no instrumentation, little overhead),
+so the profile covers exactly the load window. It is a separate binary (``pip install py-spy``,
+found on PATH or next to the running Python); without it ``find_py_spy()`` returns None and callers
+skip profiling. Samples are taken only while a thread is running, so shares are shares of CPU.
+
+    spy = PySpy.attach(server.pid, duration_s=10, out=Path("sidecar.txt"))
+    ... offer load ...
+    summary = spy.summary()   # {"threads": {...}, "self": [...], "inclusive": [...]} for the main thread
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Frames every main-thread stack starts with: not interesting as "inclusive" entries.
+_GENERIC = ("<module>", "_run_module_as_main", "_run_code", "main (", "_serve (", "run (asyncio", "Runner.run")
+
+
+def find_py_spy(hint: str | None = None) -> str | None:
+    """The py-spy executable: ``hint``, then PATH, then beside this interpreter; None if absent."""
+    for candidate in (hint, shutil.which("py-spy"), str(Path(sys.executable).with_name("py-spy"))):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@dataclass
+class PySpy:
+    proc: subprocess.Popen
+    out: Path
+
+    @classmethod
+    def attach(
+        cls,
+        pid: int,
+        duration_s: float,
+        out: Path,
+        *,
+        rate_hz: int = 250,
+        native: bool = False,
+        executable: str | None = None,
+    ) -> PySpy:
+        exe = find_py_spy(executable)
+        if exe is None:
+            raise FileNotFoundError("py-spy not found (pip install py-spy, or pass its path)")
+        cmd = [
+            exe,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(max(1, round(duration_s))),
+            "--rate",
+            str(rate_hz),
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--threads",
+            "--function",
+        ]
+        # --native pauses the process for each sample (py-spy cannot unwind C stacks otherwise).
+        cmd.append("--native" if native else "--nonblocking")
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return cls(proc, out)
+
+    def wait(self, timeout_s: float = 60.0) -> None:
+        try:
+            _, err = self.proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            raise RuntimeError("py-spy did not finish in time") from None
+        if self.proc.returncode != 0 or not self.out.exists():
+            raise RuntimeError(f"py-spy failed ({self.proc.returncode}): {err.decode(errors='replace')[-500:]}")
+
+    def summary(self, top: int = 20, thread: str = "MainThread") -> dict[str, Any]:
+        self.wait()
+        return summarize(self.out.read_text(), top=top, thread=thread)
+
+
+def summarize(raw: str, top: int = 20, thread: str = "MainThread") -> dict[str, Any]:
+    """Per-thread sample shares, and the top self / inclusive functions of ``thread`` (py-spy raw format)."""
+    per_thread: collections.Counter = collections.Counter()
+    self_time: collections.Counter = collections.Counter()
+    inclusive: collections.Counter = collections.Counter()
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        head = frames[0]
+        name = head.split(": ", 1)[1] if ": " in head else head
+        per_thread[name] += count
+        if name != thread:
+            continue
+        calls = frames[1:]
+        if calls:
+            self_time[calls[-1]] += count
+        for frame in set(calls):
+            if not frame.startswith(_GENERIC):
+                inclusive[frame] += count
+    total = sum(per_thread.values()) or 1
+    in_thread = per_thread.get(thread, 0) or 1
+    return {
+        "samples": total,
+        "threads": {k: round(v / total, 3) for k, v in per_thread.most_common()},
+        "thread": thread,
+        "self": [{"function": f, "share": round(n / in_thread, 3)} for f, n in self_time.most_common(top)],
+        "inclusive": [{"function": f, "share": round(n / in_thread, 3)} for f, n in inclusive.most_common(top)],
+    }
+
+
+def render_markdown(summary: dict[str, Any], top: int = 12) -> str:
+    """Threads line plus two small tables (self and inclusive shares of the profiled thread)."""
+    from bench.report import markdown_table
+
+    threads = ", ".join(f"{k} {v:.0%}" for k, v in list(summary["threads"].items())[:8])
+    parts = [
+        f"py-spy, {summary['samples']:,} samples while running; share of samples by thread: {threads}.",
+        "",
+        f"{summary['thread']}, self time (top {top}):",
+        "",
+        markdown_table(summary["self"][:top], (("function", "function"), ("share", "share"))),
+        "",
+        f"{summary['thread']}, inclusive time (top {top}):",
+        "",
+        markdown_table(summary["inclusive"][:top], (("function", "function"), ("share", "share"))),
+    ]
+    return "\n".join(parts)
