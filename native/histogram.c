@@ -15,31 +15,46 @@
 #define HK_CHUNK_MIN_ROWS 8
 #define HK_CHUNK_MAX_ROWS 4096
 
-/* The smallest float32 >= d (d finite): a float32 value v satisfies v >= d exactly when v >= the result. */
+/* The float32 next to r (not NaN) towards +inf (up) or -inf, by its bits: for a positive float the
+ * next one up has the next larger bit pattern, for a negative one the next smaller. Inline instead of
+ * nextafterf, since a batch converts k * f edges. */
+static inline float hk_f32_step(float r, int up)
+{
+    uint32_t bits;
+    memcpy(&bits, &r, sizeof bits);
+    if ((bits & 0x7fffffffu) == 0) {
+        bits = up ? 0x00000001u : 0x80000001u; /* from +-0 to the smallest subnormal */
+    } else if ((bits >> 31) == 0) {
+        bits = up ? bits + 1 : bits - 1;
+    } else {
+        bits = up ? bits - 1 : bits + 1;
+    }
+    memcpy(&r, &bits, sizeof r);
+    return r;
+}
+
+/* The smallest float32 >= d (d finite): a float32 value v satisfies v >= d exactly when v >= the result.
+ * (float)d rounds to nearest, possibly to -inf below -FLT_MAX, whose step up is -FLT_MAX. */
 static float hk_f32_round_up(double d)
 {
-    float r = (float)d;
-    if ((double)r < d) {
-        r = nextafterf(r, INFINITY);
-    }
-    return r;
+    const float r = (float)d;
+    return (double)r < d ? hk_f32_step(r, 1) : r;
 }
 
 /* The largest float32 <= d (d finite): a float32 value v satisfies v > d exactly when v > the result. */
 static float hk_f32_round_down(double d)
 {
-    float r = (float)d;
-    if ((double)r > d) {
-        r = nextafterf(r, -INFINITY);
-    }
-    return r;
+    const float r = (float)d;
+    return (double)r > d ? hk_f32_step(r, 0) : r;
 }
 
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
 #define HK_HAVE_X86_VARIANTS 1
+#include <immintrin.h>
 #else
 #define HK_HAVE_X86_VARIANTS 0
 #endif
+#define HK_AVX512_MASKS 0
 
 /* ---- generic: 16-byte vectors, the compiler's baseline instruction set ---- */
 #define HK_ISA generic
@@ -116,6 +131,8 @@ static float hk_f32_round_down(double d)
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl")
 #endif
+#undef HK_AVX512_MASKS
+#define HK_AVX512_MASKS 1
 #define HK_ISA avx512
 #define HK_VBYTES 64
 #define HK_T double
@@ -142,6 +159,8 @@ static float hk_f32_round_down(double d)
 #undef HK_IS_F64
 #undef HK_ISA
 #undef HK_VBYTES
+#undef HK_AVX512_MASKS
+#define HK_AVX512_MASKS 0
 #if defined(__clang__)
 #pragma clang attribute pop
 #else

@@ -52,7 +52,7 @@ extern "C" {
 #define HK_VARIANT_COUNT 3
 
 /* Below this many rows AUTO takes the index path. */
-#define HK_INDEX_PATH_MAX_ROWS 16
+#define HK_INDEX_PATH_MAX_ROWS 12
 
 const char *hk_variant_name(int variant);     /* "generic", "avx2", "avx512"; NULL if out of range */
 int hk_variant_supported(int variant);        /* compiled in and runnable on this CPU */

@@ -6,6 +6,7 @@
  *   HK_T       float or double          HK_TN   f32 or f64 (name suffix)
  *   HK_I       int32_t or int64_t (the lane type a vector compare yields)
  *   HK_TMAX    FLT_MAX or DBL_MAX       HK_IS_F64  0 or 1
+ *   HK_AVX512_MASKS  1 to count through AVX-512 mask registers (needs HK_VBYTES 64)
  * Everything defined here is static and suffixed, so the inclusions do not collide. GCC/Clang vector
  * extensions keep one source for every width; the surrounding target pragma picks the instructions.
  */
@@ -42,6 +43,25 @@ static inline __attribute__((always_inline)) HK_N(vi) HK_N(test)(HK_N(vt) v, HK_
     return (HK_N(vi))(v != v);
 }
 
+/* a + 1 in the lanes that pass the test. With AVX-512 the compare yields a mask register and a masked
+ * subtract of -1 adds it in one instruction (the generic form costs a mask-to-vector move more). */
+static inline __attribute__((always_inline)) HK_N(vi) HK_N(add_test)(HK_N(vi) a, HK_N(vt) v, HK_N(vt) t, int op)
+{
+#if HK_AVX512_MASKS && HK_IS_F64
+    const __mmask8 m = op == HK_OP_GE   ? _mm512_cmp_pd_mask((__m512d)v, (__m512d)t, _CMP_GE_OQ)
+                       : op == HK_OP_GT ? _mm512_cmp_pd_mask((__m512d)v, (__m512d)t, _CMP_GT_OQ)
+                                        : _mm512_cmp_pd_mask((__m512d)v, (__m512d)v, _CMP_UNORD_Q);
+    return (HK_N(vi))_mm512_mask_sub_epi64((__m512i)a, m, (__m512i)a, _mm512_set1_epi64(-1));
+#elif HK_AVX512_MASKS
+    const __mmask16 m = op == HK_OP_GE   ? _mm512_cmp_ps_mask((__m512)v, (__m512)t, _CMP_GE_OQ)
+                        : op == HK_OP_GT ? _mm512_cmp_ps_mask((__m512)v, (__m512)t, _CMP_GT_OQ)
+                                         : _mm512_cmp_ps_mask((__m512)v, (__m512)v, _CMP_UNORD_Q);
+    return (HK_N(vi))_mm512_mask_sub_epi32((__m512i)a, m, (__m512i)a, _mm512_set1_epi32(-1));
+#else
+    return a - HK_N(test)(v, t, op);
+#endif
+}
+
 /* Lane-wise count of the rows of a column block passing one test, added into ge[0 .. HK_VW). Four
  * independent accumulators hide the add latency; lane counts fit HK_I since rows <= HK_CHUNK_MAX_ROWS. */
 static inline __attribute__((always_inline)) void HK_N(count_one)(const HK_T *p, size_t rows, size_t stride,
@@ -50,13 +70,13 @@ static inline __attribute__((always_inline)) void HK_N(count_one)(const HK_T *p,
     HK_N(vi) a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
     size_t r = 0;
     for (; r + 4 <= rows; r += 4, p += 4 * stride) {
-        a0 -= HK_N(test)(HK_N(load)(p), t, op);
-        a1 -= HK_N(test)(HK_N(load)(p + stride), t, op);
-        a2 -= HK_N(test)(HK_N(load)(p + 2 * stride), t, op);
-        a3 -= HK_N(test)(HK_N(load)(p + 3 * stride), t, op);
+        a0 = HK_N(add_test)(a0, HK_N(load)(p), t, op);
+        a1 = HK_N(add_test)(a1, HK_N(load)(p + stride), t, op);
+        a2 = HK_N(add_test)(a2, HK_N(load)(p + 2 * stride), t, op);
+        a3 = HK_N(add_test)(a3, HK_N(load)(p + 3 * stride), t, op);
     }
     for (; r < rows; ++r, p += stride) {
-        a0 -= HK_N(test)(HK_N(load)(p), t, op);
+        a0 = HK_N(add_test)(a0, HK_N(load)(p), t, op);
     }
     a0 += a1 + a2 + a3;
     for (size_t l = 0; l < HK_VW; ++l) {
@@ -111,12 +131,12 @@ static void HK_N(index_row)(const double *row, const double *e, size_t estride, 
     const size_t ncols = k + 3;
     for (size_t b = 0; b < fp; b += HK_VW) {
         const HK_N(vt) v = HK_N(load)(row + b);
-        HK_N(vi) c = -(HK_N(vi))(v >= lowest);
+        HK_N(vi) c = HK_N(add_test)((HK_N(vi)){0}, v, lowest, HK_OP_GE);
         for (size_t i = 0; i + 1 < k; ++i) {
-            c -= (HK_N(vi))(v >= HK_N(load)(e + i * estride + b));
+            c = HK_N(add_test)(c, v, HK_N(load)(e + i * estride + b), HK_OP_GE);
         }
-        c -= (HK_N(vi))(v > HK_N(load)(e + (k - 1) * estride + b));
-        c -= (HK_N(vi))(v >= inf);
+        c = HK_N(add_test)(c, v, HK_N(load)(e + (k - 1) * estride + b), HK_OP_GT);
+        c = HK_N(add_test)(c, v, inf, HK_OP_GE);
         c += (HK_N(vi))(v != v) & nan_mark;
         const size_t lanes = f - b < HK_VW ? f - b : HK_VW;
         for (size_t l = 0; l < lanes; ++l) {

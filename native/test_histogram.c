@@ -108,7 +108,7 @@ static double tricky_value(const double *edges, size_t k, size_t f, size_t j, in
 static void make_edges(double *edges, size_t k, size_t f)
 {
     for (size_t j = 0; j < f; ++j) {
-        const int style = (int)rng_below(6);
+        const int style = (int)rng_below(7);
         double x = (rng_unit() - 0.5) * 200.0;
         for (size_t i = 0; i < k; ++i) {
             double e;
@@ -121,6 +121,10 @@ static void make_edges(double *edges, size_t k, size_t f)
             } else if (style == 3) {
                 /* straddle the float32 range limit */
                 e = (i == 0) ? -3.5e38 : (i == k - 1) ? 3.5e38 : (double)i * 1e37;
+            } else if (style == 4) {
+                /* around zero, below the smallest float32 subnormal */
+                static const double tiny[] = {-1e-30, -1e-300, -0.0, 0.0, 1e-300, 1e-46, 1.4e-45, 1e-40, 1e-38};
+                e = tiny[rng_below(sizeof tiny / sizeof tiny[0])];
             } else {
                 x += rng_unit() * 10.0 + 0.1 / 3.0;
                 e = x;
@@ -257,7 +261,7 @@ static void test_bad_arguments(void)
 
 int main(void)
 {
-    static const size_t ns[] = {0, 1, 2, 3, 5, 15, 16, 17, 64, 333, 5000};
+    static const size_t ns[] = {0, 1, 2, 3, 5, 11, 12, 13, 64, 333, 5000};
     static const size_t fs[] = {1, 2, 3, 7, 8, 9, 16, 17, 31, 64, 70};
     static const size_t ks[] = {2, 3, 10, 33};
     test_invalid_edges();

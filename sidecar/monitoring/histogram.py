@@ -108,6 +108,37 @@ def _prepare(
     counts: np.ndarray, values: np.ndarray, edges: np.ndarray, first_invalid_edge: Callable[[np.ndarray, int, int], int]
 ) -> tuple[np.ndarray, int, int, int]:
     """Check the arguments; return values (C-ordered, native float32/float64) and N, F, K."""
+    # Fast path, for arguments already exactly as the kernel takes them (a 1-row update costs about a
+    # microsecond, so every attribute read here counts); anything else goes through _prepare_slowly,
+    # which converts values where the contract allows and otherwise says precisely what is wrong.
+    if (
+        type(values) is np.ndarray
+        and type(edges) is np.ndarray
+        and type(counts) is np.ndarray
+        and (values.dtype is _F32 or values.dtype is _F64)
+        and edges.dtype is _F64
+        and counts.dtype is _I64
+        and values.ndim == 2
+        and edges.ndim == 2
+        and counts.ndim == 2
+        and values.flags.c_contiguous
+        and edges.flags.c_contiguous
+    ):
+        n, f = values.shape
+        k, edge_columns = edges.shape
+        rows, columns = counts.shape
+        flags = counts.flags
+        if edge_columns == f and k >= 2 and rows == f and columns == k + 3 and flags.c_contiguous and flags.writeable:
+            bad = first_invalid_edge(edges, k, f)
+            if bad >= 0:
+                raise _edge_error(edges, bad)
+            return values, n, f, k
+    return _prepare_slowly(counts, values, edges, first_invalid_edge)
+
+
+def _prepare_slowly(
+    counts: np.ndarray, values: np.ndarray, edges: np.ndarray, first_invalid_edge: Callable[[np.ndarray, int, int], int]
+) -> tuple[np.ndarray, int, int, int]:
     if not isinstance(values, np.ndarray) or values.ndim != 2:
         raise ValueError(f"values must be a 2-D (N, F) numpy array, got {_describe(values)}")
     dtype = values.dtype
