@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -318,4 +319,5 @@ def console_exporters() -> tuple[SpanExporter, MetricExporter]:
     from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
     from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
-    return ConsoleSpanExporter(), ConsoleMetricExporter(preferred_temporality=_CUMULATIVE)
+    # sys.stdout as it is now (the SDK's default argument is the one of import time)
+    return ConsoleSpanExporter(out=sys.stdout), ConsoleMetricExporter(out=sys.stdout, preferred_temporality=_CUMULATIVE)

@@ -64,7 +64,9 @@ def test_drift_quality_and_alert_metrics(repo):
         deadline = time.monotonic() + 15
         while True:
             samples = _scrape(port)
-            if (_value(samples, "sidecar_alerts_active", model_name="drifty") or 0) >= 1:
+            bins = [s for s in samples.get("sidecar_feature_bin_count_total", ()) if s.labels["feature"] == "input[2]"]
+            folded = sum(s.value for s in bins) == requests * ROWS  # every request folded in by the monitor
+            if folded and (_value(samples, "sidecar_alerts_active", model_name="drifty") or 0) >= 1:
                 break
             assert time.monotonic() < deadline, "no alert became active"
             time.sleep(0.1)  # monitoring folds on its own thread
@@ -77,7 +79,6 @@ def test_drift_quality_and_alert_metrics(repo):
     assert _value(samples, "sidecar_drift_statistic", **version, feature="input[2]", statistic="psi") == psi
     assert _value(samples, "sidecar_drift_alert", **version, feature="input[2]", statistic="psi") == 1
     # Cumulative bin counters: every observed value of the feature is in exactly one bin.
-    bins = [s for s in samples["sidecar_feature_bin_count_total"] if s.labels.get("feature") == "input[2]"]
     assert len(bins) >= 10 and len({s.labels["bin"] for s in bins}) == len(bins)
     assert sum(s.value for s in bins) == requests * ROWS
     shares = [s.value for s in samples["sidecar_feature_bin_reference"] if s.labels.get("feature") == "input[2]"]

@@ -45,7 +45,7 @@ def traced(model_repository, otlp):
             "metric_export_interval_ms": 300,
             "service_name": "sidecar-under-test",
         },
-        batching={"max_queue_delay_ms": 20},
+        batching={"max_queue_delay_ms": 20, "adaptive": False},
     )
     with ServerThread(cfg) as srv:
         client = tc.InferenceServerClient(srv.url)
@@ -191,3 +191,47 @@ def _attrs(point) -> dict:
     from sidecar.testing.otlp_receiver import attributes
 
     return attributes(point.attributes)
+
+
+def test_otlp_over_http_protobuf(model_repository, otlp):
+    cfg = config_for_tests(
+        str(model_repository),
+        telemetry={
+            "otlp_endpoint": otlp.http_endpoint,
+            "otlp_protocol": "http/protobuf",
+            "otlp_headers": "authorization=Bearer%20t0k3n",
+            "span_schedule_delay_ms": 50,
+            "metric_export_interval_ms": 60000,
+        },
+    )
+    with ServerThread(cfg) as srv:
+        tc.InferenceServerClient(srv.url).infer("mlp", [_input(2)], model_version="1.9.0")
+        assert srv.app.telemetry.force_flush(5.0)
+        span = otlp.wait_for_span(lambda s: s.protocol == "http" and s.name == MODEL_INFER)
+        assert span.attributes["model.version"] == "1.9.0"
+        assert otlp.wait_for_span(lambda s: s.protocol == "http" and s.name == "sidecar.batch")
+        metric = otlp.wait_for_metric("sidecar.inference.requests", lambda m: m.protocol == "http")
+        assert any(_attrs(p).get("model.version") == "1.9.0" and p.as_int == 1 for p in metric.points())
+    assert any(h.get("authorization") == "Bearer t0k3n" for h in otlp.headers)
+
+
+def test_console_export_for_debugging(model_repository, capfd):
+    cfg = config_for_tests(str(model_repository), telemetry={"traces_exporter": "console", "sampler": "always_on"})
+    with ServerThread(cfg) as srv:
+        tc.InferenceServerClient(srv.url).infer("mlp", [_input(1)])
+        assert srv.app.telemetry.force_flush(5.0)
+    out = capfd.readouterr().out
+    assert f'"name": "{MODEL_INFER}"' in out and '"name": "sidecar.batch"' in out
+
+
+def test_telemetry_off_builds_no_sdk(model_repository):
+    cfg = config_for_tests(
+        str(model_repository), telemetry={"enabled": False, "otlp_endpoint": "http://127.0.0.1:1", "metrics_port": 0}
+    )
+    with ServerThread(cfg) as srv:
+        tc.InferenceServerClient(srv.url).infer("mlp", [_input(1)])
+        t = srv.app.telemetry
+        assert t.tracer is None and t.meter_provider is None and t.prometheus_port is None
+        assert not t.span_processors and not t.active
+        mv = srv.app.repository.get("mlp")
+        assert mv.stats.sink is None  # nothing but the statistics Triton reports runs per request
