@@ -44,6 +44,7 @@ def build_routing(config: SidecarConfig, repository: Repository) -> tuple[Router
         timeout_s=rc.shadow_timeout_s,
         window_s=rc.shadow_window_s,
         windows=rc.shadow_windows,
+        max_loop_lag_ms=rc.shadow_max_loop_lag_ms,
     )
     router = Router(repository, mirror)
     path = state_file_path(config)

@@ -3,8 +3,13 @@
 After the primary answered, the router ``offer``s the request and the primary's outputs; ``offer``
 never awaits and never blocks: the copy goes into a bounded queue, or, when the queue is full, is
 dropped and counted. A fixed number of worker tasks take copies from the queue and run them on the
-shadow version at the lowest priority, each under its own timeout, then compare the answers
-(``comparison.ShadowStats``). Shadow answers are never returned to anybody, and a shadow's failure,
+shadow version, each under its own timeout, then compare the answers (``comparison.ShadowStats``).
+
+Lowest priority means shadows only use capacity the primary traffic leaves idle: before starting a
+copy a worker measures how long the event loop takes to come back to it (``asyncio.sleep(0)``); while
+that exceeds ``max_loop_lag_ms`` the loop is busy with primary work, the worker backs off, the queue
+fills and further copies are dropped (and counted). Within the shadow version, copies also carry the
+least urgent batching priority. Shadow answers are never returned to anybody, and a shadow's failure,
 hang or garbage only shows up in its statistics and logs, never in a client's response.
 
 Memory is bounded by ``queue_size`` copies (each holds references to the request's input views and
@@ -58,6 +63,7 @@ class ShadowMirror:
         timeout_s: float = 5.0,
         window_s: float = 60.0,
         windows: int = 10,
+        max_loop_lag_ms: float = 0.5,
     ) -> None:
         self._resolve = resolve
         self._queue: asyncio.Queue[ShadowJob | None] = asyncio.Queue(maxsize=max(1, queue_size))
@@ -65,10 +71,12 @@ class ShadowMirror:
         self._timeout_s = timeout_s
         self._window_s = window_s
         self._windows = windows
+        self._max_lag_ns = int(max_loop_lag_ms * 1e6)
         self._workers: list[asyncio.Task] = []
         # (model, version) -> stats; replaced, never mutated, so readers iterate without a lock
         self._stats: dict[tuple[str, str], ShadowStats] = {}
         self.dropped_total = 0
+        self.deferrals = 0  # times a worker waited because the loop was busy
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -101,8 +109,15 @@ class ShadowMirror:
         return [s for (m, _), s in sorted(self._stats.items()) if model is None or m == model]
 
     def reset(self, model: str, keep: tuple[str, ...]) -> None:
-        """Forget the statistics of ``model``'s shadows that are no longer configured."""
+        """Forget ``model``'s shadows that are no longer configured: their statistics and queued copies."""
         self._stats = {k: s for k, s in self._stats.items() if k[0] != model or k[1] in keep}
+        queued = []
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if job is not None and (job.request.model_name != model or job.request.model_version in keep):
+                queued.append(job)
+        for job in queued:
+            self._queue.put_nowait(job)
 
     # -- the request path -----------------------------------------------------------------------
     def offer(
@@ -116,6 +131,10 @@ class ShadowMirror:
         """Queue a copy of ``request`` for each shadow version; never waits, never raises."""
         for version in versions:
             stats = self.stats_for(request.model_name, version)
+            if self._queue.full():
+                stats.record_dropped()
+                self.dropped_total += 1
+                continue
             copy = dataclasses.replace(request, model_version=version, priority=SHADOW_PRIORITY, deadline_ns=None)
             try:
                 self._queue.put_nowait(ShadowJob(copy, primary, primary_latency_ns, stats, parent))
@@ -131,12 +150,25 @@ class ShadowMirror:
             job = await self._queue.get()
             if job is None:
                 return
+            await self._wait_until_idle()
             try:
                 await self._run(job)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug in comparison must not kill the worker
                 log.exception("shadow comparison failed for %s", job.request.model_name)
+
+    async def _wait_until_idle(self) -> None:
+        """Return once the event loop comes back within ``max_loop_lag_ms`` (primary work goes first)."""
+        backoff = 0.001
+        while True:
+            start = time.monotonic_ns()
+            await asyncio.sleep(0)
+            if time.monotonic_ns() - start <= self._max_lag_ns:
+                return
+            self.deferrals += 1
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 0.01)
 
     async def _run(self, job: ShadowJob) -> None:
         request = job.request
