@@ -42,7 +42,7 @@ import time
 import numpy as np
 
 from sidecar.batching.cost_model import CostModel
-from sidecar.batching.policy import ClosePolicy
+from sidecar.batching.policy import NEXT_TURN, ArrivalStats, ClosePolicy
 from sidecar.batching.queue import Entry, RequestQueue, priority_level
 from sidecar.batching.scheduler import BatchSettings, WorkItem
 from sidecar.engine.base import Engine
@@ -52,8 +52,7 @@ from sidecar.telemetry.spans import batch_span, record_queue_time
 
 TIMER_MIN_NS = 1_000_000  # no wake-up is armed closer than this (event-loop timer resolution)
 DUE_SLACK_NS = 100_000  # a close time this close to now counts as now
-_EWMA = 0.125  # weight of a new sample in the arrival and merge-time averages
-_MAX_GAP_NS = 1_000_000_000  # an idle spell counts as at most this gap between arrivals
+_EWMA = 0.125  # weight of a new sample in the merge-time average
 
 
 class DynamicBatcher:
@@ -90,9 +89,10 @@ class DynamicBatcher:
         self._timer_ns = 0
         self._closed = False
         self._idle: asyncio.Event | None = None
-        self._last_arrival_ns = 0
-        self._gap_ns = float(_MAX_GAP_NS)  # mean time between arrivals (EWMA)
-        self._rows_per_request = 1.0  # EWMA
+        self.arrivals = ArrivalStats()
+        self._arrivals = 0  # requests queued, ever
+        self._arrivals_seen = 0  # ... as of the last decision
+        self._turn_asked_ns = 0  # when the pending _schedule was asked for with call_soon (0: not so)
         self._merge_ns = 0.0  # EWMA of the time a merge takes
 
     # -- Scheduler protocol ---------------------------------------------------------------------
@@ -126,15 +126,13 @@ class DynamicBatcher:
             loop = self._loop = asyncio.get_running_loop()
         key = tuple(item.request.inputs[n].shape[1:] for n in self._input_names) if self._keyed else None
         entry = Entry(item, loop.create_future(), key)
-        queue.push(entry, priority_level(item.request.priority))
         arrival = item.arrival_ns
-        if self._last_arrival_ns:
-            gap = min(max(arrival - self._last_arrival_ns, 0), _MAX_GAP_NS)
-            self._gap_ns += (gap - self._gap_ns) * _EWMA
-            self._rows_per_request += (item.rows - self._rows_per_request) * _EWMA
-        self._last_arrival_ns = arrival
+        self.arrivals.observe(arrival, item.rows, bool(queue.count or self._running))
+        queue.push(entry, priority_level(item.request.priority))
+        self._arrivals += 1
         if not self._schedule_pending:
             self._schedule_pending = True
+            self._turn_asked_ns = arrival
             loop.call_soon(self._schedule)
         try:
             return await entry.future
@@ -164,24 +162,34 @@ class DynamicBatcher:
         if queue.due(now):
             self._fail_expired(queue.expire(now), now)
         wake: int | None = None
+        fresh = self._arrivals - self._arrivals_seen
+        self._arrivals_seen = self._arrivals
+        turn_ns = now - self._turn_asked_ns if self._turn_asked_ns else 0
+        self._turn_asked_ns = 0
         while queue.count and self._running < self._slots:
             limit = self._max_rows
             target = queue.preferred_target(self._preferred, limit) if self._preferred else 0
             if target:
                 limit = target
             elif not self._closed and queue.rows < limit:
-                close_at = self._close_at(now)
+                close_at = self._close_at(now, fresh, turn_ns)
+                if close_at == NEXT_TURN:
+                    self._schedule_pending = True
+                    self._turn_asked_ns = now
+                    asyncio.get_running_loop().call_soon(self._schedule)
+                    break
                 if close_at > now + DUE_SLACK_NS:
                     wake = close_at
                     break
             self._launch(now, limit)
+            fresh = turn_ns = 0
         if queue.count:
             deadline = queue.earliest_deadline()
             if deadline is not None and (wake is None or deadline < wake):
                 wake = deadline
         self._arm(wake, now)
 
-    def _close_at(self, now: int) -> int:
+    def _close_at(self, now: int, fresh: int, turn_ns: int) -> int:
         queue = self._queue
         head = queue.head()
         return self._policy.close_at_ns(
@@ -192,10 +200,10 @@ class DynamicBatcher:
             queue.earliest_deadline(),
             self._running,
             min(self._finishes) if self._finishes else None,
-            self._last_arrival_ns,
-            self._gap_ns,
-            self._rows_per_request,
             self._merge_ns,
+            self.arrivals,
+            fresh,
+            turn_ns,
         )
 
     def _launch(self, now: int, limit: int) -> None:

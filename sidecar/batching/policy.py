@@ -1,36 +1,81 @@
 """When to close a batch: Triton's rule, or the adaptive rule driven by the cost model and deadlines.
 
 The batcher asks ``close_at_ns`` only when a batch slot is free and something is queued; the answer
-is a time on the ``time.monotonic_ns`` clock (<= now: close now). Full batches (``max_batch_size``
-rows) and reachable preferred sizes close at once in both modes; those checks live in the batcher.
+is a time on the ``time.monotonic_ns`` clock (<= now: close now), or ``NEXT_TURN``: decide again
+after the event loop has run what is already waiting in it. Full batches (``max_batch_size`` rows)
+and reachable preferred sizes close at once in both modes; those checks live in the batcher.
 
 Triton's rule (``adaptive = false``): the oldest queued request may wait ``max_queue_delay_ms`` for
 company, then the batch closes with whatever is queued.
 
-Adaptive rule (``adaptive = true``):
+Adaptive rule (``adaptive = true``). No request ever waits past ``max_queue_delay_ms`` on an idle
+engine, nor past what its deadline allows; within that:
 
-* Engine idle (no batch running): close now, unless company is expected soon enough to pay for the
-  wait: the queued requests would together wait about ``requests * gap`` for the next arrival (``gap``
-  = mean time between arrivals), and that arrival, joining this batch, saves one engine run's fixed
-  cost (``CostModel.fixed_ns``). Wait only while ``requests * gap < fixed_ns``, never past
-  ``max_queue_delay_ms``. A lone request on an idle engine therefore never waits for company.
+* Engine idle (no batch running): wait only when company is coming. ``ArrivalStats`` keeps the mean
+  time between arrivals (``gap``) and the share of arrivals that found other requests pending
+  (``p_busy``): a lone client has p_busy ~ 0, many concurrent clients ~ 1. While requests are pending
+  the next one is expected after ``gap / p_busy``; if that is later than the oldest request's
+  ``max_queue_delay_ms`` allows, or the cost model says the queued rows already amortise the engine's
+  fixed cost (``fixed < SATURATED * per_row * rows``), close now. So a lone request never waits.
+  Otherwise gather: if requests arrived since the batcher last looked, or the event loop's last turn
+  took longer than ``BUSY_TURN_NS``, decide again after one loop turn (``NEXT_TURN``), so requests
+  the server has received but not yet queued join this batch; else wait for the next arrival (it
+  triggers a new decision), at most until about two expected gaps or the delay run out. Under load
+  the batch thus gathers for up to ``max_queue_delay_ms`` while the loop works for others, and one
+  engine run instead of many saves the per-run overhead on the CPU that is the bottleneck.
 * Engine busy (a batch running, another slot free): a batch started now would mostly wait for the
-  device anyway, so hold it until the running batch is predicted to finish (minus the time a merge
-  takes), letting it grow meanwhile; the running batch's completion wakes the batcher at once. This
-  hold may exceed ``max_queue_delay_ms``: it costs the queued requests (almost) nothing.
+  device anyway, so hold it until the running batch is predicted to finish, minus the time a merge
+  takes (the next batch is merged while the current one ends), letting it grow meanwhile; the running
+  batch's completion wakes the batcher at once. A running batch past its predicted finish is given
+  ``OVERDUE_GRACE_NS`` more (its completion is usually waiting in a busy event loop) before the free
+  slot is used. This hold may exceed ``max_queue_delay_ms``: it costs the queued requests little.
 * Deadlines: never later than ``deadline - predicted_time(expected rows) * DEADLINE_SAFETY -
   DEADLINE_MARGIN_NS`` for the earliest deadline in the queue, so the batch grows only as large as the
   callers' deadlines allow.
-* Until the cost model has seen ``CostModel.min_runs`` runs it knows no engine time: an idle engine
-  closes at once and a busy one falls back to Triton's rule.
+* Until the cost model has seen ``CostModel.min_runs`` runs it knows no engine time: a busy engine
+  falls back to Triton's rule.
 """
 
 from __future__ import annotations
 
 from sidecar.batching.cost_model import CostModel
 
+NEXT_TURN = -1  # close_at_ns's answer for "decide again after one event-loop turn"
 DEADLINE_SAFETY = 1.25  # predicted engine time is inflated by this much for deadline decisions
 DEADLINE_MARGIN_NS = 1_000_000  # plus this: timer resolution (~1 ms in asyncio/uvloop), split, encode
+OVERDUE_GRACE_NS = 2_000_000  # how long past its predicted finish a running batch still holds the next
+BUSY_TURN_NS = 100_000  # an event-loop turn this long means the loop is busy (an idle turn takes ~10 us)
+SATURATED = 0.05  # fixed cost below this share of the queued rows' cost: company saves too little to wait
+EWMA = 0.125  # weight of a new sample in the arrival averages
+MAX_GAP_NS = 1_000_000_000  # an idle spell counts as at most this gap between arrivals
+P_BUSY_FLOOR = 0.01  # below this share of busy arrivals, no company is expected
+
+
+class ArrivalStats:
+    """Averages of the arrival process, updated once per request (exponentially weighted)."""
+
+    __slots__ = ("count", "gap_ns", "last_ns", "p_busy", "rows_per_request")
+
+    def __init__(self) -> None:
+        self.gap_ns = float(MAX_GAP_NS)  # mean time between arrivals (the first gap seen replaces this)
+        self.rows_per_request = 1.0
+        self.p_busy = 0.0  # share of arrivals that found requests pending (queued or running)
+        self.last_ns = 0
+        self.count = 0
+
+    def observe(self, arrival_ns: int, rows: int, busy: bool) -> None:
+        count = self.count
+        if count:
+            gap = min(max(arrival_ns - self.last_ns, 0), MAX_GAP_NS)
+            self.gap_ns = gap if count == 1 else self.gap_ns + (gap - self.gap_ns) * EWMA
+            self.rows_per_request += (rows - self.rows_per_request) * EWMA
+            self.p_busy += ((1.0 if busy else 0.0) - self.p_busy) * EWMA
+        self.last_ns = arrival_ns
+        self.count = count + 1
+
+    def busy_gap_ns(self) -> float:
+        """Expected time to the next arrival while requests are pending (inf when none come then)."""
+        return self.gap_ns / self.p_busy if self.p_busy > P_BUSY_FLOOR else float("inf")
 
 
 class ClosePolicy:
@@ -53,30 +98,48 @@ class ClosePolicy:
         earliest_deadline_ns: int | None,
         running: int,
         earliest_finish_ns: int | None,
-        last_arrival_ns: int,
-        gap_ns: float,
-        rows_per_request: float,
         merge_ns: float,
+        arrivals: ArrivalStats,
+        fresh_arrivals: int = 0,
+        turn_ns: int = 0,
     ) -> int:
-        """When the batch that would start with the queue's head should close (ns, monotonic clock)."""
+        """When the batch that would start with the queue's head should close (ns, monotonic), or NEXT_TURN.
+
+        ``fresh_arrivals``: requests queued since the batcher last decided; ``turn_ns``: how long the
+        event loop took to come back to the batcher after it asked for a turn (0: unknown).
+        """
         delay_close = head_arrival_ns + self.delay_ns
         if not self.adaptive:
             return delay_close
         cost = self.cost
+        turn = False
         if running == 0:
-            if not cost.ready or requests * gap_ns >= cost.fixed_ns:
-                return now_ns
-            wait = min(last_arrival_ns + int(2 * gap_ns), delay_close)
+            busy_gap = arrivals.busy_gap_ns()
+            company = busy_gap <= delay_close - now_ns
+            if company and cost.ready and cost.fixed_ns < SATURATED * cost.per_row_ns * rows:
+                company = False
+            if not company:
+                wait = now_ns
+            elif fresh_arrivals > 0 or turn_ns >= BUSY_TURN_NS:
+                wait = now_ns
+                turn = True
+            else:
+                wait = min(arrivals.last_ns + int(2 * busy_gap), delay_close)
         elif cost.ready and earliest_finish_ns is not None:
-            wait = earliest_finish_ns - int(merge_ns)
+            if now_ns < earliest_finish_ns:
+                wait = earliest_finish_ns - int(merge_ns)
+            else:
+                wait = earliest_finish_ns + OVERDUE_GRACE_NS
         else:
             wait = delay_close
         if earliest_deadline_ns is not None:
             expected = float(rows)
-            if wait > now_ns and gap_ns > 0:
-                expected += (wait - now_ns) / gap_ns * rows_per_request
+            if wait > now_ns:
+                expected += (wait - now_ns) / arrivals.gap_ns * arrivals.rows_per_request
             engine_ns = cost.predict_ns(min(expected, self.max_rows)) if cost.ready else 0.0
             latest = earliest_deadline_ns - int(engine_ns * DEADLINE_SAFETY) - DEADLINE_MARGIN_NS
+            if latest <= now_ns:
+                return latest
             if latest < wait:
                 wait = latest
-        return wait
+        return NEXT_TURN if turn else wait

@@ -382,3 +382,24 @@ async def test_adaptive_holds_the_next_batch_while_the_engine_is_busy(make_batch
         # Triton's rule with no delay uses the free slot at once.
         assert [c.rows for c in engine.calls[4:]] == [1, 3]
         assert engine.calls[5].started_ns < engine.calls[4].finished_ns
+
+
+async def test_adaptive_gathers_company_when_arrivals_find_others_pending(engine, make_batcher):
+    batcher, _ = make_batcher(engine, adaptive=True, max_queue_delay_ms=2_000.0)
+    # Teach the batcher a busy arrival process: one request every ~20 ms, each finding others queued.
+    engine.pause()
+    warm = [submit(batcher, engine, rows_of(float(i))) for i in range(1)]
+    for i in range(1, 10):
+        await asyncio.sleep(0.02)
+        warm.append(submit(batcher, engine, rows_of(float(i))))
+    await turns()
+    engine.resume()
+    await asyncio.gather(*warm)
+    assert batcher.arrivals.p_busy > 0.5
+    runs = len(engine.calls)
+    # Idle engine now; a request arrives, a second ~20 ms later: the first waits for it.
+    a = submit(batcher, engine, rows_of(100.0))
+    await asyncio.sleep(0.02)
+    b = submit(batcher, engine, rows_of(101.0))
+    await asyncio.gather(a, b)
+    assert [c.rows for c in engine.calls[runs:]] == [2]

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from sidecar.batching.cost_model import CostModel
-from sidecar.batching.policy import DEADLINE_MARGIN_NS, DEADLINE_SAFETY, ClosePolicy
+from sidecar.batching.policy import (
+    BUSY_TURN_NS,
+    DEADLINE_MARGIN_NS,
+    DEADLINE_SAFETY,
+    NEXT_TURN,
+    OVERDUE_GRACE_NS,
+    ArrivalStats,
+    ClosePolicy,
+)
 from sidecar.batching.queue import GONE, QUEUED, TAKEN, Entry, RequestQueue, priority_level
 from sidecar.batching.scheduler import BatchSettings
 from sidecar.config import BatchingConfig
@@ -72,6 +80,12 @@ def trained(fixed_ns: float, per_row_ns: float) -> CostModel:
     return cm
 
 
+def arrivals(gap_ns: float = 1e9, p_busy: float = 0.0, last_ns: int = 1_000 * MS) -> ArrivalStats:
+    stats = ArrivalStats()
+    stats.gap_ns, stats.p_busy, stats.last_ns = gap_ns, p_busy, last_ns
+    return stats
+
+
 def decide(policy: ClosePolicy, now: int = 1_000 * MS, **kw) -> int:
     args = {
         "requests": 1,
@@ -80,13 +94,26 @@ def decide(policy: ClosePolicy, now: int = 1_000 * MS, **kw) -> int:
         "earliest_deadline_ns": None,
         "running": 0,
         "earliest_finish_ns": None,
-        "last_arrival_ns": now,
-        "gap_ns": 1e9,
-        "rows_per_request": 1.0,
         "merge_ns": 0.0,
+        "arrivals": arrivals(last_ns=now),
     }
     args.update(kw)
     return policy.close_at_ns(now, **args)
+
+
+def test_arrival_stats_learn_the_gap_and_the_share_of_arrivals_that_found_company():
+    stats = ArrivalStats()
+    t = 0
+    for i in range(200):
+        t += 500_000
+        stats.observe(t, 1, busy=i % 4 != 0)
+    assert stats.gap_ns == pytest.approx(500_000, rel=0.01)
+    assert stats.p_busy == pytest.approx(0.75, abs=0.15)
+    assert stats.busy_gap_ns() == pytest.approx(stats.gap_ns / stats.p_busy)
+    lone = ArrivalStats()
+    for i in range(50):
+        lone.observe(i * 300_000, 1, busy=False)
+    assert lone.busy_gap_ns() == float("inf")
 
 
 def test_triton_rule_waits_max_queue_delay_from_the_oldest_request():
@@ -96,24 +123,35 @@ def test_triton_rule_waits_max_queue_delay_from_the_oldest_request():
     assert decide(policy, now, head_arrival_ns=now - 2 * MS, running=1, earliest_finish_ns=now + 50 * MS) == (
         now + 3 * MS
     )
+    assert decide(policy, now, fresh_arrivals=3, arrivals=arrivals(100_000, 1.0)) == now + 5 * MS
 
 
-def test_adaptive_idle_engine_closes_at_once_when_no_company_is_expected_soon():
+def test_adaptive_idle_engine_closes_at_once_for_a_lone_client():
     policy = ClosePolicy(64, 5 * MS, adaptive=True, cost=trained(fixed_ns=100_000, per_row_ns=1_000))
     now = 1_000 * MS
-    assert decide(policy, now, gap_ns=300_000) == now  # arrivals every 0.3 ms > 0.1 ms fixed cost
-    assert decide(ClosePolicy(64, 5 * MS, True, CostModel()), now, gap_ns=1.0) == 1_000 * MS  # not learned yet
+    lone = arrivals(gap_ns=300_000, p_busy=0.0)  # requests arrive only when nothing is pending
+    assert decide(policy, now, arrivals=lone) == now
+    assert decide(policy, now, arrivals=lone, fresh_arrivals=1, turn_ns=500_000) == now
+    # rare company (5% of arrivals, every 2 ms): not worth the 5 ms window
+    assert decide(policy, now, arrivals=arrivals(gap_ns=2 * MS, p_busy=0.05)) == now
 
 
-def test_adaptive_idle_engine_waits_for_company_that_pays_for_the_wait_within_the_delay():
-    policy = ClosePolicy(64, 5 * MS, adaptive=True, cost=trained(fixed_ns=4 * MS, per_row_ns=10_000))
+def test_adaptive_idle_engine_gathers_company_under_load_within_the_delay():
+    policy = ClosePolicy(64, 5 * MS, adaptive=True, cost=trained(fixed_ns=100_000, per_row_ns=1_000))
     now = 1_000 * MS
-    # one request queued, arrivals every 0.5 ms, a run costs 4 ms fixed: wait for the next arrival
-    assert decide(policy, now, gap_ns=0.5 * MS, last_arrival_ns=now) == now + 1 * MS
-    # ... but never past max_queue_delay from the oldest
-    assert decide(policy, now, gap_ns=0.5 * MS, head_arrival_ns=now - 4_500_000) == now + 500_000
-    # ... and no more once the queued requests together would wait longer than a run's fixed cost
-    assert decide(policy, now, requests=9, rows=9, gap_ns=0.5 * MS) == now
+    load = arrivals(gap_ns=300_000, p_busy=1.0, last_ns=now - 100_000)
+    # requests arrived since the last decision, or the loop is busy: one more loop turn
+    assert decide(policy, now, arrivals=load, fresh_arrivals=3) == NEXT_TURN
+    assert decide(policy, now, arrivals=load, turn_ns=BUSY_TURN_NS) == NEXT_TURN
+    # otherwise wait for the next arrival, about two gaps at most
+    assert decide(policy, now, arrivals=load) == now - 100_000 + 600_000
+    # never past max_queue_delay from the oldest, never against a deadline
+    assert decide(policy, now, arrivals=load, fresh_arrivals=3, head_arrival_ns=now - 5 * MS) == now
+    assert decide(policy, now, arrivals=load, fresh_arrivals=3, earliest_deadline_ns=now + MS) <= now
+    # a batch that already amortises the engine's fixed cost closes
+    assert decide(policy, now, arrivals=load, fresh_arrivals=3, requests=60, rows=60) == NEXT_TURN
+    heavy_rows = ClosePolicy(4096, 5 * MS, adaptive=True, cost=trained(fixed_ns=10_000, per_row_ns=1_000))
+    assert decide(heavy_rows, now, arrivals=load, fresh_arrivals=3, requests=300, rows=300) == now
 
 
 def test_adaptive_busy_engine_holds_until_the_running_batch_is_predicted_to_finish():
@@ -121,8 +159,10 @@ def test_adaptive_busy_engine_holds_until_the_running_batch_is_predicted_to_fini
     now = 1_000 * MS
     at = decide(policy, now, running=1, earliest_finish_ns=now + 20 * MS, merge_ns=200_000)
     assert at == now + 20 * MS - 200_000  # past the 1 ms delay: the device is busy anyway
-    # overdue running batch: take the free slot now
-    assert decide(policy, now, running=1, earliest_finish_ns=now - MS) <= now
+    # a running batch past its predicted finish still holds the next for a grace period ...
+    assert decide(policy, now, running=1, earliest_finish_ns=now - MS) == now - MS + OVERDUE_GRACE_NS
+    # ... after which the free slot is used
+    assert decide(policy, now, running=1, earliest_finish_ns=now - OVERDUE_GRACE_NS - MS) <= now
     # not learned yet: Triton's rule
     assert decide(ClosePolicy(64, 1 * MS, True, CostModel()), now, running=1, earliest_finish_ns=now + 20 * MS) == (
         now + 1 * MS
@@ -140,7 +180,7 @@ def test_adaptive_hold_ends_early_enough_for_the_earliest_deadline():
         running=1,
         earliest_finish_ns=now + 20 * MS,
         earliest_deadline_ns=deadline,
-        gap_ns=0.5 * MS,
+        arrivals=arrivals(gap_ns=0.5 * MS, p_busy=1.0),
     )
     # the hold (20 ms) would bring ~40 more rows; the batch must still finish before the deadline
     expected_rows = 1 + (20 * MS) / (0.5 * MS)
