@@ -94,12 +94,12 @@ class TelemetryConfig:
     enabled: bool = _doc("Master switch: false turns all telemetry off (no OpenTelemetry SDK objects).", default=True)
     service_name: str = _doc("Resource service.name; empty = OTEL_SERVICE_NAME, else 'sidecar'.", default="")
     traces_exporter: str = _doc(
-        "otlp | console | none (comma-separated); empty = OTEL_TRACES_EXPORTER, else otlp when an OTLP "
+        "otlp, console or none (comma-separated list); empty = OTEL_TRACES_EXPORTER, else otlp when an OTLP "
         "endpoint is configured, else none.",
         default="",
     )
     metrics_exporter: str = _doc(
-        "otlp | console | prometheus | none (comma-separated); empty = OTEL_METRICS_EXPORTER, else otlp "
+        "otlp, console, prometheus or none (comma-separated list); empty = OTEL_METRICS_EXPORTER, else otlp "
         "when an OTLP endpoint is configured, else none (the scrape endpoint is metrics_port).",
         default="",
     )
@@ -109,7 +109,7 @@ class TelemetryConfig:
         default="",
     )
     otlp_protocol: str = _doc(
-        "grpc | http/protobuf; empty = OTEL_EXPORTER_OTLP[_TRACES|_METRICS]_PROTOCOL, else grpc.", default=""
+        "grpc or http/protobuf; empty = OTEL_EXPORTER_OTLP[_TRACES|_METRICS]_PROTOCOL, else grpc.", default=""
     )
     otlp_headers: str = _doc(
         "Extra export headers 'k1=v1,k2=v2'; empty = OTEL_EXPORTER_OTLP[_TRACES|_METRICS]_HEADERS.", default=""
