@@ -105,14 +105,16 @@ class TelemetryConfig:
     )
     otlp_endpoint: str = _doc(
         "OTLP collector URL (http://host:4317 for grpc, http://host:4318 for http/protobuf); "
-        "empty = OTEL_EXPORTER_OTLP[_TRACES|_METRICS]_ENDPOINT.",
+        "empty = OTEL_EXPORTER_OTLP_ENDPOINT (or its _TRACES_/_METRICS_ form).",
         default="",
     )
     otlp_protocol: str = _doc(
-        "grpc or http/protobuf; empty = OTEL_EXPORTER_OTLP[_TRACES|_METRICS]_PROTOCOL, else grpc.", default=""
+        "grpc or http/protobuf; empty = OTEL_EXPORTER_OTLP_PROTOCOL (or its _TRACES_/_METRICS_ form), else grpc.",
+        default="",
     )
     otlp_headers: str = _doc(
-        "Extra export headers 'k1=v1,k2=v2'; empty = OTEL_EXPORTER_OTLP[_TRACES|_METRICS]_HEADERS.", default=""
+        "Extra export headers 'k1=v1,k2=v2'; empty = OTEL_EXPORTER_OTLP_HEADERS (or its _TRACES_/_METRICS_ form).",
+        default="",
     )
     otlp_timeout_ms: float = _doc("Per-export timeout; 0 = OTEL_EXPORTER_OTLP_TIMEOUT, else 10000.", default=0.0)
     sampler: str = _doc(
