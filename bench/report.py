@@ -91,18 +91,29 @@ def save_results(
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / f"{name}.json"
     md_path = out / f"{name}.md"
-    json_path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    json_path.write_text(json.dumps(_clean(payload), indent=2, default=_json_default, allow_nan=False) + "\n")
     md_path.write_text(markdown if markdown.endswith("\n") else markdown + "\n")
     return json_path, md_path
+
+
+def _clean(value: Any) -> Any:
+    """NaN and infinities become null, so the JSON is valid for every reader."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, Result):
+        return _clean(value.to_dict())
+    return value
 
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, Result):
         return value.to_dict()
     if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
+        return _clean(value.item())
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 

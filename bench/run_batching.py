@@ -29,6 +29,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -383,9 +384,9 @@ def targets(record: RunRecord, model: str = "mlp", concurrency: int = 64) -> lis
     """The issue's targets, checked for each sidecar variant against the measured peers."""
     rows: list[dict[str, Any]] = []
     echo = find(record, "echo", model, concurrency)
-    mls = find(record, "mlserver-pw0-adaptive", model, concurrency) or find(
-        record, "mlserver-pw1-adaptive", model, concurrency
-    )
+    # The stronger of MLServer's two adaptive-batching configurations (parallel_workers 0 and 1).
+    adaptive = [find(record, k, model, concurrency) for k in ("mlserver-pw0-adaptive", "mlserver-pw1-adaptive")]
+    mls = max((r for r in adaptive if r is not None), key=lambda r: r.rps, default=None)
     echo1 = find(record, "echo", model, 1)
     raw = record.raw.get(model, {}).get("rows", [])
     model_ms = raw[0]["p50_ms"] if raw and raw[0]["batch"] == 1 else None
@@ -541,7 +542,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    command = "python -m bench.run_batching " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = shlex.join(["python", "-m", "bench.run_batching", *(sys.argv[1:] if argv is None else argv)])
     workdir = Path(tempfile.mkdtemp(prefix="sidecar-bench-"))
     began = time.monotonic()
     record = RunRecord()

@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import json
 import math
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -310,7 +311,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    command = "python -m bench.gpu.run_gpu " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = shlex.join(["python", "-m", "bench.gpu.run_gpu", *(sys.argv[1:] if argv is None else argv)])
     workdir = Path(tempfile.mkdtemp(prefix="sidecar-gpu-bench-"))
     repository = Path(args.repository) if args.repository else workdir / "repository"
     providers = [p for p in args.providers.split(",") if p]

@@ -1,0 +1,156 @@
+"""The benchmark harness itself: load generator, server processes, reports, raw ONNX Runtime, py-spy parsing.
+
+Short runs against real servers (the echo server and a sidecar, each in its own process); they check
+that the harness counts and reports correctly, not how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # `pytest` run without `python -m`: make the bench package importable
+    sys.path.insert(0, str(ROOT))
+
+from bench import loadgen, servers  # noqa: E402
+from bench.profiling import summarize  # noqa: E402
+from bench.report import markdown_table, result_row, save_results  # noqa: E402
+from sidecar.protocol._generated import grpc_service_pb2 as pb  # noqa: E402
+from sidecar.testing.models import mlp_model, write_version  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def payload() -> bytes:
+    return loadgen.make_infer_request("mlp", {"input": np.ones((1, 64), np.float32)})
+
+
+@pytest.fixture(scope="module")
+def echo():
+    with servers.start_echo() as server:
+        yield server
+
+
+def test_make_infer_request_is_a_valid_model_infer_request(payload):
+    msg = pb.ModelInferRequest.FromString(payload)
+    assert msg.model_name == "mlp"
+    assert [(t.name, t.datatype, list(t.shape)) for t in msg.inputs] == [("input", "FP32", [1, 64])]
+    assert np.frombuffer(msg.raw_input_contents[0], np.float32).tolist() == [1.0] * 64
+
+
+def test_closed_loop_in_process_counts_requests_and_cpu(echo, payload):
+    result = loadgen.run(
+        echo.target,
+        payload,
+        concurrency=4,
+        duration_s=0.5,
+        warmup_s=0.2,
+        processes=0,
+        cpu_probes={"server": echo.cpu_seconds},
+        labels={"server": "echo"},
+    )
+    assert result.mode == "closed" and result.concurrency == 4
+    assert result.requests > 50 and result.errors == 0
+    assert math.isclose(result.rps, result.requests / 0.5)
+    lat = result.latency_ms
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    assert result.cpu_s["server"] > 0 and result.client_cpu_s > 0
+    assert result.cpu_us_per_request("server") > 0
+    row = result_row(result)
+    assert row["server"] == "echo" and row["load"] == "c=4"
+
+
+def test_closed_loop_in_worker_processes_splits_the_load(echo, payload):
+    result = loadgen.run(echo.target, payload, concurrency=3, duration_s=0.5, warmup_s=0.2, processes=2)
+    assert result.processes == 2 and result.concurrency == 3
+    assert result.requests > 50 and result.errors == 0
+    assert result.client_cpu_s > 0  # the workers' CPU, sampled from here
+
+
+def test_open_loop_holds_the_rate(echo, payload):
+    result = loadgen.run(echo.target, payload, rate_per_s=200, duration_s=1.0, warmup_s=0.2, processes=1)
+    assert result.mode == "open" and result.rate_per_s == 200
+    assert 180 <= result.requests <= 201
+    assert result.dropped == 0 and result.errors == 0
+
+
+def test_errors_are_counted_by_status(echo):
+    # The echo server only knows ModelInfer: another method is UNIMPLEMENTED for every call.
+    result = loadgen.run(
+        echo.target,
+        b"",
+        concurrency=2,
+        duration_s=0.3,
+        warmup_s=0.1,
+        processes=0,
+        method="/inference.GRPCInferenceService/ModelMetadata",
+    )
+    assert result.requests == 0
+    assert result.errors > 0 and set(result.error_kinds) == {"UNIMPLEMENTED"}
+
+
+def test_sidecar_process_serves_the_load_generator(tmp_path, payload):
+    write_version(tmp_path, "mlp", "1.0.0", mlp_model)
+    settings = {"engine.providers": "CPUExecutionProvider", "batching.enabled": False}
+    with servers.start_sidecar(tmp_path, models=["mlp"], settings=settings, log_dir=tmp_path) as server:
+        result = loadgen.run(
+            server.target,
+            payload,
+            concurrency=2,
+            duration_s=0.5,
+            warmup_s=0.2,
+            processes=0,
+            cpu_probes={"server": server.cpu_seconds},
+        )
+        stats = servers.model_statistics(server.target, "mlp")
+        assert servers.model_provider(server.target, "mlp") == "CPUExecutionProvider"
+        assert "main" in servers.thread_cpu(server.pid)
+    assert server.proc is not None and server.proc.poll() is not None  # stopped
+    assert result.requests > 10 and result.errors == 0
+    assert stats is not None and stats[0] >= result.requests and stats[1] >= 1
+
+
+def test_raw_onnxruntime_sweep(tmp_path):
+    from bench.raw_onnxruntime import batch_sizes_up_to, measure
+
+    path = mlp_model(tmp_path / "mlp.onnx")
+    result = measure(path, [1, 4], duration_s=0.2, warmup_s=0.05, intra_op_threads=1)
+    assert [r["batch"] for r in result["rows"]] == [1, 4]
+    assert all(r["rows_per_s"] > 0 and r["p50_ms"] > 0 for r in result["rows"])
+    assert batch_sizes_up_to(64) == [1, 2, 4, 8, 16, 32, 64]
+    assert batch_sizes_up_to(48) == [1, 2, 4, 8, 16, 32, 48]
+
+
+def test_reports(tmp_path):
+    rows = [{"server": "a", "rps": 1234.5, "p99_ms": 1.234, "n": 3}, {"server": "b", "rps": None, "p99_ms": 12.0}]
+    table = markdown_table(rows, (("server", "server"), ("rps", "req/s"), ("p99_ms", "p99"), ("n", "n")))
+    assert table.splitlines() == [
+        "| server | req/s | p99 | n |",
+        "|---|---:|---:|---:|",
+        "| a | 1,234 | 1.23 | 3 |",
+        "| b | - | 12.0 | - |",
+    ]
+    json_path, md_path = save_results("x", {"v": float("nan")}, table, tmp_path)
+    assert json.loads(json_path.read_text()) == {"v": None}
+    assert md_path.read_text().endswith("\n")
+
+
+def test_py_spy_raw_summary():
+    raw = "\n".join(
+        [
+            "thread (1): MainThread;main (a.py:1);run (asyncio/runners.py:1);handler (s.py:10);decode (c.py:5) 6",
+            "thread (1): MainThread;main (a.py:1);run (asyncio/runners.py:1);handler (s.py:10) 2",
+            "thread (2): engine_0;worker (t.py:1);session_run (o.py:3) 2",
+        ]
+    )
+    summary = summarize(raw)
+    assert summary["samples"] == 10
+    assert summary["threads"] == {"MainThread": 0.8, "engine_0": 0.2}
+    assert summary["self"][0] == {"function": "decode (c.py:5)", "share": 0.75}
+    assert {"function": "handler (s.py:10)", "share": 1.0} in summary["inclusive"]
+    assert all(not e["function"].startswith("main (") for e in summary["inclusive"])
