@@ -10,6 +10,7 @@ Targets (issue 4), float32, 10 bins:
 
     .venv/bin/python -m bench.bench_histogram              # about 1 minute
     .venv/bin/python -m bench.bench_histogram --quick      # about 15 seconds, fewer samples
+    .venv/bin/python -m bench.bench_histogram --timer cpu  # thread CPU time: steadier on a busy machine
     taskset -c 2 .venv/bin/python -m bench.bench_histogram # pinned to one core (quieter numbers)
 
 Every row times a full update as a caller makes it. "native" and "numpy twin" are
@@ -60,6 +61,10 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+TIMERS = {"wall": time.perf_counter, "cpu": time.thread_time}
+timer = time.perf_counter
+
+
 def time_call(fn: Callable[[], Any], sample_s: float, samples: int) -> tuple[float, float]:
     """(median, best) seconds per call over ``samples`` samples of about ``sample_s`` each."""
     fn()
@@ -72,10 +77,10 @@ def time_call(fn: Callable[[], Any], sample_s: float, samples: int) -> tuple[flo
     number = max(1, int(sample_s / max(per_call, 1e-9)))
     results = []
     for _ in range(samples):
-        t0 = time.perf_counter()
+        t0 = timer()
         for _ in range(number):
             fn()
-        results.append((time.perf_counter() - t0) / number)
+        results.append((timer() - t0) / number)
     return statistics.median(results), min(results)
 
 
@@ -169,7 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter samples (about 15 s)")
     parser.add_argument("--name", default="histogram", help="results file name (default: histogram)")
+    parser.add_argument(
+        "--timer",
+        choices=sorted(TIMERS),
+        default="wall",
+        help="wall clock (default) or this thread's CPU time (steadier on a shared, busy machine)",
+    )
     args = parser.parse_args(argv)
+    global timer
+    timer = TIMERS[args.timer]
     sample_s, samples = (0.05, 3) if args.quick else (0.2, 7)
     rng = np.random.default_rng(20261125)
 
@@ -203,7 +216,10 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = {
         "benchmark": "histogram kernel",
-        "command": "python -m bench.bench_histogram" + (" --quick" if args.quick else ""),
+        "command": "python -m bench.bench_histogram"
+        + (" --quick" if args.quick else "")
+        + (f" --timer {args.timer}" if args.timer != "wall" else ""),
+        "timer": args.timer,
         "bins": BINS,
         "kernel": histogram.KERNEL,
         "native_variant": histogram.NATIVE_VARIANT,
@@ -227,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         f"# Histogram kernel ({BINS} bins, {FEATURES} features)\n\n"
         f"`{meta['command']}` on {meta['cpu']} ({meta['cpus_visible']} CPUs visible), Python {meta['python']}, "
         f"numpy {meta['numpy']}, boost-histogram {meta['boost_histogram']}, active kernel {meta['kernel']}"
-        f" ({meta['native_variant']}), {meta['timestamp']}. Median of {samples} samples; single thread.\n\n"
+        f" ({meta['native_variant']}), {meta['timestamp']}. Median of {samples} samples ({args.timer} time); "
+        "single thread.\n\n"
     )
     print(header + table)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

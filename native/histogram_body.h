@@ -31,6 +31,7 @@ static inline __attribute__((always_inline)) HK_N(vt) HK_N(load)(const HK_T *p)
 #define HK_OP_GE 0  /* value >= threshold */
 #define HK_OP_GT 1  /* value > threshold */
 #define HK_OP_NAN 2 /* value is NaN (threshold unused) */
+#define HK_OP_FINITE 3 /* value is finite (threshold: the largest finite value) */
 
 static inline __attribute__((always_inline)) HK_N(vi) HK_N(test)(HK_N(vt) v, HK_N(vt) t, int op)
 {
@@ -40,6 +41,11 @@ static inline __attribute__((always_inline)) HK_N(vi) HK_N(test)(HK_N(vt) v, HK_
     if (op == HK_OP_GT) {
         return (HK_N(vi))(v > t);
     }
+    if (op == HK_OP_FINITE) {
+        const HK_N(vi) sign = (HK_N(vi))(-(HK_N(vt)){0}); /* -0.0: only the sign bit */
+        const HK_N(vi) magnitude = (HK_N(vi))v & ~sign;
+        return (HK_N(vi))((HK_N(vt))magnitude <= t);
+    }
     return (HK_N(vi))(v != v);
 }
 
@@ -48,14 +54,17 @@ static inline __attribute__((always_inline)) HK_N(vi) HK_N(test)(HK_N(vt) v, HK_
 static inline __attribute__((always_inline)) HK_N(vi) HK_N(add_test)(HK_N(vi) a, HK_N(vt) v, HK_N(vt) t, int op)
 {
 #if HK_AVX512_MASKS && HK_IS_F64
-    const __mmask8 m = op == HK_OP_GE   ? _mm512_cmp_pd_mask((__m512d)v, (__m512d)t, _CMP_GE_OQ)
-                       : op == HK_OP_GT ? _mm512_cmp_pd_mask((__m512d)v, (__m512d)t, _CMP_GT_OQ)
-                                        : _mm512_cmp_pd_mask((__m512d)v, (__m512d)v, _CMP_UNORD_Q);
+    /* fpclass 0x99: quiet NaN, +inf, -inf, signalling NaN */
+    const __mmask8 m = op == HK_OP_GE       ? _mm512_cmp_pd_mask((__m512d)v, (__m512d)t, _CMP_GE_OQ)
+                       : op == HK_OP_GT     ? _mm512_cmp_pd_mask((__m512d)v, (__m512d)t, _CMP_GT_OQ)
+                       : op == HK_OP_FINITE ? (__mmask8)~_mm512_fpclass_pd_mask((__m512d)v, 0x99)
+                                            : _mm512_cmp_pd_mask((__m512d)v, (__m512d)v, _CMP_UNORD_Q);
     return (HK_N(vi))_mm512_mask_sub_epi64((__m512i)a, m, (__m512i)a, _mm512_set1_epi64(-1));
 #elif HK_AVX512_MASKS
-    const __mmask16 m = op == HK_OP_GE   ? _mm512_cmp_ps_mask((__m512)v, (__m512)t, _CMP_GE_OQ)
-                        : op == HK_OP_GT ? _mm512_cmp_ps_mask((__m512)v, (__m512)t, _CMP_GT_OQ)
-                                         : _mm512_cmp_ps_mask((__m512)v, (__m512)v, _CMP_UNORD_Q);
+    const __mmask16 m = op == HK_OP_GE       ? _mm512_cmp_ps_mask((__m512)v, (__m512)t, _CMP_GE_OQ)
+                        : op == HK_OP_GT     ? _mm512_cmp_ps_mask((__m512)v, (__m512)t, _CMP_GT_OQ)
+                        : op == HK_OP_FINITE ? (__mmask16)~_mm512_fpclass_ps_mask((__m512)v, 0x99)
+                                             : _mm512_cmp_ps_mask((__m512)v, (__m512)v, _CMP_UNORD_Q);
     return (HK_N(vi))_mm512_mask_sub_epi32((__m512i)a, m, (__m512i)a, _mm512_set1_epi32(-1));
 #else
     return a - HK_N(test)(v, t, op);
@@ -90,17 +99,32 @@ static inline __attribute__((always_inline)) void HK_N(count_one)(const HK_T *p,
 static void HK_N(count_chunk)(const HK_T *src, size_t rows, size_t stride, const HK_T *e, size_t estride, size_t k,
                               size_t fp, int64_t *ge)
 {
-    const HK_N(vt) lowest = (HK_N(vt)){0} - (HK_T)HK_TMAX;
+    const HK_N(vt) highest = (HK_N(vt)){0} + (HK_T)HK_TMAX;
+    const HK_N(vt) lowest = -highest;
     const HK_N(vt) inf = (HK_N(vt)){0} + (HK_T)INFINITY;
     for (size_t b = 0; b < fp; b += HK_VW) {
         const HK_T *p = src + b;
-        HK_N(count_one)(p, rows, stride, lowest, HK_OP_GE, ge + b);
         for (size_t i = 0; i + 1 < k; ++i) {
             HK_N(count_one)(p, rows, stride, HK_N(load)(e + i * estride + b), HK_OP_GE, ge + (i + 1) * fp + b);
         }
         HK_N(count_one)(p, rows, stride, HK_N(load)(e + (k - 1) * estride + b), HK_OP_GT, ge + k * fp + b);
-        HK_N(count_one)(p, rows, stride, inf, HK_OP_GE, ge + (k + 1) * fp + b);
-        HK_N(count_one)(p, rows, stride, inf, HK_OP_NAN, ge + (k + 2) * fp + b);
+        /* NaN and inf are rare: one pass finds whether this block has any; only then do the three
+         * passes that tell NaN, -inf and +inf apart. Without any, every value passes ">= lowest". */
+        int64_t finite[HK_VW] = {0};
+        HK_N(count_one)(p, rows, stride, highest, HK_OP_FINITE, finite);
+        int all_finite = 1;
+        for (size_t l = 0; l < HK_VW; ++l) {
+            all_finite &= finite[l] == (int64_t)rows;
+        }
+        if (all_finite) {
+            for (size_t l = 0; l < HK_VW; ++l) {
+                ge[b + l] += (int64_t)rows;
+            }
+        } else {
+            HK_N(count_one)(p, rows, stride, lowest, HK_OP_GE, ge + b);
+            HK_N(count_one)(p, rows, stride, inf, HK_OP_GE, ge + (k + 1) * fp + b);
+            HK_N(count_one)(p, rows, stride, inf, HK_OP_NAN, ge + (k + 2) * fp + b);
+        }
     }
 }
 

@@ -21,7 +21,9 @@ API
   ======================  ====================================================================
 
   Every one of the ``N * F`` values is counted exactly once. Comparisons are exact (a float32 value
-  compares with a float64 edge as numpy does, in float64).
+  compares with a float64 edge as numpy does, in float64). An update is not atomic: callers serialize
+  updates of the same ``counts`` array (the kernel itself keeps no state, so distinct arrays may be
+  updated from several threads at once).
 
 Arguments are validated here, in Python, and a ``ValueError`` names what is wrong (shape, dtype,
 contiguity, ``K < 2``, the first non-finite or unsorted edge). The native code trusts what it gets and
