@@ -194,6 +194,37 @@ def best_raw(raw: dict[str, Any]) -> float:
     return max((r["rows_per_s"] for r in raw.get("rows", [])), default=math.nan)
 
 
+def diagnosis(rows: Sequence[dict[str, Any]], target: dict[str, Any], request_bytes: int) -> str:
+    """Which limit the sidecar hit first, from the measured cells: the model, the ingest, or the sidecar."""
+    goal = 0.7 * target["raw_best_rows_per_s"]
+    echo = max((c for c in rows if c["server"] == "echo"), key=lambda c: c["rps"], default=None)
+    side = max((c for c in rows if c["server"] == "sidecar-batching"), key=lambda c: c["rps"], default=None)
+    if echo is None or side is None:
+        return "Diagnosis: needs both the echo and the batched sidecar cells."
+    kb = request_bytes / 1e3
+    ingest = (
+        f"One bare grpc.aio process ingests {echo['rps']:,.0f} req/s of {kb:,.0f} KB "
+        f"({echo['server_us']:,.0f} us of CPU each, event loop busy {echo['event_loop_busy']:.2f} cores)"
+    )
+    if side["rps"] >= goal:
+        return f"Diagnosis: the target is met. {ingest}."
+    if echo["rps"] < goal:
+        return (
+            f"Diagnosis: ingest is the first limit. {ingest}, below the {goal:,.0f} req/s the target needs, so "
+            "no single-process Python server can reach it whatever its batcher does. The sidecar's event loop "
+            f"was busy {side['event_loop_busy']:.2f} cores at {side['load']} ({side['event_loop_us']:,.0f} us "
+            "per request). Design change: several ingest processes (SO_REUSEPORT on the same port, one event "
+            "loop each) decoding requests into shared memory, feeding one engine process that owns the GPU "
+            "session and the batcher, so ingest scales with cores while batches still form in one place."
+        )
+    return (
+        f"Diagnosis: the sidecar itself is the limit. {ingest}, enough for the target, but the sidecar served "
+        f"{side['rps']:,.0f} req/s with its event loop busy {side['event_loop_busy']:.2f} cores "
+        f"({side['event_loop_us']:,.0f} us per request vs {echo['event_loop_us']:,.0f} for the echo server): "
+        "see the profile for where the event loop's time goes."
+    )
+
+
 def render(meta: dict[str, Any], args: argparse.Namespace, data: dict[str, Any]) -> str:
     lines = [f"# GPU benchmark ({meta['started']})", ""]
     if args.cpu_check:
@@ -258,6 +289,7 @@ def render(meta: dict[str, Any], args: argparse.Namespace, data: dict[str, Any])
                 f"{target['ratio']:.0%} (goal >= 70%: {'met' if target['ratio'] >= 0.7 else 'NOT met'}).",
                 "",
             ]
+            lines += [diagnosis(rows, target, entry["request_bytes"]), ""]
         prof = entry.get("profile")
         if prof and "error" in prof:
             lines += [f"Profile: not taken ({prof['error']}).", ""]
