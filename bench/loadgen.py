@@ -207,6 +207,7 @@ class _Plan:
     timeout_s: float
     max_in_flight: int
     channels: int
+    offset_ns: int = 0  # open loop: this driver's phase, so several processes interleave their sends
 
 
 @dataclass
@@ -270,6 +271,7 @@ async def _open_driver(calls: Sequence[Any], plan: _Plan, start_ns: int, ws: int
     payload, timeout = plan.payload, plan.timeout_s
     latencies, errors = tally.latencies, tally.errors
     interval_ns = 1e9 / plan.rate_per_s
+    start_ns += plan.offset_ns
     pending: set[asyncio.Task] = set()
     n_calls = len(calls)
 
@@ -543,9 +545,12 @@ def run(
         rate = float(rate_per_s or 0)
         per = rate / processes
         per_channels = channels or _default_channels(max(1, int(per * 0.01)))
+        cap = max(1, max_in_flight // processes)
+        phase = 1e9 / rate  # the whole rate's interval: worker k sends k intervals after worker 0
         plans = [
-            _Plan(target, payload, method, 0, per, timeout_s, max(1, max_in_flight // processes), per_channels)
-        ] * processes
+            _Plan(target, payload, method, 0, per, timeout_s, cap, per_channels, int(k * phase))
+            for k in range(processes)
+        ]
     return _run_workers(plans, duration_s, warmup_s, rows_per_request, cpu_probes, labels, concurrency, rate_per_s)
 
 
