@@ -124,7 +124,7 @@ class BoundedSpanProcessor(SpanProcessor):
             self._drops.add("traces", "queue_full", 1, f"the span queue holds {self._queue_size}")
             return
         queue.append(span)  # deque.append is atomic; only this method appends
-        if len(queue) >= self._batch_size:
+        if len(queue) == self._batch_size:  # once per batch: the worker then drains everything queued
             self._wake.set()
 
     def _run(self) -> None:
