@@ -54,6 +54,7 @@ import math
 import os
 import pickle
 import select
+import shlex
 import struct
 import subprocess
 import sys
@@ -743,6 +744,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request deadline in seconds")
     parser.add_argument("--server-pid", type=int, help="measure this process tree's CPU (psutil)")
     parser.add_argument("--json", help="write the result as JSON to this file")
+    parser.add_argument("--name", help="also write bench/results/NAME.json and NAME.md (a one-row table)")
     args = parser.parse_args(argv)
 
     inputs = dict(args.input)
@@ -769,8 +771,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(result.summary())
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    if args.name:
+        from bench.report import STANDARD_COLUMNS, machine_info, markdown_table, result_row, save_results
+
+        result.labels.update(target=args.target, model=args.model)
+        table = markdown_table([result_row(result)], (("model", "model"), *STANDARD_COLUMNS))
+        command = shlex.join(["python", "-m", "bench.loadgen", *(sys.argv[1:] if argv is None else argv)])
+        payload = {"command": command, "machine": machine_info(), "result": result.to_dict()}
+        paths = save_results(args.name, payload, f"# {args.name}\n\nCommand: `{command}`\n\n{table}\n")
+        print(f"wrote {paths[0]} and {paths[1]}")
     return 0 if result.requests else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: plans pickled for worker processes must
+    # name their classes as bench.loadgen._Plan, which the workers can import.
+    from bench.loadgen import main as _main
+
+    sys.exit(_main())

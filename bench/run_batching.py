@@ -360,7 +360,7 @@ def cell_row(cell: Cell) -> dict[str, Any]:
 COLUMNS = (
     ("server", "server"),
     ("load", "load"),
-    ("rps", "req/s"),
+    ("rps", "req/s (= rows/s)"),
     ("p50_ms", "p50 ms"),
     ("p95_ms", "p95 ms"),
     ("p99_ms", "p99 ms"),

@@ -154,3 +154,17 @@ def test_py_spy_raw_summary():
     assert summary["self"][0] == {"function": "decode (c.py:5)", "share": 0.75}
     assert {"function": "handler (s.py:10)", "share": 1.0} in summary["inclusive"]
     assert all(not e["function"].startswith("main (") for e in summary["inclusive"])
+
+
+def test_command_line_runs_in_worker_processes(echo, tmp_path):
+    import subprocess
+
+    out = tmp_path / "r.json"
+    argv = [sys.executable, "-m", "bench.loadgen", "--target", echo.target, "--model", "mlp"]
+    argv += ["--input", "input:1x64:FP32", "--concurrency", "2", "--duration", "0.5", "--warmup", "0.1"]
+    argv += ["--processes", "1", "--server-pid", str(echo.pid), "--json", str(out)]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["requests"] > 10 and result["processes"] == 1
+    assert result["cpu_us_per_request"]["server"] > 0
