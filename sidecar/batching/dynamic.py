@@ -48,7 +48,7 @@ from sidecar.batching.scheduler import BatchSettings, WorkItem
 from sidecar.engine.base import Engine
 from sidecar.engine.statistics import VersionStatistics
 from sidecar.errors import Cancelled, DeadlineExceeded, EngineError, QueueFull, ServerDraining, SidecarError
-from sidecar.telemetry.spans import batch_span, record_queue_time
+from sidecar.telemetry.spans import INVALID_SPAN, batch_span, record_queue_time
 
 TIMER_MIN_NS = 1_000_000  # no wake-up is armed closer than this (event-loop timer resolution)
 DUE_SLACK_NS = 100_000  # a close time this close to now counts as now
@@ -130,6 +130,18 @@ class DynamicBatcher:
         self.arrivals.observe(arrival, item.rows, bool(queue.count or self._running))
         queue.push(entry, priority_level(item.request.priority))
         self._arrivals += 1
+        if queue.count == 1 and self._running < self._slots and not self._schedule_pending:
+            # Alone in the queue with a slot free: decide at once. A batch of just this request runs
+            # in the caller's own task: no batch task, no extra loop turns, so a lone request costs
+            # what it costs without batching.
+            now = time.monotonic_ns()
+            limit, _ = self._due(now, 1, 0)
+            if limit:
+                self._arrivals_seen = self._arrivals
+                launched = self._take(now, limit)
+                if launched is not None:
+                    await self._run(launched[0], launched[1], host=entry)
+                    return entry.future.result()
         if not self._schedule_pending:
             self._schedule_pending = True
             self._turn_asked_ns = arrival
@@ -167,20 +179,15 @@ class DynamicBatcher:
         turn_ns = now - self._turn_asked_ns if self._turn_asked_ns else 0
         self._turn_asked_ns = 0
         while queue.count and self._running < self._slots:
-            limit = self._max_rows
-            target = queue.preferred_target(self._preferred, limit) if self._preferred else 0
-            if target:
-                limit = target
-            elif not self._closed and queue.rows < limit:
-                close_at = self._close_at(now, fresh, turn_ns)
-                if close_at == NEXT_TURN:
-                    self._schedule_pending = True
-                    self._turn_asked_ns = now
-                    asyncio.get_running_loop().call_soon(self._schedule)
-                    break
-                if close_at > now + DUE_SLACK_NS:
-                    wake = close_at
-                    break
+            limit, close_at = self._due(now, fresh, turn_ns)
+            if close_at == NEXT_TURN:
+                self._schedule_pending = True
+                self._turn_asked_ns = now
+                asyncio.get_running_loop().call_soon(self._schedule)
+                break
+            if not limit:
+                wake = close_at
+                break
             self._launch(now, limit)
             fresh = turn_ns = 0
         if queue.count:
@@ -188,6 +195,20 @@ class DynamicBatcher:
             if deadline is not None and (wake is None or deadline < wake):
                 wake = deadline
         self._arm(wake, now)
+
+    def _due(self, now: int, fresh: int, turn_ns: int) -> tuple[int, int]:
+        """(rows to launch a batch with now, 0), or (0, when to decide again or NEXT_TURN)."""
+        queue = self._queue
+        limit = self._max_rows
+        target = queue.preferred_target(self._preferred, limit) if self._preferred else 0
+        if target:
+            return target, 0
+        if self._closed or queue.rows >= limit:
+            return limit, 0
+        close_at = self._close_at(now, fresh, turn_ns)
+        if close_at != NEXT_TURN and close_at <= now + DUE_SLACK_NS:
+            return limit, 0
+        return 0, close_at
 
     def _close_at(self, now: int, fresh: int, turn_ns: int) -> int:
         queue = self._queue
@@ -206,18 +227,24 @@ class DynamicBatcher:
             turn_ns,
         )
 
-    def _launch(self, now: int, limit: int) -> None:
+    def _take(self, now: int, limit: int) -> tuple[list[Entry], int] | None:
+        """Take the next batch and claim a slot for it: (entries, predicted finish), or None if none."""
         expired: list[Entry] = []
         batch, rows = self._queue.take(now, limit, expired)
         if expired:
             self._fail_expired(expired, now)
         if not batch:
-            return
+            return None
         finish = now + int(self._merge_ns + self.cost.predict_ns(rows))
         self._running += 1
         self._finishes.append(finish)
-        task = asyncio.get_running_loop().create_task(self._run(batch, finish))
-        self._tasks.add(task)
+        return batch, finish
+
+    def _launch(self, now: int, limit: int) -> None:
+        launched = self._take(now, limit)
+        if launched is not None:
+            task = asyncio.get_running_loop().create_task(self._run(*launched))
+            self._tasks.add(task)
 
     def _arm(self, wake: int | None, now: int) -> None:
         timer = self._timer
@@ -255,7 +282,8 @@ class DynamicBatcher:
             self._idle.set()
 
     # -- running a batch ------------------------------------------------------------------------
-    async def _run(self, batch: list[Entry], finish: int) -> None:
+    async def _run(self, batch: list[Entry], finish: int, host: Entry | None = None) -> None:
+        """Run one batch and answer its callers. ``host``: the caller running it in its own task."""
         released = False
         try:
             start = time.monotonic_ns()
@@ -264,23 +292,31 @@ class DynamicBatcher:
                 return
             stats = self._stats
             rows = 0
+            spans = []  # the request spans of traced requests (none when tracing is off)
             for e in batch:
                 rows += e.rows
                 queued = start - e.item.arrival_ns
                 stats.record_queue(queued)
-                record_queue_time(e.item.span, queued / 1e9)
+                span = e.item.span
+                if span is not INVALID_SPAN:
+                    record_queue_time(span, queued / 1e9)
+                    spans.append(span)
             error: SidecarError | None = None
             outputs: dict[str, np.ndarray] = {}
             names = self._output_names(batch)
             try:
                 inputs = self._merge(batch)
                 merged = time.monotonic_ns()
-                spans = [e.item.span for e in batch]
-                with batch_span(self._model, self._version, spans, rows, self._engine.provider):
+                if spans:
+                    with batch_span(self._model, self._version, spans, rows, self._engine.provider):
+                        outputs = await self._engine.run(inputs, names)
+                else:
                     outputs = await self._engine.run(inputs, names)
             except SidecarError as exc:
                 error = exc
             except asyncio.CancelledError:
+                if host is not None:
+                    host.future.cancel()  # the host itself was cancelled: nobody awaits its future
                 self._fail(batch, Cancelled(f"{self.label}: the batch was cancelled (server shutting down)"))
                 raise
             except Exception as exc:

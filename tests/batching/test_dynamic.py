@@ -8,6 +8,7 @@ must have been waited) or as generous upper bounds (far below a delay that must 
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import numpy as np
@@ -207,16 +208,20 @@ async def test_cancelled_caller_is_dropped_before_the_model_runs(engine, make_ba
 
 async def test_caller_cancelled_while_its_batch_runs_does_not_disturb_its_neighbours(engine, make_batcher):
     batcher, _ = make_batcher(engine)
-    engine.pause()
+    first = await hold_engine(batcher, engine)
     a = submit(batcher, engine, rows_of(1.0))
     b = submit(batcher, engine, rows_of(2.0))
-    await engine.wait_started(1)
-    assert engine.calls == [] and batcher.batches_running == 1
+    await turns()
+    engine.resume()
+    engine.pause()  # the next run, a and b's batch, waits at a new gate
+    await engine.wait_started(2)
+    assert batcher.batches_running == 1 and batcher.queue_depth == 0
     a.cancel()
     engine.resume()
     check_outputs(rows_of(2.0), await b)
+    await first
     assert a.cancelled()
-    assert [c.rows for c in engine.calls] == [2]
+    assert [c.rows for c in engine.calls] == [1, 2]
 
 
 async def test_full_queue_sheds_new_requests_at_once(engine, make_batcher):
@@ -241,10 +246,13 @@ async def test_full_queue_sheds_new_requests_at_once(engine, make_batcher):
 # -- failures -------------------------------------------------------------------------------------
 async def test_failing_batch_fails_every_request_in_it_and_the_next_batch_runs(engine, make_batcher):
     batcher, stats = make_batcher(engine)
-    engine.pause()
-    victims = [submit(batcher, engine, rows_of(float(i))) for i in range(3)]  # one batch of 3
-    await engine.wait_started(1)
-    survivors = [submit(batcher, engine, rows_of(10.0 + i)) for i in range(2)]  # queued behind it
+    first = await hold_engine(batcher, engine)
+    victims = [submit(batcher, engine, rows_of(float(i))) for i in range(3)]
+    await turns()
+    engine.resume()
+    engine.pause()  # the victims' batch waits at a new gate ...
+    await engine.wait_started(2)
+    survivors = [submit(batcher, engine, rows_of(10.0 + i)) for i in range(2)]  # ... these queue behind it
     await turns()
     engine.fail_next(EngineError("model 'm' version '1.0.0': model failed while running: boom"))
     engine.resume()
@@ -252,8 +260,10 @@ async def test_failing_batch_fails_every_request_in_it_and_the_next_batch_runs(e
     assert all(isinstance(e, EngineError) and "boom" in e.message for e in errors), errors
     for i, t in enumerate(survivors):
         check_outputs(rows_of(10.0 + i), await t)
-    assert [c.rows for c in engine.calls] == [3, 2]
-    assert stats.execution_count == 1  # only the run that succeeded
+    check_outputs(rows_of(-1.0), await first)
+    assert [c.rows for c in engine.calls] == [1, 3, 2]
+    assert [c.error is not None for c in engine.calls] == [False, True, False]
+    assert stats.execution_count == 2  # only the runs that succeeded
 
 
 async def test_engine_error_reaches_every_caller_of_that_batch_only(engine, make_batcher):
@@ -379,9 +389,9 @@ async def test_adaptive_holds_the_next_batch_while_the_engine_is_busy(make_batch
         assert [c.rows for c in engine.calls[4:]] == [1, 3]
         assert engine.calls[5].started_ns >= engine.calls[4].finished_ns
     else:
-        # Triton's rule with no delay uses the free slot at once.
-        assert [c.rows for c in engine.calls[4:]] == [1, 3]
+        # Triton's rule with no delay uses the free slot at once, with what is there.
         assert engine.calls[5].started_ns < engine.calls[4].finished_ns
+        assert engine.max_running == 2 and engine.calls[5].rows < 3
 
 
 async def test_adaptive_gathers_company_when_arrivals_find_others_pending(engine, make_batcher):
@@ -403,3 +413,22 @@ async def test_adaptive_gathers_company_when_arrivals_find_others_pending(engine
     b = submit(batcher, engine, rows_of(101.0))
     await asyncio.gather(a, b)
     assert [c.rows for c in engine.calls[runs:]] == [2]
+
+
+async def test_lone_request_cancelled_while_running_in_its_own_task_frees_its_slot(engine, make_batcher):
+    batcher, _ = make_batcher(engine)
+    problems: list[dict] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: problems.append(context))
+    engine.pause()
+    lone = submit(batcher, engine, rows_of(1.0))
+    await engine.wait_started(1)
+    assert batcher.batches_running == 1
+    lone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await lone
+    assert batcher.batches_running == 0
+    engine.resume()
+    check_outputs(rows_of(2.0), await batcher.submit(work_item(engine, rows_of(2.0))))
+    gc.collect()
+    await turns()
+    assert problems == []  # no future left with an unretrieved exception
