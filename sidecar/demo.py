@@ -188,6 +188,8 @@ def serve(repo: Path, workdir: Path, extra_env: dict[str, str] | None = None) ->
         "127.0.0.1",
         "--control-port",
         str(control_port),
+        "--metrics-port",
+        str(metrics_port),
     ]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -402,6 +404,9 @@ def run_demo(args: argparse.Namespace) -> int:
         # == end of routing phase =====================================================================
 
         # == telemetry phase (sidecar.telemetry) ======================================================
+        from sidecar.telemetry.demo import run_telemetry_phase
+
+        served.errors += 0 if run_telemetry_phase(server.metrics_port, server.log_path, MODEL) else 1
         # == end of telemetry phase ===================================================================
 
         client.close()
