@@ -186,6 +186,12 @@ def test_counts_accumulate_over_calls(update) -> None:
     np.testing.assert_array_equal(counts, expected_counts(np.vstack([a, b]), edges))
 
 
+def read_only(a: np.ndarray) -> np.ndarray:
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
 @pytest.mark.parametrize(
     "make",
     [
@@ -193,10 +199,11 @@ def test_counts_accumulate_over_calls(update) -> None:
         pytest.param(lambda a: a[::3], id="row-step"),
         pytest.param(lambda a: np.asfortranarray(a), id="fortran-order"),
         pytest.param(lambda a: a.astype(a.dtype.newbyteorder(">")), id="big-endian"),
+        pytest.param(read_only, id="read-only"),
     ],
 )
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_non_contiguous_values_are_copied(update, make, dtype) -> None:
+def test_values_in_any_layout(update, make, dtype) -> None:
     rng = np.random.default_rng(5)
     base = rng.normal(size=(60, 10)).astype(dtype)
     values = make(base)
