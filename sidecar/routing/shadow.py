@@ -192,7 +192,10 @@ class ShadowMirror:
             ) as span:
                 try:
                     mv = self._resolve(request.model_name, request.model_version)
-                    response = await asyncio.wait_for(mv.infer(request), timeout_s)
+                    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+                    # that arrives as the shadow answers, and stop() would then wait forever.
+                    async with asyncio.timeout(timeout_s):
+                        response = await mv.infer(request)
                 except (TimeoutError, DeadlineExceeded):
                     job.stats.record_error(timeout=True)
                     span.set_attribute("sidecar.shadow.outcome", "timeout")
