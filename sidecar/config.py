@@ -170,6 +170,11 @@ class RoutingConfig:
         "(else it waits; the queue overflows and copies are dropped).",
         default=0.5,
     )
+    shadow_max_primary_inflight: int = _doc(
+        "Shadows run at the lowest priority: a copy starts only while at most this many live requests are "
+        "being answered (a saturated server drops shadow copies instead of slowing live traffic).",
+        default=4,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ def build_routing(config: SidecarConfig, repository: Repository) -> tuple[Router
         window_s=rc.shadow_window_s,
         windows=rc.shadow_windows,
         max_loop_lag_ms=rc.shadow_max_loop_lag_ms,
+        max_primary_inflight=rc.shadow_max_primary_inflight,
     )
     router = Router(repository, mirror)
     path = state_file_path(config)

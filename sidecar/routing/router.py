@@ -69,10 +69,15 @@ class Router:
         token = DEADLINE_NS.set(request.deadline_ns)
         try:
             mv, shadows = self.decide(request)
-            if not shadows:
-                return await mv.infer(request)
-            start = time.monotonic_ns()
-            response = await mv.infer(request)
+            mirror = self.shadows
+            mirror.primary_inflight += 1
+            try:
+                if not shadows:
+                    return await mv.infer(request)
+                start = time.monotonic_ns()
+                response = await mv.infer(request)
+            finally:
+                mirror.primary_inflight -= 1
             parent = current_span().get_span_context()
             self.shadows.offer(shadows, request, response, time.monotonic_ns() - start, parent)
             return response

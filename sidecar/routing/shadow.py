@@ -5,12 +5,13 @@ never awaits and never blocks: the copy goes into a bounded queue, or, when the 
 dropped and counted. A fixed number of worker tasks take copies from the queue and run them on the
 shadow version, each under its own timeout, then compare the answers (``comparison.ShadowStats``).
 
-Lowest priority means shadows only use capacity the primary traffic leaves idle: before starting a
-copy a worker measures how long the event loop takes to come back to it (``asyncio.sleep(0)``); while
-that exceeds ``max_loop_lag_ms`` the loop is busy with primary work, the worker backs off, the queue
-fills and further copies are dropped (and counted). Within the shadow version, copies also carry the
-least urgent batching priority. Shadow answers are never returned to anybody, and a shadow's failure,
-hang or garbage only shows up in its statistics and logs, never in a client's response.
+Lowest priority means shadows only use capacity the primary traffic leaves idle: a worker starts a
+copy only while at most ``max_primary_inflight`` primary requests are in flight (counted by the
+router) and the event loop comes back to it within ``max_loop_lag_ms`` (``asyncio.sleep(0)``);
+otherwise it backs off, the queue fills and further copies are dropped (and counted). Within the
+shadow version, copies also carry the least urgent batching priority. Shadow answers are never
+returned to anybody, and a shadow's failure, hang or garbage only shows up in its statistics and
+logs, never in a client's response.
 
 Memory is bounded by ``queue_size`` copies (each holds references to the request's input views and
 the primary's outputs, nothing more).
@@ -64,6 +65,7 @@ class ShadowMirror:
         window_s: float = 60.0,
         windows: int = 10,
         max_loop_lag_ms: float = 0.5,
+        max_primary_inflight: int = 4,
     ) -> None:
         self._resolve = resolve
         self._queue: asyncio.Queue[ShadowJob | None] = asyncio.Queue(maxsize=max(1, queue_size))
@@ -72,6 +74,8 @@ class ShadowMirror:
         self._window_s = window_s
         self._windows = windows
         self._max_lag_ns = int(max_loop_lag_ms * 1e6)
+        self._max_primary = max_primary_inflight
+        self.primary_inflight = 0  # kept by the router: primary requests being answered now
         self._workers: list[asyncio.Task] = []
         # (model, version) -> stats; replaced, never mutated, so readers iterate without a lock
         self._stats: dict[tuple[str, str], ShadowStats] = {}
@@ -164,7 +168,7 @@ class ShadowMirror:
         while True:
             start = time.monotonic_ns()
             await asyncio.sleep(0)
-            if time.monotonic_ns() - start <= self._max_lag_ns:
+            if self.primary_inflight <= self._max_primary and time.monotonic_ns() - start <= self._max_lag_ns:
                 return
             self.deferrals += 1
             await asyncio.sleep(backoff)
