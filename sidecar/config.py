@@ -175,6 +175,11 @@ class RoutingConfig:
         "being answered (a saturated server drops shadow copies instead of slowing live traffic).",
         default=4,
     )
+    shadow_max_cpu_share: float = _doc(
+        "Shadows run at the lowest priority: a copy starts only while the process used at most this share of "
+        "its CPUs over the last 100 ms (1.0 = all of them).",
+        default=0.5,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ def build_routing(config: SidecarConfig, repository: Repository) -> tuple[Router
         windows=rc.shadow_windows,
         max_loop_lag_ms=rc.shadow_max_loop_lag_ms,
         max_primary_inflight=rc.shadow_max_primary_inflight,
+        max_cpu_share=rc.shadow_max_cpu_share,
     )
     router = Router(repository, mirror)
     path = state_file_path(config)

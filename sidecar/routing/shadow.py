@@ -6,9 +6,10 @@ dropped and counted. A fixed number of worker tasks take copies from the queue a
 shadow version, each under its own timeout, then compare the answers (``comparison.ShadowStats``).
 
 Lowest priority means shadows only use capacity the primary traffic leaves idle: a worker starts a
-copy only while at most ``max_primary_inflight`` primary requests are in flight (counted by the
-router) and the event loop comes back to it within ``max_loop_lag_ms`` (``asyncio.sleep(0)``);
-otherwise it backs off, the queue fills and further copies are dropped (and counted). Within the
+copy only while the process used at most ``max_cpu_share`` of its CPUs over the last 100 ms
+(``time.process_time``, all threads), at most ``max_primary_inflight`` primary requests are in
+flight (counted by the router) and the event loop comes back to it within ``max_loop_lag_ms``
+(``asyncio.sleep(0)``); otherwise it backs off, the queue fills and further copies are dropped (and counted). Within the
 shadow version, copies also carry the least urgent batching priority. Shadow answers are never
 returned to anybody, and a shadow's failure, hang or garbage only shows up in its statistics and
 logs, never in a client's response.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -66,6 +68,7 @@ class ShadowMirror:
         windows: int = 10,
         max_loop_lag_ms: float = 0.5,
         max_primary_inflight: int = 4,
+        max_cpu_share: float = 0.5,
     ) -> None:
         self._resolve = resolve
         self._queue: asyncio.Queue[ShadowJob | None] = asyncio.Queue(maxsize=max(1, queue_size))
@@ -76,6 +79,11 @@ class ShadowMirror:
         self._max_lag_ns = int(max_loop_lag_ms * 1e6)
         self._max_primary = max_primary_inflight
         self.primary_inflight = 0  # kept by the router: primary requests being answered now
+        self._max_cpu = max_cpu_share
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        self._cpus = max(1, cpus or 1)
+        self._cpu_mark = (time.monotonic(), time.process_time())
+        self._cpu_share = 0.0
         self._workers: list[asyncio.Task] = []
         # (model, version) -> stats; replaced, never mutated, so readers iterate without a lock
         self._stats: dict[tuple[str, str], ShadowStats] = {}
@@ -168,11 +176,22 @@ class ShadowMirror:
         while True:
             start = time.monotonic_ns()
             await asyncio.sleep(0)
-            if self.primary_inflight <= self._max_primary and time.monotonic_ns() - start <= self._max_lag_ns:
+            lag_ok = time.monotonic_ns() - start <= self._max_lag_ns
+            if lag_ok and self.primary_inflight <= self._max_primary and self._cpu_share_now() <= self._max_cpu:
                 return
             self.deferrals += 1
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 0.01)
+
+    def _cpu_share_now(self) -> float:
+        """The share of its CPUs this process used over the last ~100 ms (all threads)."""
+        now = time.monotonic()
+        then, cpu_then = self._cpu_mark
+        if now - then >= 0.1:
+            cpu = time.process_time()
+            self._cpu_share = (cpu - cpu_then) / (now - then) / self._cpus
+            self._cpu_mark = (now, cpu)
+        return self._cpu_share
 
     async def _run(self, job: ShadowJob) -> None:
         request = job.request
