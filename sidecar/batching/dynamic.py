@@ -227,7 +227,7 @@ class DynamicBatcher:
             turn_ns,
         )
 
-    def _take(self, now: int, limit: int) -> tuple[list[Entry], int] | None:
+    def _take(self, now: int, limit: int) -> tuple[list[Entry], tuple[int, int]] | None:
         """Take the next batch and claim a slot for it: (entries, predicted finish), or None if none."""
         expired: list[Entry] = []
         batch, rows = self._queue.take(now, limit, expired)
@@ -235,7 +235,8 @@ class DynamicBatcher:
             self._fail_expired(expired, now)
         if not batch:
             return None
-        finish = now + int(self._merge_ns + self.cost.predict_ns(rows))
+        duration = int(self._merge_ns + self.cost.predict_ns(rows))
+        finish = (now + duration, duration)
         self._running += 1
         self._finishes.append(finish)
         return batch, finish
@@ -282,7 +283,7 @@ class DynamicBatcher:
             self._idle.set()
 
     # -- running a batch ------------------------------------------------------------------------
-    async def _run(self, batch: list[Entry], finish: int, host: Entry | None = None) -> None:
+    async def _run(self, batch: list[Entry], finish: tuple[int, int], host: Entry | None = None) -> None:
         """Run one batch and answer its callers. ``host``: the caller running it in its own task."""
         released = False
         try:
@@ -341,7 +342,7 @@ class DynamicBatcher:
             self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
             self._check_idle()
 
-    def _release(self, finish: int) -> None:
+    def _release(self, finish: tuple[int, int]) -> None:
         """Free the batch's slot and start the next batch before this one's outputs are split."""
         self._running -= 1
         self._finishes.remove(finish)

@@ -24,11 +24,13 @@ engine, nor past what its deadline allows; within that:
   the batch thus gathers for up to ``max_queue_delay_ms`` while the loop works for others, and one
   engine run instead of many saves the per-run overhead on the CPU that is the bottleneck.
 * Engine busy (a batch running, another slot free): a batch started now would mostly wait for the
-  device anyway, so hold it until the running batch is predicted to finish, minus the time a merge
-  takes (the next batch is merged while the current one ends), letting it grow meanwhile; the running
-  batch's completion wakes the batcher at once. A running batch past its predicted finish is given
-  ``OVERDUE_GRACE_NS`` more (its completion is usually waiting in a busy event loop) before the free
-  slot is used. This hold may exceed ``max_queue_delay_ms``: it costs the queued requests little.
+  device anyway, so hold it until the running batch is predicted to finish, less the time a merge
+  takes and ``LEAD_SHARE`` of the running batch's duration (so the next batch is merged and queued
+  on the device before the current one ends, and the device never idles between them), letting it
+  grow meanwhile; the running batch's completion wakes the batcher at once. A running batch past its
+  predicted finish is given ``OVERDUE_GRACE_NS`` more (its completion is usually waiting in a busy
+  event loop) before the free slot is used. This hold may exceed ``max_queue_delay_ms``: it costs
+  the queued requests little.
 * Deadlines: never later than ``deadline - predicted_time(expected rows) * DEADLINE_SAFETY -
   DEADLINE_MARGIN_NS`` for the earliest deadline in the queue, so the batch grows only as large as the
   callers' deadlines allow.
@@ -43,6 +45,7 @@ from sidecar.batching.cost_model import CostModel
 NEXT_TURN = -1  # close_at_ns's answer for "decide again after one event-loop turn"
 DEADLINE_SAFETY = 1.25  # predicted engine time is inflated by this much for deadline decisions
 DEADLINE_MARGIN_NS = 1_000_000  # plus this: timer resolution (~1 ms in asyncio/uvloop), split, encode
+LEAD_SHARE = 0.1  # the next batch is started this share of the running one's duration before it ends
 OVERDUE_GRACE_NS = 2_000_000  # how long past its predicted finish a running batch still holds the next
 BUSY_TURN_NS = 100_000  # an event-loop turn this long means the loop is busy (an idle turn takes ~10 us)
 SATURATED = 0.05  # fixed cost below this share of the queued rows' cost: company saves too little to wait
@@ -97,7 +100,7 @@ class ClosePolicy:
         head_arrival_ns: int,
         earliest_deadline_ns: int | None,
         running: int,
-        earliest_finish_ns: int | None,
+        earliest_finish: tuple[int, int] | None,
         merge_ns: float,
         arrivals: ArrivalStats,
         fresh_arrivals: int = 0,
@@ -105,6 +108,7 @@ class ClosePolicy:
     ) -> int:
         """When the batch that would start with the queue's head should close (ns, monotonic), or NEXT_TURN.
 
+        ``earliest_finish``: (predicted finish, predicted duration) of the running batch that ends first;
         ``fresh_arrivals``: requests queued since the batcher last decided; ``turn_ns``: how long the
         event loop took to come back to the batcher after it asked for a turn (0: unknown).
         """
@@ -125,11 +129,12 @@ class ClosePolicy:
                 turn = True
             else:
                 wait = min(arrivals.last_ns + int(2 * busy_gap), delay_close)
-        elif cost.ready and earliest_finish_ns is not None:
-            if now_ns < earliest_finish_ns:
-                wait = earliest_finish_ns - int(merge_ns)
+        elif cost.ready and earliest_finish is not None:
+            finish_ns, duration_ns = earliest_finish
+            if now_ns < finish_ns:
+                wait = finish_ns - int(merge_ns + LEAD_SHARE * duration_ns)
             else:
-                wait = earliest_finish_ns + OVERDUE_GRACE_NS
+                wait = finish_ns + OVERDUE_GRACE_NS
         else:
             wait = delay_close
         if earliest_deadline_ns is not None:

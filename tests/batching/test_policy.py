@@ -13,6 +13,7 @@ from sidecar.batching.policy import (
     BUSY_TURN_NS,
     DEADLINE_MARGIN_NS,
     DEADLINE_SAFETY,
+    LEAD_SHARE,
     NEXT_TURN,
     OVERDUE_GRACE_NS,
     ArrivalStats,
@@ -93,10 +94,12 @@ def decide(policy: ClosePolicy, now: int = 1_000 * MS, **kw) -> int:
         "head_arrival_ns": now,
         "earliest_deadline_ns": None,
         "running": 0,
-        "earliest_finish_ns": None,
         "merge_ns": 0.0,
         "arrivals": arrivals(last_ns=now),
     }
+    finish = kw.pop("earliest_finish_ns", None)
+    duration = kw.pop("running_ns", 0)
+    args["earliest_finish"] = None if finish is None else (finish, duration)
     args.update(kw)
     return policy.close_at_ns(now, **args)
 
@@ -159,6 +162,9 @@ def test_adaptive_busy_engine_holds_until_the_running_batch_is_predicted_to_fini
     now = 1_000 * MS
     at = decide(policy, now, running=1, earliest_finish_ns=now + 20 * MS, merge_ns=200_000)
     assert at == now + 20 * MS - 200_000  # past the 1 ms delay: the device is busy anyway
+    # the next batch is queued on the device a share of the running batch's duration before it ends
+    at = decide(policy, now, running=1, earliest_finish_ns=now + 20 * MS, running_ns=10 * MS, merge_ns=200_000)
+    assert at == now + 20 * MS - 200_000 - int(LEAD_SHARE * 10 * MS)
     # a running batch past its predicted finish still holds the next for a grace period ...
     assert decide(policy, now, running=1, earliest_finish_ns=now - MS) == now - MS + OVERDUE_GRACE_NS
     # ... after which the free slot is used
