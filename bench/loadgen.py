@@ -39,7 +39,10 @@ From synchronous code, optionally in separate worker processes (their CPU is the
 Command line (builds a random request from a name, shape and datatype)::
 
     python -m bench.loadgen --target 127.0.0.1:8001 --model mlp --input input:1x64:FP32 \\
-        --concurrency 64 --duration 10 [--rate 2000] [--processes 2] [--json out.json]
+        (--concurrency 64 | --rate 2000) --duration 10 [--processes 2] [--json out.json] [--name NAME]
+
+In this process (``processes=0``, or ``closed_loop``/``open_loop``) the client CPU is the whole
+process's, so run nothing else heavy in it meanwhile; worker processes measure the load alone.
 """
 
 from __future__ import annotations
@@ -68,7 +71,6 @@ import grpc
 import numpy as np
 
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
-STREAM_INFER_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
 MAX_STREAMS_PER_CHANNEL = 64  # gRPC servers allow 100 concurrent streams per connection by default
 _MAX_MESSAGE = 256 * 1024 * 1024
 

@@ -302,22 +302,6 @@ def measure_server(ctx: Context, spec: ServerSpec, record: RunRecord) -> None:
                 loads.append({"rate_per_s": args.rate})
             for load in loads:
                 stats_before = servers.model_statistics(server.target, name) if spec.key != "echo" else None
-                spy = None
-                if (
-                    args.profile
-                    and spec.key.startswith("sidecar")
-                    and name == "mlp"
-                    and load.get("concurrency") == max(args.concurrency)
-                ):
-                    try:
-                        spy = PySpy.attach(
-                            server.pid,
-                            args.warmup + args.duration,
-                            ctx.workdir / f"pyspy-{spec.key}.txt",
-                            executable=args.py_spy,
-                        )
-                    except FileNotFoundError as exc:
-                        record.profiles[spec.key] = {"error": str(exc)}
                 result = loadgen.run(
                     server.target,
                     payload,
@@ -328,11 +312,6 @@ def measure_server(ctx: Context, spec: ServerSpec, record: RunRecord) -> None:
                     labels={"server": spec.key, "model": name},
                     **load,
                 )
-                if spy is not None:
-                    try:
-                        record.profiles[spec.key] = {**spy.summary(), "load": f"c={load['concurrency']}"}
-                    except RuntimeError as exc:
-                        record.profiles[spec.key] = {"error": str(exc)}
                 stats_after = servers.model_statistics(server.target, name) if stats_before is not None else None
                 mean_batch = None
                 if stats_before and stats_after and stats_after[1] > stats_before[1]:
@@ -340,9 +319,39 @@ def measure_server(ctx: Context, spec: ServerSpec, record: RunRecord) -> None:
                 record.cells.append(Cell(spec.key, name, result, mean_batch, len(response)))
                 extra = f" mean batch {mean_batch:.1f}" if mean_batch else ""
                 print(f"[{spec.key}] {name} {result.summary()}{extra}", flush=True)
+            if args.profile and spec.key.startswith("sidecar") and name == "mlp":
+                record.profiles[spec.key] = profile_cell(ctx, server, payload, max(args.concurrency))
     finally:
         for s in {id(s): s for s in by_model.values()}.values():
             s.stop()
+
+
+def profile_cell(ctx: Context, server: servers.ServerProcess, payload: bytes, concurrency: int) -> dict[str, Any]:
+    """One more cell, with py-spy attached: kept out of the tables, since py-spy takes CPU of its own."""
+    args = ctx.args
+    try:
+        spy = PySpy.attach(
+            server.pid,
+            args.warmup + args.duration,
+            ctx.workdir / f"pyspy-{server.name}.txt",
+            executable=args.py_spy,
+        )
+    except FileNotFoundError as exc:
+        return {"error": str(exc)}
+    result = loadgen.run(
+        server.target,
+        payload,
+        concurrency=concurrency,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        processes=args.processes,
+    )
+    try:
+        summary = spy.summary()
+    except RuntimeError as exc:
+        return {"error": str(exc)}
+    print(f"[{server.name}] profiled: {result.summary()}", flush=True)
+    return {**summary, "load": f"c={concurrency}", "rps_while_profiled": round(result.rps, 1)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -480,7 +489,11 @@ def render(ctx: Context, record: RunRecord, meta: dict[str, Any]) -> str:
         if "error" in prof:
             lines += [f"Not profiled: {prof['error']}", ""]
         else:
-            lines += [f"At {prof['load']}. " + render_markdown(prof), ""]
+            lines += [
+                f"An extra cell at {prof['load']} with py-spy attached ({prof['rps_while_profiled']:,.0f} req/s "
+                "while profiled; not in the tables above). " + render_markdown(prof),
+                "",
+            ]
     if record.skipped:
         lines += ["## Skipped", ""]
         lines += [f"- {k}: {v}" for k, v in record.skipped.items()]

@@ -124,23 +124,13 @@ def run_cells(
     cells: list[dict[str, Any]],
     profile_dir: Path | None = None,
 ) -> dict[str, Any] | None:
-    """Closed loop at each concurrency; with ``profile_dir``, py-spy samples the top-concurrency cell."""
-    profile = None
+    """Closed loop at each concurrency; with ``profile_dir``, one more top-concurrency cell under py-spy."""
     for c in args.concurrency:
-        spy = None
-        if profile_dir is not None and c == max(args.concurrency):
-            try:
-                spy = PySpy.attach(
-                    server.pid,
-                    args.warmup + args.duration,
-                    profile_dir / f"{key}-{model}-c{c}.txt",
-                    native=args.profile_native,
-                    executable=args.py_spy,
-                )
-            except FileNotFoundError as exc:
-                profile = {"error": str(exc)}
-        threads_before = servers.thread_cpu(server.pid)
         stats_before = servers.model_statistics(server.target, model) if key != "echo" else None
+        # CPU of each of the server's threads (by name) over the measured window, "main" = the event loop.
+        probes: dict[str, Any] = {"server": server.cpu_seconds}
+        for name in servers.thread_cpu(server.pid):
+            probes[f"thread:{name}"] = lambda name=name: servers.thread_cpu(server.pid).get(name, 0.0)
         result = loadgen.run(
             server.target,
             payload,
@@ -148,28 +138,16 @@ def run_cells(
             duration_s=args.duration,
             warmup_s=args.warmup,
             processes=min(args.processes, c),
-            cpu_probes={
-                "server": server.cpu_seconds,
-                "event_loop": lambda: servers.thread_cpu(server.pid).get("main", 0.0),
-            },
+            cpu_probes=probes,
             timeout_s=60,
             labels={"server": key, "model": model},
         )
-        threads_after = servers.thread_cpu(server.pid)
-        if spy is not None:
-            try:
-                profile = spy.summary(top=args.profile_top)
-                profile["load"] = f"c={c}"
-            except RuntimeError as exc:
-                profile = {"error": str(exc)}
         stats_after = servers.model_statistics(server.target, model) if stats_before else None
         mean_batch = None
         if stats_before and stats_after and stats_after[1] > stats_before[1]:
             mean_batch = (stats_after[0] - stats_before[0]) / (stats_after[1] - stats_before[1])
-        window = args.duration + args.warmup  # thread samples span warm-up and window: report per second
         busy = {
-            name: round((threads_after.get(name, 0.0) - threads_before.get(name, 0.0)) / window, 3)
-            for name in threads_after
+            k.removeprefix("thread:"): round(v / args.duration, 3) for k, v in result.cpu_s.items() if k != "server"
         }
         busy = {k: v for k, v in sorted(busy.items(), key=lambda kv: -kv[1]) if v >= 0.01}
         row = result_row(result)
@@ -177,8 +155,8 @@ def run_cells(
             server=key,
             model=model,
             mean_batch=mean_batch,
-            event_loop_us=result.cpu_us_per_request("event_loop"),
-            event_loop_busy=round(result.cpu_s.get("event_loop", 0.0) / args.duration, 3),
+            event_loop_us=result.cpu_us_per_request("thread:main"),
+            event_loop_busy=busy.get("main", 0.0),
             thread_cores=busy,
         )
         cells.append(row)
@@ -187,7 +165,41 @@ def run_cells(
             f"[{key}] {model} {result.summary()}{extra} event loop busy {row['event_loop_busy']:.0%}",
             flush=True,
         )
-    return profile
+    if profile_dir is None:
+        return None
+    return profile_cell(server, key, model, payload, args, profile_dir)
+
+
+def profile_cell(
+    server: servers.ServerProcess, key: str, model: str, payload: bytes, args: argparse.Namespace, out_dir: Path
+) -> dict[str, Any]:
+    """One more cell at the top concurrency with py-spy attached, kept out of the tables (py-spy takes CPU)."""
+    c = max(args.concurrency)
+    try:
+        spy = PySpy.attach(
+            server.pid,
+            args.warmup + args.duration,
+            out_dir / f"{key}-{model}-c{c}.txt",
+            native=args.profile_native,
+            executable=args.py_spy,
+        )
+    except FileNotFoundError as exc:
+        return {"error": str(exc)}
+    result = loadgen.run(
+        server.target,
+        payload,
+        concurrency=c,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        processes=min(args.processes, c),
+        timeout_s=60,
+    )
+    try:
+        summary = spy.summary(top=args.profile_top)
+    except RuntimeError as exc:
+        return {"error": str(exc)}
+    print(f"[{key}] {model} profiled: {result.summary()}", flush=True)
+    return {**summary, "load": f"c={c}", "rps_while_profiled": round(result.rps, 1)}
 
 
 def best_raw(raw: dict[str, Any]) -> float:
@@ -294,7 +306,13 @@ def render(meta: dict[str, Any], args: argparse.Namespace, data: dict[str, Any])
         if prof and "error" in prof:
             lines += [f"Profile: not taken ({prof['error']}).", ""]
         elif prof:
-            lines += [f"Sidecar (batching) profile at {prof['load']}:", "", render_markdown(prof), ""]
+            lines += [
+                f"Sidecar (batching) profile: an extra cell at {prof['load']} with py-spy attached "
+                f"({prof['rps_while_profiled']:,.0f} req/s while profiled; not in the table above).",
+                "",
+                render_markdown(prof),
+                "",
+            ]
     if data.get("skipped"):
         lines += ["## Skipped", "", *[f"- {k}: {v}" for k, v in data["skipped"].items()], ""]
     return "\n".join(lines)
