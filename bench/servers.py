@@ -455,3 +455,45 @@ def model_statistics(target: str, model: str, timeout_s: float = 5.0) -> tuple[i
         sum(s.inference_count for s in resp.model_stats),
         sum(s.execution_count for s in resp.model_stats),
     )
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of one process's threads, grouped by OS thread name; the main thread is "main".
+
+    For a Python server the main thread runs the event loop (gRPC ingest, decoding, batching); the
+    others are named by whoever started them (gRPC's own threads, ONNX Runtime's, executor threads
+    share the process name).
+    """
+    out: dict[str, float] = {}
+    try:
+        threads = psutil.Process(pid).threads()
+    except psutil.NoSuchProcess:
+        return out
+    for t in threads:
+        if t.id == pid:
+            name = "main"
+        else:
+            try:
+                name = Path(f"/proc/{pid}/task/{t.id}/comm").read_text().strip() or "?"
+            except OSError:
+                continue
+        out[name] = out.get(name, 0.0) + t.user_time + t.system_time
+    return out
+
+
+def model_provider(target: str, model: str, timeout_s: float = 5.0) -> str | None:
+    """The execution provider a sidecar model runs on (its ModelMetadata parameter "provider")."""
+    from sidecar.protocol._generated import grpc_service_pb2 as pb
+
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelMetadata",
+            request_serializer=pb.ModelMetadataRequest.SerializeToString,
+            response_deserializer=pb.ModelMetadataResponse.FromString,
+        )
+        try:
+            resp = call(pb.ModelMetadataRequest(name=model), timeout=timeout_s)
+        except grpc.RpcError:
+            return None
+    param = resp.parameters.get("provider")
+    return param.string_param if param is not None else None
