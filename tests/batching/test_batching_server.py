@@ -139,11 +139,14 @@ def test_expired_timeout_parameter_gives_deadline_exceeded(server):
         infer(client, "mlp", x, timeout=1)  # Triton's timeout parameter: 1 microsecond
     assert caught.value.status() == "StatusCode.DEADLINE_EXCEEDED"
     # A request queued behind a busy engine expires in the queue and never runs.
+    batcher = server.app.repository.get("slow").scheduler
     statuses = []
     with ThreadPoolExecutor(1) as pool:
-        for _ in range(10):  # each try: occupy the engine, then send a request with a 0.5 ms timeout
+        for _ in range(5):  # each try: occupy the engine (~10 ms), then send a request with a 0.5 ms timeout
             busy = pool.submit(infer, client, "slow", np.ones((2, 64), np.float32))
-            time.sleep(0.003)
+            started = time.monotonic()
+            while batcher.batches_running == 0 and not busy.done() and time.monotonic() - started < 5:
+                time.sleep(0.0005)
             try:
                 infer(client, "slow", x, timeout=500)
                 statuses.append("OK")
