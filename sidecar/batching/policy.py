@@ -13,16 +13,18 @@ engine, nor past what its deadline allows; within that:
 
 * Engine idle (no batch running): wait only when company is coming. ``ArrivalStats`` keeps the mean
   time between arrivals (``gap``) and the share of arrivals that found other requests pending
-  (``p_busy``): a lone client has p_busy ~ 0, many concurrent clients ~ 1. While requests are pending
-  the next one is expected after ``gap / p_busy``; if that is later than the oldest request's
-  ``max_queue_delay_ms`` allows, or the cost model says the queued rows already amortise the engine's
-  fixed cost (``fixed < SATURATED * per_row * rows``), close now. So a lone request never waits.
-  Otherwise gather: if requests arrived since the batcher last looked, or the event loop's last turn
-  took longer than ``BUSY_TURN_NS``, decide again after one loop turn (``NEXT_TURN``), so requests
-  the server has received but not yet queued join this batch; else wait for the next arrival (it
-  triggers a new decision), at most until about two expected gaps or the delay run out. Under load
-  the batch thus gathers for up to ``max_queue_delay_ms`` while the loop works for others, and one
-  engine run instead of many saves the per-run overhead on the CPU that is the bottleneck.
+  (``p_busy``): a lone client has p_busy = 0 (its next request comes only after the answer), many
+  concurrent clients ~ 1. Company is expected when the traffic is concurrent (``p_busy >=
+  P_BUSY_COMPANY``) and at least ``COMPANY_ODDS`` arrivals are expected in what is left of the
+  oldest request's ``max_queue_delay_ms``; else, or when the cost model says the queued rows already
+  amortise the engine's fixed cost (``fixed < SATURATED * per_row * rows``), close now. So a lone
+  request never waits. Otherwise gather: if requests arrived since the batcher last looked, or the
+  event loop's last turn took longer than ``BUSY_TURN_NS``, decide again after one loop turn
+  (``NEXT_TURN``), so requests the server has received but not yet queued join this batch; else wait
+  for the next arrival (it triggers a new decision), at most about two expected gaps, within the
+  delay. Under concurrent load the batch thus gathers for up to ``max_queue_delay_ms`` (as Triton's
+  rule would) while the loop works for others: one engine run instead of many saves the per-run
+  overhead on the CPU that, in a closed loop, is the bottleneck.
 * Engine busy (a batch running, another slot free): a batch started now would mostly wait for the
   device anyway, so hold it until the running batch is predicted to finish, less the time a merge
   takes and ``LEAD_SHARE`` of the running batch's duration (so the next batch is merged and queued
@@ -52,6 +54,8 @@ SATURATED = 0.05  # fixed cost below this share of the queued rows' cost: compan
 EWMA = 0.125  # weight of a new sample in the arrival averages
 MAX_GAP_NS = 1_000_000_000  # an idle spell counts as at most this gap between arrivals
 P_BUSY_FLOOR = 0.01  # below this share of busy arrivals, no company is expected
+P_BUSY_COMPANY = 0.1  # concurrent traffic: at least this share of arrivals found others pending
+COMPANY_ODDS = 0.5  # ... and at least this many arrivals are expected while the window lasts
 
 
 class ArrivalStats:
@@ -118,8 +122,7 @@ class ClosePolicy:
         cost = self.cost
         turn = False
         if running == 0:
-            busy_gap = arrivals.busy_gap_ns()
-            company = busy_gap <= delay_close - now_ns
+            company = arrivals.p_busy >= P_BUSY_COMPANY and arrivals.gap_ns * COMPANY_ODDS <= delay_close - now_ns
             if company and cost.ready and cost.fixed_ns < SATURATED * cost.per_row_ns * rows:
                 company = False
             if not company:
@@ -128,7 +131,7 @@ class ClosePolicy:
                 wait = now_ns
                 turn = True
             else:
-                wait = min(arrivals.last_ns + int(2 * busy_gap), delay_close)
+                wait = min(arrivals.last_ns + int(2 * arrivals.gap_ns / arrivals.p_busy), delay_close)
         elif cost.ready and earliest_finish is not None:
             finish_ns, duration_ns = earliest_finish
             if now_ns < finish_ns:
