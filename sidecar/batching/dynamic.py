@@ -248,12 +248,11 @@ class DynamicBatcher:
             self._tasks.add(task)
 
     def _arm(self, wake: int | None, now: int) -> None:
-        timer = self._timer
+        """Make sure the batcher wakes by ``wake``. A timer no longer needed is left to fire (it finds
+        nothing to do): cancelling and re-arming one per batch would cost more than one idle wake-up."""
         if wake is None:
-            if timer is not None:
-                timer.cancel()
-                self._timer = None
             return
+        timer = self._timer
         if timer is not None:
             if self._timer_ns <= wake:
                 return  # an earlier wake-up is armed; it will decide again
