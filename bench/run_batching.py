@@ -2,7 +2,8 @@
 
 1. raw in-process ONNX Runtime at batch sizes 1..max (the ceiling of the model itself);
 2. a bare grpc.aio server answering ModelInfer with the model's real response bytes (the ceiling of
-   Python gRPC on this box);
+   Python gRPC on this box), and the same server parsing each request and serialising the response
+   with protobuf (the ceiling of any Python server that looks at the request);
 3. the sidecar with batching off and with batching on;
 4. MLServer 1.7.1 (bench/peers/mlserver_onnx.py runtime) with and without adaptive batching, with
    ``parallel_workers`` 1 (its default) and 0;
@@ -160,16 +161,23 @@ def _start_sidecar(batching: bool) -> Callable[[Context], servers.ServerProcess]
     return start
 
 
-def _start_echo(ctx: Context) -> dict[str, servers.ServerProcess]:
-    started: dict[str, servers.ServerProcess] = {}
-    try:
-        for name, path in ctx.response_files.items():
-            started[name] = servers.start_echo(response_file=path, name=f"echo-{name}", log_dir=ctx.log_dir)
-    except BaseException:
-        for s in started.values():
-            s.stop()
-        raise
-    return started
+def _start_echo(parse: bool) -> Callable[[Context], dict[str, servers.ServerProcess]]:
+    """One echo server per model, each replaying that model's real response."""
+
+    def start(ctx: Context) -> dict[str, servers.ServerProcess]:
+        started: dict[str, servers.ServerProcess] = {}
+        try:
+            for name, path in ctx.response_files.items():
+                started[name] = servers.start_echo(
+                    response_file=path, parse=parse, name=f"echo{'-parse' if parse else ''}-{name}", log_dir=ctx.log_dir
+                )
+        except BaseException:
+            for s in started.values():
+                s.stop()
+            raise
+        return started
+
+    return start
 
 
 def _start_mlserver(workers: int, adaptive: bool) -> Callable[[Context], servers.ServerProcess]:
@@ -206,7 +214,8 @@ def _start_pytriton(batching: bool) -> Callable[[Context], servers.ServerProcess
 SERVERS: dict[str, ServerSpec] = {
     s.key: s
     for s in (
-        ServerSpec("echo", "grpc.aio echo (ceiling)", False, _start_echo),
+        ServerSpec("echo", "grpc.aio echo (ceiling)", False, _start_echo(False)),
+        ServerSpec("echo-parse", "grpc.aio echo + protobuf parse/serialise", False, _start_echo(True)),
         ServerSpec("sidecar", "sidecar, batching off", False, _start_sidecar(False)),
         ServerSpec("sidecar-batching", "sidecar, batching on", True, _start_sidecar(True)),
         ServerSpec("mlserver-pw1", "MLServer, parallel_workers 1", False, _start_mlserver(1, False)),
@@ -301,7 +310,9 @@ def measure_server(ctx: Context, spec: ServerSpec, record: RunRecord) -> None:
             if name == "mlp" and args.rate > 0:
                 loads.append({"rate_per_s": args.rate})
             for load in loads:
-                stats_before = servers.model_statistics(server.target, name) if spec.key != "echo" else None
+                stats_before = (
+                    servers.model_statistics(server.target, name) if not spec.key.startswith("echo") else None
+                )
                 result = loadgen.run(
                     server.target,
                     payload,
