@@ -31,8 +31,8 @@ def payload() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def echo():
-    with servers.start_echo() as server:
+def echo(tmp_path_factory):
+    with servers.start_echo(log_dir=tmp_path_factory.mktemp("echo-logs")) as server:
         yield server
 
 
