@@ -158,7 +158,9 @@ def run_sim(duration_s: float) -> list[dict[str, Any]]:
 # Part 2: the real server
 
 
-def run_server(duration_s: float, rounds: int, concurrencies: tuple[int, ...]) -> list[dict[str, Any]]:
+def run_server(
+    duration_s: float, rounds: int, concurrencies: tuple[int, ...], only: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
     import grpc
 
     from bench import loadgen, servers
@@ -177,6 +179,9 @@ def run_server(duration_s: float, rounds: int, concurrencies: tuple[int, ...]) -
         },
         "sidecar, adaptive": {"batching.adaptive": True, **{f"batching.{k}": v for k, v in KNOBS.items()}},
     }
+    short = {"sidecar, batching off": "off", "sidecar, Triton's rule": "triton", "sidecar, adaptive": "adaptive"}
+    if only:
+        variants = {k: v for k, v in variants.items() if short[k] in only or k == "sidecar, batching off"}
     results: dict[tuple[str, int], list[Any]] = {}
     batches: dict[str, tuple[int, int] | None] = {}
     with contextlib.ExitStack() as stack:
@@ -188,9 +193,11 @@ def run_server(duration_s: float, rounds: int, concurrencies: tuple[int, ...]) -
         probe = started["sidecar, batching off"]
         with grpc.insecure_channel(probe.target) as channel:
             (work / "response.bin").write_bytes(channel.unary_unary(loadgen.INFER_METHOD)(payload))
-        started = {"grpc.aio echo": stack.enter_context(servers.start_echo(response_file=work / "response.bin"))} | (
-            started
-        )
+        if not only or "echo" in only:
+            echo = stack.enter_context(servers.start_echo(response_file=work / "response.bin"))
+            started = {"grpc.aio echo": echo} | started
+        if only and "off" not in only:
+            started.pop("sidecar, batching off")
         for r in range(rounds):
             for c in concurrencies:
                 for name, srv in started.items():
@@ -224,6 +231,7 @@ def run_server(duration_s: float, rounds: int, concurrencies: tuple[int, ...]) -
                 "server_cpu_us": med(lambda o: o.cpu_us_per_request("server")),
                 "mean_batch_rows": counts[0] / counts[1] if counts and counts[1] else None,
                 "runs": len(outs),
+                "rps_rounds": [round(o.rps) for o in outs],
             }
         )
     rows.sort(key=lambda row: (row["concurrency"], row["server"]))
@@ -239,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=3.0, help="seconds per cell")
     p.add_argument("--rounds", type=int, default=3, help="server part: rounds over all servers")
     p.add_argument("--concurrency", default="1,64", help="server part: closed-loop concurrencies")
+    p.add_argument("--servers", default="", help="server part: comma-separated subset (echo,off,triton,adaptive)")
     p.add_argument("--note", default="", help="printed at the top of the Markdown (e.g. 'noisy machine')")
     p.add_argument("--name", default="batcher")
     args = p.parse_args(argv)
@@ -272,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
     if args.part in ("server", "all"):
         conc = tuple(int(c) for c in args.concurrency.split(","))
-        srv = run_server(args.duration, args.rounds, conc)
+        only = tuple(x for x in args.servers.split(",") if x)
+        srv = run_server(args.duration, args.rounds, conc, only)
         payload["server"] = srv
         md += [
             f"## Real server, MLP, batch-1 requests, closed loop (median of {args.rounds} interleaved rounds)",

@@ -42,7 +42,7 @@ import time
 import numpy as np
 
 from sidecar.batching.cost_model import CostModel
-from sidecar.batching.policy import NEXT_TURN, ArrivalStats, ClosePolicy
+from sidecar.batching.policy import DEADLINE_MARGIN_NS, DEADLINE_SAFETY, NEXT_TURN, ArrivalStats, ClosePolicy
 from sidecar.batching.queue import Entry, RequestQueue, priority_level
 from sidecar.batching.scheduler import BatchSettings, WorkItem
 from sidecar.engine.base import Engine
@@ -93,6 +93,8 @@ class DynamicBatcher:
         self._arrivals = 0  # requests queued, ever
         self._arrivals_seen = 0  # ... as of the last decision
         self._turn_asked_ns = 0  # when the pending _schedule was asked for with call_soon (0: not so)
+        self._waiting = False  # the last decision was to wait, with a wake-up armed
+        self._deadline_guard_ns = DEADLINE_MARGIN_NS  # how much earlier than a deadline a batch may close
         self._merge_ns = 0.0  # EWMA of the time a merge takes
 
     # -- Scheduler protocol ---------------------------------------------------------------------
@@ -142,7 +144,7 @@ class DynamicBatcher:
                 if launched is not None:
                     await self._run(launched[0], launched[1], host=entry)
                     return entry.future.result()
-        if not self._schedule_pending:
+        if not self._schedule_pending and not self._decided_for(entry):
             self._schedule_pending = True
             self._turn_asked_ns = arrival
             loop.call_soon(self._schedule)
@@ -152,6 +154,17 @@ class DynamicBatcher:
             if queue.discard(entry):  # still queued: forget it, it will never run
                 self._check_idle()
             raise
+
+    def _decided_for(self, entry: Entry) -> bool:
+        """Whether the decision already made (wait with a wake-up armed, or all slots busy) stands with
+        ``entry`` queued too, so its arrival needs no new decision: the batch is not full, no preferred
+        size may have been reached, and its deadline is no earlier than the armed wake-up allows."""
+        if not (self._waiting or self._running >= self._slots) or self._timer is None:
+            return False
+        if self._queue.rows >= self._max_rows or self._preferred:
+            return False
+        d = entry.deadline_ns
+        return d is None or d - self._deadline_guard_ns >= self._timer_ns
 
     async def close(self) -> None:
         """Stop accepting; run everything queued at once; return when every request is answered."""
@@ -169,6 +182,7 @@ class DynamicBatcher:
     def _schedule(self) -> None:
         """Start every batch that should start now; arm one wake-up for the next decision."""
         self._schedule_pending = False
+        self._waiting = False
         queue = self._queue
         now = time.monotonic_ns()
         if queue.due(now):
@@ -187,6 +201,7 @@ class DynamicBatcher:
                 break
             if not limit:
                 wake = close_at
+                self._waiting = True
                 break
             self._launch(now, limit)
             fresh = turn_ns = 0
@@ -194,6 +209,7 @@ class DynamicBatcher:
             deadline = queue.earliest_deadline()
             if deadline is not None and (wake is None or deadline < wake):
                 wake = deadline
+            self._deadline_guard_ns = int(self.cost.predict_ns(self._max_rows) * DEADLINE_SAFETY) + DEADLINE_MARGIN_NS
         self._arm(wake, now)
 
     def _due(self, now: int, fresh: int, turn_ns: int) -> tuple[int, int]:

@@ -18,13 +18,13 @@ engine, nor past what its deadline allows; within that:
   P_BUSY_COMPANY``) and at least ``COMPANY_ODDS`` arrivals are expected in what is left of the
   oldest request's ``max_queue_delay_ms``; else, or when the cost model says the queued rows already
   amortise the engine's fixed cost (``fixed < SATURATED * per_row * rows``), close now. So a lone
-  request never waits. Otherwise gather: if requests arrived since the batcher last looked, or the
-  event loop's last turn took longer than ``BUSY_TURN_NS``, decide again after one loop turn
-  (``NEXT_TURN``), so requests the server has received but not yet queued join this batch; else wait
-  for the next arrival (it triggers a new decision), at most about two expected gaps, within the
-  delay. Under concurrent load the batch thus gathers for up to ``max_queue_delay_ms`` (as Triton's
-  rule would) while the loop works for others: one engine run instead of many saves the per-run
-  overhead on the CPU that, in a closed loop, is the bottleneck.
+  request never waits. Otherwise gather: wait for the next arrival (each arrival may decide again),
+  at most about two expected gaps after the last one and never past the delay; when that time has
+  come but requests arrived since the batcher last looked, or the event loop's last turn took longer
+  than ``BUSY_TURN_NS``, decide again after one loop turn (``NEXT_TURN``), so requests the server has
+  received but not yet queued join this batch. Under concurrent load the batch thus gathers for up
+  to ``max_queue_delay_ms`` (as Triton's rule would) while the loop works for others: one engine run
+  instead of many saves the per-run overhead on the CPU that, in a closed loop, is the bottleneck.
 * Engine busy (a batch running, another slot free): a batch started now would mostly wait for the
   device anyway, so hold it until the running batch is predicted to finish, less the time a merge
   takes and ``LEAD_SHARE`` of the running batch's duration (so the next batch is merged and queued
@@ -127,11 +127,10 @@ class ClosePolicy:
                 company = False
             if not company:
                 wait = now_ns
-            elif fresh_arrivals > 0 or turn_ns >= BUSY_TURN_NS:
-                wait = now_ns
-                turn = True
             else:
                 wait = min(arrivals.last_ns + int(2 * arrivals.gap_ns / arrivals.p_busy), delay_close)
+                if wait <= now_ns and (fresh_arrivals > 0 or turn_ns >= BUSY_TURN_NS):
+                    turn = True  # about to close, but requests are arriving: let the loop deliver them
         elif cost.ready and earliest_finish is not None:
             finish_ns, duration_ns = earliest_finish
             if now_ns < finish_ns:

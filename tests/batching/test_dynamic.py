@@ -432,3 +432,16 @@ async def test_lone_request_cancelled_while_running_in_its_own_task_frees_its_sl
     gc.collect()
     await turns()
     assert problems == []  # no future left with an unretrieved exception
+
+
+async def test_request_with_an_early_deadline_is_noticed_while_the_batch_waits_for_company(engine, make_batcher):
+    batcher, _ = make_batcher(engine, max_queue_delay_ms=10_000.0)
+    waiting = submit(batcher, engine, rows_of(1.0))  # waits up to 10 s for company (Triton's rule)
+    await turns()
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        await asyncio.wait_for(submit(batcher, engine, rows_of(2.0), deadline_ns=time.monotonic_ns() + 50_000_000), 5)
+    assert time.monotonic() - start < 5  # answered at its deadline, not when the 10 s window closes
+    assert engine.started == 0 and batcher.queue_depth == 1
+    await batcher.close()
+    check_outputs(rows_of(1.0), await waiting)

@@ -143,18 +143,21 @@ def test_adaptive_idle_engine_gathers_company_under_load_within_the_delay():
     policy = ClosePolicy(64, 5 * MS, adaptive=True, cost=trained(fixed_ns=100_000, per_row_ns=1_000))
     now = 1_000 * MS
     load = arrivals(gap_ns=300_000, p_busy=1.0, last_ns=now - 100_000)
-    # requests arrived since the last decision, or the loop is busy: one more loop turn
-    assert decide(policy, now, arrivals=load, fresh_arrivals=3) == NEXT_TURN
-    assert decide(policy, now, arrivals=load, turn_ns=BUSY_TURN_NS) == NEXT_TURN
-    # otherwise wait for the next arrival, about two gaps at most
+    # wait for the next arrival: about two gaps after the last one at most
     assert decide(policy, now, arrivals=load) == now - 100_000 + 600_000
+    assert decide(policy, now, arrivals=load, fresh_arrivals=3) == now + 500_000
+    # two gaps without an arrival: close, unless requests just arrived or the loop is busy (one more turn)
+    quiet = arrivals(gap_ns=300_000, p_busy=1.0, last_ns=now - 700_000)
+    assert decide(policy, now, arrivals=quiet) <= now
+    assert decide(policy, now, arrivals=quiet, fresh_arrivals=2) == NEXT_TURN
+    assert decide(policy, now, arrivals=quiet, turn_ns=BUSY_TURN_NS) == NEXT_TURN
     # never past max_queue_delay from the oldest, never against a deadline
     assert decide(policy, now, arrivals=load, fresh_arrivals=3, head_arrival_ns=now - 5 * MS) == now
-    assert decide(policy, now, arrivals=load, fresh_arrivals=3, earliest_deadline_ns=now + MS) <= now
+    assert decide(policy, now, arrivals=quiet, fresh_arrivals=3, earliest_deadline_ns=now + MS) <= now
     # a batch that already amortises the engine's fixed cost closes
-    assert decide(policy, now, arrivals=load, fresh_arrivals=3, requests=60, rows=60) == NEXT_TURN
+    assert decide(policy, now, arrivals=load, requests=60, rows=60) == now + 500_000
     heavy_rows = ClosePolicy(4096, 5 * MS, adaptive=True, cost=trained(fixed_ns=10_000, per_row_ns=1_000))
-    assert decide(heavy_rows, now, arrivals=load, fresh_arrivals=3, requests=300, rows=300) == now
+    assert decide(heavy_rows, now, arrivals=load, requests=300, rows=300) == now
 
 
 def test_adaptive_busy_engine_holds_until_the_running_batch_is_predicted_to_finish():
