@@ -82,7 +82,7 @@ class DynamicBatcher:
         self._queue = RequestQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = 0
-        self._finishes: list[int] = []  # predicted finish (ns) of each running batch
+        self._finishes: list[tuple[int, int]] = []  # (predicted finish, predicted duration) per running batch
         self._tasks: set[asyncio.Task[None]] = set()
         self._schedule_pending = False
         self._timer: asyncio.TimerHandle | None = None
