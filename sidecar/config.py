@@ -175,10 +175,16 @@ class RoutingConfig:
         "being answered (a saturated server drops shadow copies instead of slowing live traffic).",
         default=4,
     )
-    shadow_max_cpu_share: float = _doc(
-        "Shadows run at the lowest priority: a copy starts only while the process used at most this share of "
-        "its CPUs over the last 100 ms (1.0 = all of them).",
-        default=0.5,
+    shadow_max_primary_slowdown: float = _doc(
+        "Shadows run at the lowest priority: when live requests answered while shadow copies may start are "
+        "slower (median) than those answered without by more than this fraction, the share of time shadows may "
+        "start halves (down to shadow_min_share); otherwise it grows back.",
+        default=0.1,
+    )
+    shadow_min_share: float = _doc(
+        "The least share of time shadow copies may start under load (keeps the comparison and the measurement "
+        "going; 0 = none until live traffic pauses).",
+        default=0.03,
     )
 
 

@@ -32,6 +32,7 @@ def state_file_path(config: SidecarConfig) -> Path | None:
 def build_routing(config: SidecarConfig, repository: Repository) -> tuple[Router, RoutingController]:
     """The router (request path) and its controller (control API), configured from ``config.routing``."""
     from sidecar.routing.control import RoutingController
+    from sidecar.routing.gate import ShadowGate
     from sidecar.routing.router import Router
     from sidecar.routing.shadow import ShadowMirror
     from sidecar.routing.state import StateFile
@@ -46,7 +47,7 @@ def build_routing(config: SidecarConfig, repository: Repository) -> tuple[Router
         windows=rc.shadow_windows,
         max_loop_lag_ms=rc.shadow_max_loop_lag_ms,
         max_primary_inflight=rc.shadow_max_primary_inflight,
-        max_cpu_share=rc.shadow_max_cpu_share,
+        gate=ShadowGate(max_slowdown=rc.shadow_max_primary_slowdown, min_share=rc.shadow_min_share),
     )
     router = Router(repository, mirror)
     path = state_file_path(config)

@@ -49,7 +49,8 @@ class Router:
         else:
             policies[model] = policy
         self._policies = policies
-        self.shadows.reset(model, policy.shadow_versions if policy is not None else ())
+        active = any(p.shadow_versions for p in policies.values())
+        self.shadows.reset(model, policy.shadow_versions if policy is not None else (), active)
 
     def policy(self, model: str) -> CompiledPolicy | None:
         return self._policies.get(model)
@@ -70,16 +71,25 @@ class Router:
         try:
             mv, shadows = self.decide(request)
             mirror = self.shadows
-            mirror.primary_inflight += 1
-            try:
-                if not shadows:
+            if not mirror.active:  # no shadows anywhere: nothing to measure for the gate
+                mirror.primary_inflight += 1
+                try:
                     return await mv.infer(request)
-                start = time.monotonic_ns()
+                finally:
+                    mirror.primary_inflight -= 1
+            # Every primary request is a sample of the shadow gate (shadows share the process's capacity).
+            gate = mirror.gate
+            sample = gate.primary_start()
+            mirror.primary_inflight += 1
+            start = time.monotonic_ns()
+            try:
                 response = await mv.infer(request)
             finally:
                 mirror.primary_inflight -= 1
-            parent = current_span().get_span_context()
-            self.shadows.offer(shadows, request, response, time.monotonic_ns() - start, parent)
+            latency = time.monotonic_ns() - start
+            gate.primary_end(sample, latency)
+            if shadows:
+                mirror.offer(shadows, request, response, latency, current_span().get_span_context())
             return response
         finally:
             DEADLINE_NS.reset(token)

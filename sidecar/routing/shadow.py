@@ -5,14 +5,17 @@ never awaits and never blocks: the copy goes into a bounded queue, or, when the 
 dropped and counted. A fixed number of worker tasks take copies from the queue and run them on the
 shadow version, each under its own timeout, then compare the answers (``comparison.ShadowStats``).
 
-Lowest priority means shadows only use capacity the primary traffic leaves idle: a worker starts a
-copy only while the process used at most ``max_cpu_share`` of its CPUs over the last 100 ms
-(``time.process_time``, all threads), at most ``max_primary_inflight`` primary requests are in
-flight (counted by the router) and the event loop comes back to it within ``max_loop_lag_ms``
-(``asyncio.sleep(0)``); otherwise it backs off, the queue fills and further copies are dropped (and counted). Within the
-shadow version, copies also carry the least urgent batching priority. Shadow answers are never
-returned to anybody, and a shadow's failure, hang or garbage only shows up in its statistics and
-logs, never in a client's response.
+Lowest priority means shadows only use capacity the primary traffic leaves: ``gate.ShadowGate``
+measures the primary's own latency with and without shadow work running and lets copies start only in
+its *on* phases, whose share of the time shrinks when shadow work slows the primary and grows back
+when it does not (see its docstring). On top, a copy starts only while at most
+``max_primary_inflight`` primary requests are in flight (counted by the router) and the event loop
+comes back to the worker within ``max_loop_lag_ms`` (``asyncio.sleep(0)``). Otherwise the worker waits,
+the queue fills and further copies are dropped (and counted): under saturation that is the expected
+outcome, and the statistics show the coverage (copies run versus dropped) next to the comparison.
+Within the shadow version, copies also carry the least urgent batching priority. Shadow answers are
+never returned to anybody, and a shadow's failure, hang or garbage only shows up in its statistics
+and logs, never in a client's response.
 
 Memory is bounded by ``queue_size`` copies (each holds references to the request's input views and
 the primary's outputs, nothing more).
@@ -23,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ from opentelemetry import trace
 from sidecar.engine.base import DEADLINE_NS
 from sidecar.errors import DeadlineExceeded, SidecarError
 from sidecar.routing.comparison import ShadowStats
+from sidecar.routing.gate import ShadowGate
 from sidecar.types import InferenceRequest, InferenceResponse
 
 log = logging.getLogger(__name__)
@@ -68,7 +71,7 @@ class ShadowMirror:
         windows: int = 10,
         max_loop_lag_ms: float = 0.5,
         max_primary_inflight: int = 4,
-        max_cpu_share: float = 0.5,
+        gate: ShadowGate | None = None,
     ) -> None:
         self._resolve = resolve
         self._queue: asyncio.Queue[ShadowJob | None] = asyncio.Queue(maxsize=max(1, queue_size))
@@ -79,16 +82,14 @@ class ShadowMirror:
         self._max_lag_ns = int(max_loop_lag_ms * 1e6)
         self._max_primary = max_primary_inflight
         self.primary_inflight = 0  # kept by the router: primary requests being answered now
-        self._max_cpu = max_cpu_share
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        self._cpus = max(1, cpus or 1)
-        self._cpu_mark = (time.monotonic(), time.process_time())
-        self._cpu_share = 0.0
+        self.gate = gate if gate is not None else ShadowGate()
+        self.active = False  # some policy has shadows: the router then feeds the gate its samples
         self._workers: list[asyncio.Task] = []
         # (model, version) -> stats; replaced, never mutated, so readers iterate without a lock
         self._stats: dict[tuple[str, str], ShadowStats] = {}
         self.dropped_total = 0
-        self.deferrals = 0  # times a worker waited because the loop was busy
+        self.started_total = 0  # copies that ran (or started to) on a shadow version
+        self.deferrals = 0  # times a worker waited for the gate, the primary or the loop
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -120,8 +121,12 @@ class ShadowMirror:
     def all_stats(self, model: str | None = None) -> list[ShadowStats]:
         return [s for (m, _), s in sorted(self._stats.items()) if model is None or m == model]
 
-    def reset(self, model: str, keep: tuple[str, ...]) -> None:
-        """Forget ``model``'s shadows that are no longer configured: their statistics and queued copies."""
+    def reset(self, model: str, keep: tuple[str, ...], active: bool | None = None) -> None:
+        """Forget ``model``'s shadows that are no longer configured: their statistics and queued copies.
+
+        ``active``: whether any model still has shadows (the router knows), so the gate needs samples."""
+        if active is not None:
+            self.active = active
         self._stats = {k: s for k, s in self._stats.items() if k[0] != model or k[1] in keep}
         queued = []
         while not self._queue.empty():
@@ -162,36 +167,37 @@ class ShadowMirror:
             job = await self._queue.get()
             if job is None:
                 return
-            await self._wait_until_idle()
+            await self._wait_for_capacity()
+            gate = self.gate
+            gate.started()
+            self.started_total += 1
             try:
                 await self._run(job)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug in comparison must not kill the worker
                 log.exception("shadow comparison failed for %s", job.request.model_name)
+            finally:
+                gate.finished()
 
-    async def _wait_until_idle(self) -> None:
-        """Return once the event loop comes back within ``max_loop_lag_ms`` (primary work goes first)."""
+    async def _wait_for_capacity(self) -> None:
+        """Return once the gate is in an on phase, few primary requests are in flight and the loop is free."""
         backoff = 0.001
         while True:
+            wait_ns = self.gate.wait_ns()
+            if wait_ns:
+                self.deferrals += 1
+                await asyncio.sleep(wait_ns / 1e9)
+                continue
             start = time.monotonic_ns()
             await asyncio.sleep(0)
-            lag_ok = time.monotonic_ns() - start <= self._max_lag_ns
-            if lag_ok and self.primary_inflight <= self._max_primary and self._cpu_share_now() <= self._max_cpu:
-                return
+            if time.monotonic_ns() - start <= self._max_lag_ns and self.primary_inflight <= self._max_primary:
+                if not self.gate.wait_ns():  # still on after the loop came back
+                    return
+                continue
             self.deferrals += 1
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 0.01)
-
-    def _cpu_share_now(self) -> float:
-        """The share of its CPUs this process used over the last ~100 ms (all threads)."""
-        now = time.monotonic()
-        then, cpu_then = self._cpu_mark
-        if now - then >= 0.1:
-            cpu = time.process_time()
-            self._cpu_share = (cpu - cpu_then) / (now - then) / self._cpus
-            self._cpu_mark = (now, cpu)
-        return self._cpu_share
 
     async def _run(self, job: ShadowJob) -> None:
         request = job.request

@@ -1,0 +1,139 @@
+"""The shadow gate: how much shadow work the primary traffic can afford right now, measured on the primary.
+
+Shadows are the lowest priority, so the signal is the primary's own health, not a proxy such as the
+process's CPU share (which misses a box shared with other processes, or a saturated event loop while
+the CPUs are half idle). The gate runs a small experiment continuously:
+
+* Time is cut into cycles of ``cycle_s`` (100 ms). In the first part of a cycle (the *on* phase,
+  ``share`` x 80 % of it) shadow copies may start; in the rest (the *off* phase, at least 20 %) none
+  starts, so the copies queue (bounded; the overflow is dropped and counted).
+* Every primary request the router answers is a sample: its latency, and the phase it started in.
+  A request started in the off phase while no copy was running, and finished before any copy started,
+  is *clean*: it saw no shadow work. One started in the on phase is *loaded*. Others are not counted.
+  Both sets are sampled by time, not by overlap, so a slow request is not more likely to be "loaded".
+* At the end of a cycle, with enough samples of both kinds and at least one copy started (pooled
+  over up to 10 cycles when the on phase is short): if the
+  loaded requests' median latency exceeds the clean ones' by more than ``max_slowdown`` (10 %), shadow
+  work hurts the primary and ``share`` halves (multiplicative decrease, down to ``min_share``, which
+  keeps a little shadow work running so the gate keeps measuring); otherwise it grows by 0.1 (additive
+  increase, up to 1). Without primary traffic there is nothing to protect and it grows too.
+
+So an idle or lightly loaded sidecar mirrors almost every copy (share 1: copies run 80 % of the time
+and the queue absorbs the rest), while a saturated one, where every shadow copy takes capacity from
+live requests, settles near ``min_share``: most copies are dropped and counted, and the primary keeps
+its throughput and tail latency. ``share`` is the fraction of the time shadows may start, not a CPU
+budget; a copy that runs long (a hanging shadow) holds its worker, which bounds it instead.
+
+Concurrency: used on the event loop only (router and shadow workers); no locks.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+_ON_FRACTION = 0.8  # of a cycle at share 1; the rest is always off, to measure the clean baseline
+_MIN_SAMPLES = 4  # of each kind per cycle before the gate judges
+_INCREASE = 0.1
+_MAX_CARRY = 10  # cycles whose samples may be pooled before a judgement (then they are dropped)
+
+# primary_start() tokens: started in the on phase / not counted; larger values are clean candidates
+ON = 0
+SKIP = -1
+
+
+class ShadowGate:
+    def __init__(
+        self,
+        cycle_s: float = 0.1,
+        max_slowdown: float = 0.1,
+        min_share: float = 0.03,
+        clock: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self._cycle_ns = max(1, int(cycle_s * 1e9))
+        self._max_ratio = 1.0 + max(0.0, max_slowdown)
+        self.min_share = min(1.0, max(0.0, min_share))
+        self.share = 1.0
+        self._clock = clock
+        self.running = 0  # shadow copies running now
+        self._starts = 0  # shadow copies started, ever (an epoch: did one start during a request?)
+        now = clock()
+        self._on_until = 0
+        self._cycle_end = 0
+        self._new_cycle(now)
+        # this cycle's samples: latencies (ns) of loaded and clean primary requests
+        self._on: list[int] = []
+        self._off: list[int] = []
+        self._copies = 0
+        self._carried = 0  # cycles pooled into the current samples
+        # what the last judged cycles said (for tests, status and the benchmark)
+        self.cycles = 0
+        self.decreases = 0
+        self.increases = 0
+        self.last_ratio = 0.0
+
+    # -- the primary's side (the router) --------------------------------------------------------
+    def primary_start(self) -> int:
+        """Call as a primary request starts; pass the token to ``primary_end``."""
+        now = self._clock()
+        if now >= self._cycle_end:
+            self._judge(now)
+        if now < self._on_until:
+            return ON
+        return self._starts + 1 if self.running == 0 else SKIP
+
+    def primary_end(self, token: int, latency_ns: int) -> None:
+        if token == ON:
+            self._on.append(latency_ns)
+        elif token > 0 and token == self._starts + 1 and self.running == 0:
+            self._off.append(latency_ns)
+
+    # -- the shadows' side (the workers) --------------------------------------------------------
+    def wait_ns(self) -> int:
+        """0 when a copy may start now, else how long until the next on phase."""
+        now = self._clock()
+        if now >= self._cycle_end:
+            self._judge(now)
+        if now < self._on_until:
+            return 0
+        return self._cycle_end - now
+
+    def started(self) -> None:
+        self.running += 1
+        self._starts += 1
+        self._copies += 1
+
+    def finished(self) -> None:
+        self.running -= 1
+
+    # -- control --------------------------------------------------------------------------------
+    def _judge(self, now: int) -> None:
+        on, off = self._on, self._off
+        on_n, off_n = len(on), len(off)
+        self._carried += 1
+        if on_n + off_n < _MIN_SAMPLES:
+            self.share = min(1.0, self.share + _INCREASE)  # (almost) no primary traffic to protect
+        elif self._copies and on_n >= _MIN_SAMPLES and off_n >= _MIN_SAMPLES:
+            self.cycles += 1
+            self.last_ratio = statistics.median(on) / max(1.0, statistics.median(off))
+            if self.last_ratio > self._max_ratio:
+                self.share = max(self.min_share, self.share * 0.5)
+                self.decreases += 1
+            else:
+                self.share = min(1.0, self.share + _INCREASE)
+                self.increases += 1
+        elif self._carried < _MAX_CARRY:
+            # Too few samples of one kind (a short on phase at a low share), or no copy ran yet:
+            # keep this cycle's samples for the next judgement and keep the share meanwhile.
+            self._new_cycle(now)
+            return
+        self._on = []
+        self._off = []
+        self._copies = 0
+        self._carried = 0
+        self._new_cycle(now)
+
+    def _new_cycle(self, now: int) -> None:
+        self._cycle_end = now + self._cycle_ns
+        self._on_until = now + int(self._cycle_ns * _ON_FRACTION * self.share)
