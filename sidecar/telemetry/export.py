@@ -1,8 +1,10 @@
 """Getting telemetry out without hurting serving: exporters, a bounded span queue, drop accounting.
 
-- Spans: ``BoundedSpanProcessor`` keeps at most ``queue_size`` finished spans; a full queue refuses the
-  new span (counted, never blocks the event loop); one worker thread exports in batches, so a slow or
-  dead collector only ever stalls that thread.
+- Spans: ``BoundedSpanProcessor`` keeps at most ``queue_size`` finished lean spans
+  (``lean_tracing.LeanSpan``); a full queue refuses the new span (counted, never blocks the event
+  loop); one worker thread encodes and exports them in batches (``otlp``), so a slow or dead collector
+  only ever stalls that thread. The worker drains everything queued per wake-up, so the GIL is taken
+  for a few long stretches rather than many short ones.
 - Metrics: cumulative (a failed export loses no totals, the next one carries them); a failed export
   counts its points as dropped. The sidecar's lean histograms are merged into every collection.
 - Everything dropped is counted in ``sidecar.telemetry.dropped{signal,reason}`` and logged at most
@@ -16,7 +18,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -27,10 +29,9 @@ from opentelemetry.sdk.metrics.export import (
     MetricsData,
     PeriodicExportingMetricReader,
 )
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from sidecar.telemetry.histograms import HistogramSet
+from sidecar.telemetry.lean_tracing import LeanSpan
 from sidecar.telemetry.settings import OtlpTarget
 
 log = logging.getLogger(__name__)
@@ -84,12 +85,16 @@ class DropCounter:
         return [Observation(n, {"signal": s, "reason": r}) for (s, r), n in list(self.counts.items())]
 
 
-class BoundedSpanProcessor(SpanProcessor):
-    """Batches sampled spans to one exporter from one worker thread; never blocks ``on_end``."""
+class BoundedSpanProcessor:
+    """Batches ended spans to one exporter from one worker thread; never blocks ``on_end``.
+
+    The exporter: ``export(spans) -> bool`` (True: delivered; False or an exception: dropped and
+    counted) and ``shutdown()`` (``sidecar.telemetry.otlp``).
+    """
 
     def __init__(
         self,
-        exporter: SpanExporter,
+        exporter: Any,
         drops: DropCounter,
         queue_size: int = 2048,
         batch_size: int = 512,
@@ -97,7 +102,7 @@ class BoundedSpanProcessor(SpanProcessor):
     ) -> None:
         self._exporter = exporter
         self._drops = drops
-        self._queue: collections.deque[ReadableSpan] = collections.deque()
+        self._queue: collections.deque[LeanSpan] = collections.deque()
         self._queue_size = queue_size
         self._batch_size = batch_size
         self._delay_s = schedule_delay_s
@@ -110,12 +115,7 @@ class BoundedSpanProcessor(SpanProcessor):
         self._thread = threading.Thread(target=self._run, name="sidecar-span-export", daemon=True)
         self._thread.start()
 
-    def on_start(self, span: Any, parent_context: Any = None) -> None:
-        pass
-
-    def on_end(self, span: ReadableSpan) -> None:
-        if not span.context.trace_flags.sampled:
-            return
+    def on_end(self, span: LeanSpan) -> None:
         if self._stopping:
             self._drops.add("traces", "shutdown", 1)
             return
@@ -151,7 +151,7 @@ class BoundedSpanProcessor(SpanProcessor):
             except Exception as exc:
                 self._drops.add("traces", "export_failed", len(batch), f"{type(exc).__name__}: {exc}")
                 continue
-            if result is SpanExportResult.SUCCESS:
+            if result:
                 self.exported += len(batch)
             else:
                 self._drops.add("traces", "export_failed", len(batch), "the exporter reported a failure")
@@ -267,27 +267,10 @@ def start_prometheus_server(registry: Any, host: str, port: int) -> tuple[Any, i
     return server, server.server_port
 
 
-def span_exporter(target: OtlpTarget) -> SpanExporter:
-    if target.protocol == "grpc":
-        import grpc
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+def span_exporter(target: OtlpTarget, resource: Mapping[str, Any]) -> Any:
+    from sidecar.telemetry.otlp import GrpcSpanExporter, HttpSpanExporter
 
-        return OTLPSpanExporter(
-            endpoint=target.endpoint,
-            insecure=target.insecure,
-            headers=target.headers,
-            timeout=target.timeout_s,
-            compression=grpc.Compression.Gzip if target.compression == "gzip" else grpc.Compression.NoCompression,
-        )
-    from opentelemetry.exporter.otlp.proto.http import Compression
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
-
-    return HttpSpanExporter(
-        endpoint=target.endpoint,
-        headers=dict(target.headers),
-        timeout=target.timeout_s,
-        compression=Compression.Gzip if target.compression == "gzip" else Compression.NoCompression,
-    )
+    return (GrpcSpanExporter if target.protocol == "grpc" else HttpSpanExporter)(target, resource)
 
 
 def metric_exporter(target: OtlpTarget) -> MetricExporter:
@@ -315,9 +298,8 @@ def metric_exporter(target: OtlpTarget) -> MetricExporter:
     )
 
 
-def console_exporters() -> tuple[SpanExporter, MetricExporter]:
+def console_metric_exporter() -> MetricExporter:
     from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
-    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
     # sys.stdout as it is now (the SDK's default argument is the one of import time)
-    return ConsoleSpanExporter(out=sys.stdout), ConsoleMetricExporter(out=sys.stdout, preferred_temporality=_CUMULATIVE)
+    return ConsoleMetricExporter(out=sys.stdout, preferred_temporality=_CUMULATIVE)

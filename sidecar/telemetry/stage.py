@@ -1,4 +1,4 @@
-"""The telemetry stage: builds the OpenTelemetry SDK the settings ask for, and nothing else.
+"""The telemetry stage: builds the OpenTelemetry pieces the settings ask for, and nothing else.
 
     settings = resolve(config.telemetry, os.environ)    # OTEL_* read once, here
     telemetry = Telemetry(settings)
@@ -6,9 +6,12 @@
     ...
     telemetry.shutdown()                                 # flush under settings.shutdown_timeout_s
 
-With telemetry off (``enabled = false`` or ``OTEL_SDK_DISABLED=true``) or with no destination for a
-signal, no SDK object of that signal exists: the request path sees ``tracer is None`` and
-``rpc_durations is None`` and the API's non-recording spans.
+Metrics use the SDK's ``MeterProvider`` (with the lean histograms merged in); traces use the lean
+tracer (``lean_tracing``: API spans that only record) with its own OTLP encoder (``otlp``) behind a
+bounded queue (``export.BoundedSpanProcessor``), because the SDK's spans cost the request path several
+times more. With telemetry off (``enabled = false`` or ``OTEL_SDK_DISABLED=true``) or with no
+destination for a signal, no object of that signal exists: the request path sees ``tracer is None``
+and ``rpc_durations is None`` and the API's non-recording spans.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from sidecar.telemetry.export import (
     CountingMetricExporter,
     DropCounter,
     HistogramMergingReader,
-    console_exporters,
+    console_metric_exporter,
     metric_exporter,
     prometheus_reader,
     span_exporter,
@@ -43,7 +46,7 @@ class Telemetry:
     def __init__(self, settings: TelemetrySettings) -> None:
         self.settings = settings
         self.drops = DropCounter()
-        self.tracer: Any = None  # SDK tracer for server spans; None when tracing is off
+        self.tracer: Any = None  # the lean tracer for server spans; None when tracing is off
         self.rpc_durations: HistogramFamily | None = None  # None when metrics are off
         self.tracer_provider: Any = None
         self.meter_provider: Any = None
@@ -74,7 +77,7 @@ class Telemetry:
         if s.metrics:
             self._start_metrics(resource, repository)
         if s.tracing:
-            self._start_tracing(resource)
+            self._start_tracing(dict(resource.attributes))
         for line in self.destinations():
             log.info("telemetry %s", line)
 
@@ -102,7 +105,7 @@ class Telemetry:
         if s.metrics_otlp is not None:
             exporters.append(metric_exporter(s.metrics_otlp))
         if s.metrics_console:
-            exporters.append(console_exporters()[1])
+            exporters.append(console_metric_exporter())
         if exporters:
             self.drops.seed("metrics", "export_failed")
         for exporter in exporters:
@@ -133,20 +136,18 @@ class Telemetry:
         if s.gpu_metrics:
             self.gpu = GpuSampler.start(meter, s.gpu_sample_interval_s)
 
-    def _start_tracing(self, resource: Any) -> None:
-        from opentelemetry.sdk.trace import TracerProvider
-
-        from sidecar.telemetry.sampling import configured_sampler
+    def _start_tracing(self, resource: dict[str, Any]) -> None:
+        from sidecar.telemetry.lean_tracing import LeanTracerProvider
+        from sidecar.telemetry.otlp import ConsoleSpanExporter
+        from sidecar.telemetry.sampling import decision
 
         s = self.settings
-        provider = TracerProvider(
-            sampler=configured_sampler(s.sampler, s.sampler_ratio), resource=resource, shutdown_on_exit=False
-        )
+        provider = LeanTracerProvider(decision(s.sampler, s.sampler_ratio), resource)
         exporters = []
         if s.traces_otlp is not None:
-            exporters.append(span_exporter(s.traces_otlp))
+            exporters.append(span_exporter(s.traces_otlp, resource))
         if s.traces_console:
-            exporters.append(console_exporters()[0])
+            exporters.append(ConsoleSpanExporter(resource))
         if exporters:
             self.drops.seed("traces", "queue_full", "export_failed")
         for exporter in exporters:

@@ -1,0 +1,328 @@
+"""A lean tracer: OpenTelemetry API spans that only record, for the request path.
+
+The SDK's ``Span`` costs about 25 us per request span on the request path (locks, ``BoundedAttributes``
+validation, span processors, ``ReadableSpan`` snapshots), and its OTLP encoder another ~25 us per span
+on the export thread. A ``LeanSpan`` implements the API ``Span`` interface (``get_span_context``,
+``is_recording``, ``set_attribute(s)``, ``set_status``, ``record_exception``, ``add_event``,
+``add_link``, ``update_name``, ``end``, ``with``) and records into plain slots and a dict; ``end()``
+hands it to the span sinks (a bounded deque, ``export.BoundedSpanProcessor``), and
+``sidecar.telemetry.otlp`` encodes the OTLP protobuf straight from those slots.
+
+    provider = LeanTracerProvider(sampling.decision("parentbased_always_on", 1.0), resource_attributes)
+    provider.add_span_processor(processor)           # anything with on_end(span)
+    tracer = provider.get_tracer("sidecar.protocol", "1.0")
+    span = tracer.start_span("name", context=ctx, kind=SpanKind.SERVER, attributes={...}, links=[...])
+
+API compatibility: spans are ``opentelemetry.trace.Span`` instances, so ``trace.get_current_span()``,
+``trace.set_span_in_context``, ``trace.use_span`` and W3C propagation work unchanged. Unsampled spans
+are the API's ``NonRecordingSpan`` with a real span context (so a child continues the trace id and an
+unsampled decision propagates). Ids come from ``random.getrandbits`` like the SDK's
+``RandomIdGenerator``. Not carried over from the SDK: attribute count/length limits (our own code sets
+a handful per span; values are encoded as they are, unsupported types as ``str()``) and
+``RECORD_ONLY`` sampling decisions (treated as not sampled).
+
+Concurrency: a span is changed only by the code that owns it (on the event loop) until ``end()``;
+``end()`` sets ``end_ns`` before the span is handed over, and every setter ignores an ended span, so the
+export thread reads an ended span without a lock.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_UNSAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_getrandbits = random.getrandbits
+_time_ns = time.time_ns
+_get_current_span = trace.get_current_span
+_INTERNAL = SpanKind.INTERNAL
+_ERROR = StatusCode.ERROR
+_OK = StatusCode.OK
+_UNSET = StatusCode.UNSET
+
+# (parent span context or None, trace id, links) -> sampled?  See sampling.decision().
+Decide = Callable[[SpanContext | None, int, Sequence[Link] | None], bool]
+
+
+class Scope:
+    """An instrumentation scope (the tracer's name and version); spans are grouped by it on export."""
+
+    __slots__ = ("name", "version")
+
+    def __init__(self, name: str, version: str | None) -> None:
+        self.name = name
+        self.version = version or ""
+
+
+class LeanSpan(trace.Span):
+    """A sampled span: records, nothing else. Read by the exporters through its public slots."""
+
+    __slots__ = (
+        "_context",
+        "_on_end",
+        "attributes",
+        "end_ns",
+        "events",
+        "kind",
+        "links",
+        "name",
+        "parent",
+        "scope",
+        "start_ns",
+        "status_code",
+        "status_message",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: dict[str, Any],
+        links: list[Link],
+        scope: Scope,
+        sink: Callable[[LeanSpan], None],
+        start_ns: int,
+        on_error: tuple[bool, bool],
+    ) -> None:
+        self.name = name
+        self._context = context
+        self.parent = parent  # the parent's span context (remote or local), None for a root span
+        self.kind = kind
+        self.attributes = attributes
+        self.links = links
+        self.events: list[tuple[str, int, Mapping[str, Any]]] = []
+        self.scope = scope
+        self.start_ns = start_ns
+        self.end_ns = 0  # 0 while recording
+        self.status_code = _UNSET
+        self.status_message = ""
+        self._on_end = (sink, *on_error)  # (sink, record_exception, set_status_on_exception)
+
+    # -- the API ------------------------------------------------------------------------------------
+    def get_span_context(self) -> SpanContext:
+        return self._context
+
+    def is_recording(self) -> bool:
+        return not self.end_ns
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        if not self.end_ns and value is not None:
+            self.attributes[key] = value
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        if not self.end_ns:
+            for key, value in attributes.items():
+                if value is not None:
+                    self.attributes[key] = value
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        if isinstance(status, Status):
+            code, description = status.status_code, status.description
+        else:
+            code = status
+        # As the SDK: UNSET never overrides, and an OK status is final.
+        if self.end_ns or code is _UNSET or self.status_code is _OK:
+            return
+        self.status_code = code
+        self.status_message = (description or "") if code is _ERROR else ""
+
+    def add_event(self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None) -> None:
+        if not self.end_ns:
+            self.events.append((name, timestamp or _time_ns(), dict(attributes) if attributes else {}))
+
+    def add_link(self, context: SpanContext, attributes: Mapping[str, Any] | None = None) -> None:
+        if not self.end_ns and context.is_valid:
+            self.links.append(Link(context, attributes))
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Mapping[str, Any] | None = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        if self.end_ns:
+            return
+        kind = type(exception)
+        module = kind.__module__
+        attrs: dict[str, Any] = {
+            "exception.type": f"{module}.{kind.__qualname__}" if module and module != "builtins" else kind.__qualname__,
+            "exception.message": str(exception),
+            "exception.stacktrace": "".join(traceback.format_exception(exception)),
+            "exception.escaped": str(escaped),
+        }
+        if attributes:
+            attrs.update(attributes)
+        self.add_event("exception", attrs, timestamp)
+
+    def update_name(self, name: str) -> None:
+        if not self.end_ns:
+            self.name = name
+
+    def end(self, end_time: int | None = None) -> None:
+        if self.end_ns:
+            return
+        self.end_ns = end_time or _time_ns()
+        self._on_end[0](self)
+
+    def __enter__(self) -> LeanSpan:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, Exception):
+            self._on_error(exc, self._on_end[1], self._on_end[2])
+        self.end()
+
+    def _on_error(self, exc: BaseException, record: bool, set_status: bool) -> None:
+        if not self.end_ns:
+            if record:
+                self.record_exception(exc, escaped=True)
+            if set_status:
+                self.set_status(_ERROR, f"{type(exc).__name__}: {exc}")
+
+    def __repr__(self) -> str:
+        ctx = self._context
+        return f"LeanSpan({self.name!r}, trace_id=0x{ctx.trace_id:032x}, span_id=0x{ctx.span_id:016x})"
+
+
+class _UseSpan:
+    """``start_as_current_span``'s context manager: the span is current inside, ended on exit."""
+
+    __slots__ = ("_end", "_record", "_set_status", "_span", "_token")
+
+    def __init__(self, span: trace.Span, end_on_exit: bool, record: bool, set_status: bool) -> None:
+        self._span = span
+        self._end = end_on_exit
+        self._record = record
+        self._set_status = set_status
+        self._token: Any = None
+
+    def __enter__(self) -> trace.Span:
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        otel_context.detach(self._token)
+        span = self._span
+        if isinstance(exc, Exception) and isinstance(span, LeanSpan):
+            span._on_error(exc, self._record, self._set_status)
+        if self._end:
+            span.end()
+
+
+class LeanTracer(trace.Tracer):
+    __slots__ = ("_decide", "_provider", "scope")
+
+    def __init__(self, provider: LeanTracerProvider, scope: Scope) -> None:
+        self._provider = provider
+        self._decide = provider.decide
+        self.scope = scope
+
+    def start_span(
+        self,
+        name: str,
+        context: otel_context.Context | None = None,
+        kind: SpanKind = _INTERNAL,
+        attributes: Mapping[str, Any] | None = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> trace.Span:
+        parent: SpanContext | None = _get_current_span(context).get_span_context()
+        if parent.is_valid:  # type: ignore[union-attr]
+            trace_id = parent.trace_id  # type: ignore[union-attr]
+            state = parent.trace_state  # type: ignore[union-attr]
+        else:
+            parent = None
+            trace_id = _getrandbits(128) or 1
+            state = None
+        if not self._decide(parent, trace_id, links):
+            return NonRecordingSpan(SpanContext(trace_id, _getrandbits(64) or 1, False, _UNSAMPLED, state))
+        kept = [link for link in links if link.context.is_valid] if links else []
+        return LeanSpan(
+            name,
+            SpanContext(trace_id, _getrandbits(64) or 1, False, _SAMPLED, state),
+            parent,
+            kind,
+            {k: v for k, v in attributes.items() if v is not None} if attributes else {},
+            kept,
+            self.scope,
+            self._provider.sink,
+            start_time or _time_ns(),
+            (record_exception, set_status_on_exception),
+        )
+
+    def start_as_current_span(
+        self,
+        name: str,
+        context: otel_context.Context | None = None,
+        kind: SpanKind = _INTERNAL,
+        attributes: Mapping[str, Any] | None = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Any:
+        span = self.start_span(
+            name, context, kind, attributes, links, start_time, record_exception, set_status_on_exception
+        )
+        return _UseSpan(span, end_on_exit, record_exception, set_status_on_exception)
+
+
+class LeanTracerProvider(trace.TracerProvider):
+    """Hands out ``LeanTracer``s; ended spans go to every added processor's ``on_end``."""
+
+    def __init__(self, decide: Decide, resource: Mapping[str, Any] | None = None) -> None:
+        self.decide = decide
+        self.resource = dict(resource or {})
+        self._processors: tuple[Any, ...] = ()  # replaced, never mutated
+        self.sink: Callable[[LeanSpan], None] = _discard
+        self._tracers: dict[tuple[str, str], LeanTracer] = {}
+
+    def get_tracer(
+        self,
+        instrumenting_module_name: str,
+        instrumenting_library_version: str | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> LeanTracer:
+        key = (instrumenting_module_name, instrumenting_library_version or "")
+        tracer = self._tracers.get(key)
+        if tracer is None:
+            tracer = LeanTracer(self, Scope(*key))
+            self._tracers = {**self._tracers, key: tracer}
+        return tracer
+
+    def add_span_processor(self, processor: Any) -> None:
+        """Add processors before the first span: each span takes the sink current when it starts."""
+        self._processors = (*self._processors, processor)
+        if len(self._processors) == 1:
+            self.sink = processor.on_end
+        else:
+            processors = self._processors
+
+            def fan_out(span: LeanSpan) -> None:
+                for p in processors:
+                    p.on_end(span)
+
+            self.sink = fan_out
+
+    @property
+    def processors(self) -> Iterator[Any]:
+        return iter(self._processors)
+
+
+def _discard(span: LeanSpan) -> None:
+    pass

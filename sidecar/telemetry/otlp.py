@@ -1,0 +1,396 @@
+"""OTLP trace export of lean spans: the protobuf encoded directly, sent over gRPC or HTTP/protobuf.
+
+The SDK's path (``ReadableSpan`` -> ``encode_spans`` builds one protobuf object per span, attribute and
+value) costs ~25 us per span on the export thread, all of it holding the GIL the event loop needs.
+``encode_request`` writes the ``ExportTraceServiceRequest`` wire format (opentelemetry-proto
+``collector/trace/v1``) itself, in one pass per batch: the resource and each instrumentation scope are
+encoded once per exporter, ids and timestamps with ``int.to_bytes``/``struct``, and each
+(key, string value) attribute once per process (a bounded cache: span names, methods, model names and
+versions repeat). The tests decode what it writes with the official generated classes.
+
+Transports honour the same settings as the SDK exporters (``OtlpTarget``: endpoint, headers, timeout,
+insecure, gzip compression) and retry transient failures (gRPC UNAVAILABLE / RESOURCE_EXHAUSTED, HTTP
+429/502/503/504, connection errors) with backoff until the per-export timeout; whatever still fails
+is the caller's to count as dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+import logging
+import struct
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from opentelemetry.trace import SpanKind, StatusCode
+
+from sidecar.telemetry.lean_tracing import LeanSpan, Scope
+from sidecar.telemetry.settings import OtlpTarget
+
+log = logging.getLogger(__name__)
+
+GRPC_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+_KIND = {  # Span.kind (field 6, varint): SPAN_KIND_INTERNAL = 1 ... CONSUMER = 5
+    SpanKind.INTERNAL: b"\x30\x01",
+    SpanKind.SERVER: b"\x30\x02",
+    SpanKind.CLIENT: b"\x30\x03",
+    SpanKind.PRODUCER: b"\x30\x04",
+    SpanKind.CONSUMER: b"\x30\x05",
+}
+_STATUS_CODE = {StatusCode.OK: b"\x18\x01", StatusCode.ERROR: b"\x18\x02"}  # Status.code (field 3)
+# Span.flags (field 16, fixed32): W3C flags (sampled) | SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE [| IS_REMOTE]
+_FLAGS_LOCAL_PARENT = b"\x85\x01" + struct.pack("<I", 0x101)
+_FLAGS_REMOTE_PARENT = b"\x85\x01" + struct.pack("<I", 0x301)
+_LINK_FLAGS = {False: b"\x35" + struct.pack("<I", 0x101), True: b"\x35" + struct.pack("<I", 0x301)}  # Link.flags
+_TIMES = struct.Struct("<BQBQ")  # Span.start_time_unix_nano (7) and end_time_unix_nano (8), fixed64
+_DOUBLE = struct.Struct("<Bd")
+_FIXED64 = struct.Struct("<BQ")
+_SMALL = [bytes((i,)) for i in range(128)]
+_CACHE_LIMIT = 4096
+_INT64 = (1 << 64) - 1
+
+
+def _varint(n: int) -> bytes:
+    if n < 128:
+        return _SMALL[n]
+    out = bytearray()
+    while n > 127:
+        out.append((n & 127) | 128)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field: ``tag`` (one or more bytes), length, payload."""
+    return tag + _varint(len(payload)) + payload
+
+
+def _string(tag: bytes, text: str) -> bytes:
+    return _field(tag, text.encode("utf-8", "surrogatepass"))
+
+
+def _any_value(value: Any) -> bytes:
+    """An ``AnyValue`` message body."""
+    kind = type(value)
+    if kind is str:
+        return _string(b"\x0a", value)
+    if kind is bool:
+        return b"\x10\x01" if value else b"\x10\x00"
+    if kind is int:
+        return b"\x18" + _varint(value & _INT64)
+    if kind is float:
+        return _DOUBLE.pack(0x21, value)
+    if isinstance(value, str):  # subclasses (str enums, ...)
+        return _string(b"\x0a", str(value))
+    if isinstance(value, bool):
+        return b"\x10\x01" if value else b"\x10\x00"
+    if isinstance(value, int):
+        return b"\x18" + _varint(int(value) & _INT64)
+    if isinstance(value, float):
+        return _DOUBLE.pack(0x21, float(value))
+    if isinstance(value, bytes | bytearray):
+        return _field(b"\x3a", bytes(value))
+    if isinstance(value, Mapping):
+        return _field(b"\x32", b"".join(_field(b"\x0a", _key_value(str(k), v)) for k, v in value.items()))
+    if isinstance(value, Sequence):
+        return _field(b"\x2a", b"".join(_field(b"\x0a", _any_value(v)) for v in value))
+    return _string(b"\x0a", str(value))  # anything else as its text (the SDK would drop it)
+
+
+def _key_value(key: str, value: Any) -> bytes:
+    """A ``KeyValue`` message body."""
+    return _string(b"\x0a", key) + _field(b"\x12", _any_value(value))
+
+
+class _Attributes:
+    """Encodes attribute lists under one field tag, caching (key, str/bool value) fields."""
+
+    __slots__ = ("_cache", "_tag")
+
+    def __init__(self, tag: bytes) -> None:
+        self._tag = tag
+        self._cache: dict[tuple[str, Any, type], bytes] = {}
+
+    def encode(self, attributes: Mapping[str, Any], parts: list[bytes]) -> None:
+        cache = self._cache
+        tag = self._tag
+        for key, value in attributes.items():
+            kind = type(value)
+            if kind is str or kind is bool:
+                k = (key, value, kind)
+                field = cache.get(k)
+                if field is None:
+                    field = _field(tag, _key_value(key, value))
+                    if len(cache) >= _CACHE_LIMIT:
+                        cache.clear()
+                    cache[k] = field
+                parts.append(field)
+            elif value is not None:
+                parts.append(_field(tag, _key_value(key, value)))
+
+
+_SPAN_ATTRIBUTES = _Attributes(b"\x4a")  # Span.attributes (9)
+_EVENT_ATTRIBUTES = _Attributes(b"\x1a")  # Span.Event.attributes (3)
+_LINK_ATTRIBUTES = _Attributes(b"\x22")  # Span.Link.attributes (4)
+_NAMES: dict[str, bytes] = {}  # span name -> Span.name field (5)
+
+
+def _trace_state(state: Any) -> str:
+    return ",".join(f"{k}={v}" for k, v in state.items()) if state else ""
+
+
+def encode_span(span: LeanSpan) -> bytes:
+    """One ``Span`` message body."""
+    ctx = span.get_span_context()
+    parts = [b"\x0a\x10", ctx.trace_id.to_bytes(16, "big"), b"\x12\x08", ctx.span_id.to_bytes(8, "big")]
+    if ctx.trace_state:
+        parts.append(_string(b"\x1a", _trace_state(ctx.trace_state)))
+    parent = span.parent
+    if parent is not None:
+        parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
+    name = _NAMES.get(span.name)
+    if name is None:
+        name = _string(b"\x2a", span.name)
+        if len(_NAMES) < _CACHE_LIMIT:
+            _NAMES[span.name] = name
+    parts.append(name)
+    parts.append(_KIND.get(span.kind, b"\x30\x01"))
+    parts.append(_TIMES.pack(0x39, span.start_ns, 0x41, span.end_ns))
+    if span.attributes:
+        _SPAN_ATTRIBUTES.encode(span.attributes, parts)
+    for event_name, time_ns, attributes in span.events:
+        body = [_FIXED64.pack(0x09, time_ns), _string(b"\x12", event_name)]
+        _EVENT_ATTRIBUTES.encode(attributes, body)
+        parts.append(_field(b"\x5a", b"".join(body)))
+    for link in span.links:
+        lc = link.context
+        body = [b"\x0a\x10", lc.trace_id.to_bytes(16, "big"), b"\x12\x08", lc.span_id.to_bytes(8, "big")]
+        if lc.trace_state:
+            body.append(_string(b"\x1a", _trace_state(lc.trace_state)))
+        if link.attributes:
+            _LINK_ATTRIBUTES.encode(link.attributes, body)
+        body.append(_LINK_FLAGS[lc.is_remote])
+        parts.append(_field(b"\x6a", b"".join(body)))
+    code = _STATUS_CODE.get(span.status_code)
+    if code is not None:
+        status = (_string(b"\x12", span.status_message) if span.status_message else b"") + code
+        parts.append(_field(b"\x7a", status))
+    parts.append(_FLAGS_REMOTE_PARENT if parent is not None and parent.is_remote else _FLAGS_LOCAL_PARENT)
+    return b"".join(parts)
+
+
+def encode_resource(attributes: Mapping[str, Any]) -> bytes:
+    """The ``ResourceSpans.resource`` field (1): encode once per exporter."""
+    return _field(b"\x0a", b"".join(_field(b"\x0a", _key_value(k, v)) for k, v in attributes.items()))
+
+
+def encode_scope(scope: Scope) -> bytes:
+    """The ``ScopeSpans.scope`` field (1)."""
+    body = _string(b"\x0a", scope.name) + (_string(b"\x12", scope.version) if scope.version else b"")
+    return _field(b"\x0a", body)
+
+
+class TraceEncoder:
+    """``ExportTraceServiceRequest`` bytes for a batch of spans of one resource."""
+
+    def __init__(self, resource: Mapping[str, Any]) -> None:
+        self._resource = encode_resource(resource)
+        self._scopes: dict[Scope, bytes] = {}
+
+    def encode(self, spans: Iterable[LeanSpan]) -> bytes:
+        by_scope: dict[Scope, list[bytes]] = {}
+        for span in spans:
+            body = encode_span(span)
+            encoded = b"\x12" + _varint(len(body)) + body  # ScopeSpans.spans (2)
+            group = by_scope.get(span.scope)
+            if group is None:
+                by_scope[span.scope] = [encoded]
+            else:
+                group.append(encoded)
+        scope_spans = []
+        for scope, encoded_spans in by_scope.items():
+            head = self._scopes.get(scope)
+            if head is None:
+                head = self._scopes[scope] = encode_scope(scope)
+            scope_spans.append(_field(b"\x12", head + b"".join(encoded_spans)))  # ResourceSpans.scope_spans (2)
+        return _field(b"\x0a", self._resource + b"".join(scope_spans))  # ExportTraceServiceRequest (1)
+
+
+# -- exporters: export(spans) -> True when delivered; False or an exception when not --------------------
+
+
+class _Retrying:
+    """Retries transient failures with exponential backoff until the export's deadline, or shutdown."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+        self._stop = threading.Event()
+
+    def _deliver(self, attempt: Any) -> bool:
+        deadline = time.monotonic() + self._timeout_s
+        delay = 0.05
+        while True:
+            left = deadline - time.monotonic()
+            outcome = attempt(max(left, 0.001))
+            if outcome is not None:
+                return outcome
+            left = deadline - time.monotonic()
+            if left <= delay or self._stop.wait(delay):
+                return False
+            delay = min(delay * 2, 1.0)
+
+    def shutdown(self, timeout_millis: float = 0) -> None:
+        self._stop.set()
+
+
+class GrpcSpanExporter(_Retrying):
+    """OTLP/gRPC: the TraceService Export call with the encoded bytes (no protobuf objects)."""
+
+    RETRY = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
+
+    def __init__(self, target: OtlpTarget, resource: Mapping[str, Any]) -> None:
+        import grpc
+
+        super().__init__(target.timeout_s)
+        self._grpc = grpc
+        self._encoder = TraceEncoder(resource)
+        parsed = urllib.parse.urlsplit(target.endpoint if "://" in target.endpoint else f"//{target.endpoint}")
+        address = parsed.netloc or target.endpoint
+        compression = grpc.Compression.Gzip if target.compression == "gzip" else grpc.Compression.NoCompression
+        if target.insecure:
+            self._channel = grpc.insecure_channel(address, compression=compression)
+        else:
+            self._channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(), compression=compression)
+        self._call = self._channel.unary_unary(GRPC_METHOD)  # bytes in, bytes out
+        self._metadata = tuple((k.lower(), v) for k, v in target.headers) or None
+
+    def export(self, spans: Sequence[LeanSpan]) -> bool:
+        body = self._encoder.encode(spans)
+        last: list[Any] = [None]
+
+        def attempt(timeout_s: float) -> bool | None:
+            try:
+                self._call(body, timeout=timeout_s, metadata=self._metadata)
+                return True
+            except self._grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                last[0] = exc
+                if code is not None and code.name in self.RETRY:
+                    return None
+                raise
+
+        if self._deliver(attempt):
+            return True
+        exc = last[0]
+        if exc is not None:
+            code = exc.code() if hasattr(exc, "code") else None
+            raise ConnectionError(
+                f"{code.name if code else 'failed'}: {exc.details() if hasattr(exc, 'details') else exc}"
+            )
+        return False
+
+    def shutdown(self, timeout_millis: float = 0) -> None:
+        super().shutdown()
+        self._channel.close()
+
+
+class HttpSpanExporter(_Retrying):
+    """OTLP/HTTP with protobuf: POST the encoded bytes to ``.../v1/traces``."""
+
+    RETRY = (429, 502, 503, 504)
+
+    def __init__(self, target: OtlpTarget, resource: Mapping[str, Any]) -> None:
+        import requests
+
+        super().__init__(target.timeout_s)
+        self._requests = requests
+        self._encoder = TraceEncoder(resource)
+        self._endpoint = target.endpoint
+        self._gzip = target.compression == "gzip"
+        self._session = requests.Session()
+        self._session.headers.update(dict(target.headers))
+        self._session.headers["Content-Type"] = "application/x-protobuf"
+        if self._gzip:
+            self._session.headers["Content-Encoding"] = "gzip"
+
+    def export(self, spans: Sequence[LeanSpan]) -> bool:
+        body = self._encoder.encode(spans)
+        if self._gzip:
+            body = gzip.compress(body)
+        last: list[str] = [""]
+
+        def attempt(timeout_s: float) -> bool | None:
+            try:
+                response = self._session.post(self._endpoint, data=body, timeout=timeout_s)
+            except self._requests.ConnectionError as exc:
+                last[0] = f"{type(exc).__name__}: {exc}"
+                return None
+            if 200 <= response.status_code < 300:
+                return True
+            last[0] = f"HTTP {response.status_code}"
+            return None if response.status_code in self.RETRY else False
+
+        if self._deliver(attempt):
+            return True
+        raise ConnectionError(last[0] or "the collector refused the spans")
+
+    def shutdown(self, timeout_millis: float = 0) -> None:
+        super().shutdown()
+        self._session.close()
+
+
+class ConsoleSpanExporter:
+    """One JSON object per span on stdout (as the SDK's console exporter), for debugging."""
+
+    def __init__(self, resource: Mapping[str, Any], out: Any = None) -> None:
+        self._resource = dict(resource)
+        self._out = out
+
+    def export(self, spans: Sequence[LeanSpan]) -> bool:
+        out = self._out or sys.stdout
+        for span in spans:
+            out.write(json.dumps(span_dict(span, self._resource), indent=4, default=str) + "\n")
+        out.flush()
+        return True
+
+    def shutdown(self, timeout_millis: float = 0) -> None:
+        pass
+
+
+def span_dict(span: LeanSpan, resource: Mapping[str, Any]) -> dict[str, Any]:
+    ctx = span.get_span_context()
+    return {
+        "name": span.name,
+        "context": {
+            "trace_id": f"0x{ctx.trace_id:032x}",
+            "span_id": f"0x{ctx.span_id:016x}",
+            "trace_state": _trace_state(ctx.trace_state),
+        },
+        "kind": str(span.kind),
+        "parent_id": f"0x{span.parent.span_id:016x}" if span.parent is not None else None,
+        "start_time": _iso(span.start_ns),
+        "end_time": _iso(span.end_ns),
+        "status": {"status_code": span.status_code.name, "description": span.status_message or None},
+        "attributes": dict(span.attributes),
+        "events": [{"name": n, "timestamp": _iso(t), "attributes": dict(a)} for n, t, a in span.events],
+        "links": [
+            {
+                "context": {"trace_id": f"0x{x.context.trace_id:032x}", "span_id": f"0x{x.context.span_id:016x}"},
+                "attributes": dict(x.attributes or {}),
+            }
+            for x in span.links
+        ],
+        "resource": {"attributes": dict(resource), "schema_url": ""},
+        "scope": {"name": span.scope.name, "version": span.scope.version},
+    }
+
+
+def _iso(ns: int) -> str:
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat().replace("+00:00", "Z")
