@@ -30,6 +30,7 @@ QUEUED, TAKEN, GONE = 0, 1, 2
 DEFAULT_PRIORITY_LEVEL = 1
 _NO_DEADLINE = 1 << 62
 _NO_KEY = object()
+_COMPACT_MIN = 64  # discarded entries tolerated in the deques before compacting
 
 
 def priority_level(priority: int) -> int:
@@ -59,6 +60,7 @@ class RequestQueue:
         self._order: list[int] = []  # levels present, most urgent first
         self.count = 0  # live (QUEUED) entries
         self.rows = 0  # their rows
+        self._dead = 0  # discarded entries still sitting in the deques
         self._min_deadline = _NO_DEADLINE
         self._deadline_stale = False
 
@@ -86,18 +88,40 @@ class RequestQueue:
             self._deadline_stale = True
 
     def discard(self, entry: Entry) -> bool:
-        """Forget a queued entry (its caller was cancelled). False if it already left the queue."""
+        """Forget a queued entry (its caller was cancelled). False if it already left the queue.
+
+        The entry stays in its deque until a scan passes it; once discarded entries outnumber live
+        ones (callers cancelling while the engine is stuck), the deques are compacted, so memory stays
+        bounded by the live queue, not by the number of cancellations."""
         if entry.state != QUEUED:
             return False
         self._remove(entry, GONE)
+        self._dead += 1
+        if self._dead > max(_COMPACT_MIN, self.count):
+            self._compact()
         return True
+
+    def _compact(self) -> None:
+        for level in tuple(self._order):
+            kept = deque(e for e in self._levels[level] if e.state == QUEUED)
+            if kept:
+                self._levels[level] = kept
+            else:
+                del self._levels[level]
+                self._order.remove(level)
+        self._dead = 0
+
+    def _forget(self, entry: Entry) -> None:
+        """A dead entry popped from a deque."""
+        if entry.state == GONE and self._dead:
+            self._dead -= 1
 
     def head(self) -> Entry | None:
         """The entry a batch would start with: most urgent level, oldest first."""
         for level in self._order:
             dq = self._levels[level]
             while dq and dq[0].state != QUEUED:
-                dq.popleft()
+                self._forget(dq.popleft())
             if dq:
                 return dq[0]
         return None
@@ -118,7 +142,7 @@ class RequestQueue:
             while dq:
                 e = dq[0]
                 if e.state != QUEUED:
-                    dq.popleft()
+                    self._forget(dq.popleft())
                     continue
                 d = e.deadline_ns
                 if d is not None and d <= now_ns:
@@ -192,6 +216,7 @@ class RequestQueue:
             else:
                 del self._levels[level]
                 self._order.remove(level)
+        self._dead = 0
         self._rescan()
         return expired
 

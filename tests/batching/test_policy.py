@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -281,3 +283,28 @@ def test_batch_settings_overlay_metadata_on_server_defaults():
 def test_batch_settings_out_of_range_are_load_errors(overrides, message):
     with pytest.raises(ModelLoadError, match=message):
         BatchSettings.resolve(BatchingConfig(), overrides)
+
+
+def test_queue_memory_stays_bounded_when_callers_cancel_while_the_engine_is_stuck():
+    loop = asyncio.new_event_loop()
+    try:
+        engine = FakeEngine(max_batch_size=8)
+        q = RequestQueue()
+        keep = Entry(work_item(engine, np.zeros((1, 4), np.float32)), loop.create_future(), None)
+        q.push(keep, 1)
+        refs = []
+        for i in range(500):
+            x = np.full((1, 4), i, np.float32)
+            refs.append(weakref.ref(x))
+            e = Entry(work_item(engine, x), loop.create_future(), None)
+            q.push(e, 1 + i % 3)
+            assert q.discard(e)
+            del x, e
+        gc.collect()
+        alive = sum(r() is not None for r in refs)
+        assert alive <= 64  # discarded requests' tensors are released, not kept until the engine frees up
+        assert q.count == 1 and q.head() is keep
+        batch, rows = q.take(time.monotonic_ns(), 8, [])
+        assert batch == [keep] and rows == 1 and q.count == 0
+    finally:
+        loop.close()
