@@ -59,6 +59,11 @@ class EngineConfig:
         default=("CUDAExecutionProvider", "CPUExecutionProvider"),
     )
     intra_op_threads: int = _doc("ONNX Runtime intra-op threads per session; 0 = its default.", default=0)
+    spin_wait: bool = _doc(
+        "Let ONNX Runtime's intra-op threads spin while waiting for work. Off by default: spinning burns CPU "
+        "that the sidecar's own request handling needs (measured in bench/).",
+        default=False,
+    )
     executor_threads: int = _doc(
         "Threads that run model sessions off the event loop (shared by all versions).", default=4
     )

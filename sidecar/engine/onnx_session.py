@@ -57,6 +57,7 @@ class OnnxEngine:
         executor: Executor,
         max_batch_size: int,
         intra_op_threads: int = 0,
+        spin_wait: bool = False,
         label: str = "",
     ) -> None:
         import onnxruntime as ort
@@ -66,6 +67,9 @@ class OnnxEngine:
         options = ort.SessionOptions()
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
+        if not spin_wait:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         options.log_severity_level = 3
         requested = choose_providers(providers, ort.get_available_providers())
         try:

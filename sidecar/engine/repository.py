@@ -353,6 +353,7 @@ class Repository:
             executor=self._executor,
             max_batch_size=settings.max_batch_size,
             intra_op_threads=self._config.engine.intra_op_threads,
+            spin_wait=self._config.engine.spin_wait,
             label=mv.label,
         )
 
