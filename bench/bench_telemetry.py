@@ -13,8 +13,11 @@
    - ``collector_down``: ``full`` with the collector unreachable (spans dropped and counted).
 
    Targets: ``full`` costs at most 10 % of req/s against ``off``; ``sampled1`` at most 3 %.
-2. **wrapper**: in-process cost per call of the RPC wrapper (``sidecar.protocol.interceptors``) and of
-   the statistics sink, with a grpc-free fake context: metrics only, traces 100 %, traces 1 %.
+2. **wrapper**: in-process CPU per request of the RPC wrapper (``sidecar.protocol.interceptors``) with
+   the request path's span work (queue time, one batch span per 8 requests) and the export thread's
+   OTLP encoding, grpc-free: metrics only, traces 100 %, traces 1 %; each traced mode both with the
+   sidecar's lean tracer (``lean_*``) and with the OpenTelemetry SDK's tracer and encoder (``sdk_*``,
+   what the sidecar used before), plus the OTLP encoding alone per span and the statistics sink.
 3. **gpu** (``--gpu``): time of one NVML sample of every GPU (``GpuSampler.sample``), on the sampler's
    own thread in production; reports that there is no GPU where there is none.
 
@@ -158,29 +161,73 @@ class _Context:
         return None
 
 
-def bench_wrapper(n: int = 50_000) -> dict[str, float]:
+def bench_wrapper(n: int = 48_000, batch: int = 8, impls: tuple[str, ...] = ("sdk", "lean")) -> dict[str, float]:
+    """Process CPU per request of the tracing pipeline, in process, grpc-free.
+
+    Each request goes through the RPC wrapper and a fake servicer that does what the repository and the
+    batcher do with spans: take the current span, record its queue time, and every ``batch`` requests
+    run one batch span linked to them. Spans are exported at the end (the export thread's CPU is
+    process CPU too): ``lean_*`` through the sidecar's lean tracer and OTLP encoder, ``sdk_*`` through
+    the OpenTelemetry SDK's TracerProvider and its OTLP encoder (what the sidecar used before), for
+    comparison within one run. The grpc transport is left out (a null sender): both pay the same.
+    """
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
     from sidecar.protocol.interceptors import observed
-    from sidecar.telemetry import catalog
+    from sidecar.telemetry import catalog, tracing
     from sidecar.telemetry.export import BoundedSpanProcessor, DropCounter
     from sidecar.telemetry.histograms import HistogramSet
+    from sidecar.telemetry.lean_tracing import LeanTracerProvider
     from sidecar.telemetry.model_metrics import ModelHistograms, VersionMetrics
-    from sidecar.telemetry.sampling import configured_sampler
+    from sidecar.telemetry.otlp import TraceEncoder
+    from sidecar.telemetry.sampling import configured_sampler, decision
+    from sidecar.telemetry.spans import INVALID_SPAN, batch_span, current_span, record_queue_time
+
+    resource = {"service.name": "bench", "telemetry.sdk.name": "opentelemetry", "telemetry.sdk.language": "python"}
 
     class Servicer:
+        def __init__(self) -> None:
+            self.pending: list[tuple[Any, asyncio.Future]] = []
+
         async def ModelInfer(self, request: Any, context: Any) -> int:
-            return 1
+            future = asyncio.get_running_loop().create_future()
+            self.pending.append((current_span(), future))
+            if len(self.pending) == batch:
+                pending, self.pending = self.pending, []
+                spans = []
+                for span, _ in pending:
+                    if span is not INVALID_SPAN:
+                        record_queue_time(span, 1e-4)
+                        spans.append(span)
+                if spans:
+                    with batch_span("mlp", "1.0.0", spans, batch, "CPUExecutionProvider"):
+                        pass
+                for _, f in pending:
+                    f.set_result(1)
+            return await future
 
-    class NullExporter:
-        def export(self, spans: Any) -> Any:
-            from opentelemetry.sdk.trace.export import SpanExportResult
+    class LeanEncoding:
+        def __init__(self) -> None:
+            self.encoder = TraceEncoder(resource)
+            self.bytes = 0
 
-            return SpanExportResult.SUCCESS
+        def export(self, spans: Any) -> bool:
+            self.bytes += len(self.encoder.encode(spans))
+            return True
 
         def shutdown(self) -> None:
             pass
+
+    class SdkEncoding(LeanEncoding):
+        def export(self, spans: Any) -> bool:
+            self.bytes += len(encode_spans(spans).SerializeToString())
+            return True
+
+    class SdkProcessor(SpanProcessor):
+        def __init__(self, inner: BoundedSpanProcessor) -> None:
+            self.on_end = inner.on_end  # type: ignore[method-assign]
 
     hists = HistogramSet(Resource({}))
     durations = hists.family(catalog.RPC_DURATION, scale=1e-9)
@@ -192,30 +239,42 @@ def bench_wrapper(n: int = 50_000) -> dict[str, float]:
     async def loop(fn: Any, context: Any) -> float:
         # process CPU time: includes the span export thread's work, and not other processes' noise
         t = time.process_time()
-        for _ in range(n):
-            await fn(request, context)
+        for _ in range(n // batch):
+            await asyncio.gather(*[fn(request, context) for _ in range(batch)])
         return (time.process_time() - t) / n * 1e6
 
     async def main() -> None:
-        plain = Servicer().ModelInfer
-        out["no_wrapper_us"] = await loop(plain, ctx)
+        out["no_wrapper_us"] = await loop(Servicer().ModelInfer, ctx)
         out["metrics_only_us"] = (
             await loop(observed(Servicer(), "s", None, durations).ModelInfer, ctx) - out["no_wrapper_us"]
         )
-        for name, sampler, context in (
-            ("traces_100pct_us", configured_sampler("parentbased_always_on", 1.0), ctx),
-            ("traces_1pct_us", configured_sampler("parentbased_traceidratio", 0.01), ctx_unsampled),
-        ):
-            provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
-            processor = BoundedSpanProcessor(NullExporter(), DropCounter(), 1 << 20, 512, 0.2)
-            provider.add_span_processor(processor)
-            fn = observed(Servicer(), "s", provider.get_tracer("b"), durations).ModelInfer
-            out[name] = await loop(fn, context) - out["no_wrapper_us"]
-            t = time.process_time()
-            processor.shutdown(30.0)  # what was still queued: exported now, its CPU counted too
-            out[name] += (time.process_time() - t) / n * 1e6
+        for impl in impls:
+            for name, sampler, ratio, context in (
+                ("traces_100pct_us", "parentbased_always_on", 1.0, ctx),
+                ("traces_1pct_us", "parentbased_traceidratio", 0.01, ctx_unsampled),
+            ):
+                if impl == "sdk":
+                    provider = TracerProvider(
+                        sampler=configured_sampler(sampler, ratio), resource=Resource(resource), shutdown_on_exit=False
+                    )
+                    processor = BoundedSpanProcessor(SdkEncoding(), DropCounter(), 1 << 20, 512, 0.2)
+                    provider.add_span_processor(SdkProcessor(processor))
+                else:
+                    provider = LeanTracerProvider(decision(sampler, ratio), resource)
+                    processor = BoundedSpanProcessor(LeanEncoding(), DropCounter(), 1 << 20, 512, 0.2)
+                    provider.add_span_processor(processor)
+                tracing.activate(provider)  # batch spans go through the API's global provider
+                fn = observed(Servicer(), "s", provider.get_tracer("b"), durations).ModelInfer
+                cost = await loop(fn, context) - out["no_wrapper_us"]
+                t = time.process_time()
+                processor.shutdown(30.0)  # what was still queued: exported now, its CPU counted too
+                out[f"{impl}_{name}"] = cost + (time.process_time() - t) / n * 1e6
+                tracing.deactivate(provider)
+                if impl == "lean" and ratio == 1.0:
+                    out["lean_spans_per_request_100pct"] = processor.exported / n
 
     asyncio.run(main())
+    out.update(bench_encoding())
     mv = type("MV", (), {"name": "mlp", "version_str": "1.0.0"})()
     sink = VersionMetrics(mv, ModelHistograms(hists))
     t = time.process_time()
@@ -224,6 +283,57 @@ def bench_wrapper(n: int = 50_000) -> dict[str, float]:
         sink.queue(200_000)
     out["sink_per_request_us"] = (time.process_time() - t) / n * 1e6
     return {k: round(v, 2) for k, v in out.items()}
+
+
+def bench_encoding(spans: int = 512, repeat: int = 20) -> dict[str, float]:
+    """OTLP encoding alone, CPU per span, of typical request spans: the lean encoder and the SDK's."""
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+
+    from sidecar.telemetry.lean_tracing import LeanTracerProvider
+    from sidecar.telemetry.otlp import TraceEncoder
+    from sidecar.telemetry.sampling import decision
+
+    attrs = {"rpc.system.name": "grpc", "rpc.method": "inference.GRPCInferenceService/ModelInfer"}
+
+    def make(provider: Any) -> list[Any]:
+        made: list[Any] = []
+        tracer = provider.get_tracer("sidecar.protocol")
+        for _ in range(spans):
+            span = tracer.start_span(attrs["rpc.method"], kind=trace.SpanKind.SERVER, attributes=attrs)
+            span.set_attribute("model.name", "mlp")
+            span.set_attribute("sidecar.queue.duration_s", 0.00012)
+            span.set_attribute("sidecar.batch.span_id", "00f067aa0ba902b7")
+            span.set_attribute("sidecar.batch.rows", 8)
+            span.set_attribute("rpc.status_code", "OK")
+            span.end()
+            made.append(span)
+        return made
+
+    class Keep(SpanProcessor):
+        def __init__(self) -> None:
+            self.spans: list[Any] = []
+
+        def on_end(self, span: Any) -> None:
+            self.spans.append(span)
+
+    out = {}
+    for impl in ("sdk", "lean"):
+        keep = Keep()
+        if impl == "sdk":
+            provider: Any = TracerProvider(shutdown_on_exit=False)
+            encode = lambda batch: encode_spans(batch).SerializeToString()  # noqa: E731
+        else:
+            provider = LeanTracerProvider(decision("always_on", 1.0), {"service.name": "bench"})
+            encode = TraceEncoder({"service.name": "bench"}).encode
+        provider.add_span_processor(keep)
+        make(provider)
+        t = time.process_time()
+        for _ in range(repeat):
+            encode(keep.spans)
+        out[f"{impl}_encode_us_per_span"] = (time.process_time() - t) / (repeat * spans) * 1e6
+    return out
 
 
 def bench_gpu(samples: int = 200) -> dict[str, Any]:

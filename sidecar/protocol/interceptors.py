@@ -26,12 +26,11 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from sidecar.telemetry.histograms import HistogramFamily
+from sidecar.telemetry.propagation import remote_context
 
 SERVER_ERRORS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"})
-_PROPAGATOR = TraceContextTextMapPropagator()
 _CODE_NAMES = {c: c.name for c in grpc.StatusCode}
 _CODE_NAMES.update({c.value[0]: c.name for c in grpc.StatusCode})
 
@@ -176,7 +175,7 @@ def _remote_parent(context: Any) -> Any:
             carrier[key] = value if isinstance(value, str) else value.decode()
     if carrier is None or "traceparent" not in carrier:
         return None
-    return _PROPAGATOR.extract(carrier)
+    return remote_context(carrier["traceparent"], carrier.get("tracestate"))
 
 
 def _code(context: Any) -> str | None:

@@ -9,14 +9,21 @@ each request it served; each request span records its queue time and the batch s
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 from opentelemetry import trace
 
-_tracer = trace.get_tracer("sidecar.batching")
+from sidecar.telemetry import tracing
+
+# The switch directly, not trace.get_tracer(): the API's proxy tracer would add a generator-based
+# context manager around every batch span.
+_tracer = tracing.SWITCH.get_tracer("sidecar.batching")
 INVALID_SPAN = _INVALID = trace.INVALID_SPAN
+_NO_SPAN = nullcontext(_INVALID)  # reusable
+_INTERNAL = trace.SpanKind.INTERNAL
+_NO_PARENT = trace.set_span_in_context(_INVALID)
 
 
 def current_span() -> Any:
@@ -24,18 +31,20 @@ def current_span() -> Any:
     return trace.get_current_span()
 
 
-@contextmanager
-def batch_span(model: str, version: str, request_spans: Sequence[Any], rows: int, provider: str) -> Iterator[Any]:
-    """Wrap one engine run. ``request_spans`` are the spans of the requests in the batch."""
+def batch_span(model: str, version: str, request_spans: Sequence[Any], rows: int, provider: str) -> Any:
+    """A context manager around one engine run. ``request_spans`` are the spans of the requests in the batch.
+
+    The batch span is current inside, starts a trace of its own and links to each sampled request span;
+    each recording request span gets the batch's span id and row count. With no sampled request in the
+    batch there is no span (the context manager yields the invalid span).
+    """
     links = []
     for span in request_spans:
         ctx = span.get_span_context()
-        if ctx.is_valid and ctx.trace_flags.sampled:  # a link to an unrecorded span would dangle
+        if ctx.trace_flags.sampled and ctx.is_valid:  # a link to an unrecorded span would dangle
             links.append(trace.Link(ctx))
     if not links:
-        # Nothing sampled in this batch: no span to record (and no tracer work on the hot path).
-        yield _INVALID
-        return
+        return _NO_SPAN
     attributes = {
         "model.name": model,
         "model.version": version,
@@ -43,21 +52,41 @@ def batch_span(model: str, version: str, request_spans: Sequence[Any], rows: int
         "sidecar.batch.requests": len(request_spans),
         "sidecar.engine.provider": provider,
     }
-    with _tracer.start_as_current_span(
-        "sidecar.batch",
-        context=trace.set_span_in_context(_INVALID),
-        links=links,
-        attributes=attributes,
-        kind=trace.SpanKind.INTERNAL,
-        record_exception=True,
-        set_status_on_exception=True,
-    ) as span:
+    return _BatchSpan(
+        _tracer.start_as_current_span(
+            "sidecar.batch",
+            context=_NO_PARENT,
+            links=links,
+            attributes=attributes,
+            kind=_INTERNAL,
+            record_exception=True,
+            set_status_on_exception=True,
+        ),
+        request_spans,
+        rows,
+    )
+
+
+class _BatchSpan:
+    __slots__ = ("_inner", "_requests", "_rows")
+
+    def __init__(self, inner: Any, request_spans: Sequence[Any], rows: int) -> None:
+        self._inner = inner
+        self._requests = request_spans
+        self._rows = rows
+
+    def __enter__(self) -> Any:
+        span = self._inner.__enter__()
         batch_id = format(span.get_span_context().span_id, "016x")
-        for req in request_spans:
+        rows = self._rows
+        for req in self._requests:
             if req.is_recording():
                 req.set_attribute("sidecar.batch.span_id", batch_id)
                 req.set_attribute("sidecar.batch.rows", rows)
-        yield span
+        return span
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._inner.__exit__(*exc)
 
 
 def record_queue_time(span: Any, queue_s: float) -> None:

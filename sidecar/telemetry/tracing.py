@@ -1,10 +1,10 @@
 """The process-wide tracer provider, switchable so that each sidecar's tracing stage can own its SDK.
 
-Modules on the request path take their tracer once from the OpenTelemetry API
-(``trace.get_tracer("sidecar.batching")``), before any SDK exists. The telemetry stage installs
-``SWITCH`` as the API's global provider (the API allows that once per process) and points it at its
-own SDK ``TracerProvider`` while it runs; after ``stop()`` the tracers fall back to non-recording
-spans. So a second sidecar in the same process (tests, benchmarks) gets its own SDK, and a stopped
+Modules on the request path take their tracer once, before any provider exists: from ``SWITCH``
+itself (``spans``: batch spans) or from the OpenTelemetry API (``trace.get_tracer("sidecar.routing")``).
+The telemetry stage installs ``SWITCH`` as the API's global provider (the API allows that once per
+process) and points it at its own tracer provider (``lean_tracing.LeanTracerProvider``) while it runs;
+after ``stop()`` the tracers fall back to non-recording spans. So a second sidecar in the same process (tests, benchmarks) gets its own provider, and a stopped
 one leaves nothing recording. One sidecar's tracing is active at a time.
 """
 
@@ -59,12 +59,12 @@ SWITCH = SwitchingTracerProvider()
 
 
 def activate(provider: Any) -> None:
-    """Route every API tracer of the process to ``provider`` (an SDK TracerProvider)."""
+    """Route every API tracer of the process to ``provider`` (any API TracerProvider)."""
     if trace.get_tracer_provider() is not SWITCH:
         if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
             trace.set_tracer_provider(SWITCH)
         else:
-            log.warning("telemetry: another global tracer provider is set; batch and shadow spans go through it")
+            log.warning("telemetry: another global tracer provider is set; shadow spans go through it")
     _state.provider = provider
     _state.generation += 1
 
