@@ -26,6 +26,9 @@ Each call carries the caller's deadline (``DEADLINE_NS``) or ``timeout_s``, whic
 Only UNAVAILABLE is retried: the call did not reach a model (no connection, connection reset, server
 going away), and inference has no side effects, so sending it again is safe; never after
 DEADLINE_EXCEEDED (the upstream may still be working on it) and never past the caller's deadline.
+Requests go out as bytes on a pooled raw channel (identity serialisers): the request message is
+written directly from the input tensors (a header cached per upstream model, the tensors' buffers
+joined once), never built as a protobuf object and serialised again; only the response is parsed.
 Upstream statuses map to ours: UNAVAILABLE -> UpstreamUnavailable, DEADLINE_EXCEEDED ->
 DeadlineExceeded, INVALID_ARGUMENT -> InvalidArgument, NOT_FOUND -> UpstreamUnavailable (the upstream
 lost the model), RESOURCE_EXHAUSTED -> ResourceExhausted, anything else -> EngineError; every message
@@ -48,6 +51,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from sidecar.engine.base import DEADLINE_NS
 from sidecar.errors import (
@@ -66,6 +70,7 @@ from sidecar.types import DATATYPE_TO_DTYPE, TensorSpec, datatype_of
 
 log = logging.getLogger(__name__)
 
+INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 UPSTREAM_FILES = ("upstream.json", "upstream.toml")
 _PROBE_TIMEOUT_S = 2.0
 _LOAD_TIMEOUT_S = 10.0
@@ -179,11 +184,14 @@ class UpstreamEngine:
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.use_local_subchannel_pool", 1),  # one TCP connection per pooled channel
             ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.enable_retries", 0),  # run() retries itself, only when safe; no buffering retry filter
         ]
         self._metadata = tuple((k.lower(), v) for k, v in settings.headers.items()) or None
         self._channels: list[grpc.aio.Channel] = []
         self._stubs: list[pb_grpc.GRPCInferenceServiceStub] = []
+        self._calls: list[Any] = []  # raw ModelInfer callables, bytes in and out, one per channel
         self._next = itertools.count()
+        self._encode = RequestEncoder(settings.model, settings.version).encode
         self._probe: asyncio.Task | None = None
         self._where = f"upstream {settings.target} model '{settings.model}'" + (
             f" version '{settings.version}'" if settings.version else ""
@@ -201,6 +209,7 @@ class UpstreamEngine:
                 channel = grpc.aio.insecure_channel(self.settings.target, options=self._options)
             self._channels.append(channel)
             self._stubs.append(pb_grpc.GRPCInferenceServiceStub(channel))
+            self._calls.append(channel.unary_unary(INFER_METHOD, request_serializer=None, response_deserializer=None))
         try:
             await self._load_metadata()
         except BaseException:
@@ -303,22 +312,16 @@ class UpstreamEngine:
                 asyncio.get_running_loop().create_task(self._close_channels())
 
     async def _close_channels(self) -> None:
-        channels, self._channels, self._stubs = self._channels, [], []
+        channels, self._channels, self._stubs, self._calls = self._channels, [], [], []
         await asyncio.gather(*(c.close(grace=1.0) for c in channels), return_exceptions=True)
 
     # -- inference ------------------------------------------------------------------------------
     async def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
-        if not self._stubs:
+        calls = self._calls
+        if not calls:
             raise UpstreamUnavailable(f"{self.label}: the connection to {self._where} is closed")
         s = self.settings
-        request = pb.ModelInferRequest(model_name=s.model, model_version=s.version)
-        raws = []
-        for name, array in inputs.items():
-            request.inputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-            raws.append(encode_tensor_bytes(array))
-        request.raw_input_contents.extend(raws)
-        for name in output_names:
-            request.outputs.add(name=name)
+        payload = self._encode(inputs, output_names)
         deadline = DEADLINE_NS.get()
         own = time.monotonic_ns() + int(s.timeout_s * 1e9)
         deadline = own if deadline is None else min(deadline, own)
@@ -327,9 +330,9 @@ class UpstreamEngine:
             remaining = (deadline - time.monotonic_ns()) / 1e9
             if remaining <= 0:
                 raise DeadlineExceeded(f"{self.label}: the deadline passed before {self._where} answered")
-            stub = self._stubs[next(self._next) % len(self._stubs)]
+            call = calls[next(self._next) % len(calls)]
             try:
-                response = await stub.ModelInfer(request, timeout=remaining, metadata=self._metadata)
+                raw = await call(payload, timeout=remaining, metadata=self._metadata)
                 break
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
@@ -340,6 +343,10 @@ class UpstreamEngine:
                         await asyncio.sleep(backoff)
                         continue
                 raise self._error(exc, remaining, attempt + 1) from None
+        try:
+            response = pb.ModelInferResponse.FromString(raw)
+        except DecodeError as exc:
+            raise EngineError(f"{self.label}: {self._where} answered a malformed response: {exc}") from None
         return self._conform(decode_outputs(response, self.label))
 
     def _conform(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -367,6 +374,84 @@ class UpstreamEngine:
         if code is grpc.StatusCode.CANCELLED:
             return Cancelled(f"{self.label}: the call to {where} was cancelled")
         return EngineError(f"{self.label}: {where} failed: {code.name}: {details}")
+
+
+class RequestEncoder:
+    """Writes an upstream's ``ModelInferRequest`` bytes directly: the model name and version once, each
+    tensor description once per (name, datatype, shape), the tensors' memory joined in one copy."""
+
+    def __init__(self, model: str, version: str = "") -> None:
+        self._header = _string_field(1, model) + (_string_field(2, version) if version else b"")
+        self._tensor_headers: dict[tuple[str, str, tuple[int, ...]], bytes] = {}
+        self._output_fields: dict[tuple[str, ...], bytes] = {}
+
+    def encode(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> bytes:
+        """The serialized ``ModelInferRequest`` for ``inputs`` asking for ``output_names``."""
+        parts = [self._header]
+        raws = []
+        headers = self._tensor_headers
+        for name, array in inputs.items():
+            datatype = datatype_of(array)
+            key = (name, datatype, array.shape)
+            tensor = headers.get(key)
+            if tensor is None:
+                if len(headers) >= 256:  # shapes vary with the batch size: keep the cache bounded
+                    headers.clear()
+                tensor = headers[key] = _length_field(5, _tensor_message(name, datatype, array.shape))
+            parts.append(tensor)
+            data = _tensor_buffer(array)
+            raws.append(_RAW_TAG + _varint(_nbytes(data)))
+            raws.append(data)
+        outputs = self._output_fields.get(tuple(output_names))
+        if outputs is None:
+            if len(self._output_fields) >= 64:
+                self._output_fields.clear()
+            outputs = b"".join(_length_field(6, _string_field(1, n)) for n in output_names)
+            self._output_fields[tuple(output_names)] = outputs
+        parts.append(outputs)
+        parts += raws
+        return b"".join(parts)
+
+
+# -- writing a ModelInferRequest without building one (field numbers from proto/grpc_service.proto) ------
+_RAW_TAG = bytes([7 << 3 | 2])  # raw_input_contents
+
+
+def _varint(n: int) -> bytes:
+    n &= 0xFFFFFFFFFFFFFFFF  # int64: negatives take ten bytes, as protobuf writes them
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _length_field(number: int, data: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def _string_field(number: int, text: str) -> bytes:
+    return _length_field(number, text.encode("utf-8"))
+
+
+def _tensor_message(name: str, datatype: str, shape: tuple[int, ...]) -> bytes:
+    """An ``InferInputTensor`` with name, datatype and (packed) shape."""
+    dims = b"".join(_varint(int(d)) for d in shape)
+    return _string_field(1, name) + _string_field(2, datatype) + (_length_field(3, dims) if shape else b"")
+
+
+def _tensor_buffer(array: np.ndarray) -> bytes | memoryview:
+    """The tensor's raw contents: a view of its memory when it already is row-major little-endian numbers."""
+    if array.dtype.kind in "biuf" and array.flags.c_contiguous and array.dtype.byteorder != ">" and array.size:
+        return memoryview(array).cast("B")
+    return encode_tensor_bytes(array)
+
+
+def _nbytes(data: bytes | memoryview) -> int:
+    return data.nbytes if isinstance(data, memoryview) else len(data)
 
 
 def decode_outputs(msg: pb.ModelInferResponse, label: str) -> dict[str, np.ndarray]:
