@@ -1,11 +1,12 @@
-"""The process-wide tracer provider, switchable so that each sidecar's tracing stage can own its SDK.
+"""The process-wide tracer provider, switchable so that each sidecar's tracing stage can own its own.
 
 Modules on the request path take their tracer once, before any provider exists: from ``SWITCH``
 itself (``spans``: batch spans) or from the OpenTelemetry API (``trace.get_tracer("sidecar.routing")``).
 The telemetry stage installs ``SWITCH`` as the API's global provider (the API allows that once per
 process) and points it at its own tracer provider (``lean_tracing.LeanTracerProvider``) while it runs;
-after ``stop()`` the tracers fall back to non-recording spans. So a second sidecar in the same process (tests, benchmarks) gets its own provider, and a stopped
-one leaves nothing recording. One sidecar's tracing is active at a time.
+after ``stop()`` the tracers fall back to non-recording spans. So a second sidecar in the same process
+(tests, benchmarks) gets its own provider, and a stopped one leaves nothing recording.
+One sidecar's tracing is active at a time.
 """
 
 from __future__ import annotations
