@@ -235,3 +235,34 @@ def test_telemetry_off_builds_no_sdk(model_repository):
         assert not t.span_processors and not t.active
         mv = srv.app.repository.get("mlp")
         assert mv.stats.sink is None  # nothing but the statistics Triton reports runs per request
+
+
+def test_shadow_span_links_to_the_primary_request_span(model_repository, otlp):
+    cfg = config_for_tests(
+        str(model_repository),
+        telemetry={"otlp_endpoint": otlp.grpc_endpoint, "span_schedule_delay_ms": 50, "service_name": "shadowed"},
+        routing={"policies": {"mlp": {"weights": {"1.0.0": 100}, "shadows": {"1.9.0": 100}}}},
+    )
+    trace_id = "5bf92f3577b34da6a3ce929d0e0e4736"
+    with ServerThread(cfg) as srv:
+        tc.InferenceServerClient(srv.url).infer(
+            "mlp", [_input(2)], headers={"traceparent": f"00-{trace_id}-{CALLER_SPAN}-01"}
+        )
+        request = otlp.wait_for_span(lambda s: s.span.trace_id.hex() == trace_id and s.name == MODEL_INFER)
+        shadow = otlp.wait_for_span(
+            lambda s: s.name == "sidecar.shadow" and any(link.trace_id.hex() == trace_id for link in s.span.links)
+        )
+    assert [link.span_id.hex() for link in shadow.span.links] == [request.span.span_id.hex()]
+    assert shadow.span.trace_id.hex() != trace_id and not shadow.span.parent_span_id
+    assert shadow.attributes["model.version"] == "1.9.0"
+    assert shadow.attributes["sidecar.shadow.primary_version"] == "1.0.0"
+    assert shadow.attributes["sidecar.shadow.outcome"] == "ok"
+    assert shadow.resource["service.name"] == "shadowed"
+    # the shadow's own batch span links to the shadow span
+    assert otlp.wait_for_span(
+        lambda s: (
+            s.name == "sidecar.batch"
+            and any(link.span_id == shadow.span.span_id for link in s.span.links)
+            and s.attributes["model.version"] == "1.9.0"
+        )
+    )

@@ -1,0 +1,354 @@
+"""The lean tracer against the OpenTelemetry API and SDK, its OTLP encoder against the official messages."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace.span import TraceState
+
+from sidecar.telemetry.lean_tracing import LeanSpan, LeanTracerProvider
+from sidecar.telemetry.otlp import GrpcSpanExporter, HttpSpanExporter, TraceEncoder
+from sidecar.telemetry.propagation import remote_context
+from sidecar.telemetry.sampling import configured_sampler, decision
+from sidecar.telemetry.settings import SAMPLERS, OtlpTarget
+from sidecar.testing.otlp_receiver import OtlpReceiver, attributes
+
+RESOURCE = {"service.name": "lean-test", "service.instance.id": "i-1", "pid": 42}
+
+
+class Keep:
+    def __init__(self) -> None:
+        self.spans: list[LeanSpan] = []
+
+    def on_end(self, span: LeanSpan) -> None:
+        self.spans.append(span)
+
+
+def _provider(sampler: str = "parentbased_always_on", ratio: float = 1.0) -> tuple[LeanTracerProvider, Keep]:
+    provider = LeanTracerProvider(decision(sampler, ratio), RESOURCE)
+    keep = Keep()
+    provider.add_span_processor(keep)
+    return provider, keep
+
+
+def _remote(sampled: bool = True, state: TraceState | None = None) -> SpanContext:
+    flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+    return SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, True, flags, state)
+
+
+def test_spans_work_through_the_api_context_and_propagation():
+    provider, keep = _provider()
+    tracer = provider.get_tracer("sidecar.test", "1.0")
+    with tracer.start_as_current_span("outer", kind=SpanKind.SERVER, attributes={"a": 1}) as outer:
+        assert trace.get_current_span() is outer
+        assert isinstance(outer, trace.Span) and outer.is_recording()
+        inner = tracer.start_span("inner")  # the current span is its parent
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(carrier)
+        inner.end()
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    ctx = outer.get_span_context()
+    assert carrier["traceparent"] == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01"
+    assert inner.get_span_context().trace_id == ctx.trace_id and inner.parent == ctx
+    assert [s.name for s in keep.spans] == ["inner", "outer"]
+    assert outer.start_ns <= inner.start_ns <= inner.end_ns <= outer.end_ns
+    # the API's own helpers take lean spans
+    with trace.use_span(outer, end_on_exit=False):
+        assert trace.get_current_span() is outer
+
+
+def test_setters_follow_the_sdk_rules():
+    provider, keep = _provider()
+    span = provider.get_tracer("t").start_span("s", attributes={"keep": "x", "none": None})
+    span.set_attributes({"n": 3, "f": 0.5, "skip": None})
+    span.update_name("renamed")
+    span.set_status(StatusCode.UNSET)
+    span.set_status(Status(StatusCode.ERROR, "bad"))
+    span.add_event("hello", {"k": "v"}, timestamp=123)
+    span.add_link(_remote(), {"why": "test"})
+    span.add_link(trace.INVALID_SPAN_CONTEXT)  # dropped: it would dangle
+    span.end()
+    span.set_attribute("late", 1)  # ended: ignored
+    span.set_status(StatusCode.OK)
+    span.end()  # a second end() does nothing
+    assert keep.spans == [span]
+    assert span.attributes == {"keep": "x", "n": 3, "f": 0.5}
+    assert span.name == "renamed"
+    assert (span.status_code, span.status_message) == (StatusCode.ERROR, "bad")
+    assert span.events == [("hello", 123, {"k": "v"})]
+    assert [link.context for link in span.links] == [_remote()]
+    ok = provider.get_tracer("t").start_span("ok")
+    ok.set_status(StatusCode.OK)
+    ok.set_status(StatusCode.ERROR, "too late")  # OK is final
+    assert ok.status_code is StatusCode.OK
+
+
+def test_exceptions_are_recorded_as_the_sdk_does():
+    provider, keep = _provider()
+    tracer = provider.get_tracer("t")
+    with pytest.raises(ValueError), tracer.start_as_current_span("fails"):
+        raise ValueError("boom")
+    with pytest.raises(KeyError), tracer.start_as_current_span("quiet", record_exception=False):
+        raise KeyError("k")
+    with pytest.raises(RuntimeError), tracer.start_span("plain") as span:
+        raise RuntimeError("x")
+    fails, quiet, plain = keep.spans
+    assert fails.status_code is StatusCode.ERROR and fails.status_message == "ValueError: boom"
+    name, _, attrs = fails.events[0]
+    assert name == "exception" and attrs["exception.type"] == "ValueError" and "boom" in attrs["exception.stacktrace"]
+    assert quiet.status_code is StatusCode.ERROR and not quiet.events
+    assert plain is span and plain.events[0][2]["exception.message"] == "x"
+    with tracer.start_as_current_span("cancelled") as span:  # not an error: BaseException is not recorded
+        try:
+            raise GeneratorExit
+        except GeneratorExit:
+            pass
+    assert keep.spans[-1].status_code is StatusCode.UNSET
+
+
+def test_unsampled_spans_do_not_record_and_propagate_the_decision():
+    provider, keep = _provider("parentbased_traceidratio", 0.0)
+    tracer = provider.get_tracer("t")
+    root = tracer.start_span("root")
+    assert not root.is_recording() and not isinstance(root, LeanSpan)
+    ctx = root.get_span_context()
+    assert ctx.is_valid and not ctx.trace_flags.sampled
+    child = tracer.start_span("child", context=trace.set_span_in_context(root))
+    assert not child.is_recording() and child.get_span_context().trace_id == ctx.trace_id
+    # a sampled remote parent wins over the ratio; its trace state is kept
+    state = TraceState([("vendor", "v1")])
+    remote = tracer.start_span(
+        "server", context=trace.set_span_in_context(trace.NonRecordingSpan(_remote(True, state)))
+    )
+    assert remote.is_recording() and remote.get_span_context().trace_state == state
+    # a root span linking to a sampled span is recorded (batch spans)
+    batch = tracer.start_span("batch", links=[Link(remote.get_span_context())])
+    assert batch.is_recording()
+    root.end(), child.end(), remote.end(), batch.end()
+    assert [s.name for s in keep.spans] == ["server", "batch"]
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_decision_matches_the_sdk_samplers(name):
+    rng = random.Random(7)
+    for ratio in (0.0, 0.01, 0.5, 1.0):
+        decide = decision(name, ratio)
+        sampler = configured_sampler(name, ratio)
+        for _ in range(300):
+            trace_id = rng.getrandbits(128) or 1
+            parent = rng.choice([None, _remote(True), _remote(False)])
+            links = rng.choice([None, [], [Link(_remote(True))], [Link(_remote(False))]])
+            context = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent is not None else None
+            expected = sampler.should_sample(context, trace_id, "x", links=links).decision
+            assert decide(parent, trace_id, links) is (expected is Decision.RECORD_AND_SAMPLE), (ratio, parent, links)
+
+
+def test_encoder_writes_what_the_official_classes_read():
+    provider, keep = _provider()
+    state = TraceState([("vendor", "v1"), ("other", "x")])
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(_remote(True, state)))
+    server = provider.get_tracer("sidecar.protocol", "2.0").start_span(
+        "inference.GRPCInferenceService/ModelInfer", context=parent, kind=SpanKind.SERVER
+    )
+    values = {
+        "str": "é ✓",
+        "true": True,
+        "false": False,
+        "int": 12345678901,
+        "neg": -5,
+        "zero": 0,
+        "float": 0.125,
+        "strs": ["a", "b"],
+        "ints": (1, -2),
+        "bytes": b"\x00\x01",
+    }
+    server.set_attributes(values)
+    server.add_event("evt", {"n": 1}, timestamp=1_000)
+    server.set_status(StatusCode.ERROR, "went wrong")
+    server.end()
+    batch = provider.get_tracer("sidecar.batching").start_span(
+        "sidecar.batch", links=[Link(server.get_span_context(), {"why": "served"})], attributes={"rows": 3}
+    )
+    batch.end()
+    message = ExportTraceServiceRequest.FromString(TraceEncoder(RESOURCE).encode(keep.spans))
+    (rs,) = message.resource_spans
+    assert attributes(rs.resource.attributes) == RESOURCE
+    scopes = {ss.scope.name: ss for ss in rs.scope_spans}
+    assert scopes["sidecar.protocol"].scope.version == "2.0" and scopes["sidecar.batching"].scope.version == ""
+    (s,) = scopes["sidecar.protocol"].spans
+    ctx = server.get_span_context()
+    assert s.trace_id == _remote().trace_id.to_bytes(16, "big") == ctx.trace_id.to_bytes(16, "big")
+    assert s.span_id == ctx.span_id.to_bytes(8, "big")
+    assert s.parent_span_id == _remote().span_id.to_bytes(8, "big")
+    assert s.trace_state == "vendor=v1,other=x"
+    assert s.name == "inference.GRPCInferenceService/ModelInfer" and s.kind == s.SPAN_KIND_SERVER
+    assert (s.start_time_unix_nano, s.end_time_unix_nano) == (server.start_ns, server.end_ns)
+    got = attributes(s.attributes)
+    assert got["strs"].values[0].string_value == "a" and got["ints"].values[1].int_value == -2
+    assert {k: v for k, v in got.items() if k not in ("strs", "ints")} == {
+        k: v for k, v in values.items() if k not in ("strs", "ints")
+    }
+    assert s.events[0].name == "evt" and s.events[0].time_unix_nano == 1_000
+    assert attributes(s.events[0].attributes) == {"n": 1}
+    assert (s.status.code, s.status.message) == (s.status.STATUS_CODE_ERROR, "went wrong")
+    assert s.flags == 0x301  # sampled, remote parent
+    (b,) = scopes["sidecar.batching"].spans
+    assert not b.parent_span_id and b.kind == b.SPAN_KIND_INTERNAL and b.flags == 0x101
+    (link,) = b.links
+    assert (link.trace_id, link.span_id) == (s.trace_id, s.span_id) and link.trace_state == "vendor=v1,other=x"
+    assert attributes(link.attributes) == {"why": "served"}
+    assert attributes(b.attributes) == {"rows": 3} and b.status.code == b.status.STATUS_CODE_UNSET
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        "  00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 ",
+        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+        "00-4bf92f3577b34da6a3ce929d0e0e47_6-00f067aa0ba902b7-01",
+        "garbage",
+        "",
+    ],
+)
+def test_traceparent_parsing_agrees_with_the_api_propagator(header):
+    state = "vendor=v1,other=x"
+    expected = trace.get_current_span(
+        TraceContextTextMapPropagator().extract({"traceparent": header, "tracestate": state})
+    )
+    parsed = remote_context(header, state)
+    got = trace.get_current_span(parsed) if parsed is not None else trace.INVALID_SPAN
+    assert got.get_span_context() == expected.get_span_context()
+    if parsed is not None:
+        assert got.get_span_context().is_remote and got.get_span_context().trace_state == TraceState.from_header(
+            [state]
+        )
+
+
+def _target(endpoint: str, protocol: str, compression: str = "") -> OtlpTarget:
+    return OtlpTarget(protocol, endpoint, (("x-tenant", "t1"),), 5.0, True, compression)
+
+
+@pytest.mark.parametrize("compression", ["", "gzip"])
+def test_exporters_deliver_to_a_real_receiver(compression):
+    provider, keep = _provider()
+    for i in range(3):
+        provider.get_tracer("t").start_span(f"span-{i}").end()
+    with OtlpReceiver() as otlp:
+        grpc_exporter = GrpcSpanExporter(_target(otlp.grpc_endpoint, "grpc", compression), RESOURCE)
+        http_exporter = HttpSpanExporter(
+            _target(otlp.http_endpoint + "/v1/traces", "http/protobuf", compression), RESOURCE
+        )
+        try:
+            assert grpc_exporter.export(keep.spans) and http_exporter.export(keep.spans)
+        finally:
+            grpc_exporter.shutdown()
+            http_exporter.shutdown()
+        spans = otlp.spans()
+        headers = otlp.headers
+    assert sorted((s.protocol, s.name) for s in spans) == sorted(
+        (p, f"span-{i}") for p in ("grpc", "http") for i in range(3)
+    )
+    assert all(s.resource == RESOURCE for s in spans)
+    assert all(h.get("x-tenant") == "t1" for h in headers)
+
+
+def test_exporters_report_a_dead_collector_quickly():
+    provider, keep = _provider()
+    provider.get_tracer("t").start_span("s").end()
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for exporter in (
+        GrpcSpanExporter(OtlpTarget("grpc", f"http://127.0.0.1:{port}", (), 0.3, True, ""), RESOURCE),
+        HttpSpanExporter(
+            OtlpTarget("http/protobuf", f"http://127.0.0.1:{port}/v1/traces", (), 0.3, True, ""), RESOURCE
+        ),
+    ):
+        with pytest.raises(ConnectionError):
+            exporter.export(keep.spans)
+        exporter.shutdown()
+
+
+def test_context_detach_restores_the_previous_span():
+    provider, _ = _provider()
+    tracer = provider.get_tracer("t")
+    outer = tracer.start_span("outer")
+    token = otel_context.attach(trace.set_span_in_context(outer))
+    try:
+        with tracer.start_as_current_span("inner") as inner:
+            assert trace.get_current_span() is inner and inner.parent == outer.get_span_context()
+        assert trace.get_current_span() is outer
+    finally:
+        otel_context.detach(token)
+
+
+class _Context:
+    """What the RPC wrapper reads of a grpc.aio ServicerContext."""
+
+    def __init__(self, metadata: tuple = (), code: object = None, details: str = "") -> None:
+        self._metadata, self._code, self._details = metadata, code, details
+
+    def invocation_metadata(self) -> tuple:
+        return self._metadata
+
+    def code(self) -> object:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def test_rpc_wrapper_records_server_faults_and_continues_the_callers_trace():
+    import asyncio
+
+    import grpc
+
+    from sidecar.protocol.interceptors import observed
+
+    provider, keep = _provider()
+
+    class Servicer:
+        async def ModelInfer(self, request, context):
+            assert trace.get_current_span().is_recording()  # the server span is current inside
+            if request.model_name == "crash":
+                raise RuntimeError("kaput")
+            return "ok"
+
+    servicer = observed(Servicer(), "inference.GRPCInferenceService", provider.get_tracer("sidecar.protocol"), None)
+    request = type("Req", (), {"model_name": "mlp", "model_version": "1.0.0"})()
+    crash = type("Req", (), {"model_name": "crash", "model_version": ""})()
+    header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+    async def main() -> None:
+        assert await servicer.ModelInfer(request, _Context((("traceparent", header),))) == "ok"
+        with pytest.raises(RuntimeError):
+            await servicer.ModelInfer(crash, _Context())
+        await servicer.ModelInfer(request, _Context(code=grpc.StatusCode.UNAVAILABLE, details="overloaded"))
+
+    asyncio.run(main())
+    ok, crashed, unavailable = keep.spans
+    assert ok.kind is SpanKind.SERVER and ok.parent == _remote() and ok.parent.is_remote
+    assert ok.attributes["model.name"] == "mlp" and ok.attributes["rpc.status_code"] == "OK"
+    assert ok.status_code is StatusCode.UNSET
+    assert crashed.attributes["rpc.status_code"] == "UNKNOWN" and crashed.attributes["error.type"] == "RuntimeError"
+    assert (crashed.status_code, crashed.status_message) == (StatusCode.ERROR, "RuntimeError")
+    assert unavailable.attributes["error.type"] == "UNAVAILABLE"
+    assert (unavailable.status_code, unavailable.status_message) == (StatusCode.ERROR, "overloaded")
