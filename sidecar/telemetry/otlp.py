@@ -116,7 +116,7 @@ class _Attributes:
 
     def __init__(self, tag: bytes) -> None:
         self._tag = tag
-        self._cache: dict[tuple[str, Any, type], bytes] = {}
+        self._cache: dict[tuple[str, str | bool], bytes] = {}  # ints are never looked up: 1 == True is no issue
 
     def encode(self, attributes: Mapping[str, Any], parts: list[bytes]) -> None:
         cache = self._cache
@@ -124,7 +124,7 @@ class _Attributes:
         for key, value in attributes.items():
             kind = type(value)
             if kind is str or kind is bool:
-                k = (key, value, kind)
+                k = (key, value)
                 field = cache.get(k)
                 if field is None:
                     field = _field(tag, _key_value(key, value))
