@@ -53,6 +53,7 @@ from sidecar.telemetry.spans import INVALID_SPAN, batch_span, record_queue_time
 TIMER_MIN_NS = 1_000_000  # no wake-up is armed closer than this (event-loop timer resolution)
 DUE_SLACK_NS = 100_000  # a close time this close to now counts as now
 _EWMA = 0.125  # weight of a new sample in the merge-time average
+LOAD_WINDOW_NS = 50_000_000  # the event loop's CPU share is sampled at most this often
 
 
 class DynamicBatcher:
@@ -96,6 +97,9 @@ class DynamicBatcher:
         self._waiting = False  # the last decision was to wait, with a wake-up armed
         self._deadline_guard_ns = DEADLINE_MARGIN_NS  # how much earlier than a deadline a batch may close
         self._merge_ns = 0.0  # EWMA of the time a merge takes
+        self.loop_busy = 0.0  # share of wall time the event loop's thread spends on the CPU (EWMA)
+        self._load_wall_ns = 0
+        self._load_cpu_ns = 0
 
     # -- Scheduler protocol ---------------------------------------------------------------------
     @property
@@ -192,6 +196,8 @@ class DynamicBatcher:
         self._arrivals_seen = self._arrivals
         turn_ns = now - self._turn_asked_ns if self._turn_asked_ns else 0
         self._turn_asked_ns = 0
+        if now - self._load_wall_ns >= LOAD_WINDOW_NS:
+            self._sample_load(now)
         while queue.count and self._running < self._slots:
             limit, close_at = self._due(now, fresh, turn_ns)
             if close_at == NEXT_TURN:
@@ -211,6 +217,14 @@ class DynamicBatcher:
                 wake = deadline
             self._deadline_guard_ns = int(self.cost.predict_ns(self._max_rows) * DEADLINE_SAFETY) + DEADLINE_MARGIN_NS
         self._arm(wake, now)
+
+    def _sample_load(self, now: int) -> None:
+        """Update ``loop_busy`` from this (the event loop's) thread's CPU time; one clock read per window."""
+        cpu = time.thread_time_ns()
+        if self._load_wall_ns:
+            share = min(1.0, (cpu - self._load_cpu_ns) / (now - self._load_wall_ns))
+            self.loop_busy += (share - self.loop_busy) * 0.5
+        self._load_wall_ns, self._load_cpu_ns = now, cpu
 
     def _due(self, now: int, fresh: int, turn_ns: int) -> tuple[int, int]:
         """(rows to launch a batch with now, 0), or (0, when to decide again or NEXT_TURN)."""
@@ -241,6 +255,7 @@ class DynamicBatcher:
             self.arrivals,
             fresh,
             turn_ns,
+            self.loop_busy,
         )
 
     def _take(self, now: int, limit: int) -> tuple[list[Entry], tuple[int, int]] | None:

@@ -19,12 +19,10 @@ engine, nor past what its deadline allows; within that:
   oldest request's ``max_queue_delay_ms``; else, or when the cost model says the queued rows already
   amortise the engine's fixed cost (``fixed < SATURATED * per_row * rows``), close now. So a lone
   request never waits. Otherwise gather: wait for the next arrival (each arrival may decide again),
-  at most about two expected gaps after the last one and never past the delay; when that time has
-  come but requests arrived since the batcher last looked, or the event loop's last turn took longer
-  than ``BUSY_TURN_NS``, decide again after one loop turn (``NEXT_TURN``), so requests the server has
-  received but not yet queued join this batch. Under concurrent load the batch thus gathers for up
-  to ``max_queue_delay_ms`` (as Triton's rule would) while the loop works for others: one engine run
-  instead of many saves the per-run overhead on the CPU that, in a closed loop, is the bottleneck.
+  at most about two expected gaps after the last one (traffic that pauses closes the batch early)
+  and never past the delay; when that time has come but requests arrived since the batcher last
+  looked, or the event loop's last turn took longer than ``BUSY_TURN_NS``, decide again after one
+  loop turn (``NEXT_TURN``), so requests the server has received but not yet queued join this batch.
 * Engine busy (a batch running, another slot free): a batch started now would mostly wait for the
   device anyway, so hold it until the running batch is predicted to finish, less the time a merge
   takes and ``LEAD_SHARE`` of the running batch's duration (so the next batch is merged and queued
@@ -33,6 +31,11 @@ engine, nor past what its deadline allows; within that:
   predicted finish is given ``OVERDUE_GRACE_NS`` more (its completion is usually waiting in a busy
   event loop) before the free slot is used. This hold may exceed ``max_queue_delay_ms``: it costs
   the queued requests little.
+* CPU-bound concurrent traffic: when the event loop's thread is on the CPU more than ``LOOP_BUSY``
+  of the time and arrivals find company (``p_busy >= P_BUSY_COMPANY``), the CPU, not the engine, is
+  what limits throughput (a small model, many clients): every batch gathers for the whole
+  ``max_queue_delay_ms`` as in Triton's rule, engine idle or not, since fewer and fuller runs save
+  per-run overhead on that CPU for every request. Deadlines still cap the wait.
 * Deadlines: never later than ``deadline - predicted_time(expected rows) * DEADLINE_SAFETY -
   DEADLINE_MARGIN_NS`` for the earliest deadline in the queue, so the batch grows only as large as the
   callers' deadlines allow.
@@ -56,6 +59,7 @@ MAX_GAP_NS = 1_000_000_000  # an idle spell counts as at most this gap between a
 P_BUSY_FLOOR = 0.01  # below this share of busy arrivals, no company is expected
 P_BUSY_COMPANY = 0.1  # concurrent traffic: at least this share of arrivals found others pending
 COMPANY_ODDS = 0.5  # ... and at least this many arrivals are expected while the window lasts
+LOOP_BUSY = 0.5  # an event loop on the CPU this share of the time is a bottleneck worth batching for
 
 
 class ArrivalStats:
@@ -109,19 +113,23 @@ class ClosePolicy:
         arrivals: ArrivalStats,
         fresh_arrivals: int = 0,
         turn_ns: int = 0,
+        loop_busy: float = 0.0,
     ) -> int:
         """When the batch that would start with the queue's head should close (ns, monotonic), or NEXT_TURN.
 
         ``earliest_finish``: (predicted finish, predicted duration) of the running batch that ends first;
         ``fresh_arrivals``: requests queued since the batcher last decided; ``turn_ns``: how long the
-        event loop took to come back to the batcher after it asked for a turn (0: unknown).
+        event loop took to come back to the batcher after it asked for a turn (0: unknown);
+        ``loop_busy``: the share of wall time the event loop's thread has recently spent on the CPU.
         """
         delay_close = head_arrival_ns + self.delay_ns
         if not self.adaptive:
             return delay_close
         cost = self.cost
         turn = False
-        if running == 0:
+        if loop_busy >= LOOP_BUSY and arrivals.p_busy >= P_BUSY_COMPANY:
+            wait = delay_close  # concurrent traffic on a busy CPU: fewer, fuller runs save it for everyone
+        elif running == 0:
             company = arrivals.p_busy >= P_BUSY_COMPANY and arrivals.gap_ns * COMPANY_ODDS <= delay_close - now_ns
             if company and cost.ready and cost.fixed_ns < SATURATED * cost.per_row_ns * rows:
                 company = False

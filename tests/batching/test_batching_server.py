@@ -11,7 +11,7 @@ import pytest
 import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
-from sidecar.testing.models import mlp_model, write_version
+from sidecar.testing.models import identity_model, mlp_model, write_version
 from sidecar.testing.server import ServerThread, config_for_tests
 
 CLIENTS = 16
@@ -35,6 +35,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         },
         hidden=4096,
     )
+    # Batching switched off for one version: every request runs the engine on its own.
+    write_version(root, "direct", "1.0.0", identity_model, {"batching": {"enabled": False}}, dims=(4,))
     return root
 
 
@@ -112,6 +114,28 @@ def test_malformed_request_fails_alone_while_its_neighbours_succeed(server):
     for i, r in enumerate(results):
         if i != 5:
             assert isinstance(r, np.ndarray) and r.shape == (1, 10)
+    # More rows than the version's max_batch_size (16): refused, not split, never queued.
+    with pytest.raises(InferenceServerException) as caught:
+        infer(client, "mlp", np.ones((17, 64), np.float32))
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT" and "max_batch_size 16" in caught.value.message()
+
+
+def test_version_with_batching_switched_off_runs_every_request_alone(server):
+    client = tc.InferenceServerClient(server.url)
+    xs = [np.full((1, 4), i, np.float32) for i in range(24)]
+
+    def one(x: np.ndarray) -> np.ndarray:
+        inp = tc.InferInput("INPUT0", [1, 4], "FP32")
+        inp.set_data_from_numpy(x)
+        return client.infer("direct", [inp]).as_numpy("OUTPUT0")
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        outs = list(pool.map(one, xs))
+    for x, out in zip(xs, outs, strict=True):
+        np.testing.assert_array_equal(out, x)
+    stats = statistics(client, "direct")
+    assert int(stats["execution_count"]) == len(xs) == int(stats["inference_count"])
+    assert [int(b["batch_size"]) for b in stats["batch_stats"]] == [1]
 
 
 def test_full_queue_sheds_with_resource_exhausted_while_others_succeed(server):

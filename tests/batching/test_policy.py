@@ -16,6 +16,7 @@ from sidecar.batching.policy import (
     DEADLINE_MARGIN_NS,
     DEADLINE_SAFETY,
     LEAD_SHARE,
+    LOOP_BUSY,
     NEXT_TURN,
     OVERDUE_GRACE_NS,
     ArrivalStats,
@@ -160,6 +161,21 @@ def test_adaptive_idle_engine_gathers_company_under_load_within_the_delay():
     assert decide(policy, now, arrivals=load, requests=60, rows=60) == now + 500_000
     heavy_rows = ClosePolicy(4096, 5 * MS, adaptive=True, cost=trained(fixed_ns=10_000, per_row_ns=1_000))
     assert decide(heavy_rows, now, arrivals=load, requests=300, rows=300) == now
+
+
+def test_adaptive_cpu_bound_concurrent_traffic_gathers_for_the_whole_delay():
+    policy = ClosePolicy(64, 5 * MS, adaptive=True, cost=trained(fixed_ns=100_000, per_row_ns=1_000))
+    now = 1_000 * MS
+    quiet = arrivals(gap_ns=300_000, p_busy=1.0, last_ns=now - 700_000)
+    busy_cpu = LOOP_BUSY
+    # a pause in arrivals no longer closes early, nor does a running batch about to finish
+    assert decide(policy, now, arrivals=quiet, loop_busy=busy_cpu, head_arrival_ns=now - MS) == now + 4 * MS
+    at = decide(policy, now, arrivals=quiet, loop_busy=busy_cpu, running=1, earliest_finish_ns=now + 50_000)
+    assert at == now + 5 * MS
+    # a lone client still never waits, and deadlines still cap the wait
+    lone = arrivals(gap_ns=300_000, p_busy=0.0)
+    assert decide(policy, now, arrivals=lone, loop_busy=1.0) == now
+    assert decide(policy, now, arrivals=quiet, loop_busy=1.0, earliest_deadline_ns=now + 2 * MS) < now + MS
 
 
 def test_adaptive_busy_engine_holds_until_the_running_batch_is_predicted_to_finish():
