@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from sidecar.batching.dynamic import DynamicBatcher
 from sidecar.batching.scheduler import BatchSettings, DirectScheduler, Scheduler
 from sidecar.config import SidecarConfig
 from sidecar.engine.base import Engine
@@ -49,10 +50,6 @@ def make_scheduler(
 ) -> Scheduler:
     """Dynamic batching for versions with a batch dimension when enabled; otherwise straight through."""
     if settings.enabled and engine.max_batch_size > 1:
-        try:
-            from sidecar.batching.dynamic import DynamicBatcher
-        except ImportError:  # batching stage not present in this build
-            return DirectScheduler(engine, stats, model, version)
         return DynamicBatcher(engine, settings, stats, model, version)
     return DirectScheduler(engine, stats, model, version)
 
