@@ -104,6 +104,7 @@ class BoundedSpanProcessor:
         self._drops = drops
         self._queue: collections.deque[LeanSpan] = collections.deque()
         self._queue_size = queue_size
+        self._full = f"the span queue holds {queue_size}"
         self._batch_size = batch_size
         self._delay_s = schedule_delay_s
         self._wake = threading.Event()
@@ -121,7 +122,7 @@ class BoundedSpanProcessor:
             return
         queue = self._queue
         if len(queue) >= self._queue_size:
-            self._drops.add("traces", "queue_full", 1, f"the span queue holds {self._queue_size}")
+            self._drops.add("traces", "queue_full", 1, self._full)
             return
         queue.append(span)  # deque.append is atomic; only this method appends
         if len(queue) == self._batch_size:  # once per batch: the worker then drains everything queued
