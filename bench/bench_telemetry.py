@@ -398,7 +398,32 @@ def main(argv: list[str] | None = None) -> int:
         table = markdown_table(rows, columns)
         print(table)
         results["table"] = table
-    save_results("telemetry", results, results.get("table", ""))
+    markdown = results.get("table", "")
+    if "wrapper" in results:
+        w = results["wrapper"]
+        rows = [
+            {"what": "metrics only (RPC wrapper, histogram)", "sdk": None, "lean": w["metrics_only_us"]},
+            {
+                "what": "traces 100 %: spans + OTLP encoding",
+                "sdk": w["sdk_traces_100pct_us"],
+                "lean": w["lean_traces_100pct_us"],
+            },
+            {
+                "what": "traces 1 % (no caller context)",
+                "sdk": w["sdk_traces_1pct_us"],
+                "lean": w["lean_traces_1pct_us"],
+            },
+            {
+                "what": "OTLP encoding alone, per span",
+                "sdk": w["sdk_encode_us_per_span"],
+                "lean": w["lean_encode_us_per_span"],
+            },
+        ]
+        heading = "In-process CPU per request, us (one batch span per 8 requests; SDK = the OpenTelemetry SDK's tracer"
+        heading += " and encoder, lean = the sidecar's):"
+        wrapper_table = markdown_table(rows, [("what", "what"), ("sdk", "SDK us"), ("lean", "lean us")])
+        markdown = f"{markdown}\n\n{heading}\n\n{wrapper_table}" if markdown else f"{heading}\n\n{wrapper_table}"
+    save_results("telemetry", results, markdown)
     return 0
 
 
