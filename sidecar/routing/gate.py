@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 
 _ON_FRACTION = 0.8  # of a cycle at share 1; the rest is always off, to measure the clean baseline
-_MIN_SAMPLES = 4  # of each kind per cycle before the gate judges
+_MIN_SAMPLES = 8  # of each kind (pooled over cycles if need be) before the gate judges
 _INCREASE = 0.1
 _MAX_CARRY = 10  # cycles whose samples may be pooled before a judgement (then they are dropped)
 

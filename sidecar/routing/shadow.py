@@ -13,6 +13,8 @@ when it does not (see its docstring). On top, a copy starts only while at most
 comes back to the worker within ``max_loop_lag_ms`` (``asyncio.sleep(0)``). Otherwise the worker waits,
 the queue fills and further copies are dropped (and counted): under saturation that is the expected
 outcome, and the statistics show the coverage (copies run versus dropped) next to the comparison.
+A worker let through takes up to ``copies_per_turn`` queued copies at once and runs them together,
+so a shadow version with batching answers them in one batch instead of paying per copy.
 Within the shadow version, copies also carry the least urgent batching priority. Shadow answers are
 never returned to anybody, and a shadow's failure, hang or garbage only shows up in its statistics
 and logs, never in a client's response.
@@ -72,10 +74,12 @@ class ShadowMirror:
         max_loop_lag_ms: float = 0.5,
         max_primary_inflight: int = 4,
         gate: ShadowGate | None = None,
+        copies_per_turn: int = 16,
     ) -> None:
         self._resolve = resolve
         self._queue: asyncio.Queue[ShadowJob | None] = asyncio.Queue(maxsize=max(1, queue_size))
         self._workers_n = max(1, workers)
+        self._per_turn = max(1, copies_per_turn)
         self._timeout_s = timeout_s
         self._window_s = window_s
         self._windows = windows
@@ -168,17 +172,30 @@ class ShadowMirror:
             if job is None:
                 return
             await self._wait_for_capacity()
-            gate = self.gate
-            gate.started()
-            self.started_total += 1
-            try:
-                await self._run(job)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug in comparison must not kill the worker
-                log.exception("shadow comparison failed for %s", job.request.model_name)
-            finally:
-                gate.finished()
+            # Take what else is queued (up to copies_per_turn) and run it all at once: the shadow
+            # version's batcher then answers the copies in one batch, far cheaper than one by one.
+            jobs = [job]
+            while len(jobs) < self._per_turn and not self._queue.empty():
+                more = self._queue.get_nowait()
+                if more is not None:
+                    jobs.append(more)
+            if len(jobs) == 1:
+                await self._run_guarded(job)
+            else:
+                await asyncio.gather(*(self._run_guarded(j) for j in jobs))
+
+    async def _run_guarded(self, job: ShadowJob) -> None:
+        gate = self.gate
+        gate.started()
+        self.started_total += 1
+        try:
+            await self._run(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug in comparison must not kill the worker
+            log.exception("shadow comparison failed for %s", job.request.model_name)
+        finally:
+            gate.finished()
 
     async def _wait_for_capacity(self) -> None:
         """Return once the gate is in an on phase, few primary requests are in flight and the loop is free."""

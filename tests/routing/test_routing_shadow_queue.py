@@ -25,7 +25,7 @@ class Gate:
 
 async def test_full_queue_drops_and_counts_and_reset_purges():
     gate = Gate()
-    mirror = ShadowMirror(lambda model, version: gate, queue_size=3, workers=1, timeout_s=5)
+    mirror = ShadowMirror(lambda model, version: gate, queue_size=3, workers=1, timeout_s=5, copies_per_turn=1)
     mirror.start()
     request = InferenceRequest("m", "", "r1", {"x": np.zeros((1, 2), np.float32)})
     primary = InferenceResponse("m", "1.0.0", "r1", {"y": np.ones((1, 2))})
@@ -41,4 +41,29 @@ async def test_full_queue_drops_and_counts_and_reset_purges():
     mirror.reset("m", ())  # the shadow left the policy: its queued copies go too
     assert mirror.queue_depth == 0 and mirror.all_stats("m") == []
     gate.release.set()
+    await mirror.stop()
+
+
+async def until(condition, limit_s: float = 10.0) -> None:
+    for _ in range(int(limit_s / 0.005)):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+async def test_a_worker_runs_the_queued_copies_together():
+    gate = Gate()
+    mirror = ShadowMirror(lambda model, version: gate, queue_size=10, workers=1, timeout_s=5, copies_per_turn=4)
+    request = InferenceRequest("m", "", "r1", {"x": np.zeros((1, 2), np.float32)})
+    primary = InferenceResponse("m", "1.0.0", "r1", {"y": np.ones((1, 2))})
+    for _ in range(6):
+        mirror.offer(("2.0.0",), request, primary, 1000, None)
+    mirror.start()
+    await until(lambda: len(gate.seen) >= 4)
+    await asyncio.sleep(0.01)
+    assert len(gate.seen) == 4 and mirror.queue_depth == 2  # four at once (a batch for the shadow), two wait
+    gate.release.set()
+    await until(lambda: mirror.stats_for("m", "2.0.0").total().completed == 6)
+    assert len(gate.seen) == 6 and mirror.stats_for("m", "2.0.0").total().completed == 6
     await mirror.stop()
