@@ -29,9 +29,13 @@ Rules (each has a unit test in tests/batching/):
   when every accepted request has been answered.
 
 Costs on the event loop: per request one future, one queue entry and no task and no timer; per batch
-one task, one engine call and at most one timer. Timers in asyncio and uvloop resolve about 1 ms, so
-a wake-up is never armed closer than ``TIMER_MIN_NS``; short holds end on events instead (the running
-batch completing, a request arriving).
+one task, one engine call and at most one timer. A decision (``_schedule``) runs at most once per
+event-loop turn, on a batch's completion or on the timer; an arrival that cannot change the standing
+decision (the batch waits with a wake-up armed, or all slots are busy) asks for none. A request
+alone in the queue with a slot free and nothing to wait for runs in its caller's own task (no batch
+task, no extra turns), so at concurrency 1 batching costs what no batching costs. Timers in asyncio
+and uvloop resolve about 1 ms, so a wake-up is never armed closer than ``TIMER_MIN_NS``; short holds
+end on events instead (the running batch completing, a request arriving).
 """
 
 from __future__ import annotations
