@@ -10,8 +10,8 @@ versions repeat). The tests decode what it writes with the official generated cl
 
 Transports honour the same settings as the SDK exporters (``OtlpTarget``: endpoint, headers, timeout,
 insecure, gzip compression) and retry transient failures (gRPC UNAVAILABLE / RESOURCE_EXHAUSTED, HTTP
-429/502/503/504, connection errors) with backoff until the per-export timeout; whatever still fails
-is the caller's to count as dropped.
+429/502/503/504, connection errors) with the SDK's backoff within the per-export timeout; whatever
+still fails is the caller's to count as dropped.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import datetime as dt
 import gzip
 import json
 import logging
+import random
 import struct
 import sys
 import threading
@@ -227,7 +228,8 @@ class TraceEncoder:
 
 
 class _Retrying:
-    """Retries transient failures with exponential backoff until the export's deadline, or shutdown."""
+    """Retries transient failures as the SDK's OTLP exporters do: after ~1 s, 2 s, 4 s ... (jittered),
+    only while the next wait still ends before the export's deadline, and never after shutdown."""
 
     def __init__(self, timeout_s: float) -> None:
         self._timeout_s = timeout_s
@@ -235,16 +237,15 @@ class _Retrying:
 
     def _deliver(self, attempt: Any) -> bool:
         deadline = time.monotonic() + self._timeout_s
-        delay = 0.05
+        backoff = 1.0
         while True:
-            left = deadline - time.monotonic()
-            outcome = attempt(max(left, 0.001))
+            outcome = attempt(max(deadline - time.monotonic(), 0.001))
             if outcome is not None:
                 return outcome
-            left = deadline - time.monotonic()
-            if left <= delay or self._stop.wait(delay):
+            wait = backoff * random.uniform(0.8, 1.2)
+            if wait > deadline - time.monotonic() or self._stop.wait(wait):
                 return False
-            delay = min(delay * 2, 1.0)
+            backoff *= 2
 
     def shutdown(self, timeout_millis: float = 0) -> None:
         self._stop.set()
