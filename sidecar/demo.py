@@ -85,6 +85,8 @@ class Dashboard:
     accuracy: float | None = None
     psi: float | None = None
     psi_feature: str = ""
+    psi_threshold: float = PSI_THRESHOLD
+    psi_window: str = ""
     alerts: list[str] = field(default_factory=list)
 
 
@@ -295,7 +297,11 @@ def render_dashboard(d: Dashboard) -> str:
         drift = "Data Drift: not measured"
     else:
         where = f" ({d.psi_feature})" if d.psi_feature else ""
-        drift = f"Data Drift: PSI = {d.psi:.2f}{where} (threshold: {PSI_THRESHOLD}) {mark(d.psi <= PSI_THRESHOLD)}"
+        window = f" for {d.psi_window}" if d.psi_window else ""
+        drift = (
+            f"Data Drift: PSI = {d.psi:.2f}{where} (threshold: {d.psi_threshold:.2g}{window}) "
+            f"{mark(d.psi <= d.psi_threshold)}"
+        )
     alerts = "Alerts: None active" if not d.alerts else f"Alerts: {len(d.alerts)} active: " + "; ".join(d.alerts)
     lines = [
         f"Model Performance Dashboard - {d.model} v{d.version} (Deployed {d.deployed})",
@@ -390,6 +396,9 @@ def run_demo(args: argparse.Namespace) -> int:
             args.concurrency, send_rows,
         )  # fmt: skip
         dash.psi, dash.psi_feature, dash.alerts = drift.psi, drift.feature, drift.active
+        if drift.psi_threshold is not None:
+            dash.psi_threshold = drift.psi_threshold
+            dash.psi_window = f"{drift.window_requests}-request windows"
         served.errors += 0 if drift.ok else 1
         # == end of drift monitoring phase ============================================================
 

@@ -35,6 +35,8 @@ SHIFT_STD = 3.0
 class DriftOutcome:
     psi: float | None = None  # the largest input PSI of the last closed window
     feature: str = ""
+    psi_threshold: float | None = None  # the alert threshold in force for that window (sample-size aware)
+    window_requests: int = 0
     fired: list[str] = field(default_factory=list)  # alerts raised by the shifted traffic
     active: list[str] = field(default_factory=list)  # alerts still active at the end
     ok: bool = True
@@ -129,10 +131,11 @@ def run_drift_phase(
     psis = _input_psi(after)
     if psis:
         top, threshold, name = psis[-1]
-        out.psi = float(np.median([p for p, _, _ in psis]))
-        out.feature = f"median of {len(psis)} inputs"
+        out.psi, out.feature, out.psi_threshold = float(top), name, float(threshold)
+        out.window_requests = int(DEMO_SETTINGS["SIDECAR_MONITORING__WINDOW_REQUESTS"])
+        median = float(np.median([p for p, _, _ in psis]))
         print(
-            f"  after: {len(after.alerts)} active alert(s); last window's input PSI: median {out.psi:.3f}, max "
+            f"  after: {len(after.alerts)} active alert(s); last window's input PSI: median {median:.3f}, max "
             f"{top:.3f} ({name}; the sample-size aware alert threshold for this window is {threshold:.3f})"
         )
     print(
