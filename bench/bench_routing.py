@@ -7,14 +7,22 @@
    control API on the same warm server: no shadow / 1.1.0 mirrors 100 % / a shadow that sleeps one
    second per request (a fake upstream, ``sidecar.testing.upstream``) mirrors 100 %. Targets: shadow
    on costs <= 5 % of p99 and <= 10 % of req/s; the sleeping shadow changes p99 by no more than that.
+   Then open loops at 40 % and 10 % of the no-shadow throughput (a busy and a lightly loaded server).
+   Each shadow row also shows the *coverage*: the share of offered copies the shadow ran (the rest
+   were dropped, counted, because the gate kept them off a busy primary).
 3. **proxy**: concurrency 1, p50 latency calling an upstream sidecar directly versus through a second
-   sidecar whose version is ``upstream.json`` -> the first. Target: <= 0.5 ms added at p50.
+   sidecar whose version is ``upstream.json`` -> the first. Target: <= 0.5 ms added at p50. The CPU
+   per request of each server process is reported too (less noisy than latency on a shared box), and
+   so is a floor: a minimal grpc.aio proxy (raw bytes in, raw bytes out, no sidecar at all) in front of
+   the same upstream, i.e. what one more Python gRPC hop costs on this machine.
 
-    .venv/bin/python -m bench.bench_routing                 # about 2.5 minutes
+    .venv/bin/python -m bench.bench_routing                 # about 4 minutes
     .venv/bin/python -m bench.bench_routing --duration 5 --rounds 1 --only decision,shadow
 
-Each mode runs ``--rounds`` times interleaved (off, on, slow, off, on, slow, ...) and the median is
-reported, because the machine is shared. Results: bench/results/routing.json and routing.md.
+Each mode runs ``--rounds`` times interleaved (off, on, slow, off, on, slow, ...; direct and proxy in
+alternating order), because the machine is shared and its speed drifts. Changes are computed per round
+against the baseline of the same round (paired), and the median over rounds is reported, next to the
+medians of the raw figures. Results: bench/results/routing.json and routing.md.
 """
 
 from __future__ import annotations
@@ -89,6 +97,12 @@ def _set_policy(control: str, weights: list[tuple[str, float]], shadows: list[tu
         client.set_policy("mlp", weights, shadows, actor="bench_routing")
 
 
+def _coverage(copies: dict[str, Any]) -> float | None:
+    """The share of offered copies that the shadow ran (queued ones all run; dropped ones never)."""
+    offered = copies.get("mirrored", 0) + copies.get("dropped", 0)
+    return copies.get("mirrored", 0) / offered if offered else None
+
+
 def _shadow_report(control: str) -> dict[str, Any]:
     from sidecar.protocol.routing_client import RoutingClient
 
@@ -153,16 +167,18 @@ def bench_shadow(workdir: Path, duration_s: float, rounds: int, concurrency: int
             for r in range(rounds):
                 cell(closed, r, concurrency=concurrency)
             base_rps = statistics.median(res.rps for res, _ in cells[(closed, "no shadow")])
-            rate = max(50.0, round(base_rps * 0.4, -1))
-            opened = f"open {rate:.0f}/s"
-            for r in range(rounds):
-                cell(opened, r, rate_per_s=rate)
+            for share in (0.4, 0.1):  # a busy and a lightly loaded server, offered a fixed rate
+                rate = max(20.0, round(base_rps * share, -1))
+                for r in range(rounds):
+                    cell(f"open {rate:.0f}/s ({share:.0%})", r, rate_per_s=rate)
     finally:
         slow.stop()
     rows = []
     for (load, mode), results in cells.items():
         res = [x for x, _ in results]
         copies = [next(iter(rep.values()), {}) for _, rep in results]
+        base = [x for x, _ in cells[(load, "no shadow")]]
+        coverage = [c for c in (_coverage(c) for c in copies) if c is not None]
         rows.append(
             {
                 "load": load,
@@ -170,18 +186,20 @@ def bench_shadow(workdir: Path, duration_s: float, rounds: int, concurrency: int
                 "rps": statistics.median(x.rps for x in res),
                 "p50_ms": statistics.median(x.latency_ms.get("p50", float("nan")) for x in res),
                 "p99_ms": statistics.median(x.latency_ms.get("p99", float("nan")) for x in res),
+                # paired: each round against the no-shadow run of the same round, then the median
+                "rps_change_pct": statistics.median(_pct(x.rps, b.rps) for x, b in zip(res, base, strict=True)),
+                "p99_change_pct": statistics.median(
+                    _pct(x.latency_ms.get("p99", float("nan")), b.latency_ms.get("p99", float("nan")))
+                    for x, b in zip(res, base, strict=True)
+                ),
                 "errors": sum(x.errors for x in res),
                 "server_cpu_us": statistics.median(x.cpu_us_per_request("server") for x in res),
                 "shadow_mirrored": statistics.median(c.get("mirrored", 0) for c in copies) if copies[0] else None,
                 "shadow_completed": statistics.median(c.get("completed", 0) for c in copies) if copies[0] else None,
                 "shadow_dropped": statistics.median(c.get("dropped", 0) for c in copies) if copies[0] else None,
+                "coverage_pct": statistics.median(coverage) * 100 if coverage else None,
             }
         )
-    base = {row["load"]: row for row in rows if row["mode"] == "no shadow"}
-    for row in rows:
-        b = base[row["load"]]
-        row["rps_change_pct"] = _pct(row["rps"], b["rps"])
-        row["p99_change_pct"] = _pct(row["p99_ms"], b["p99_ms"])
     return {"rows": rows, "runs": {f"{k[0]} / {k[1]}": [x.to_dict() for x, _ in v] for k, v in cells.items()}}
 
 
@@ -189,29 +207,86 @@ def bench_proxy(workdir: Path, duration_s: float, rounds: int) -> dict[str, Any]
     upstream_repo = workdir / "proxy-upstream"
     write_version(upstream_repo, "mlp", "1.0.0", mlp_model, seed=0)
     payload = _mlp_payload()
-    direct_runs, proxy_runs = [], []
+    direct_runs, proxy_runs, floor_runs = [], [], []
     with servers.start_sidecar(upstream_repo, models=["mlp"], name="sidecar-upstream") as upstream:
         proxy_repo = workdir / "proxy"
         (proxy_repo / "mlp" / "1.0.0").mkdir(parents=True)
         (proxy_repo / "mlp" / "1.0.0" / "upstream.json").write_text(json.dumps({"target": upstream.target}))
         settings = {"batching.enabled": False}  # forward each request as it comes (no proxy-side queue)
-        with servers.start_sidecar(proxy_repo, models=["mlp"], settings=settings, name="sidecar-proxy") as proxy:
+        with (
+            servers.start_sidecar(proxy_repo, models=["mlp"], settings=settings, name="sidecar-proxy") as proxy,
+            _start_min_proxy(upstream.target) as floor,
+        ):
+            cells = [
+                ("direct", upstream.target, direct_runs),
+                ("proxy", proxy.target, proxy_runs),
+                ("floor", floor.target, floor_runs),
+            ]
+            probes = {"upstream": upstream.cpu_seconds, "proxy": proxy.cpu_seconds}
             for r in range(rounds):
-                for label, target, sink in (
-                    ("direct", upstream.target, direct_runs),
-                    ("proxy", proxy.target, proxy_runs),
-                ):
-                    result = loadgen.run(target, payload, concurrency=1, duration_s=duration_s, warmup_s=1.0)
+                for label, target, sink in cells if r % 2 == 0 else cells[::-1]:
+                    result = loadgen.run(
+                        target, payload, concurrency=1, duration_s=duration_s, warmup_s=1.0, cpu_probes=probes
+                    )
                     sink.append(result)
-                    print(f"  {label:6s} round {r}: {result.summary()}", flush=True)
+                    cpu = result.cpu_us_per_request("proxy")
+                    print(
+                        f"  {label:6s} round {r}: {result.summary()} proxy CPU {cpu:.0f} us/req upstream CPU "
+                        f"{result.cpu_us_per_request('upstream'):.0f} us/req",
+                        flush=True,
+                    )
     direct_p50 = statistics.median(x.latency_ms["p50"] for x in direct_runs)
     proxy_p50 = statistics.median(x.latency_ms["p50"] for x in proxy_runs)
+    paired = [p.latency_ms["p50"] - d.latency_ms["p50"] for d, p in zip(direct_runs, proxy_runs, strict=True)]
+    floor = [f.latency_ms["p50"] - d.latency_ms["p50"] for d, f in zip(direct_runs, floor_runs, strict=True)]
     return {
+        "floor_p50_ms": statistics.median(x.latency_ms["p50"] for x in floor_runs),
+        "floor_added_p50_ms": statistics.median(floor),
         "direct_p50_ms": direct_p50,
         "proxy_p50_ms": proxy_p50,
-        "added_p50_ms": proxy_p50 - direct_p50,
-        "runs": {"direct": [x.to_dict() for x in direct_runs], "proxy": [x.to_dict() for x in proxy_runs]},
+        "added_p50_ms": statistics.median(paired),
+        "added_p50_ms_per_round": paired,
+        "proxy_cpu_us": statistics.median(x.cpu_us_per_request("proxy") for x in proxy_runs),
+        "upstream_cpu_us": statistics.median(x.cpu_us_per_request("upstream") for x in direct_runs),
+        "runs": {
+            "direct": [x.to_dict() for x in direct_runs],
+            "proxy": [x.to_dict() for x in proxy_runs],
+            "floor": [x.to_dict() for x in floor_runs],
+        },
     }
+
+
+async def _serve_min_proxy(upstream: str, port: int) -> None:
+    """The floor for the proxy: forward ModelInfer bytes to ``upstream``, nothing else (grpc.aio, uvloop)."""
+    import grpc
+
+    channel = grpc.aio.insecure_channel(upstream)
+    call = channel.unary_unary(loadgen.INFER_METHOD, request_serializer=None, response_deserializer=None)
+
+    async def infer(request: bytes, context: Any) -> bytes:
+        return await call(request, timeout=context.time_remaining())
+
+    async def ready(request: bytes, context: Any) -> bytes:
+        return b"\x08\x01"  # ServerReadyResponse(ready=True)
+
+    handler = grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService",
+        {
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(infer),
+            "ServerReady": grpc.unary_unary_rpc_method_handler(ready),  # for bench.servers' start-up wait
+        },
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def _start_min_proxy(upstream: str) -> servers.ServerProcess:
+    port = servers.free_port()
+    argv = [sys.executable, "-m", "bench.bench_routing", "--serve-min-proxy", upstream, "--port", str(port)]
+    return servers.ServerProcess("min-proxy", argv, port=port, cwd=servers.REPO_ROOT).start()
 
 
 def _pct(new: float, base: float) -> float:
@@ -221,11 +296,19 @@ def _pct(new: float, base: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per load run")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of each mode")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of each mode")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--only", default="decision,shadow,proxy", help="comma-separated parts to run")
     parser.add_argument("--name", default="routing", help="results file name under bench/results")
+    parser.add_argument("--serve-min-proxy", metavar="UPSTREAM", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve_min_proxy:  # the proxy part's floor, in its own process
+        import uvloop
+
+        uvloop.install()
+        asyncio.run(_serve_min_proxy(args.serve_min_proxy, args.port))
+        return 0
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
     payload: dict[str, Any] = {"machine": machine_info(), "args": vars(args)}
     lines = [
@@ -265,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"(target <= +{TARGET_P99_PCT} %), "
                     f"req/s {row['rps_change_pct']:+.1f} % (target >= -{TARGET_RPS_PCT} %); shadow answered "
                     f"{row['shadow_completed']} of {row['shadow_mirrored']} queued, {row['shadow_dropped']} dropped "
-                    f"{'ok' if verdict else 'MISSED'}"
+                    f"(coverage {row['coverage_pct'] or 0:.0f} %) {'ok' if verdict else 'MISSED'}"
                 )
             cols = [
                 ("load", "load"),
@@ -278,9 +361,13 @@ def main(argv: list[str] | None = None) -> int:
                 ("server_cpu_us", "server CPU us/req"),
                 ("shadow_completed", "shadow answered"),
                 ("shadow_dropped", "shadow dropped"),
+                ("coverage_pct", "coverage %"),
                 ("errors", "errors"),
             ]
-            lines += [f"## Shadow mirroring (median of {args.rounds} interleaved rounds)", ""]
+            lines += [
+                f"## Shadow mirroring (median of {args.rounds} interleaved rounds; changes paired per round)",
+                "",
+            ]
             lines += [markdown_table(rows, cols), ""]
         if "proxy" in parts:
             print("== upstream proxy overhead at concurrency 1", flush=True)
@@ -290,14 +377,23 @@ def main(argv: list[str] | None = None) -> int:
             ok &= verdict
             print(
                 f"  direct p50 {proxy['direct_p50_ms']:.3f} ms, via proxy {proxy['proxy_p50_ms']:.3f} ms: "
-                f"+{proxy['added_p50_ms']:.3f} ms (target <= {TARGET_PROXY_MS} ms) {'ok' if verdict else 'MISSED'}"
+                f"+{proxy['added_p50_ms']:.3f} ms paired median (target <= {TARGET_PROXY_MS} ms) "
+                f"{'ok' if verdict else 'MISSED'}; proxy CPU {proxy['proxy_cpu_us']:.0f} us/req, "
+                f"upstream CPU {proxy['upstream_cpu_us']:.0f} us/req; floor (bare grpc.aio proxy) "
+                f"+{proxy['floor_added_p50_ms']:.3f} ms"
             )
+            per_round = ", ".join(f"{x:+.3f}" for x in proxy["added_p50_ms_per_round"])
             lines += [
-                "## Upstream proxy, concurrency 1",
+                f"## Upstream proxy, concurrency 1 (median of {args.rounds} interleaved rounds)",
                 "",
                 f"- direct to the upstream sidecar: p50 {proxy['direct_p50_ms']:.3f} ms",
                 f"- through the proxy sidecar: p50 {proxy['proxy_p50_ms']:.3f} ms",
-                f"- added: {proxy['added_p50_ms']:.3f} ms (target <= {TARGET_PROXY_MS} ms)",
+                f"- added (median of the per-round differences): {proxy['added_p50_ms']:.3f} ms "
+                f"(target <= {TARGET_PROXY_MS} ms); per round: {per_round} ms",
+                f"- CPU per request: proxy process {proxy['proxy_cpu_us']:.0f} us, upstream process "
+                f"{proxy['upstream_cpu_us']:.0f} us",
+                f"- floor, a bare grpc.aio proxy (raw bytes through, nothing else) in front of the same upstream: "
+                f"p50 {proxy['floor_p50_ms']:.3f} ms, added {proxy['floor_added_p50_ms']:.3f} ms",
                 "",
             ]
     json_path, md_path = save_results(args.name, payload, "\n".join(lines))

@@ -13,7 +13,7 @@ the CPUs are half idle). The gate runs a small experiment continuously:
   Both sets are sampled by time, not by overlap, so a slow request is not more likely to be "loaded".
 * At the end of a cycle, with enough samples of both kinds and at least one copy started (pooled
   over up to 10 cycles when the on phase is short): if the
-  loaded requests' median latency exceeds the clean ones' by more than ``max_slowdown`` (10 %), shadow
+  loaded requests' median latency exceeds the clean ones' by more than ``max_slowdown`` (5 %), shadow
   work hurts the primary and ``share`` halves (multiplicative decrease, down to ``min_share``, which
   keeps a little shadow work running so the gate keeps measuring); otherwise it grows by 0.1 (additive
   increase, up to 1). Without primary traffic there is nothing to protect and it grows too.
@@ -47,7 +47,7 @@ class ShadowGate:
     def __init__(
         self,
         cycle_s: float = 0.1,
-        max_slowdown: float = 0.1,
+        max_slowdown: float = 0.05,
         min_share: float = 0.03,
         clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
