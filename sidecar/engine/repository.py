@@ -175,6 +175,9 @@ class Repository:
         self._executor = executor
         self._scheduler_factory = scheduler_factory
         self._models: dict[str, dict[str, ModelVersion]] = {}
+        # model -> (its versions dict when computed, the newest ready version). Valid while that dict is
+        # still the published one (publishing replaces it) and the version is still ready.
+        self._defaults: dict[str, tuple[dict[str, ModelVersion], ModelVersion]] = {}
         self._failures: dict[tuple[str, str], str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._listeners: list[Callable[[ModelVersion], None]] = []
@@ -421,13 +424,18 @@ class Repository:
                     raise ModelNotReady(f"{name} {version}: {self._failures[(name, version)]}")
                 raise VersionNotFound(name, version)
             return mv
+        cached = self._defaults.get(name)
+        if cached is not None and cached[0] is versions and cached[1].ready:
+            return cached[1]
         ready = [mv for mv in versions.values() if mv.ready]
         if not ready:
             newest = max(versions.values(), key=lambda m: m.version)
             raise ModelNotReady(
                 f"model '{name}' has no ready version (newest {newest.version_str} is {newest.state.value})"
             )
-        return max(ready, key=lambda m: m.version)
+        default = max(ready, key=lambda m: m.version)
+        self._defaults[name] = (versions, default)
+        return default
 
     def versions(self, name: str) -> list[ModelVersion]:
         versions = self._models.get(name)
