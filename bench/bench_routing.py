@@ -8,8 +8,8 @@
    second per request (a fake upstream, ``sidecar.testing.upstream``) mirrors 100 %. Targets: shadow
    on costs <= 5 % of p99 and <= 10 % of req/s; the sleeping shadow changes p99 by no more than that.
    Then open loops at 40 % and 10 % of the no-shadow throughput (a busy and a lightly loaded server).
-   Each shadow row also shows the *coverage*: the share of offered copies the shadow ran (the rest
-   were dropped, counted, because the gate kept them off a busy primary).
+   Each shadow row also shows the *coverage*: the share of offered copies the shadow answered (the
+   rest were dropped, counted, because the gate kept them off a busy primary, or still queued).
 3. **proxy**: concurrency 1, p50 latency calling an upstream sidecar directly versus through a second
    sidecar whose version is ``upstream.json`` -> the first. Target: <= 0.5 ms added at p50. The CPU
    per request of each server process is reported too (less noisy than latency on a shared box), and
@@ -98,9 +98,9 @@ def _set_policy(control: str, weights: list[tuple[str, float]], shadows: list[tu
 
 
 def _coverage(copies: dict[str, Any]) -> float | None:
-    """The share of offered copies that the shadow ran (queued ones all run; dropped ones never)."""
+    """The share of offered copies that the shadow answered by the end of the run (queued ones not yet)."""
     offered = copies.get("mirrored", 0) + copies.get("dropped", 0)
-    return copies.get("mirrored", 0) / offered if offered else None
+    return copies.get("completed", 0) / offered if offered else None
 
 
 def _shadow_report(control: str) -> dict[str, Any]:
