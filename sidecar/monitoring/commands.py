@@ -24,7 +24,7 @@ TOKEN_ENV = "SIDECAR_CONTROL_TOKEN"
 
 def add_monitoring_parsers(sub: argparse._SubParsersAction) -> None:
     from sidecar.monitoring.build import DEFAULT_BINS, DEFAULT_CATEGORICAL_MAX_DISTINCT, DEFAULT_MAX_CATEGORIES
-    from sidecar.protocol.routing_client import DEFAULT_CONTROL
+    from sidecar.protocol.control_client import DEFAULT_CONTROL
 
     p = sub.add_parser(
         "profile",
@@ -146,7 +146,7 @@ def status_lines(target: str, token: str, model: str = "", version: str = "", sh
 
 
 def run_status(args: argparse.Namespace, out=None) -> int:
-    from sidecar.protocol.routing_client import ControlError
+    from sidecar.protocol.control_client import ControlError
 
     out = out or sys.stdout
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV, "")

@@ -4,53 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import grpc
-
 from sidecar.protocol._generated import routing_pb2 as rpb
 from sidecar.protocol._generated import routing_pb2_grpc as rpb_grpc
+from sidecar.protocol.control_client import DEFAULT_CONTROL, ControlClient, ControlError
 
-DEFAULT_CONTROL = "127.0.0.1:8003"
+__all__ = ["DEFAULT_CONTROL", "ControlError", "RoutingClient"]
 
-
-class ControlError(Exception):
-    """A control call failed; ``str()`` is a message for the user."""
-
-    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class RoutingClient:
-    def __init__(self, target: str = DEFAULT_CONTROL, token: str = "", timeout_s: float = 10.0) -> None:
-        self.target = target
-        self._channel = grpc.insecure_channel(target)
-        self._stub = rpb_grpc.RoutingControlStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
-        self._timeout = timeout_s
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> RoutingClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _call(self, method, request):
-        try:
-            return method(request, metadata=self._metadata, timeout=self._timeout)
-        except grpc.RpcError as exc:
-            code = exc.code()
-            if code is grpc.StatusCode.UNAVAILABLE:
-                raise ControlError(
-                    f"cannot reach the control API at {self.target} ({exc.details()}); is `sidecar serve` running "
-                    "there (server.control_host / --control-port)?",
-                    code,
-                ) from None
-            if code is grpc.StatusCode.UNIMPLEMENTED:
-                raise ControlError(f"{self.target} does not serve the routing control API", code) from None
-            raise ControlError(f"{code.name}: {exc.details()}", code) from None
+class RoutingClient(ControlClient):
+    stub_class = rpb_grpc.RoutingControlStub
+    unimplemented_hint = "does not serve the routing control API"
 
     def set_policy(
         self,
