@@ -12,7 +12,6 @@ Concurrency: ``AlertTracker.update`` runs on the monitoring thread under its ver
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -78,9 +77,11 @@ class AlertTracker:
                 self._below[key] = 0
                 current = self._active.get(key)
                 if current is not None:
-                    self._active[key] = dataclasses.replace(
-                        current, value=stat.value, threshold=stat.alert, windows=above
-                    )
+                    # Positional construction: dataclasses.replace costs ~3x more, once per active alert per window.
+                    self._active[key] = Alert(
+                        current.model, current.version, current.feature, current.statistic, stat.value, stat.alert,
+                        current.window, current.raised_unix, above,
+                    )  # fmt: skip
                 elif above >= self._raise_after:
                     alert = Alert(
                         self._model, self._version, feature, stat.name, stat.value, stat.alert, self._window, now, above
@@ -93,7 +94,10 @@ class AlertTracker:
                 self._above[key] = 0
                 current = self._active.get(key)
                 if current is not None:
-                    updated = dataclasses.replace(current, value=stat.value, threshold=stat.alert, windows=0)
+                    updated = Alert(
+                        current.model, current.version, current.feature, current.statistic, stat.value, stat.alert,
+                        current.window, current.raised_unix, 0,
+                    )  # fmt: skip
                     if below >= self._clear_after:
                         del self._active[key]
                         events.append(AlertEvent(CLEARED, updated))
