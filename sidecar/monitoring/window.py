@@ -74,21 +74,24 @@ def _numeric_reports(
     with np.errstate(divide="ignore", invalid="ignore"):
         ref_missing = np.where(ref_totals > 0, ref[:, -2] / ref_totals, 0.0)
         ref_inf = np.where(ref_totals > 0, ref[:, -1] / ref_totals, 0.0)
-    finite = totals - cur[:, -2] - cur[:, -1]
+    finite = (totals - cur[:, -2] - cur[:, -1]).tolist()
+    # Python scalars up front: indexing numpy arrays element by element costs ~10x more per feature.
+    missing, infs, oors = cur[:, -2].tolist(), cur[:, -1].tolist(), (cur[:, 0] + cur[:, -3]).tolist()
+    totals_list, ref_missing_list, ref_inf_list = totals.tolist(), ref_missing.tolist(), ref_inf.tolist()
     out = []
     for i, slot in enumerate(slots):
-        total = int(totals[i])
+        total = totals_list[i]
         stats = [
             *drift_stats[i],
-            rate("missing_rate", int(cur[i, -2]), total, ref_missing[i] + t.missing_rate_warn,
-                 ref_missing[i] + t.missing_rate_alert, t.min_rows),
-            rate("inf_rate", int(cur[i, -1]), total, ref_inf[i] + t.inf_rate_warn, ref_inf[i] + t.inf_rate_alert,
+            rate("missing_rate", missing[i], total, ref_missing_list[i] + t.missing_rate_warn,
+                 ref_missing_list[i] + t.missing_rate_alert, t.min_rows),
+            rate("inf_rate", infs[i], total, ref_inf_list[i] + t.inf_rate_warn, ref_inf_list[i] + t.inf_rate_alert,
                  t.min_rows),
         ]  # fmt: skip
         if has_reference:
-            oor = int(cur[i, 0] + cur[i, -3])
+            oor = oors[i]
             stats.append(
-                rate("out_of_range_rate", oor, int(finite[i]), t.out_of_range_rate_warn, t.out_of_range_rate_alert,
+                rate("out_of_range_rate", oor, finite[i], t.out_of_range_rate_warn, t.out_of_range_rate_alert,
                      t.min_rows)
             )  # fmt: skip
         out.append(FeatureReport(slot.name, slot.source.side, slot.kind, slot.source.derive, total, tuple(stats)))
