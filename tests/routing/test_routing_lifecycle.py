@@ -34,14 +34,15 @@ class Traffic:
         n = 0
         while not self._stop.is_set():
             n += 1
+            phase = self.phase  # the phase the request was sent in (an answer may arrive after it ends)
             try:
                 version = client.infer("mlp", inputs, headers={"x-routing-key": f"t{index}-{n}"}, client_timeout=10)
                 version = version.get_response().model_version
                 with self._lock:
-                    self.seen.setdefault(self.phase, Counter())[version] += 1
+                    self.seen.setdefault(phase, Counter())[version] += 1
             except Exception as exc:
                 with self._lock:
-                    self.failures.append(f"{self.phase}: {exc}")
+                    self.failures.append(f"{phase}: {exc}")
 
     def in_phase(self, name: str, seconds: float) -> None:
         self.phase = name
