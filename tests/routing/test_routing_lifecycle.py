@@ -80,8 +80,11 @@ def test_load_shift_and_unload_under_traffic_loses_nothing(tmp_path):
             admin.load_model("mlp")  # loads and warms 2.0.0; the policy keeps it at 0 %
             assert admin.is_model_ready("mlp", "2.0.0")
             traffic.in_phase("v2 loaded", 0.5)
+            # Requests sent around a policy change belong to no phase: let those of the last phase land first.
+            traffic.in_phase("setting the canary", 0.2)
             control.set("mlp", {"1.0.0": 90, "2.0.0": 10})
             traffic.in_phase("canary 10%", 1.5)
+            traffic.in_phase("setting 100%", 0.2)
             control.set("mlp", {"2.0.0": 100})
             traffic.in_phase("v2 100%", 0.5)
             traffic.phase = "unloading v1"
