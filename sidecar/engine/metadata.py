@@ -77,7 +77,11 @@ def load_metadata(version_dir: Path) -> VersionMetadata:
         return VersionMetadata()
     if len(found) > 1:
         raise ModelLoadError(f"{version_dir}: both model.json and model.toml exist; keep one")
-    path = found[0]
+    return parse_metadata(read_table(found[0], "metadata"), str(found[0]))
+
+
+def read_table(path: Path, what: str) -> dict[str, Any]:
+    """A JSON (``.json``) or TOML file holding one object/table; ModelLoadError naming ``what`` otherwise."""
     try:
         text = path.read_text()
         if path.suffix == ".json":
@@ -87,10 +91,10 @@ def load_metadata(version_dir: Path) -> VersionMetadata:
 
             raw = tomllib.loads(text)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: cannot parse metadata: {exc}") from exc
+        raise ModelLoadError(f"{path}: cannot parse {what}: {exc}") from exc
     if not isinstance(raw, dict):
-        raise ModelLoadError(f"{path}: metadata must be an object/table at the top level")
-    return parse_metadata(raw, str(path))
+        raise ModelLoadError(f"{path}: {what} must be an object/table at the top level")
+    return raw
 
 
 def parse_metadata(raw: Mapping[str, Any], where: str) -> VersionMetadata:

@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import math
 import time
@@ -54,6 +53,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from sidecar.engine.base import DEADLINE_NS
+from sidecar.engine.metadata import read_table
 from sidecar.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -65,7 +65,7 @@ from sidecar.errors import (
 )
 from sidecar.protocol._generated import grpc_service_pb2 as pb
 from sidecar.protocol._generated import grpc_service_pb2_grpc as pb_grpc
-from sidecar.protocol.codec import encode_tensor_bytes
+from sidecar.protocol.codec import TYPED_FIELD, encode_tensor_bytes
 from sidecar.types import DATATYPE_TO_DTYPE, TensorSpec, datatype_of
 
 log = logging.getLogger(__name__)
@@ -101,18 +101,7 @@ class UpstreamSettings:
 
     @classmethod
     def load(cls, path: Path, model: str) -> UpstreamSettings:
-        try:
-            text = path.read_text()
-            if path.suffix == ".json":
-                raw = json.loads(text)
-            else:
-                import tomllib
-
-                raw = tomllib.loads(text)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"{path}: cannot parse the upstream settings: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ModelLoadError(f"{path}: upstream settings must be an object/table")
+        raw = read_table(path, "the upstream settings")
         return cls.from_mapping(raw, model, str(path))
 
     @classmethod
@@ -490,24 +479,8 @@ def _from_raw(name: str, datatype: str, dtype: np.dtype, shape: tuple[int, ...],
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
-_TYPED = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
-
-
 def _from_typed(tensor, dtype: np.dtype, shape: tuple[int, ...], count: int, label: str) -> np.ndarray:
-    field_name = _TYPED.get(tensor.datatype)
+    field_name = TYPED_FIELD.get(tensor.datatype)
     values = getattr(tensor.contents, field_name) if field_name else ()
     if len(values) != count:
         raise EngineError(f"{label}: upstream output '{tensor.name}' has {len(values)} values for shape {list(shape)}")

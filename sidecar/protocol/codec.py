@@ -18,8 +18,8 @@ from sidecar.errors import InvalidParameter, InvalidTensor
 from sidecar.protocol._generated import grpc_service_pb2 as pb
 from sidecar.types import DATATYPE_TO_DTYPE, InferenceRequest, InferenceResponse, datatype_of
 
-# datatype -> (InferTensorContents field, numpy dtype used to read it)
-_TYPED_FIELD = {
+# datatype -> the InferTensorContents field that carries it (FP16 and BF16 have none: raw only)
+TYPED_FIELD = {
     "BOOL": "bool_contents",
     "INT8": "int_contents",
     "INT16": "int_contents",
@@ -155,7 +155,7 @@ def _decode_raw(
 def _decode_typed(
     name: str, datatype: str, dtype: np.dtype, shape: tuple[int, ...], count: int, contents: pb.InferTensorContents
 ) -> np.ndarray:
-    field = _TYPED_FIELD.get(datatype)
+    field = TYPED_FIELD.get(datatype)
     if field is None:
         raise InvalidTensor(f"input '{name}': {datatype} has no typed contents field; send it as raw_input_contents")
     for other in _CONTENT_FIELDS:

@@ -23,7 +23,7 @@ from sidecar.protocol._generated import model_config_pb2 as mc
 from sidecar.protocol.codec import decode_request, encode_response, set_parameter
 from sidecar.protocol.status import grpc_status
 from sidecar.routing.router import Router
-from sidecar.types import InferenceRequest
+from sidecar.types import DATATYPE_TO_DTYPE, InferenceRequest
 
 log = logging.getLogger(__name__)
 
@@ -272,24 +272,7 @@ def _version_parameter(request) -> str | None:
     return p.string_param
 
 
-_CONFIG_TYPES = {
-    name: getattr(mc, "TYPE_" + ("STRING" if name == "BYTES" else name))
-    for name in (
-        "BOOL",
-        "UINT8",
-        "UINT16",
-        "UINT32",
-        "UINT64",
-        "INT8",
-        "INT16",
-        "INT32",
-        "INT64",
-        "FP16",
-        "FP32",
-        "FP64",
-        "BYTES",
-    )
-}
+_CONFIG_TYPES = {name: getattr(mc, "TYPE_" + ("STRING" if name == "BYTES" else name)) for name in DATATYPE_TO_DTYPE}
 
 
 def _config_type(datatype: str) -> int:
