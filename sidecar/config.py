@@ -69,6 +69,12 @@ class EngineConfig:
         "that the sidecar's own request handling needs (measured in bench/).",
         default=False,
     )
+    inline_max_us: float = _doc(
+        "A one-row run measured faster than this runs on the event loop itself instead of a pool thread "
+        "(the hand-off to a thread and back costs about 50-100 us of CPU and latency, more than a small "
+        "model's run); only when it would run alone anyway (batching off, or a batch of one). 0 = never.",
+        default=100.0,
+    )
     executor_threads: int = _doc(
         "Threads that run model sessions off the event loop (shared by all versions).", default=4
     )
@@ -160,8 +166,8 @@ class TelemetryConfig:
 @dataclass(frozen=True, slots=True)
 class RoutingConfig:
     policies: dict[str, Any] = _doc(  # noqa: RUF009 (a field() with a doc)
-        "Traffic policies by model, e.g. [routing.policies.mlp] stable = \"1.0.0\", weights = {\"1.0.0\" = 90, "
-        "\"1.1.0\" = 10}, shadows = {\"1.2.0\" = 100} (percent, 0.1 % steps; weights sum to 100). The state file's "
+        'Traffic policies by model, e.g. [routing.policies.mlp] stable = "1.0.0", weights = {"1.0.0" = 90, '
+        '"1.1.0" = 10}, shadows = {"1.2.0" = 100} (percent, 0.1 % steps; weights sum to 100). The state file\'s '
         "run-time changes win over these.",
         default_factory=dict,
     )

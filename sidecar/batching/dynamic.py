@@ -82,6 +82,7 @@ class DynamicBatcher:
         # Only models with a variable non-batch dimension need shape groups.
         self._keyed = self._batched and any(d < 0 for s in engine.inputs for d in s.shape[1:])
         self.cost = CostModel()
+        self._run_inline = getattr(engine, "run_inline", None)  # a lone small request runs on the loop
         delay_ns = int(settings.max_queue_delay_ms * 1_000_000)
         self._policy = ClosePolicy(self._max_rows, delay_ns, settings.adaptive, self.cost)
         self._queue = RequestQueue()
@@ -342,11 +343,12 @@ class DynamicBatcher:
             try:
                 inputs = self._merge(batch)
                 merged = time.monotonic_ns()
+                inline = host is not None and len(batch) == 1 and self._run_inline is not None
                 if spans:
                     with batch_span(self._model, self._version, spans, rows, self._engine.provider):
-                        outputs = await self._engine.run(inputs, names)
+                        outputs = await self._execute(inputs, names, inline)
                 else:
-                    outputs = await self._engine.run(inputs, names)
+                    outputs = await self._execute(inputs, names, inline)
             except SidecarError as exc:
                 error = exc
             except asyncio.CancelledError:
@@ -375,6 +377,15 @@ class DynamicBatcher:
                 self._release(finish)
             self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
             self._check_idle()
+
+    async def _execute(
+        self, inputs: dict[str, np.ndarray], names: tuple[str, ...], inline: bool
+    ) -> dict[str, np.ndarray]:
+        if inline:  # a lone request of a small model: on the loop, if the engine measured it cheap enough
+            outputs = self._run_inline(inputs, names)  # type: ignore[misc]
+            if outputs is not None:
+                return outputs
+        return await self._engine.run(inputs, names)
 
     def _release(self, finish: tuple[int, int]) -> None:
         """Free the batch's slot and start the next batch before this one's outputs are split."""

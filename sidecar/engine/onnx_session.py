@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
@@ -58,6 +59,7 @@ class OnnxEngine:
         max_batch_size: int,
         intra_op_threads: int = 0,
         spin_wait: bool = False,
+        inline_max_us: float = 0.0,
         label: str = "",
     ) -> None:
         import onnxruntime as ort
@@ -86,6 +88,8 @@ class OnnxEngine:
         batchable = bool(self.inputs) and all(s.shape and s.shape[0] == -1 for s in (*self.inputs, *self.outputs))
         self.max_batch_size = max_batch_size if batchable else 0
         self._output_names = [s.name for s in self.outputs]
+        self._inline_max_ns = inline_max_us * 1e3
+        self._single_ns = math.inf  # EWMA of a one-row run's wall time (unbatched models: any run)
 
     def _spec(self, arg, *, is_input: bool) -> TensorSpec:
         kind = "input" if is_input else "output"
@@ -109,16 +113,29 @@ class OnnxEngine:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.run_sync, inputs, output_names)
 
+    def run_inline(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray] | None:
+        """Run on the caller's thread (the event loop) if this is a one-row run and one-row runs were
+        measured faster than ``inline_max_us``: handing such a run to a pool thread and back costs more
+        CPU and latency than the run itself. None otherwise: use ``run``."""
+        if self._single_ns > self._inline_max_ns or (self.max_batch_size and _rows(inputs) != 1):
+            return None
+        return self.run_sync(inputs, output_names)
+
     def run_sync(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
         feed = dict(inputs)
         for name in self._string_inputs:
             if name in feed:
                 feed[name] = _to_str_array(feed[name])
         names = list(output_names) or self._output_names
+        start = time.perf_counter_ns()
         try:
             results = self._session.run(names, feed)
         except Exception as exc:
             raise EngineError(f"{self.label}: model failed while running: {_first_line(exc)}") from exc
+        if not self.max_batch_size or _rows(feed) == 1:
+            took = time.perf_counter_ns() - start
+            single = self._single_ns
+            self._single_ns = took if single == math.inf else single + (took - single) * 0.125
         return dict(zip(names, results, strict=True))
 
     def warm_up(self, batch_sizes: Sequence[int], runs: int) -> float:
@@ -146,6 +163,12 @@ def dummy_tensor(spec: TensorSpec, batch: int) -> np.ndarray:
     if spec.datatype == "BYTES":
         return np.full(shape, b"", dtype=object)
     return np.zeros(shape, dtype=DATATYPE_TO_DTYPE[spec.datatype])
+
+
+def _rows(inputs: Mapping[str, np.ndarray]) -> int:
+    for array in inputs.values():
+        return array.shape[0] if array.ndim else 1
+    return 1
 
 
 def _to_str_array(array: np.ndarray) -> np.ndarray:

@@ -357,6 +357,7 @@ class Repository:
             max_batch_size=settings.max_batch_size,
             intra_op_threads=self._config.engine.intra_op_threads,
             spin_wait=self._config.engine.spin_wait,
+            inline_max_us=self._config.engine.inline_max_us,
             label=mv.label,
         )
 

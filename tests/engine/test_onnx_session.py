@@ -1,0 +1,81 @@
+"""OnnxEngine: results on the pool and inline, and when a run may stay on the caller's thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from sidecar.engine.onnx_session import OnnxEngine
+from sidecar.testing.models import mlp_model
+
+
+@pytest.fixture(scope="module")
+def mlp_path(tmp_path_factory):
+    return mlp_model(tmp_path_factory.mktemp("mlp") / "model.onnx", features=8, hidden=16, classes=3)
+
+
+@pytest.fixture()
+def executor():
+    pool = ThreadPoolExecutor(1, thread_name_prefix="engine-test")
+    yield pool
+    pool.shutdown(wait=True)
+
+
+def _engine(path, executor, inline_max_us: float) -> OnnxEngine:
+    return OnnxEngine(
+        path, providers=["CPUExecutionProvider"], executor=executor, max_batch_size=8, inline_max_us=inline_max_us
+    )
+
+
+def _rows(n: int) -> dict[str, np.ndarray]:
+    return {"input": np.arange(n * 8, dtype=np.float32).reshape(n, 8) / 10}
+
+
+def test_no_inline_run_before_a_one_row_run_was_measured(mlp_path, executor):
+    engine = _engine(mlp_path, executor, inline_max_us=1e9)
+    assert engine.run_inline(_rows(1), ["probabilities"]) is None
+
+
+def test_one_row_run_goes_inline_once_measured_cheap(mlp_path, executor):
+    engine = _engine(mlp_path, executor, inline_max_us=1e9)  # any measured time counts as cheap
+    expected = engine.run_sync(_rows(1), ["probabilities"])  # measures a one-row run
+    thread_ids = []
+    real_run = engine._session.run
+
+    def spy(names, feed):
+        thread_ids.append(threading.get_ident())
+        return real_run(names, feed)
+
+    engine._session.run = spy
+    out = engine.run_inline(_rows(1), ["probabilities"])
+    assert out is not None
+    np.testing.assert_array_equal(out["probabilities"], expected["probabilities"])
+    assert thread_ids == [threading.get_ident()]  # ran here, not on the pool
+
+
+def test_inline_refused_for_several_rows_and_when_switched_off(mlp_path, executor):
+    engine = _engine(mlp_path, executor, inline_max_us=1e9)
+    engine.run_sync(_rows(1), ["probabilities"])
+    assert engine.run_inline(_rows(2), ["probabilities"]) is None  # a real batch always goes to the pool
+    off = _engine(mlp_path, executor, inline_max_us=0)
+    off.run_sync(_rows(1), ["probabilities"])
+    assert off.run_inline(_rows(1), ["probabilities"]) is None
+
+
+def test_inline_refused_when_one_row_runs_measure_slower_than_the_limit(mlp_path, executor):
+    engine = _engine(mlp_path, executor, inline_max_us=1e-3)  # 1 ns: no real run is that fast
+    engine.run_sync(_rows(1), ["probabilities"])
+    assert engine.run_inline(_rows(1), ["probabilities"]) is None
+
+
+def test_pool_and_inline_results_agree(mlp_path, executor):
+    engine = _engine(mlp_path, executor, inline_max_us=1e9)
+    pooled = asyncio.run(engine.run(_rows(1), ["probabilities"]))  # measures the one-row run, on the pool
+    inline = engine.run_inline(_rows(1), ["probabilities"])
+    assert inline is not None
+    np.testing.assert_allclose(inline["probabilities"], pooled["probabilities"])
+    assert pooled["probabilities"].shape == (1, 3)
