@@ -7,12 +7,15 @@ unknown requested outputs.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from sidecar.errors import InvalidTensor
-from sidecar.types import TensorSpec, datatype_of
+from sidecar.types import DATATYPE_TO_DTYPE, TensorSpec, datatype_of
+
+_DTYPES = DATATYPE_TO_DTYPE
 
 
 def validate_inputs(
@@ -22,36 +25,29 @@ def validate_inputs(
     max_batch_size: int,
 ) -> int:
     """Raise InvalidTensor naming the tensor at fault; return the request's rows (0 if unbatched)."""
-    expected = {s.name for s in specs}
-    missing = [s.name for s in specs if s.name not in inputs]
-    if missing:
-        raise InvalidTensor(
-            f"{label}: missing input tensor(s) {', '.join(repr(m) for m in missing)}; "
-            f"the model expects {sorted(expected)}"
-        )
-    unknown = [n for n in inputs if n not in expected]
-    if unknown:
-        raise InvalidTensor(
-            f"{label}: unknown input tensor(s) {', '.join(repr(u) for u in unknown)}; "
-            f"the model expects {sorted(expected)}"
-        )
+    if len(inputs) != len(specs) or not all(s.name in inputs for s in specs):
+        _missing_or_unknown(label, inputs, specs)
     rows = -1
     for spec in specs:
         array = inputs[spec.name]
-        got = datatype_of(array)
-        if got != spec.datatype:
-            raise InvalidTensor(f"{label}: input '{spec.name}' has datatype {got}, the model expects {spec.datatype}")
+        if array.dtype != _DTYPES[spec.datatype]:
+            got = datatype_of(array)
+            if got != spec.datatype:
+                raise InvalidTensor(
+                    f"{label}: input '{spec.name}' has datatype {got}, the model expects {spec.datatype}"
+                )
         shape = array.shape
-        if len(shape) != len(spec.shape):
+        want_shape = spec.shape
+        if len(shape) != len(want_shape):
             raise InvalidTensor(
                 f"{label}: input '{spec.name}' has shape {list(shape)}, the model expects "
-                f"{len(spec.shape)} dimensions {list(spec.shape)}"
+                f"{len(want_shape)} dimensions {list(want_shape)}"
             )
-        for axis, (dim, want) in enumerate(zip(shape, spec.shape, strict=True)):
-            if want >= 0 and dim != want:
+        for axis, want in _fixed_dims(want_shape):
+            if shape[axis] != want:
                 raise InvalidTensor(
                     f"{label}: input '{spec.name}' has shape {list(shape)}, the model expects "
-                    f"{list(spec.shape)} (dimension {axis} must be {want})"
+                    f"{list(want_shape)} (dimension {axis} must be {want})"
                 )
         if max_batch_size:
             batch = shape[0]
@@ -66,6 +62,26 @@ def validate_inputs(
                 raise InvalidTensor(f"{label}: inputs disagree on the batch size ({rows} vs {batch} for '{spec.name}')")
             rows = batch
     return max(rows, 0) if max_batch_size else 1
+
+
+def _missing_or_unknown(label: str, inputs: Mapping[str, np.ndarray], specs: Sequence[TensorSpec]) -> None:
+    expected = {s.name for s in specs}
+    missing = [s.name for s in specs if s.name not in inputs]
+    if missing:
+        raise InvalidTensor(
+            f"{label}: missing input tensor(s) {', '.join(repr(m) for m in missing)}; "
+            f"the model expects {sorted(expected)}"
+        )
+    unknown = [n for n in inputs if n not in expected]
+    raise InvalidTensor(
+        f"{label}: unknown input tensor(s) {', '.join(repr(u) for u in unknown)}; the model expects {sorted(expected)}"
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _fixed_dims(shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """(axis, size) of a signature's fixed dimensions (the -1 ones take any size)."""
+    return tuple((axis, want) for axis, want in enumerate(shape) if want >= 0)
 
 
 def validate_outputs(label: str, requested: Sequence[str] | None, specs: Sequence[TensorSpec]) -> tuple[str, ...]:

@@ -72,18 +72,22 @@ def decode_request(
                 raise InvalidTensor(f"input '{name}': datatype BF16 is not supported by this server")
             raise InvalidTensor(f"input '{name}' has unknown datatype '{datatype}'")
         shape = tuple(tensor.shape)
-        if any(d < 0 for d in shape):
+        if shape and min(shape) < 0:
             raise InvalidTensor(f"input '{name}' has a negative dimension in shape {list(shape)}")
         count = math.prod(shape)
-        has_typed = tensor.HasField("contents")
         if raws:
-            if has_typed:
+            if tensor.HasField("contents"):
                 raise InvalidTensor(
                     f"input '{name}' sets typed 'contents' while the request uses raw_input_contents; "
                     "use one or the other"
                 )
-            inputs[name] = _decode_raw(name, datatype, dtype, shape, count, raws[i])
-        elif has_typed:
+            raw = raws[i]
+            itemsize = _ITEMSIZE.get(datatype)
+            if itemsize is not None and len(raw) == count * itemsize:  # the common case, zero-copy
+                inputs[name] = np.frombuffer(raw, dtype=dtype).reshape(shape)
+            else:
+                inputs[name] = _decode_raw(name, datatype, dtype, shape, count, raw)
+        elif tensor.HasField("contents"):
             inputs[name] = _decode_typed(name, datatype, dtype, shape, count, tensor.contents)
         else:
             raise InvalidTensor(f"input '{name}' has no data: set its 'contents' or raw_input_contents")
@@ -109,7 +113,7 @@ def decode_request(
         rk = params.get("routing_key")
         if rk is not None:
             key = str(rk)
-    requested = tuple(o.name for o in msg.outputs) or None
+    requested = tuple([o.name for o in msg.outputs]) if msg.outputs else None
     return InferenceRequest(
         model_name=msg.model_name,
         model_version=msg.model_version,
@@ -188,18 +192,20 @@ def encode_tensor_bytes(array: np.ndarray) -> bytes:
         return b"".join(parts)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(array).tobytes()
+    return array.tobytes()  # C order whatever the array's strides
 
 
 def encode_response(resp: InferenceResponse) -> pb.ModelInferResponse:
     msg = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id)
+    add = msg.outputs.add
     raws = []
     for name, array in resp.outputs.items():
-        msg.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+        add(name=name, datatype=datatype_of(array), shape=array.shape)
         raws.append(encode_tensor_bytes(array))
     msg.raw_output_contents.extend(raws)
-    for key, value in resp.parameters.items():
-        set_parameter(msg.parameters[key], value)
+    if resp.parameters:
+        for key, value in resp.parameters.items():
+            set_parameter(msg.parameters[key], value)
     return msg
 
 
