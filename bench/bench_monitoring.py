@@ -10,7 +10,8 @@ the load generator (bench/loadgen.py) runs in a worker process of its own and me
 alternating rounds (on, off, on, off, ...) so that drift in the machine's load hits both alike. The
 report gives each round, the median ratio, server CPU per request, and what the monitor saw (rows
 monitored, dropped, kernel) read back from the control API. A second part times the pieces in
-process: the request-path hook (``VersionMonitor.observe``) and one fold of a chunk.
+process: the per-batch hook (``VersionMonitor.observe`` for a batch of 1 and of 16 requests) and the
+evaluation of one closed 1000-request window.
 
     .venv/bin/python -m bench.bench_monitoring                 # 3 rounds x 10 s per server
     .venv/bin/python -m bench.bench_monitoring --rounds 5 --duration 20 --concurrency 64
@@ -66,7 +67,7 @@ def monitor_report(control: str) -> dict[str, Any]:
 
 
 def micro(repeats: int = 20_000) -> dict[str, float]:
-    """In-process cost of the hook and of one fold, on the same profile."""
+    """In-process cost of the per-batch hook (one request, and a batch of 16) and of one window's evaluation."""
     from sidecar.config import MonitoringConfig
     from sidecar.monitoring.binning import ProfileCounter
     from sidecar.monitoring.build import build_profile
@@ -85,26 +86,33 @@ def micro(repeats: int = 20_000) -> dict[str, float]:
         {},
         {"probabilities": probs, "label": probs.argmax(1)},
     )
-    config = MonitoringConfig(buffer_rows=1 << 30)
-    mon = VersionMonitor("mlp", "1.0.0", ProfileCounter(profile), config, has_reference=True)
+    counter = ProfileCounter(profile)
+    out: dict[str, float] = {}
+    for batch in (1, 16):
+        mon = VersionMonitor("mlp", "1.0.0", counter, MonitoringConfig(window_requests=1 << 30), has_reference=True)
+        x = {"input": train[:batch]}
+        y = {"probabilities": probs[:batch], "label": probs[:batch].argmax(1)}
+        rows = [1] * batch
+        start = time.thread_time()  # CPU time of this thread: robust to other processes on a shared machine
+        for _ in range(repeats):
+            mon.observe(x, y, rows)
+        us = (time.thread_time() - start) / repeats * 1e6
+        out[f"observe_us_per_batch_of_{batch}"] = round(us, 2)
+        out[f"observe_us_per_request_in_batch_of_{batch}"] = round(us / batch, 2)
+    window = 1000
+    mon = VersionMonitor("mlp", "1.0.0", counter, MonitoringConfig(window_requests=window), has_reference=True)
     x = {"input": train[:1]}
     y = {"probabilities": probs[:1], "label": probs[:1].argmax(1)}
-    start = time.thread_time()  # CPU time of this thread: robust to other processes on a shared machine
-    for _ in range(repeats):
-        mon.observe(x, y, 1)
-    observe_us = (time.thread_time() - start) / repeats * 1e6
-    chunk = 200
-    items = [(x, y, time.monotonic(), 1) for _ in range(chunk)]
-    folds = 200
-    start = time.thread_time()
-    for _ in range(folds):
-        mon.fold(items, 0, 0, time.monotonic())
-    fold_ms = (time.thread_time() - start) / folds * 1e3
-    return {
-        "observe_us_per_request": round(observe_us, 3),
-        "fold_ms_per_200_requests": round(fold_ms, 3),
-        "fold_us_per_request": round(fold_ms * 1e3 / chunk, 2),
-    }
+    spent, windows = 0.0, 20
+    for _ in range(windows):
+        for _ in range(window):
+            mon.observe(x, y, (1,))
+        start = time.thread_time()
+        mon.tick()
+        spent += time.thread_time() - start
+    out["window_evaluation_ms"] = round(spent / windows * 1e3, 3)
+    out["window_evaluation_us_per_request"] = round(spent / windows / window * 1e6, 2)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

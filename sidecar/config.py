@@ -245,11 +245,6 @@ class MonitoringConfig:
     schema_violation_rate_warn: float = _doc("Share of requests rejected for their inputs that warns.", default=0.001)
     schema_violation_rate_alert: float = _doc("Share of requests rejected for their inputs that alerts.", default=0.01)
     min_window_rows: int = _doc("Windows with fewer rows report insufficient_data, leaving alerts alone.", default=50)
-    buffer_rows: int = _doc(
-        "Rows per version waiting to be folded into the histograms; beyond it observations are dropped (counted).",
-        default=65536,
-    )
-    flush_interval_ms: float = _doc("How long observations gather before one vectorized histogram update.", default=50)
     history_windows: int = _doc("Closed windows of each kind kept for the drift report.", default=8)
 
     def __post_init__(self) -> None:
@@ -259,8 +254,8 @@ class MonitoringConfig:
             raise ValueError("monitoring.window_requests and monitoring.window_s must be positive")
         if not 0.0 < self.significance < 1.0:
             raise ValueError("monitoring.significance must be between 0 and 1")
-        if self.buffer_rows < 1 or self.history_windows < 1:
-            raise ValueError("monitoring.buffer_rows and monitoring.history_windows must be at least 1")
+        if self.history_windows < 1:
+            raise ValueError("monitoring.history_windows must be at least 1")
         known = {"psi", "js", "ks", "chi2", "missing_rate", "inf_rate", "out_of_range_rate", "schema_violation_rate"}
         unknown = sorted(set(self.alert_statistics) - known)
         if unknown:

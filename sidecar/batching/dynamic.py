@@ -48,7 +48,7 @@ import numpy as np
 from sidecar.batching.cost_model import CostModel
 from sidecar.batching.policy import DEADLINE_MARGIN_NS, DEADLINE_SAFETY, NEXT_TURN, ArrivalStats, ClosePolicy
 from sidecar.batching.queue import Entry, RequestQueue, priority_level
-from sidecar.batching.scheduler import BatchSettings, WorkItem
+from sidecar.batching.scheduler import BatchSettings, InferenceObserver, WorkItem
 from sidecar.engine.base import Engine
 from sidecar.engine.statistics import VersionStatistics
 from sidecar.errors import Cancelled, DeadlineExceeded, EngineError, QueueFull, ServerDraining, SidecarError
@@ -105,6 +105,7 @@ class DynamicBatcher:
         self.loop_busy = 0.0  # share of wall time the event loop's thread spends on the CPU (EWMA)
         self._load_wall_ns = 0
         self._load_cpu_ns = 0
+        self.observer: InferenceObserver | None = None  # told of every batch run (the monitoring stage)
 
     # -- Scheduler protocol ---------------------------------------------------------------------
     @property
@@ -372,6 +373,8 @@ class DynamicBatcher:
             self._merge_ns += (merge_ns - self._merge_ns) * _EWMA
             self.cost.observe(rows, ran - merged)
             stats.record_execution(rows, len(batch), merge_ns, ran - merged, done - ran)
+            if self.observer is not None:  # monitoring: one histogram update per batch, its callers answered
+                self.observer.observe(inputs, outputs, [e.rows for e in batch])
         finally:
             if not released:
                 self._release(finish)

@@ -8,7 +8,7 @@ executions by batch size) are recorded by the scheduler, which is the one that k
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -80,8 +80,22 @@ class BatchSettings:
             raise ModelLoadError("batching: " + "; ".join(problems))
 
 
+class InferenceObserver(Protocol):
+    """Sees every engine run a version answers, and every request it rejects for its inputs (the
+    monitoring stage). Both calls are made on the event loop and must never raise."""
+
+    def observe(
+        self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], request_rows: Sequence[int]
+    ) -> None:
+        """One run: its (merged) inputs and outputs, and the rows of each request in it, in order."""
+        ...
+
+    def rejected(self) -> None: ...
+
+
 class Scheduler(Protocol):
     queue_depth: int
+    observer: InferenceObserver | None  # told of every run (set when the version loads)
 
     async def submit(self, item: WorkItem) -> dict[str, np.ndarray]: ...
 
@@ -100,6 +114,7 @@ class DirectScheduler:
         self._version = version
         self._closed = False
         self.queue_depth = 0
+        self.observer: InferenceObserver | None = None
         self._run_inline = getattr(engine, "run_inline", None)  # small one-row runs on the loop (OnnxEngine)
 
     async def submit(self, item: WorkItem) -> dict[str, np.ndarray]:
@@ -117,6 +132,8 @@ class DirectScheduler:
                 outputs = await self._engine.run(item.request.inputs, item.output_names)
         end = time.monotonic_ns()
         self._stats.record_execution(item.rows, 1, 0, end - start, 0)
+        if self.observer is not None:
+            self.observer.observe(item.request.inputs, outputs, (item.rows,))
         return outputs
 
     async def close(self) -> None:

@@ -15,15 +15,12 @@ import enum
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
-
-from sidecar.batching.scheduler import BatchSettings, DirectScheduler, Scheduler, WorkItem
+from sidecar.batching.scheduler import BatchSettings, DirectScheduler, InferenceObserver, Scheduler, WorkItem
 from sidecar.config import SidecarConfig
 from sidecar.engine.base import Engine
 from sidecar.engine.metadata import VersionMetadata, load_metadata
@@ -64,16 +61,6 @@ def direct_scheduler(
     engine: Engine, settings: BatchSettings, stats: VersionStatistics, model: str, version: str
 ) -> Scheduler:
     return DirectScheduler(engine, stats, model, version)
-
-
-class InferenceObserver(Protocol):
-    """Sees every request a version answers, and every one it rejects for its inputs (the monitoring stage).
-
-    Both calls are made on the event loop, must be O(1) and must never raise."""
-
-    def observe(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], rows: int) -> None: ...
-
-    def rejected(self) -> None: ...
 
 
 class ModelVersion:
@@ -130,8 +117,6 @@ class ModelVersion:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
-        if self.observer is not None:
-            self.observer.observe(request.inputs, result, rows)
         return InferenceResponse(self.name, self.version_str, request.id, result)
 
     async def wait_idle(self, timeout_s: float | None = None) -> bool:
@@ -330,6 +315,7 @@ class Repository:
         mv.engine = engine
         mv.settings = settings
         mv.scheduler = self._scheduler_factory(engine, settings, mv.stats, mv.name, mv.version_str)
+        mv.scheduler.observer = mv.observer  # the scheduler tells the monitor of every run
         previous = self._models.get(name, {}).get(version)
         mv.state = VersionState.READY
         self._publish(mv)

@@ -19,7 +19,7 @@ NaN, +-inf]``. Of a categorical feature: ``[category_1 .. category_C, other, mis
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +27,8 @@ import numpy as np
 from sidecar.monitoring.profile import CATEGORICAL, NUMERIC, CategoricalFeature, Feature, ReferenceProfile, Source
 
 UpdateCounts = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
+
+_FEW = 64  # categorical values up to which a dict lookup per value beats the vectorized path
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,23 @@ class CategoryLookup:
             order = np.argsort(values, kind="stable")
             self._sorted = values[order]
             self._codes = order.astype(np.int64)
+            self._table = {int(v): int(c) for v, c in zip(self._sorted, self._codes, strict=True)}
+
+    def add(self, column: np.ndarray, flat: np.ndarray, start: int) -> None:
+        """Add the counts of ``column``'s values to ``flat[start : start + size]``. A few values (a
+        serving batch) are looked up one by one in a dict: a handful of numpy calls would cost more."""
+        if len(column) > _FEW:
+            flat[start : start + self.size] += np.bincount(self.codes(column), minlength=self.size)
+            return
+        get, other = self._table.get, self._other
+        values = column.tolist() if self._bytes else column.astype(np.int64, copy=False).tolist()
+        if len(values) == 1:
+            flat[start + get(values[0], other)] += 1
+            return
+        counts = [0] * self.size
+        for v in values:
+            counts[get(v, other)] += 1
+        flat[start : start + self.size] += counts
 
     def codes(self, column: np.ndarray) -> np.ndarray:
         if self._bytes:
@@ -121,7 +140,7 @@ class SourceCounter:
             start = numeric[0][1].start
             self._numeric_block = (start, start + len(numeric) * (k + 3), k + 3)
         self._categorical = [
-            (j, CategoryLookup(s.feature, source.value_kind), s.start, s.stop)  # type: ignore[arg-type]
+            (j, CategoryLookup(s.feature, source.value_kind), s.start)  # type: ignore[arg-type]
             for j, s in enumerate(slots)
             if s.kind == CATEGORICAL
         ]
@@ -150,8 +169,8 @@ class SourceCounter:
             elif numeric.dtype not in (np.float32, np.float64):
                 numeric = numeric.astype(np.float64)
             self._update(block, numeric, self._edges)  # type: ignore[misc]  # set whenever numeric features exist
-        for col, lookup, start, stop in self._categorical:
-            flat[start:stop] += np.bincount(lookup.codes(values[:, col]), minlength=lookup.size)
+        for col, lookup, start in self._categorical:
+            lookup.add(values[:, col], flat, start)
 
 
 class ProfileCounter:
@@ -209,3 +228,10 @@ class ProfileCounter:
             arrays = [d[tensor] for d in side if tensor in d]
             if arrays:
                 counter.count(counter.values(arrays), flat)
+
+    def count_one(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], flat: np.ndarray) -> None:
+        """``count`` for one batch (the serving path: no list of requests, no concatenation)."""
+        for counter in self.sources:
+            array = (inputs if counter.source.side == "input" else outputs).get(counter.source.tensor)
+            if array is not None:
+                counter.count(counter.values((array,)), flat)

@@ -1,36 +1,42 @@
 """Per-version monitors and the monitoring stage that drives them.
 
-The request path pays for one list append: ``ModelVersion.infer`` calls ``observer.observe(inputs,
-outputs, rows)`` after the answer is ready, which stores references to the (read-only) tensors in the
-version's bounded buffer and sets an event. A background task woken by that event lets observations
-gather for ``flush_interval_ms``, takes every buffer, and folds each version's chunk into its
-histograms with one vectorized update per source (the histogram kernel) on a dedicated thread, off
-the event loop. When a buffer holds ``buffer_rows`` rows, further observations are dropped and
-counted, never queued: memory stays bounded and requests never wait for monitoring.
+Counting is per engine run, not per request: the scheduler that ran a batch (``DynamicBatcher`` after
+it answered the batch's callers, ``DirectScheduler`` after one unbatched run) calls
+``observer.observe(inputs, outputs, request_rows)`` once, with the batch's merged input arrays, its
+output arrays and the rows of each request in it. ``VersionMonitor.observe`` counts them into the
+histograms right there, on the event loop: one vectorized update per source (the histogram kernel),
+into a scratch vector added to the open counts, about 10-20 us per batch whatever its size. Nothing is
+buffered, no thread is woken, and memory is fixed by the profile.
+
+Windows: a count window closes after exactly ``window_requests`` requests (a batch that crosses the
+boundary is split at that request's rows), a time window every ``window_s`` seconds. A closed window is
+queued; the stage's task evaluates it (drift statistics, history, alerts, about 1 ms per window) on the
+event loop shortly after, and closes time windows that end without traffic: periodic work, off the
+request path.
 
 Requests the version rejects for their inputs (``InvalidTensor`` at validation) are counted with
 ``observer.rejected()`` and reported as ``schema_violation_rate``.
 
-Monitoring never fails a request: ``observe``/``rejected`` cannot raise, and an error while folding a
-chunk is logged and counted (``errors_total``). A malformed reference profile is a ``ModelLoadError``
-when the version loads (``Monitoring.prepare``), never a request-time error.
+Monitoring never fails a request: ``observe``/``rejected`` cannot raise; a batch that cannot be counted
+is logged and counted (``errors_total``, and its requests as ``dropped``). A malformed reference
+profile is a ``ModelLoadError`` when the version loads (``Monitoring.prepare``), never a request-time
+error.
 
-Concurrency: buffers and the ``*_total`` counters written by the hooks belong to the event-loop
-thread; accumulators, history and alert state belong to the monitoring thread and are guarded by the
-version monitor's lock, which ``report()``/``snapshot()`` take too, so those can be called from any
-thread (the telemetry exporter's, say). ``Monitoring._monitors`` is replaced, never mutated.
+Concurrency: every mutation happens on the event-loop thread, under the version monitor's lock, which
+``report()``/``snapshot()`` take too, so those can be called from any thread (the telemetry exporter's,
+say). ``Monitoring._monitors`` is replaced, never mutated.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +68,6 @@ from sidecar.monitoring.window import Accumulator, evaluate
 from sidecar.types import TensorSpec
 
 log = logging.getLogger(__name__)
-
-Item = tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray], float, int]  # inputs, outputs, t, rows
 
 
 def thresholds_from(cfg: MonitoringConfig) -> Thresholds:
@@ -103,7 +107,7 @@ def quality_only_profile(model: str, version: str, inputs: Sequence[TensorSpec],
 
 
 class VersionMonitor:
-    """Watches one model version: buffer (loop thread), windows and alerts (monitoring thread)."""
+    """Watches one model version: counts per batch (event loop), windows, alerts."""
 
     def __init__(
         self,
@@ -126,27 +130,30 @@ class VersionMonitor:
         self._config = config
         self._thresholds = thresholds_from(config)
         self._wake = wake
-        self._capacity = config.buffer_rows
         self._window_requests = config.window_requests
         self._window_s = config.window_s
-        # event-loop thread
-        self._buffer: list[Item] = []
-        self._buffered_rows = 0
-        self.dropped_total = 0
-        self.rejected_total = 0
-        # monitoring thread, under _lock
         self._lock = threading.Lock()
         now_mono, now_unix = time.monotonic(), time.time()
         size = counter.size
+        self._scratch = counter.zeros()  # one batch's counts, added to the open counts once counted whole
+        # Counts since the last window boundary of any kind: added to the three accumulators at the next
+        # boundary (or read), so a batch costs one vector addition, not three.
+        self._open = counter.zeros()
+        self._open_requests = 0
+        self._open_rows = 0
+        self._open_rejected = 0
+        self._open_dropped = 0
         self._cumulative = Accumulator("cumulative", size, now_mono, now_unix)
         self._count = Accumulator("count", size, now_mono, now_unix)
         self._time = Accumulator("time", size, now_mono, now_unix)
+        self._time_end = now_mono + self._window_s
+        self._closed: list[Accumulator] = []  # closed windows waiting for evaluation, in closing order
         self._history: dict[str, deque[WindowReport]] = {
             "count": deque(maxlen=config.history_windows),
             "time": deque(maxlen=config.history_windows),
         }
-        self._seen_rejected = 0
-        self._seen_dropped = 0
+        self.rejected_total = 0
+        self.dropped_total = 0
         self.errors_total = 0
         self._cached_cumulative: tuple[int, int, WindowReport] | None = None
         self._tracker = AlertTracker(
@@ -171,93 +178,135 @@ class VersionMonitor:
         self._bin_labels = tuple(bins)
 
     # -- hooks, on the event loop (must never raise) ---------------------------------------------
-    def observe(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], rows: int) -> None:
-        """A request was answered: remember its tensors for the next histogram update."""
-        if self._buffered_rows >= self._capacity:
-            self.dropped_total += 1
-            return
-        self._buffer.append((inputs, outputs, time.monotonic(), rows))
-        self._buffered_rows += rows
-        self._wake()
+    def observe(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+        request_rows: Sequence[int],
+        now_mono: float | None = None,
+    ) -> None:
+        """One engine run was answered: count its (merged) inputs and outputs into the open windows.
+
+        ``request_rows``: the rows of each request in the batch, in order (rows are the arrays' first
+        dimension, so a batch that fills the count window is split at that request's boundary)."""
+        try:
+            t = time.monotonic() if now_mono is None else now_mono
+            with self._lock:
+                if t >= self._time_end:
+                    self._roll_time(t)
+                n = len(request_rows)
+                room = self._window_requests - self._count.requests - self._open_requests
+                if n < room:
+                    self._add(inputs, outputs, n, sum(request_rows))
+                    return
+                i = offset = 0
+                while i < n:
+                    j = min(n, i + room)
+                    rows = sum(request_rows[i:j])
+                    if i == 0 and j == n:
+                        self._add(inputs, outputs, n, rows)
+                    else:
+                        end = offset + rows
+                        self._add(
+                            {k: a[offset:end] for k, a in inputs.items()},
+                            {k: a[offset:end] for k, a in outputs.items()},
+                            j - i,
+                            rows,
+                        )
+                        offset = end
+                    if self._count.requests + self._open_requests >= self._window_requests:
+                        self._close(self._count, t)
+                    i, room = j, self._window_requests
+        except Exception:  # never fail a request because of monitoring
+            self._error()
 
     def rejected(self) -> None:
         """A request was refused for its inputs (schema violation)."""
-        self.rejected_total += 1
-        self._wake()
-
-    def take(self) -> tuple[list[Item], int, int]:
-        """Hand the buffer over (event loop): the items and the rejected/dropped totals at this moment."""
-        items, self._buffer = self._buffer, []
-        self._buffered_rows = 0
-        return items, self.rejected_total, self.dropped_total
-
-    # -- folding, on the monitoring thread -------------------------------------------------------
-    def fold(self, items: Sequence[Item], rejected_total: int, dropped_total: int, now_mono: float) -> list[AlertEvent]:
-        """Add a chunk to the windows, closing windows that end inside it; returns alert changes."""
-        events: list[AlertEvent] = []
         with self._lock:
-            dr, self._seen_rejected = rejected_total - self._seen_rejected, rejected_total
-            dd, self._seen_dropped = dropped_total - self._seen_dropped, dropped_total
-            if items:
-                events += self._roll_time(items[0][2])
+            self.rejected_total += 1
+            self._open_rejected += 1
+
+    def _add(
+        self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], requests: int, rows: int
+    ) -> None:
+        delta = self._scratch
+        delta[:] = 0
+        try:
+            self.counter.count_one(inputs, outputs, delta)
+        except Exception:
+            self.dropped_total += requests
+            self._open_dropped += requests
+            self._error()
+            return
+        self._open += delta
+        self._open_requests += requests
+        self._open_rows += rows
+
+    def _error(self) -> None:
+        self.errors_total += 1
+        if self.errors_total == 1 or self.errors_total % 1000 == 0:
+            log.exception("%s %s: could not count a batch (%d so far)", self.model, self.version, self.errors_total)
+
+    # -- windows (under _lock) -------------------------------------------------------------------
+    def _settle(self) -> None:
+        """Add the open counts to the three accumulators."""
+        if self._open_requests or self._open_rejected or self._open_dropped:
             for acc in (self._cumulative, self._count, self._time):
-                acc.rejected += dr
-                acc.dropped += dd
-            i, n = 0, len(items)
-            while i < n:
-                events += self._roll_time(items[i][2])
-                end_t = self._time.start_mono + self._window_s
-                limit = min(n, i + max(1, self._window_requests - self._count.requests))
-                j = i + 1
-                while j < limit and items[j][2] < end_t:
-                    j += 1
-                segment = items[i:j]
-                delta = self.counter.zeros()
-                try:
-                    self.counter.count([it[0] for it in segment], [it[1] for it in segment], delta)
-                except Exception:
-                    self.errors_total += 1
-                    if self.errors_total == 1 or self.errors_total % 1000 == 0:
-                        log.exception("%s %s: could not count a chunk of requests", self.model, self.version)
-                    i = j
-                    continue
-                rows = sum(it[3] for it in segment)
-                for acc in (self._cumulative, self._count, self._time):
-                    acc.add(delta, len(segment), rows)
-                if self._count.requests >= self._window_requests:
-                    events += self._close(self._count, segment[-1][2])
-                i = j
-            events += self._roll_time(now_mono)
-        return events
+                acc.add(self._open, self._open_requests, self._open_rows)
+                acc.rejected += self._open_rejected
+                acc.dropped += self._open_dropped
+            self._open[:] = 0
+            self._open_requests = self._open_rows = self._open_rejected = self._open_dropped = 0
 
-    def _roll_time(self, t: float) -> list[AlertEvent]:
+    def _roll_time(self, t: float) -> None:
         acc = self._time
-        if t < acc.start_mono + self._window_s:
-            return []
-        end = acc.start_mono + self._window_s
-        events = self._close(acc, end)
+        end = self._time_end
+        if t < end:
+            return
+        self._close(acc, end)
         skipped = int((t - end) // self._window_s)  # whole windows with no traffic at all
-        acc.start_mono = end + skipped * self._window_s
-        acc.start_unix = time.time() - (time.monotonic() - acc.start_mono)
-        acc.index += skipped
-        return events
+        start = end + skipped * self._window_s
+        self._time.start_mono = start
+        self._time.start_unix = time.time() - (time.monotonic() - start)
+        self._time.index += skipped
+        self._time_end = start + self._window_s
 
-    def _close(self, acc: Accumulator, end_mono: float) -> list[AlertEvent]:
+    def _close(self, acc: Accumulator, end_mono: float) -> None:
+        """Close ``acc``'s window at ``end_mono``: queue it for evaluation and open the next one."""
+        self._settle()
         end_unix = time.time() - (time.monotonic() - end_mono)
+        if acc.requests or acc.rejected or acc.dropped:
+            acc.end_unix = end_unix
+            self._closed.append(acc)
+            self._wake()
+        fresh = Accumulator(acc.kind, self.counter.size, end_mono, end_unix, acc.index + 1)
+        if acc.kind == "count":
+            self._count = fresh
+        else:
+            self._time = fresh
+
+    def tick(self, now_mono: float | None = None) -> list[AlertEvent]:
+        """Close the time window if it ended by ``now_mono`` and evaluate every closed window (drift
+        statistics, history, alerts); returns the alert changes. Periodic, off the request path."""
+        t = time.monotonic() if now_mono is None else now_mono
+        with self._lock:
+            if t >= self._time_end:
+                self._roll_time(t)
+            closed, self._closed = self._closed, []
         events: list[AlertEvent] = []
-        if acc.requests or acc.rejected:
-            report = evaluate(acc, self.counter, self._thresholds, self.has_reference, end_unix)
-            self._history[acc.kind].append(report)
-            if acc.kind == self._config.alert_window:
-                pairs = [(f.feature, s) for f in report.features for s in f.statistics]
-                pairs += [("*", s) for s in report.statistics]
-                events = self._tracker.update(pairs, end_unix)
-        acc.reset(end_mono, end_unix)
+        for acc in closed:
+            report = evaluate(acc, self.counter, self._thresholds, self.has_reference, acc.end_unix)
+            with self._lock:
+                self._history[acc.kind].append(report)
+                if acc.kind == self._config.alert_window:
+                    pairs = [(f.feature, s) for f in report.features for s in f.statistics]
+                    pairs += [("*", s) for s in report.statistics]
+                    events += self._tracker.update(pairs, acc.end_unix)
         return events
 
     def next_time_boundary(self) -> float:
         """When (``time.monotonic``) the open time window ends."""
-        return self._time.start_mono + self._window_s
+        return self._time_end
 
     # -- reading, from any thread ---------------------------------------------------------------
     def _cumulative_report(self) -> WindowReport:
@@ -280,6 +329,7 @@ class VersionMonitor:
 
     def report(self) -> VersionReport:
         with self._lock:
+            self._settle()
             windows = [h[-1] for h in (self._history["count"], self._history["time"]) if h]
             windows.append(self._cumulative_report())
             return VersionReport(
@@ -304,6 +354,7 @@ class VersionMonitor:
 
     def snapshot(self) -> VersionSnapshot:
         with self._lock:
+            self._settle()
             counts = self._cumulative.counts
             ref = self.counter.reference
             features = tuple(
@@ -337,19 +388,18 @@ class VersionMonitor:
     def cumulative_counts(self) -> np.ndarray:
         """A copy of the cumulative count vector (layout: ``self.counter``); for merging across sidecars."""
         with self._lock:
+            self._settle()
             return self._cumulative.counts.copy()
 
 
 class Monitoring:
-    """The monitoring stage: attaches a VersionMonitor to every loaded version and drives the folding."""
+    """The monitoring stage: attaches a VersionMonitor to every loaded version and evaluates its windows."""
 
     def __init__(self, config: MonitoringConfig, repository: Any | None = None) -> None:
         self.config = config
         self._monitors: dict[tuple[str, str], VersionMonitor] = {}
         self._event = asyncio.Event()
-        self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task | None = None
-        self._drain_lock: asyncio.Lock | None = None
         self._listeners: list[Callable[[AlertEvent], None]] = []
         self.kernel = ""
         if repository is not None and config.enabled:
@@ -420,32 +470,24 @@ class Monitoring:
         return self._monitors.get((model, version))
 
     def on_alert(self, callback: Callable[[AlertEvent], None]) -> None:
-        """``callback(event)`` runs on the monitoring thread for every alert raised or cleared; keep it short."""
+        """``callback(event)`` runs on the event loop for every alert raised or cleared; keep it short."""
         self._listeners.append(callback)
 
-    # -- the folding task -----------------------------------------------------------------------
+    # -- window evaluation, periodic, on the event loop ------------------------------------------
     async def start(self) -> None:
         if self._task is None and self.config.enabled:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="monitor")
-            self._drain_lock = asyncio.Lock()
             self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
-        interval = self.config.flush_interval_ms / 1000.0
         while True:
-            timeout = self._until_next_time_window()
-            try:
-                await asyncio.wait_for(self._event.wait(), timeout)
-                if interval > 0:
-                    await asyncio.sleep(interval)  # let a chunk gather: one vectorized update for many requests
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), self._until_next_time_window())
             try:
                 await self.flush()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("monitoring: folding observations failed")
+                log.exception("monitoring: evaluating windows failed")
 
     def _until_next_time_window(self) -> float | None:
         monitors = self._monitors.values()
@@ -456,38 +498,25 @@ class Monitoring:
         return max(0.0, nearest - now) + 0.001
 
     async def flush(self) -> None:
-        """Fold everything observed so far into the histograms now (also closes windows that are due)."""
-        if self._executor is None or self._drain_lock is None:
-            await self.start()
-        if self._executor is None or self._drain_lock is None:
-            return
-        async with self._drain_lock:
-            self._event.clear()
-            work = [(m, *m.take()) for m in self._monitors.values()]
-            if not work:
-                return
-            loop = asyncio.get_running_loop()
-            events = await loop.run_in_executor(self._executor, self._fold_all, work, time.monotonic())
+        """Close the time windows that are due and evaluate every closed window now (alerts included)."""
+        self._event.clear()
+        now = time.monotonic()
+        events: list[AlertEvent] = []
+        for monitor in list(self._monitors.values()):
+            try:
+                events += monitor.tick(now)
+            except Exception:
+                log.exception("monitoring %s %s: window evaluation failed", monitor.model, monitor.version)
         for event in events:
             if event.kind == RAISED:
                 log.warning("drift alert raised: %s", event.alert.describe())
             else:
                 log.info("drift alert cleared: %s", event.alert.describe())
-
-    def _fold_all(self, work: list, now_mono: float) -> list[AlertEvent]:
-        events: list[AlertEvent] = []
-        for monitor, items, rejected, dropped in work:
-            try:
-                events += monitor.fold(items, rejected, dropped, now_mono)
-            except Exception:
-                log.exception("monitoring %s %s: fold failed", monitor.model, monitor.version)
-        for event in events:
             for callback in self._listeners:
                 try:
                     callback(event)
                 except Exception:
                     log.exception("alert listener failed")
-        return events
 
     async def close(self) -> None:
         if self._task is not None:
@@ -495,9 +524,6 @@ class Monitoring:
             await asyncio.wait([self._task])  # our own task's cancellation, not ours: nothing to swallow
             self._task = None
             await self.flush()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
 
     # -- reading (any thread) -------------------------------------------------------------------
     def reports(self, model: str = "", version: str = "") -> list[VersionReport]:

@@ -22,32 +22,38 @@ from sidecar.monitoring.report import FeatureReport, WindowReport
 
 
 class Accumulator:
-    """One window's counts. Mutated only by the monitoring thread under its version monitor's lock."""
+    """One window's counts. Mutated only on the event loop, under its version monitor's lock; frozen once
+    closed (``end_unix`` set) and handed to evaluation."""
 
-    __slots__ = ("counts", "dropped", "index", "kind", "rejected", "requests", "rows", "start_mono", "start_unix")
+    __slots__ = (
+        "counts",
+        "dropped",
+        "end_unix",
+        "index",
+        "kind",
+        "rejected",
+        "requests",
+        "rows",
+        "start_mono",
+        "start_unix",
+    )
 
-    def __init__(self, kind: str, size: int, start_mono: float, start_unix: float) -> None:
+    def __init__(self, kind: str, size: int, start_mono: float, start_unix: float, index: int = 0) -> None:
         self.kind = kind
-        self.index = 0
+        self.index = index
         self.counts = np.zeros(size, dtype=np.int64)
         self.start_mono = start_mono
         self.start_unix = start_unix
+        self.end_unix = 0.0
         self.requests = 0
         self.rows = 0
         self.rejected = 0
-        self.dropped = 0
+        self.dropped = 0  # requests answered but not counted (their batch could not be counted)
 
     def add(self, delta: np.ndarray, requests: int, rows: int) -> None:
         self.counts += delta
         self.requests += requests
         self.rows += rows
-
-    def reset(self, start_mono: float, start_unix: float) -> None:
-        self.index += 1
-        self.counts[:] = 0
-        self.start_mono = start_mono
-        self.start_unix = start_unix
-        self.requests = self.rows = self.rejected = self.dropped = 0
 
 
 def categorical_report(

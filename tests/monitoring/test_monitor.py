@@ -62,6 +62,13 @@ def requests(rng, count: int, rows: int = 4, shift: float = 0.0, t0: float | Non
     return out
 
 
+def fold(m: VersionMonitor, items, now: float | None = None):
+    """Observe each request as a batch of its own, then evaluate the closed windows (as the stage's task does)."""
+    for inputs, outputs, t, rows in items:
+        m.observe(inputs, outputs, (rows,), t)
+    return m.tick(time.monotonic() if now is None else now)
+
+
 def test_profile_features_and_reference_counts_use_the_serving_code_path(profile):
     kinds = {f.name: type(f) for _, f in profile.features}
     assert kinds == {
@@ -93,7 +100,7 @@ def test_profile_features_and_reference_counts_use_the_serving_code_path(profile
 def test_count_windows_close_exactly_and_reference_like_traffic_is_ok(profile):
     m = monitor(profile)
     rng = np.random.default_rng(1)
-    events = m.fold(requests(rng, 250), 0, 0, time.monotonic())
+    events = fold(m, requests(rng, 250), time.monotonic())
     assert events == []
     (last,) = [w for w in m.report().windows if w.kind == "count"]
     assert last.requests == 100 and last.rows == 400 and last.index == 1
@@ -108,20 +115,20 @@ def test_count_windows_close_exactly_and_reference_like_traffic_is_ok(profile):
 def test_shift_raises_alert_after_k_windows_and_clears(profile):
     m = monitor(profile, alert_after_windows=2, clear_after_windows=2)
     rng = np.random.default_rng(2)
-    m.fold(requests(rng, 100), 0, 0, time.monotonic())
+    fold(m, requests(rng, 100), time.monotonic())
     assert m.alerts == ()
-    events = m.fold(requests(rng, 100, shift=2.0), 0, 0, time.monotonic())
+    events = fold(m, requests(rng, 100, shift=2.0), time.monotonic())
     assert events == [] and m.alerts == ()  # one window above the threshold is not enough
-    events = m.fold(requests(rng, 100, shift=2.0), 0, 0, time.monotonic())
+    events = fold(m, requests(rng, 100, shift=2.0), time.monotonic())
     raised = {(e.alert.feature, e.alert.statistic) for e in events}
     assert ("b", "psi") in raised and all(
         feature in ("b", "label", "probabilities.confidence") for feature, _ in raised
     )
     alert = next(a for a in m.alerts if a.feature == "b" and a.statistic == "psi")
     assert alert.value > 0.25 and alert.threshold >= 0.25 and alert.model == "m" and alert.version == "1.0.0"
-    m.fold(requests(rng, 100), 0, 0, time.monotonic())
+    fold(m, requests(rng, 100), time.monotonic())
     assert any(a.feature == "b" for a in m.alerts)  # one window below does not clear
-    events = m.fold(requests(rng, 100), 0, 0, time.monotonic())
+    events = fold(m, requests(rng, 100), time.monotonic())
     assert ("b", "psi") in {(e.alert.feature, e.alert.statistic) for e in events if e.kind == "cleared"}
     assert not any(a.feature == "b" for a in m.alerts)
 
@@ -130,11 +137,11 @@ def test_time_windows_close_on_time_even_without_traffic(profile):
     m = monitor(profile, window_requests=10_000, window_s=10.0)
     rng = np.random.default_rng(3)
     t0 = time.monotonic()
-    m.fold(requests(rng, 30, t0=t0, dt=0.5), 0, 0, t0 + 15)  # 30 requests over 15 s: one closes at 10 s
+    fold(m, requests(rng, 30, t0=t0, dt=0.5), t0 + 15)  # 30 requests over 15 s: one closes at 10 s
     (w,) = [w for w in m.report().windows if w.kind == "time"]
     assert w.requests == 20 and w.end_unix - w.start_unix == pytest.approx(10.0, abs=0.05)
     assert m.report().open_time_requests == 10
-    m.fold([], 0, 0, t0 + 45)  # no traffic: the open window closes; empty ones are skipped
+    fold(m, [], t0 + 45)  # no traffic: the open window closes; empty ones are skipped
     assert [h.requests for h in m.history("time")] == [20, 10]
     assert m.next_time_boundary() == pytest.approx(t0 + 50)
 
@@ -143,10 +150,10 @@ def test_fleet_merge_sums_counts_to_exactly_one_monitors_statistics(profile):
     rng = np.random.default_rng(4)
     stream = requests(rng, 300, shift=0.5)
     whole = monitor(profile)
-    whole.fold(stream, 0, 0, time.monotonic())
+    fold(whole, stream, time.monotonic())
     parts = [monitor(profile) for _ in range(3)]
     for i, part in enumerate(parts):
-        part.fold(stream[i::3], 0, 0, time.monotonic())  # a load balancer spreading requests over 3 sidecars
+        fold(part, stream[i::3], time.monotonic())  # a load balancer spreading requests over 3 sidecars
     merged = sum(p.cumulative_counts() for p in parts)
     assert np.array_equal(merged, whole.cumulative_counts())
     counter = whole.counter
@@ -171,7 +178,11 @@ def test_quality_statistics_missing_inf_out_of_range_unknown_category(profile):
         inputs["x"][2, 1] = 1e6
         inputs["city"][0, 0] = b""
         inputs["city"][1, 0] = b"atlantis"
-    m.fold(items, 7, 3, time.monotonic())
+    for _ in range(7):
+        m.rejected()
+    # A batch of 3 requests whose tensors cannot be counted (10 values for 3 columns): dropped, counted.
+    m.observe({"x": np.zeros((2, 5), np.float32)}, {}, (1, 1, 1))
+    fold(m, items, time.monotonic())
     w = m.report().window("count")
     assert w.feature("a").statistic("missing_rate").value == pytest.approx(20 / 400)
     assert w.feature("a").statistic("missing_rate").status == drift.ALERT
@@ -191,34 +202,53 @@ def test_missing_outputs_are_not_counted(profile):
     m = monitor(profile)
     rng = np.random.default_rng(6)
     items = [(i, {"label": o["label"]}, t, r) for i, o, t, r in requests(rng, 100)]
-    m.fold(items, 0, 0, time.monotonic())
+    fold(m, items, time.monotonic())
     w = m.report().window("count")
     assert w.feature("probabilities.confidence").values == 0
     assert w.feature("label").values == 400
 
 
-def test_buffer_is_bounded_and_drops_are_counted(profile):
-    woken = []
-    config = MonitoringConfig(buffer_rows=10)
-    m = VersionMonitor("m", "1.0.0", ProfileCounter(profile), config, has_reference=True, wake=lambda: woken.append(1))
+def merged(items):
+    """One batch of several requests, as the dynamic batcher hands it over (arrays concatenated)."""
+    inputs = {k: np.concatenate([i[k] for i, _, _, _ in items]) for k in items[0][0]}
+    outputs = {k: np.concatenate([o[k] for _, o, _, _ in items]) for k in items[0][1]}
+    return inputs, outputs, [r for _, _, _, r in items]
+
+
+def test_batches_are_split_at_the_count_window_boundary_exactly_like_single_requests(profile):
     rng = np.random.default_rng(7)
-    inputs = make_rows(rng, 4)
-    outputs = answer(inputs)
-    for _ in range(10):
-        m.observe(inputs, outputs, 4)
-    items, rejected, dropped = m.take()
-    assert len(items) == 3 and dropped == 7 and rejected == 0  # 3 x 4 rows fill the 10-row buffer; the rest are dropped
-    m.rejected()
-    assert m.take()[1:] == (1, 7) and len(woken) == 4
-    m.fold(items, 1, 7, time.monotonic())
-    assert m.report().requests_total == 3 and m.report().dropped_total == 7
+    items = []
+    for k in range(230):
+        inputs = make_rows(rng, 1 + k % 5, shift=0.5 * (k // 100))
+        items.append((inputs, answer(inputs), 0.0, 1 + k % 5))
+    one_by_one = monitor(profile)
+    fold(one_by_one, items)
+    batched = monitor(profile)
+    woken = []
+    batched._wake = lambda: woken.append(1)
+    sizes = [7, 64, 1, 93, 35, 30]  # batches straddling the boundaries at 100 and 200 requests
+    assert sum(sizes) == len(items)
+    i = 0
+    for size in sizes:
+        batched.observe(*merged(items[i : i + size]))
+        i += size
+    assert batched._closed and len(woken) == 2  # two windows closed, queued for evaluation, the stage woken
+    batched.tick()
+    for a, b in zip(one_by_one.history("count"), batched.history("count"), strict=True):
+        assert (a.index, a.requests, a.rows, a.features) == (b.index, b.requests, b.rows, b.features)
+    assert [w.requests for w in batched.history("count")] == [100, 100]
+    assert np.array_equal(one_by_one.cumulative_counts(), batched.cumulative_counts())
+    assert batched.report().open_count_requests == 30 and batched.report().rows_total == sum(r for *_, r in items)
 
 
-def test_a_chunk_that_cannot_be_counted_is_logged_not_raised(profile, caplog):
+def test_a_batch_that_cannot_be_counted_is_logged_not_raised(profile, caplog):
     m = monitor(profile)
-    bad = ({"x": np.zeros((2, 5), np.float32), "code": np.zeros(2, np.int64), "city": CITIES[:2]}, {}, 0.0, 2)
-    assert m.fold([bad], 0, 0, time.monotonic()) == []
-    assert m.report().errors_total == 1
+    bad = {"x": np.zeros((2, 5), np.float32), "code": np.zeros(2, np.int64), "city": CITIES[:2]}
+    m.observe(bad, {}, (1, 1))  # 10 values for 3 columns
+    m.observe(bad, {}, None)  # not even a list of rows: still no exception
+    assert m.tick() == []
+    r = m.report()
+    assert r.errors_total == 2 and r.dropped_total == 2 and r.requests_total == 0
     assert "could not count" in caplog.text
 
 
@@ -231,3 +261,27 @@ def test_profile_counter_rejects_nothing_it_built_itself(profile):
     bad = dataclasses.replace(profile, bins=3)
     with pytest.raises(Exception, match="edges"):
         parse_profile(profile_to_dict(bad), "mem")
+
+
+@pytest.mark.parametrize("n", [1, 2, 64, 65, 300])
+def test_category_counts_of_small_batches_equal_the_vectorized_counts(n):
+    from sidecar.monitoring.binning import CategoryLookup
+
+    rng = np.random.default_rng(n)
+    cases = [
+        (CategoricalFeature("code", (7, 3, -2), (1, 1, 1, 0, 0)), "int", rng.choice([3, 7, 9, -2, 0], n)),
+        (CategoricalFeature("codef", (7, 3), (1, 1, 0, 0)), "int", rng.choice([3.0, 7.0, 7.9, -1.0], n)),
+        (
+            CategoricalFeature("city", ("paris", "lyon"), (1, 1, 0, 0)),
+            "bytes",
+            rng.choice(np.array([b"paris", "lyon", b"", b"nice", None], dtype=object), n),
+        ),
+    ]
+    for feature, kind, column in cases:
+        lookup = CategoryLookup(feature, kind)
+        flat = np.zeros(lookup.size + 3, np.int64)
+        lookup.add(column, flat, 2)
+        expected = np.bincount(lookup.codes(column), minlength=lookup.size)
+        assert flat[:2].tolist() == [0, 0] and flat[-1] == 0
+        assert flat[2 : 2 + lookup.size].tolist() == expected.tolist(), (feature.name, column)
+        assert flat.sum() == n

@@ -52,7 +52,6 @@ def server(repo: Path):
         "window_s": 3600,
         "alert_after_windows": 2,
         "clear_after_windows": 2,
-        "flush_interval_ms": 5,
     }
     with ServerThread(config_for_tests(str(repo), monitoring=monitoring)) as srv:
         yield srv

@@ -46,7 +46,7 @@ def _value(samples: dict[str, list], name: str, **labels: str) -> float | None:
 
 
 def test_drift_quality_and_alert_metrics(repo):
-    monitoring = {"window_requests": 50, "alert_after_windows": 2, "flush_interval_ms": 5}
+    monitoring = {"window_requests": 50, "alert_after_windows": 2}
     telemetry = {"metrics_port": 0, "metrics_host": "127.0.0.1"}
     with ServerThread(config_for_tests(str(repo), monitoring=monitoring, telemetry=telemetry)) as srv:
         client = tc.InferenceServerClient(srv.url)
