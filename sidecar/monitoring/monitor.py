@@ -440,6 +440,7 @@ class Monitoring:
         )
         mv.observer = monitor
         self._monitors = {**self._monitors, (mv.name, mv.version_str): monitor}
+        self._event.set()  # the task re-reads when the next time window ends
         if has_reference:
             log.info(
                 "%s: drift monitoring of %d feature(s) against %s (%d reference rows, kernel %s)",
