@@ -445,3 +445,51 @@ async def test_request_with_an_early_deadline_is_noticed_while_the_batch_waits_f
     assert engine.started == 0 and batcher.queue_depth == 1
     await batcher.close()
     check_outputs(rows_of(1.0), await waiting)
+
+
+# -- inline runs ----------------------------------------------------------------------------------
+class InlineEngine(FakeEngine):
+    """A FakeEngine that also offers ``run_inline`` (as OnnxEngine does for cheap one-row runs)."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.inline_runs = 0
+
+    def run_inline(self, inputs, output_names):
+        self.inline_runs += 1
+        return double_and_row_sum(inputs, output_names)
+
+
+async def test_lone_request_runs_inline_while_the_loop_is_idle(make_batcher):
+    engine = InlineEngine(max_batch_size=8)
+    batcher, _ = make_batcher(engine)
+    x = rows_of(2.0)
+    out = await batcher.submit(work_item(engine, x))
+    check_outputs(x, out)
+    assert engine.inline_runs == 1 and engine.calls == []  # never went to the engine's pool
+
+
+async def test_no_inline_run_when_the_loop_is_busy(make_batcher):
+    engine = InlineEngine(max_batch_size=8)
+    batcher, _ = make_batcher(engine)
+    batcher.loop_busy = 0.9  # as sampled under concurrent load
+    batcher._load_wall_ns = time.monotonic_ns()  # a fresh sample: not re-read during this test
+    x = rows_of(3.0)
+    out = await batcher.submit(work_item(engine, x))
+    check_outputs(x, out)
+    assert engine.inline_runs == 0 and len(engine.calls) == 1
+
+
+async def test_a_batch_of_several_requests_never_runs_inline(make_batcher):
+    engine = InlineEngine(max_batch_size=8)
+    batcher, _ = make_batcher(engine)
+    batcher.loop_busy = 0.9  # so that the first, lone request goes to the (paused) engine
+    batcher._load_wall_ns = time.monotonic_ns()
+    first = await hold_engine(batcher, engine)
+    batcher.loop_busy = 0.0  # idle again: still, the three queued behind it form a batch, not inline runs
+    queued = [submit(batcher, engine, rows_of(float(i))) for i in range(3)]
+    await turns()
+    engine.resume()
+    await asyncio.gather(first, *queued)
+    assert engine.inline_runs == 0
+    assert [c.rows for c in engine.calls] == [1, 3]
