@@ -6,9 +6,16 @@ one, the request bytes themselves. Handlers take and return bytes (no protobuf p
 like the sidecar, so what it costs per request is the transport alone. ``--parse`` parses each request
 into a ModelInferRequest and serialises the response from a message, adding protobuf's cost.
 
+``--batch-model MODEL.onnx`` makes it the floor of *batching* on grpc.aio instead: the least a Python
+server can do to batch (parse; queue one future per request; close a batch at ``--max-batch-size``
+rows or ``--max-queue-delay-ms`` after its first request; one ONNX Runtime run per batch on one pool
+thread; split the output rows; serialise each response). No validation, deadlines, errors, statistics
+or telemetry: what is left of the sidecar's cost above this is the price of those.
+
 ServerLive, ServerReady and ModelReady answer ``true`` so the usual readiness checks work.
 
     python -m bench.echo_server --port 8001 [--response-file resp.bin] [--parse]
+    python -m bench.echo_server --port 8001 --batch-model model.onnx [--max-batch-size 64 --max-queue-delay-ms 1]
 """
 
 from __future__ import annotations
@@ -54,6 +61,68 @@ def _handlers(response: bytes | None, parse: bool) -> grpc.GenericRpcHandler:
         async def infer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             return request
 
+    return _service(infer)
+
+
+def _batching_handlers(model: str, max_batch: int, delay_s: float, intra_op_threads: int) -> grpc.GenericRpcHandler:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from sidecar.protocol._generated import grpc_service_pb2 as pb
+    from sidecar.types import DATATYPE_TO_DTYPE, datatype_of
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    output_names = [o.name for o in session.get_outputs()]
+    pool = ThreadPoolExecutor(1)
+    pending: list[tuple[asyncio.Future, np.ndarray]] = []
+    armed: list[asyncio.TimerHandle] = []
+    running: set[asyncio.Task] = set()
+
+    async def run(batch: list[tuple[asyncio.Future, np.ndarray]]) -> None:
+        x = np.concatenate([b[1] for b in batch])
+        outs = await asyncio.get_running_loop().run_in_executor(pool, session.run, output_names, {input_name: x})
+        for i, (future, _) in enumerate(batch):
+            future.set_result([o[i : i + 1] for o in outs])
+
+    def close_batch() -> None:
+        armed.clear()
+        loop = asyncio.get_running_loop()
+        while pending:
+            batch = pending[:max_batch]
+            del pending[:max_batch]
+            task = loop.create_task(run(batch))
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+    async def infer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        msg = pb.ModelInferRequest.FromString(request)
+        tensor = msg.inputs[0]
+        x = np.frombuffer(msg.raw_input_contents[0], dtype=DATATYPE_TO_DTYPE[tensor.datatype]).reshape(tensor.shape)
+        future = asyncio.get_running_loop().create_future()
+        pending.append((future, x))
+        if len(pending) >= max_batch:
+            if armed:
+                armed.pop().cancel()
+            close_batch()
+        elif not armed:
+            armed.append(asyncio.get_running_loop().call_later(delay_s, close_batch))
+        outs = await future
+        out = pb.ModelInferResponse(model_name=msg.model_name, model_version="1", id=msg.id)
+        for name, array in zip(output_names, outs, strict=True):
+            out.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+            out.raw_output_contents.append(array.tobytes())
+        return out.SerializeToString()
+
+    return _service(infer)
+
+
+def _service(infer) -> grpc.GenericRpcHandler:
     async def true(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return _TRUE
 
@@ -71,14 +140,14 @@ def _handlers(response: bytes | None, parse: bool) -> grpc.GenericRpcHandler:
     )
 
 
-async def serve(port: int, host: str, response: bytes | None, parse: bool) -> None:
+async def serve(port: int, host: str, handlers: grpc.GenericRpcHandler) -> None:
     options = [
         ("grpc.max_receive_message_length", 256 * 1024 * 1024),
         ("grpc.max_send_message_length", 256 * 1024 * 1024),
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(options=options)
-    server.add_generic_rpc_handlers((_handlers(response, parse),))
+    server.add_generic_rpc_handlers((handlers,))
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
@@ -99,9 +168,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--response-file", help="serialised ModelInferResponse to return (default: echo)")
     parser.add_argument("--parse", action="store_true", help="parse requests and build responses with protobuf")
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's default event loop")
+    parser.add_argument("--batch-model", help="ONNX model: batch requests into it (the batching floor)")
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--max-queue-delay-ms", type=float, default=1.0)
+    parser.add_argument("--intra-op-threads", type=int, default=1)
     args = parser.parse_args(argv)
-    response = Path(args.response_file).read_bytes() if args.response_file else None
-    coro = serve(args.port, args.host, response, args.parse)
+    if args.batch_model:
+        handlers = _batching_handlers(
+            args.batch_model, args.max_batch_size, args.max_queue_delay_ms / 1e3, args.intra_op_threads
+        )
+    else:
+        response = Path(args.response_file).read_bytes() if args.response_file else None
+        handlers = _handlers(response, args.parse)
+    coro = serve(args.port, args.host, handlers)
     if args.no_uvloop:
         asyncio.run(coro)
     else:

@@ -303,14 +303,23 @@ def start_echo(
     python: str = sys.executable,
     name: str = "echo",
     log_dir: str | os.PathLike[str] | None = None,
+    batch_model: str | os.PathLike[str] | None = None,
+    max_batch_size: int = 64,
+    max_queue_delay_ms: float = 1.0,
+    intra_op_threads: int = 1,
 ) -> ServerProcess:
-    """Start ``bench.echo_server`` (the bare grpc.aio ceiling) on a free port and return it once ready."""
+    """Start ``bench.echo_server`` (the bare grpc.aio ceiling) on a free port and return it once ready.
+
+    With ``batch_model`` it is the floor of batching on grpc.aio instead (see the module)."""
     port = port or free_port()
     argv = [python, "-m", "bench.echo_server", "--port", str(port)]
     if response_file is not None:
         argv += ["--response-file", str(response_file)]
     if parse:
         argv.append("--parse")
+    if batch_model is not None:
+        argv += ["--batch-model", str(batch_model), "--max-batch-size", str(max_batch_size)]
+        argv += ["--max-queue-delay-ms", str(max_queue_delay_ms), "--intra-op-threads", str(intra_op_threads)]
     return ServerProcess(name, argv, port=port, cwd=REPO_ROOT, log_dir=log_dir).start()
 
 

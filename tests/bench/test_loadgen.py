@@ -168,3 +168,32 @@ def test_command_line_runs_in_worker_processes(echo, tmp_path):
     result = json.loads(out.read_text())
     assert result["requests"] > 10 and result["processes"] == 1
     assert result["cpu_us_per_request"]["server"] > 0
+
+
+def test_batching_floor_server_answers_each_request_with_its_own_rows(tmp_path):
+    """bench/echo_server.py --batch-model: concurrent requests batched into one model, split back exactly."""
+    import asyncio
+
+    import grpc
+    import onnxruntime as ort
+
+    model = mlp_model(tmp_path / "model.onnx", features=8, hidden=16, classes=3)
+    xs = [np.full((1, 8), i / 10, np.float32) for i in range(12)]
+    expected = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(
+        ["probabilities"], {"input": np.concatenate(xs)}
+    )[0]
+
+    async def send_all(target: str) -> list[pb.ModelInferResponse]:
+        async with grpc.aio.insecure_channel(target) as channel:
+            infer = channel.unary_unary(loadgen.INFER_METHOD)
+            replies = await asyncio.gather(
+                *(infer(loadgen.make_infer_request("mlp", {"input": x}), timeout=30) for x in xs)
+            )
+        return [pb.ModelInferResponse.FromString(r) for r in replies]
+
+    with servers.start_echo(batch_model=model, max_batch_size=4, max_queue_delay_ms=5, log_dir=tmp_path) as server:
+        responses = asyncio.run(send_all(server.target))
+    for i, resp in enumerate(responses):
+        names = [o.name for o in resp.outputs]
+        got = np.frombuffer(resp.raw_output_contents[names.index("probabilities")], np.float32)
+        np.testing.assert_allclose(got, expected[i], rtol=1e-5)
