@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -178,15 +178,40 @@ class ShadowStats:
         w.latency_diff_sum_ns += diff
         w.latency_diff_max_ns = max(w.latency_diff_max_ns, diff)
         w.shadow_latency_sum_ns += shadow_latency_ns
-        result = compare_outputs(primary, shadow)
-        if result.mismatch:
-            w.mismatches += 1
-        w.compared_rows += result.rows
-        w.class_rows += result.class_rows
-        w.agree += result.agree
-        w.diff_elements += result.elements
-        w.diff_sum += result.abs_diff_sum
-        w.max_abs_diff = max(w.max_abs_diff, result.max_abs_diff)
+        _add(w, compare_outputs(primary, shadow))
+
+    def record_batch(
+        self,
+        primaries: Sequence[Mapping[str, np.ndarray]],
+        shadow: Mapping[str, np.ndarray],
+        rows: Sequence[int],
+        primary_latency_ns: Sequence[int],
+        shadow_latency_ns: int,
+    ) -> None:
+        """Copies that ran joined in one request: ``shadow`` holds their outputs, ``rows[i]`` rows each.
+
+        The figures are those of ``record_result`` per copy (each copy's shadow latency is the batch's),
+        computed on the joined arrays in one pass when every copy's outputs line up; otherwise (a
+        mismatch somewhere) copy by copy, so mismatches are still counted per copy."""
+        w = self._window()
+        w.completed += len(primaries)
+        for primary_ns in primary_latency_ns:
+            diff = shadow_latency_ns - primary_ns
+            w.latency_diff_sum_ns += diff
+            w.latency_diff_max_ns = max(w.latency_diff_max_ns, diff)
+        w.shadow_latency_sum_ns += shadow_latency_ns * len(primaries)
+        joined = _join(primaries)
+        if joined is not None:
+            result = compare_outputs(joined, shadow)
+            if not result.mismatch:
+                _add(w, result)
+                return
+        total = sum(rows)
+        offset = 0
+        for primary, n in zip(primaries, rows, strict=True):
+            part = {k: v[offset : offset + n] if v.ndim and v.shape[0] == total else v for k, v in shadow.items()}
+            _add(w, compare_outputs(primary, part))
+            offset += n
 
     # -- reading -------------------------------------------------------------------------------
     def current(self) -> ShadowSnapshot:
@@ -203,6 +228,28 @@ class ShadowStats:
         self._total.merge_into(total)
         current.merge_into(total)
         return total.snapshot(time.time())
+
+
+def _add(w: _Window, result: Comparison) -> None:
+    if result.mismatch:
+        w.mismatches += 1
+    w.compared_rows += result.rows
+    w.class_rows += result.class_rows
+    w.agree += result.agree
+    w.diff_elements += result.elements
+    w.diff_sum += result.abs_diff_sum
+    w.max_abs_diff = max(w.max_abs_diff, result.max_abs_diff)
+
+
+def _join(outputs: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray] | None:
+    """The copies' outputs concatenated row-wise, or None when their names or shapes do not line up."""
+    first = outputs[0]
+    if any(other.keys() != first.keys() for other in outputs) or not all(v.ndim for v in first.values()):
+        return None
+    try:
+        return {k: np.concatenate([o[k] for o in outputs]) for k in first}
+    except ValueError:  # other trailing shapes that cannot be joined
+        return None
 
 
 @dataclass(frozen=True, slots=True)

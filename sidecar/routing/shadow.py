@@ -13,9 +13,13 @@ when it does not (see its docstring). On top, a copy starts only while at most
 comes back to the worker within ``max_loop_lag_ms`` (``asyncio.sleep(0)``). Otherwise the worker waits,
 the queue fills and further copies are dropped (and counted): under saturation that is the expected
 outcome, and the statistics show the coverage (copies run versus dropped) next to the comparison.
-A worker let through takes up to ``copies_per_turn`` queued copies at once and runs them together,
-so a shadow version with batching answers them in one batch instead of paying per copy.
-Within the shadow version, copies also carry the least urgent batching priority. Shadow answers are
+A worker let through takes up to ``copies_per_turn`` queued copies at once. Copies for the same
+shadow version with the same input signature are joined into **one request** (their rows concatenated,
+up to the version's ``max_batch_size``): one pass through the shadow version (one model run, one
+monitoring observation, one span linked to every primary) and one vectorised comparison for all of
+them, instead of paying that per copy; each copy's latency is then its batch's. Versions without a
+batch dimension, and odd copies, run one by one. The copies carry the least urgent batching priority.
+The primary path pays only for queueing a reference to its request and answer (no copy is made). Shadow answers are
 never returned to anybody, and a shadow's failure, hang or garbage only shows up in its statistics
 and logs, never in a client's response.
 
@@ -51,7 +55,8 @@ SHADOW_PRIORITY = 1 << 30
 
 @dataclass(frozen=True, slots=True)
 class ShadowJob:
-    request: InferenceRequest  # already addressed to the shadow version
+    request: InferenceRequest  # the primary's request, as the client sent it
+    version: str  # the shadow version that gets the copy
     primary: InferenceResponse
     primary_latency_ns: int
     stats: ShadowStats
@@ -74,7 +79,7 @@ class ShadowMirror:
         max_loop_lag_ms: float = 0.5,
         max_primary_inflight: int = 4,
         gate: ShadowGate | None = None,
-        copies_per_turn: int = 16,
+        copies_per_turn: int = 64,
     ) -> None:
         self._resolve = resolve
         self._queue: asyncio.Queue[ShadowJob | None] = asyncio.Queue(maxsize=max(1, queue_size))
@@ -135,7 +140,7 @@ class ShadowMirror:
         queued = []
         while not self._queue.empty():
             job = self._queue.get_nowait()
-            if job is not None and (job.request.model_name != model or job.request.model_version in keep):
+            if job is not None and (job.request.model_name != model or job.version in keep):
                 queued.append(job)
         for job in queued:
             self._queue.put_nowait(job)
@@ -156,9 +161,8 @@ class ShadowMirror:
                 stats.record_dropped()
                 self.dropped_total += 1
                 continue
-            copy = dataclasses.replace(request, model_version=version, priority=SHADOW_PRIORITY, deadline_ns=None)
             try:
-                self._queue.put_nowait(ShadowJob(copy, primary, primary_latency_ns, stats, parent))
+                self._queue.put_nowait(ShadowJob(request, version, primary, primary_latency_ns, stats, parent))
             except asyncio.QueueFull:
                 stats.record_dropped()
                 self.dropped_total += 1
@@ -172,28 +176,64 @@ class ShadowMirror:
             if job is None:
                 return
             await self._wait_for_capacity()
-            # Take what else is queued (up to copies_per_turn) and run it all at once: the shadow
-            # version's batcher then answers the copies in one batch, far cheaper than one by one.
+            # Take what else is queued (up to copies_per_turn) and run it all at once.
             jobs = [job]
             while len(jobs) < self._per_turn and not self._queue.empty():
                 more = self._queue.get_nowait()
                 if more is not None:
                     jobs.append(more)
-            if len(jobs) == 1:
-                await self._run_guarded(job)
+            runs = self._plan(jobs) if len(jobs) > 1 else [[job]]
+            if len(runs) == 1:
+                await self._run_guarded(runs[0])
             else:
-                await asyncio.gather(*(self._run_guarded(j) for j in jobs))
+                await asyncio.gather(*(self._run_guarded(r) for r in runs))
 
-    async def _run_guarded(self, job: ShadowJob) -> None:
+    def _plan(self, jobs: list[ShadowJob]) -> list[list[ShadowJob]]:
+        """Group copies that can share one request: same shadow version, outputs and input signature,
+        rows within the version's max_batch_size. Everything else runs alone."""
+        groups: dict[tuple, list[ShadowJob]] = {}
+        for job in jobs:
+            r = job.request
+            key = (
+                r.model_name,
+                job.version,
+                r.requested_outputs,
+                job.stats,
+                tuple((n, a.dtype.str, a.shape[1:]) for n, a in r.inputs.items()),
+            )
+            groups.setdefault(key, []).append(job)
+        runs: list[list[ShadowJob]] = []
+        for (model, version, *_), group in groups.items():
+            limit = _batch_limit(self._resolve, model, version) if len(group) > 1 else 0
+            if not limit or not group[0].request.inputs:
+                runs += [[j] for j in group]
+                continue
+            chunk: list[ShadowJob] = []
+            rows = 0
+            for job in group:
+                n = _rows(job.request)
+                if n < 1 or n > limit:
+                    runs.append([job])
+                    continue
+                if rows + n > limit:
+                    runs.append(chunk)
+                    chunk, rows = [], 0
+                chunk.append(job)
+                rows += n
+            if chunk:
+                runs.append(chunk)
+        return runs
+
+    async def _run_guarded(self, jobs: list[ShadowJob]) -> None:
         gate = self.gate
         gate.started()
-        self.started_total += 1
+        self.started_total += len(jobs)
         try:
-            await self._run(job)
+            await self._run(jobs)
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug in comparison must not kill the worker
-            log.exception("shadow comparison failed for %s", job.request.model_name)
+            log.exception("shadow comparison failed for %s", jobs[0].request.model_name)
         finally:
             gate.finished()
 
@@ -216,14 +256,29 @@ class ShadowMirror:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 0.01)
 
-    async def _run(self, job: ShadowJob) -> None:
-        request = job.request
+    async def _run(self, jobs: list[ShadowJob]) -> None:
+        """Run one copy, or several joined into one request (``_plan``), and compare the answers."""
+        job = jobs[0]
         timeout_s = self._timeout_s
         start = time.monotonic_ns()
         deadline = start + int(timeout_s * 1e9)
-        request = dataclasses.replace(request, deadline_ns=deadline)
+        if len(jobs) == 1:
+            request = dataclasses.replace(
+                job.request, model_version=job.version, priority=SHADOW_PRIORITY, deadline_ns=deadline
+            )
+        else:
+            first = job.request
+            request = InferenceRequest(
+                first.model_name,
+                job.version,
+                f"shadow-batch-{len(jobs)}",
+                {name: np.concatenate([j.request.inputs[name] for j in jobs]) for name in first.inputs},
+                first.requested_outputs,
+                deadline_ns=deadline,
+                priority=SHADOW_PRIORITY,
+            )
         token = DEADLINE_NS.set(deadline)
-        links = [trace.Link(job.parent)] if job.parent is not None and job.parent.is_valid else []
+        links = [trace.Link(j.parent) for j in jobs if j.parent is not None and j.parent.is_valid]
         try:
             with _tracer.start_as_current_span(
                 "sidecar.shadow",
@@ -233,6 +288,7 @@ class ShadowMirror:
                     "model.name": request.model_name,
                     "model.version": request.model_version,
                     "sidecar.shadow.primary_version": job.primary.model_version,
+                    "sidecar.shadow.copies": len(jobs),
                 },
                 record_exception=False,
             ) as span:
@@ -243,11 +299,13 @@ class ShadowMirror:
                     async with asyncio.timeout(timeout_s):
                         response = await mv.infer(request)
                 except (TimeoutError, DeadlineExceeded):
-                    job.stats.record_error(timeout=True)
+                    for j in jobs:
+                        j.stats.record_error(timeout=True)
                     span.set_attribute("sidecar.shadow.outcome", "timeout")
                     return
                 except SidecarError as exc:
-                    job.stats.record_error()
+                    for j in jobs:
+                        j.stats.record_error()
                     span.set_attribute("sidecar.shadow.outcome", "error")
                     span.set_attribute("error.type", type(exc).__name__)
                     log.debug("shadow %s %s failed: %s", request.model_name, request.model_version, exc.message)
@@ -255,15 +313,41 @@ class ShadowMirror:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    job.stats.record_error()
+                    for j in jobs:
+                        j.stats.record_error()
                     span.set_attribute("sidecar.shadow.outcome", "error")
                     log.warning("shadow %s %s failed: %r", request.model_name, request.model_version, exc)
                     return
                 latency = time.monotonic_ns() - start
-                job.stats.record_result(job.primary.outputs, _outputs(response), job.primary_latency_ns, latency)
+                if len(jobs) == 1:
+                    job.stats.record_result(job.primary.outputs, _outputs(response), job.primary_latency_ns, latency)
+                else:
+                    job.stats.record_batch(
+                        [j.primary.outputs for j in jobs],
+                        _outputs(response),
+                        [_rows(j.request) for j in jobs],
+                        [j.primary_latency_ns for j in jobs],
+                        latency,
+                    )
                 span.set_attribute("sidecar.shadow.outcome", "ok")
         finally:
             DEADLINE_NS.reset(token)
+
+
+def _rows(request: InferenceRequest) -> int:
+    """The copy's rows: the first dimension of its first input (0 for a scalar)."""
+    for array in request.inputs.values():
+        return array.shape[0] if array.ndim else 0
+    return 0
+
+
+def _batch_limit(resolve: Resolver, model: str, version: str) -> int:
+    """How many rows one request to this version may carry (0: it has no batch dimension)."""
+    try:
+        engine = getattr(resolve(model, version), "engine", None)
+    except SidecarError:
+        return 0  # the copies run alone and report the error each
+    return int(getattr(engine, "max_batch_size", 0) or 0)
 
 
 def _outputs(response: Any) -> Mapping[str, np.ndarray]:
