@@ -165,7 +165,7 @@ class Sidecar:
             await self._control.stop(grace_s)
         await self.router.stop()  # shadow copies are dropped, never waited for
         await self.repository.close()
-        await self.monitoring.close()  # folds what was observed, stops the monitoring thread
+        await self.monitoring.close()  # evaluates the windows closed so far, stops its task
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self.telemetry is not None:
             await asyncio.to_thread(self.telemetry.shutdown)  # flush spans and metrics, bounded
