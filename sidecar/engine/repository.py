@@ -98,7 +98,8 @@ class ModelVersion:
             )
         arrival = time.monotonic_ns()
         self._inflight += 1
-        self._idle.clear()
+        if self._inflight == 1:
+            self._idle.clear()
         ok = False
         rows = 1
         try:

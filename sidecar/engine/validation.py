@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
+from typing import NoReturn
 
 import numpy as np
 
@@ -25,11 +26,13 @@ def validate_inputs(
     max_batch_size: int,
 ) -> int:
     """Raise InvalidTensor naming the tensor at fault; return the request's rows (0 if unbatched)."""
-    if len(inputs) != len(specs) or not all(s.name in inputs for s in specs):
+    if len(inputs) != len(specs):
         _missing_or_unknown(label, inputs, specs)
     rows = -1
     for spec in specs:
-        array = inputs[spec.name]
+        array = inputs.get(spec.name)
+        if array is None:
+            _missing_or_unknown(label, inputs, specs)
         if array.dtype != _DTYPES[spec.datatype]:
             got = datatype_of(array)
             if got != spec.datatype:
@@ -64,7 +67,7 @@ def validate_inputs(
     return max(rows, 0) if max_batch_size else 1
 
 
-def _missing_or_unknown(label: str, inputs: Mapping[str, np.ndarray], specs: Sequence[TensorSpec]) -> None:
+def _missing_or_unknown(label: str, inputs: Mapping[str, np.ndarray], specs: Sequence[TensorSpec]) -> NoReturn:
     expected = {s.name for s in specs}
     missing = [s.name for s in specs if s.name not in inputs]
     if missing:
