@@ -181,6 +181,11 @@ class RoutingConfig:
     shadow_timeout_s: float = _doc("A shadow copy that takes longer counts as a timeout.", default=5.0)
     shadow_window_s: float = _doc("Length of a shadow comparison window.", default=60.0)
     shadow_windows: int = _doc("Closed shadow comparison windows kept (besides the running total).", default=10)
+    shadow_collect_ms: float = _doc(
+        "A shadow worker that finds a copy waits this long for more before it runs them, so copies of a lightly "
+        "loaded server still run joined in one request (shadow answers are never waited for by a client).",
+        default=20.0,
+    )
     shadow_max_loop_lag_ms: float = _doc(
         "Shadows run at the lowest priority: a copy starts only when the event loop answers within this "
         "(else it waits; the queue overflows and copies are dropped).",

@@ -46,6 +46,7 @@ def build_routing(config: SidecarConfig, repository: Repository) -> tuple[Router
         window_s=rc.shadow_window_s,
         windows=rc.shadow_windows,
         max_loop_lag_ms=rc.shadow_max_loop_lag_ms,
+        collect_ms=rc.shadow_collect_ms,
         max_primary_inflight=rc.shadow_max_primary_inflight,
         gate=ShadowGate(max_slowdown=rc.shadow_max_primary_slowdown, min_share=rc.shadow_min_share),
     )

@@ -13,7 +13,8 @@ when it does not (see its docstring). On top, a copy starts only while at most
 comes back to the worker within ``max_loop_lag_ms`` (``asyncio.sleep(0)``). Otherwise the worker waits,
 the queue fills and further copies are dropped (and counted): under saturation that is the expected
 outcome, and the statistics show the coverage (copies run versus dropped) next to the comparison.
-A worker let through takes up to ``copies_per_turn`` queued copies at once. Copies for the same
+A worker that finds a copy first waits ``collect_ms`` for more (unless a full turn is already
+queued), then, once let through, takes up to ``copies_per_turn`` queued copies at once. Copies for the same
 shadow version with the same input signature are joined into **one request** (their rows concatenated,
 up to the version's ``max_batch_size``): one pass through the shadow version (one model run, one
 monitoring observation, one span linked to every primary) and one vectorised comparison for all of
@@ -80,11 +81,13 @@ class ShadowMirror:
         max_primary_inflight: int = 4,
         gate: ShadowGate | None = None,
         copies_per_turn: int = 64,
+        collect_ms: float = 0.0,
     ) -> None:
         self._resolve = resolve
         self._queue: asyncio.Queue[ShadowJob | None] = asyncio.Queue(maxsize=max(1, queue_size))
         self._workers_n = max(1, workers)
         self._per_turn = max(1, copies_per_turn)
+        self._collect_s = max(0.0, collect_ms) / 1e3
         self._timeout_s = timeout_s
         self._window_s = window_s
         self._windows = windows
@@ -175,6 +178,8 @@ class ShadowMirror:
             job = await self._queue.get()
             if job is None:
                 return
+            if self._collect_s and self._queue.qsize() < self._per_turn - 1:
+                await asyncio.sleep(self._collect_s)  # let more copies arrive: one request for all of them
             await self._wait_for_capacity()
             # Take what else is queued (up to copies_per_turn) and run it all at once.
             jobs = [job]

@@ -117,3 +117,17 @@ async def test_a_failing_batch_counts_an_error_per_copy_and_versions_without_bat
     await mirror.stop()
     assert len(failing.seen) == 1 and len(alone.seen) == 4
     assert mirror.stats_for("m", "3.0.0").total().agreement == 1.0
+
+
+async def test_a_worker_collects_copies_that_trickle_in_before_it_runs_them():
+    shadow = BatchingShadow(max_batch_size=16)
+    mirror = ShadowMirror(lambda model, version: shadow, queue_size=64, workers=1, copies_per_turn=64, collect_ms=300)
+    mirror.start()
+    for i in range(4):  # a light load: one copy every 10 ms, well within the collection time
+        request, primary = copy(i, label=i)
+        mirror.offer(("2.0.0",), request, primary, 1000, None)
+        await asyncio.sleep(0.01)
+    stats = mirror.stats_for("m", "2.0.0")
+    await until(lambda: stats.total().completed == 4)
+    await mirror.stop()
+    assert [len(r.inputs["x"]) for r in shadow.seen] == [4]
