@@ -13,8 +13,10 @@
 3. **proxy**: concurrency 1, p50 latency calling an upstream sidecar directly versus through a second
    sidecar whose version is ``upstream.json`` -> the first. Target: <= 0.5 ms added at p50. The CPU
    per request of each server process is reported too (less noisy than latency on a shared box), and
-   so is a floor: a minimal grpc.aio proxy (raw bytes in, raw bytes out, no sidecar at all) in front of
-   the same upstream, i.e. what one more Python gRPC hop costs on this machine.
+   so are two floors in front of the same upstream, each its own process on grpc.aio and uvloop with
+   the upstream engine's channel options: a minimal proxy that passes the bytes through (no sidecar at
+   all: what one more Python gRPC hop costs on this machine), and one that also parses the request and
+   the answer and serialises them again (the least any proxy that looks at the tensors pays).
 
     .venv/bin/python -m bench.bench_routing                 # about 4 minutes
     .venv/bin/python -m bench.bench_routing --duration 5 --rounds 1 --only decision,shadow
@@ -207,7 +209,7 @@ def bench_proxy(workdir: Path, duration_s: float, rounds: int) -> dict[str, Any]
     upstream_repo = workdir / "proxy-upstream"
     write_version(upstream_repo, "mlp", "1.0.0", mlp_model, seed=0)
     payload = _mlp_payload()
-    direct_runs, proxy_runs, floor_runs = [], [], []
+    direct_runs, proxy_runs, floor_runs, parse_runs = [], [], [], []
     with servers.start_sidecar(upstream_repo, models=["mlp"], name="sidecar-upstream") as upstream:
         proxy_repo = workdir / "proxy"
         (proxy_repo / "mlp" / "1.0.0").mkdir(parents=True)
@@ -216,20 +218,22 @@ def bench_proxy(workdir: Path, duration_s: float, rounds: int) -> dict[str, Any]
         with (
             servers.start_sidecar(proxy_repo, models=["mlp"], settings=settings, name="sidecar-proxy") as proxy,
             _start_min_proxy(upstream.target) as floor,
+            _start_min_proxy(upstream.target, parse=True) as parse_floor,
         ):
             cells = [
-                ("direct", upstream.target, direct_runs),
-                ("proxy", proxy.target, proxy_runs),
-                ("floor", floor.target, floor_runs),
+                ("direct", upstream.target, direct_runs, upstream),
+                ("proxy", proxy.target, proxy_runs, proxy),
+                ("floor", floor.target, floor_runs, floor),
+                ("parse", parse_floor.target, parse_runs, parse_floor),
             ]
-            probes = {"upstream": upstream.cpu_seconds, "proxy": proxy.cpu_seconds}
             for r in range(rounds):
-                for label, target, sink in cells if r % 2 == 0 else cells[::-1]:
+                for label, target, sink, server in cells if r % 2 == 0 else cells[::-1]:
+                    probes = {"upstream": upstream.cpu_seconds, "proxy": server.cpu_seconds}
                     result = loadgen.run(
                         target, payload, concurrency=1, duration_s=duration_s, warmup_s=1.0, cpu_probes=probes
                     )
                     sink.append(result)
-                    cpu = result.cpu_us_per_request("proxy")
+                    cpu = result.cpu_us_per_request("proxy") if server is not upstream else float("nan")
                     print(
                         f"  {label:6s} round {r}: {result.summary()} proxy CPU {cpu:.0f} us/req upstream CPU "
                         f"{result.cpu_us_per_request('upstream'):.0f} us/req",
@@ -239,9 +243,14 @@ def bench_proxy(workdir: Path, duration_s: float, rounds: int) -> dict[str, Any]
     proxy_p50 = statistics.median(x.latency_ms["p50"] for x in proxy_runs)
     paired = [p.latency_ms["p50"] - d.latency_ms["p50"] for d, p in zip(direct_runs, proxy_runs, strict=True)]
     floor = [f.latency_ms["p50"] - d.latency_ms["p50"] for d, f in zip(direct_runs, floor_runs, strict=True)]
+    parse = [f.latency_ms["p50"] - d.latency_ms["p50"] for d, f in zip(direct_runs, parse_runs, strict=True)]
     return {
         "floor_p50_ms": statistics.median(x.latency_ms["p50"] for x in floor_runs),
         "floor_added_p50_ms": statistics.median(floor),
+        "floor_cpu_us": statistics.median(x.cpu_us_per_request("proxy") for x in floor_runs),
+        "parse_floor_p50_ms": statistics.median(x.latency_ms["p50"] for x in parse_runs),
+        "parse_floor_added_p50_ms": statistics.median(parse),
+        "parse_floor_cpu_us": statistics.median(x.cpu_us_per_request("proxy") for x in parse_runs),
         "direct_p50_ms": direct_p50,
         "proxy_p50_ms": proxy_p50,
         "added_p50_ms": statistics.median(paired),
@@ -252,19 +261,29 @@ def bench_proxy(workdir: Path, duration_s: float, rounds: int) -> dict[str, Any]
             "direct": [x.to_dict() for x in direct_runs],
             "proxy": [x.to_dict() for x in proxy_runs],
             "floor": [x.to_dict() for x in floor_runs],
+            "parse floor": [x.to_dict() for x in parse_runs],
         },
     }
 
 
-async def _serve_min_proxy(upstream: str, port: int) -> None:
-    """The floor for the proxy: forward ModelInfer bytes to ``upstream``, nothing else (grpc.aio, uvloop)."""
+async def _serve_min_proxy(upstream: str, port: int, parse: bool = False) -> None:
+    """The floor for the proxy: forward ModelInfer bytes to ``upstream``, nothing else (grpc.aio, uvloop).
+
+    ``parse``: parse the request and the answer and serialise them again on the way (protobuf, C++)."""
     import grpc
 
-    channel = grpc.aio.insecure_channel(upstream)
+    from sidecar.engine.upstream import channel_options
+    from sidecar.protocol._generated import grpc_service_pb2 as pb
+
+    channel = grpc.aio.insecure_channel(upstream, options=channel_options(64 << 20))
     call = channel.unary_unary(loadgen.INFER_METHOD, request_serializer=None, response_deserializer=None)
 
     async def infer(request: bytes, context: Any) -> bytes:
         return await call(request, timeout=context.time_remaining())
+
+    async def infer_parsed(request: Any, context: Any) -> Any:
+        raw = await call(request.SerializeToString(), timeout=context.time_remaining())
+        return pb.ModelInferResponse.FromString(raw)
 
     async def ready(request: bytes, context: Any) -> bytes:
         return b"\x08\x01"  # ServerReadyResponse(ready=True)
@@ -272,7 +291,13 @@ async def _serve_min_proxy(upstream: str, port: int) -> None:
     handler = grpc.method_handlers_generic_handler(
         "inference.GRPCInferenceService",
         {
-            "ModelInfer": grpc.unary_unary_rpc_method_handler(infer),
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(
+                infer_parsed,
+                request_deserializer=pb.ModelInferRequest.FromString,
+                response_serializer=pb.ModelInferResponse.SerializeToString,
+            )
+            if parse
+            else grpc.unary_unary_rpc_method_handler(infer),
             "ServerReady": grpc.unary_unary_rpc_method_handler(ready),  # for bench.servers' start-up wait
         },
     )
@@ -283,10 +308,13 @@ async def _serve_min_proxy(upstream: str, port: int) -> None:
     await server.wait_for_termination()
 
 
-def _start_min_proxy(upstream: str) -> servers.ServerProcess:
+def _start_min_proxy(upstream: str, parse: bool = False) -> servers.ServerProcess:
     port = servers.free_port()
     argv = [sys.executable, "-m", "bench.bench_routing", "--serve-min-proxy", upstream, "--port", str(port)]
-    return servers.ServerProcess("min-proxy", argv, port=port, cwd=servers.REPO_ROOT).start()
+    if parse:
+        argv.append("--parse")
+    name = "min-proxy-parse" if parse else "min-proxy"
+    return servers.ServerProcess(name, argv, port=port, cwd=servers.REPO_ROOT).start()
 
 
 def _pct(new: float, base: float) -> float:
@@ -302,12 +330,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="routing", help="results file name under bench/results")
     parser.add_argument("--serve-min-proxy", metavar="UPSTREAM", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--parse", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_min_proxy:  # the proxy part's floor, in its own process
         import uvloop
 
         uvloop.install()
-        asyncio.run(_serve_min_proxy(args.serve_min_proxy, args.port))
+        asyncio.run(_serve_min_proxy(args.serve_min_proxy, args.port, args.parse))
         return 0
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
     payload: dict[str, Any] = {"machine": machine_info(), "args": vars(args)}
@@ -379,8 +408,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"  direct p50 {proxy['direct_p50_ms']:.3f} ms, via proxy {proxy['proxy_p50_ms']:.3f} ms: "
                 f"+{proxy['added_p50_ms']:.3f} ms paired median (target <= {TARGET_PROXY_MS} ms) "
                 f"{'ok' if verdict else 'MISSED'}; proxy CPU {proxy['proxy_cpu_us']:.0f} us/req, "
-                f"upstream CPU {proxy['upstream_cpu_us']:.0f} us/req; floor (bare grpc.aio proxy) "
-                f"+{proxy['floor_added_p50_ms']:.3f} ms"
+                f"upstream CPU {proxy['upstream_cpu_us']:.0f} us/req; floors: bare grpc.aio proxy "
+                f"+{proxy['floor_added_p50_ms']:.3f} ms ({proxy['floor_cpu_us']:.0f} us/req), parsing proxy "
+                f"+{proxy['parse_floor_added_p50_ms']:.3f} ms ({proxy['parse_floor_cpu_us']:.0f} us/req)"
             )
             per_round = ", ".join(f"{x:+.3f}" for x in proxy["added_p50_ms_per_round"])
             lines += [
@@ -393,7 +423,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"- CPU per request: proxy process {proxy['proxy_cpu_us']:.0f} us, upstream process "
                 f"{proxy['upstream_cpu_us']:.0f} us",
                 f"- floor, a bare grpc.aio proxy (raw bytes through, nothing else) in front of the same upstream: "
-                f"p50 {proxy['floor_p50_ms']:.3f} ms, added {proxy['floor_added_p50_ms']:.3f} ms",
+                f"p50 {proxy['floor_p50_ms']:.3f} ms, added {proxy['floor_added_p50_ms']:.3f} ms, "
+                f"{proxy['floor_cpu_us']:.0f} us CPU/req",
+                f"- floor that also parses the request and the answer and serialises them again (protobuf): "
+                f"p50 {proxy['parse_floor_p50_ms']:.3f} ms, added {proxy['parse_floor_added_p50_ms']:.3f} ms, "
+                f"{proxy['parse_floor_cpu_us']:.0f} us CPU/req",
                 "",
             ]
     json_path, md_path = save_results(args.name, payload, "\n".join(lines))

@@ -84,6 +84,17 @@ def find_upstream_file(version_dir: Path) -> Path | None:
     return None
 
 
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """The options of each pooled channel to an upstream."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.use_local_subchannel_pool", 1),  # one TCP connection per pooled channel
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.enable_retries", 0),  # run() retries itself, only when safe; no buffering retry filter
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamSettings:
     target: str
@@ -168,13 +179,7 @@ class UpstreamEngine:
         self.max_batch_size = 0
         self.healthy = False
         self._batch_limit = max_batch_size
-        self._options = [
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.use_local_subchannel_pool", 1),  # one TCP connection per pooled channel
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.enable_retries", 0),  # run() retries itself, only when safe; no buffering retry filter
-        ]
+        self._options = channel_options(max_message_bytes)
         self._metadata = tuple((k.lower(), v) for k, v in settings.headers.items()) or None
         self._channels: list[grpc.aio.Channel] = []
         self._stubs: list[pb_grpc.GRPCInferenceServiceStub] = []
