@@ -29,6 +29,22 @@ from sidecar.monitoring.profile import CATEGORICAL, NUMERIC, CategoricalFeature,
 UpdateCounts = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
 
 _FEW = 64  # categorical values up to which a dict lookup per value beats the vectorized path
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+_ROWS = np.arange(4096)  # row indices for the confidence gather (bigger batches make their own)
+
+
+def _bind(update_counts: UpdateCounts | None, edges: np.ndarray) -> Callable[[np.ndarray, np.ndarray], None]:
+    """``update(counts, values)`` with ``edges`` checked once when ``update_counts`` is one of the
+    histogram module's implementations; any other function (a test's) is simply called with the edges."""
+    from sidecar.monitoring import histogram
+
+    for name, implementation in histogram.implementations().items():
+        if implementation is update_counts:
+            return histogram.bound_update(edges, name)
+    if update_counts is None:
+        raise ValueError("numeric features need a histogram update function")
+    return lambda counts, values: update_counts(counts, values, edges)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,20 +109,28 @@ class CategoryLookup:
             self._table = {int(v): int(c) for v, c in zip(self._sorted, self._codes, strict=True)}
 
     def add(self, column: np.ndarray, flat: np.ndarray, start: int) -> None:
-        """Add the counts of ``column``'s values to ``flat[start : start + size]``. A few values (a
-        serving batch) are looked up one by one in a dict: a handful of numpy calls would cost more."""
+        """Add the counts of ``column``'s values to ``flat[start : start + size]``."""
+        self.add_codes(self.codes_of(column), flat, start)
+
+    def codes_of(self, column: np.ndarray) -> list[int] | np.ndarray:
+        """The codes of ``column``'s values: a few (a serving batch) are looked up one by one in a dict,
+        as a list (a handful of numpy calls would cost more); many, vectorized, as an array."""
         if len(column) > _FEW:
-            flat[start : start + self.size] += np.bincount(self.codes(column), minlength=self.size)
-            return
+            return self.codes(column)
         get, other = self._table.get, self._other
         values = column.tolist() if self._bytes else column.astype(np.int64, copy=False).tolist()
-        if len(values) == 1:
-            flat[start + get(values[0], other)] += 1
-            return
-        counts = [0] * self.size
-        for v in values:
-            counts[get(v, other)] += 1
-        flat[start : start + self.size] += counts
+        return [get(v, other) for v in values]
+
+    def add_codes(self, codes: list[int] | np.ndarray, flat: np.ndarray, start: int) -> None:
+        if type(codes) is not list:
+            flat[start : start + self.size] += np.bincount(codes, minlength=self.size)
+        elif len(codes) == 1:
+            flat[start + codes[0]] += 1
+        elif codes:
+            counts = [0] * self.size
+            for c in codes:
+                counts[c] += 1
+            flat[start : start + self.size] += counts
 
     def codes(self, column: np.ndarray) -> np.ndarray:
         if self._bytes:
@@ -126,6 +150,7 @@ class SourceCounter:
     def __init__(self, source: Source, slots: Sequence[FeatureSlot], update_counts: UpdateCounts | None) -> None:
         self.source = source
         self._update = update_counts
+        self._bound: Callable[[np.ndarray, np.ndarray], None] | None = None
         self._derive = source.derive
         self._width = source.width
         numeric = [(j, s) for j, s in enumerate(slots) if s.kind == NUMERIC]
@@ -139,6 +164,7 @@ class SourceCounter:
             )
             start = numeric[0][1].start
             self._numeric_block = (start, start + len(numeric) * (k + 3), k + 3)
+            self._bound = _bind(update_counts, self._edges)
         self._categorical = [
             (j, CategoryLookup(s.feature, source.value_kind), s.start)  # type: ignore[arg-type]
             for j, s in enumerate(slots)
@@ -156,6 +182,16 @@ class SourceCounter:
             return matrix.argmax(axis=1).reshape(-1, 1) if len(matrix) else matrix[:, :1].astype(np.int64)
         return matrix
 
+    def _kernel_values(self, values: np.ndarray) -> np.ndarray:
+        """The numeric columns of ``values`` as the kernel takes them (float32 or float64)."""
+        numeric = values if self._all_numeric else values[:, self._numeric_cols]
+        dtype = numeric.dtype
+        if self._float_values and (dtype is _F32 or dtype is _F64):
+            return numeric
+        if dtype == np.float16 or not self._float_values:
+            return numeric.astype(np.float32 if dtype == np.float16 else np.float64)
+        return numeric if dtype in (np.float32, np.float64) else numeric.astype(np.float64)
+
     def count(self, values: np.ndarray, flat: np.ndarray) -> None:
         """Add the counts of ``values`` (``(rows, width)``) into ``flat``."""
         if len(values) == 0:
@@ -163,14 +199,45 @@ class SourceCounter:
         if self._numeric_block is not None:
             start, stop, stride = self._numeric_block
             block = flat[start:stop].reshape(-1, stride)
-            numeric = values if self._all_numeric else values[:, self._numeric_cols]
-            if numeric.dtype == np.float16 or not self._float_values:
-                numeric = numeric.astype(np.float32 if numeric.dtype == np.float16 else np.float64)
-            elif numeric.dtype not in (np.float32, np.float64):
-                numeric = numeric.astype(np.float64)
-            self._update(block, numeric, self._edges)  # type: ignore[misc]  # set whenever numeric features exist
+            self._update(block, self._kernel_values(values), self._edges)  # type: ignore[misc]  # set with numeric
         for col, lookup, start in self._categorical:
             lookup.add(values[:, col], flat, start)
+
+    # -- one serving batch, in two phases ----------------------------------------------------------
+    def block(self, flat: np.ndarray) -> np.ndarray | None:
+        """The ``(F, K + 3)`` view of ``flat`` holding this source's numeric counts (None: none)."""
+        if self._numeric_block is None:
+            return None
+        start, stop, stride = self._numeric_block
+        return flat[start:stop].reshape(-1, stride)
+
+    def read_batch(self, array: np.ndarray) -> tuple[np.ndarray | None, list]:
+        """Phase 1, which may raise: one batch's tensor as the kernel's values and each categorical
+        feature's codes. Nothing is counted yet."""
+        matrix = array.reshape(-1, self._width)
+        n = len(matrix)
+        if n == 0:
+            return None, []
+        derive = self._derive
+        if derive == "confidence":
+            if n <= 8:
+                values = matrix.max(axis=1, keepdims=True)
+            else:  # the max along short rows: argmax and a gather beat max() past a few rows
+                rows = _ROWS[:n] if n <= len(_ROWS) else np.arange(n)
+                values = matrix[rows, matrix.argmax(axis=1)].reshape(-1, 1)
+        elif derive == "class":
+            values = matrix.argmax(axis=1).reshape(-1, 1)
+        else:
+            values = matrix
+        numeric = self._kernel_values(values) if self._numeric_block is not None else None
+        return numeric, [(lookup, lookup.codes_of(values[:, col]), start) for col, lookup, start in self._categorical]
+
+    def add_batch(self, numeric: np.ndarray | None, codes: list, block: np.ndarray | None, flat: np.ndarray) -> None:
+        """Phase 2: add what ``read_batch`` returned into ``flat`` (``block``: ``self.block(flat)``)."""
+        if numeric is not None:
+            self._bound(block, numeric)  # type: ignore[misc]  # bound whenever there are numeric features
+        for lookup, c, start in codes:
+            lookup.add_codes(c, flat, start)
 
 
 class ProfileCounter:
@@ -229,9 +296,33 @@ class ProfileCounter:
             if arrays:
                 counter.count(counter.values(arrays), flat)
 
-    def count_one(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], flat: np.ndarray) -> None:
-        """``count`` for one batch (the serving path: no list of requests, no concatenation)."""
-        for counter in self.sources:
-            array = (inputs if counter.source.side == "input" else outputs).get(counter.source.tensor)
+    def batch_counter(self, flat: np.ndarray) -> BatchCounter:
+        """A counter of one batch at a time into ``flat`` (kept; zero it in place, never replace it)."""
+        return BatchCounter(self, flat)
+
+
+class BatchCounter:
+    """Counts serving batches into one fixed flat vector: the vector's views and the kernels with their
+    edges are bound once, so a call costs a few calls per source. A call is counted whole or not at
+    all: every tensor is read (concatenated, shapes, derived values, category codes) before anything
+    is added, and a tensor that cannot be read raises with nothing counted."""
+
+    def __init__(self, counter: ProfileCounter, flat: np.ndarray) -> None:
+        self._flat = flat
+        self._plans = tuple((s.source.side == "input", s.source.tensor, s, s.block(flat)) for s in counter.sources)
+
+    def __call__(self, inputs: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[Mapping[str, np.ndarray]]) -> None:
+        """Count the tensors of one or more batches (dicts name -> array, batch dimension first)."""
+        read = []
+        for is_input, tensor, source, block in self._plans:
+            side = inputs if is_input else outputs
+            if len(side) == 1:
+                array = side[0].get(tensor)
+            else:
+                arrays = [d[tensor] for d in side if tensor in d]
+                array = (arrays[0] if len(arrays) == 1 else np.concatenate(arrays)) if arrays else None
             if array is not None:
-                counter.count(counter.values((array,)), flat)
+                read.append((source, block, *source.read_batch(array)))
+        flat = self._flat
+        for source, block, numeric, codes in read:
+            source.add_batch(numeric, codes, block, flat)

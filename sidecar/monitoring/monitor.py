@@ -69,6 +69,8 @@ from sidecar.types import TensorSpec
 
 log = logging.getLogger(__name__)
 
+HOLD_ROWS = 512  # rows of answered batches held (referenced, not copied) before they are counted together
+
 
 def thresholds_from(cfg: MonitoringConfig) -> Thresholds:
     return Thresholds(
@@ -135,14 +137,20 @@ class VersionMonitor:
         self._lock = threading.Lock()
         now_mono, now_unix = time.monotonic(), time.time()
         size = counter.size
-        self._scratch = counter.zeros()  # one batch's counts, added to the open counts once counted whole
         # Counts since the last window boundary of any kind: added to the three accumulators at the next
-        # boundary (or read), so a batch costs one vector addition, not three.
+        # boundary (or read), so a batch is counted once, not three times. Zeroed in place, never replaced:
+        # the batch counter holds views of it.
         self._open = counter.zeros()
+        self._count_batch = counter.batch_counter(self._open)
         self._open_requests = 0
         self._open_rows = 0
         self._open_rejected = 0
         self._open_dropped = 0
+        # Batches not counted yet: counted together (one kernel call per source) once they hold HOLD_ROWS
+        # rows, at a window boundary, or when anything is read.
+        self._held: list[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray], int, int]] = []
+        self._held_requests = 0
+        self._held_rows = 0
         self._cumulative = Accumulator("cumulative", size, now_mono, now_unix)
         self._count = Accumulator("count", size, now_mono, now_unix)
         self._time = Accumulator("time", size, now_mono, now_unix)
@@ -195,10 +203,16 @@ class VersionMonitor:
                 if t >= self._time_end:
                     self._roll_time(t)
                 n = len(request_rows)
-                room = self._window_requests - self._count.requests - self._open_requests
+                room = self._window_requests - self._count.requests - self._open_requests - self._held_requests
                 if n < room:
-                    self._add(inputs, outputs, n, sum(request_rows))
+                    rows = sum(request_rows)
+                    self._held.append((inputs, outputs, n, rows))
+                    self._held_requests += n
+                    self._held_rows += rows
+                    if self._held_rows >= HOLD_ROWS:
+                        self._count_held()
                     return
+                self._count_held()
                 i = offset = 0
                 while i < n:
                     j = min(n, i + room)
@@ -226,19 +240,36 @@ class VersionMonitor:
             self.rejected_total += 1
             self._open_rejected += 1
 
+    def _count_held(self) -> None:
+        """Count the held batches together; if that fails, one by one (only a bad batch is dropped)."""
+        held = self._held
+        if not held:
+            return
+        requests, rows = self._held_requests, self._held_rows
+        self._held = []
+        self._held_requests = self._held_rows = 0
+        if len(held) == 1:
+            self._add(*held[0])
+            return
+        try:
+            self._count_batch([h[0] for h in held], [h[1] for h in held])  # whole, or nothing when it raises
+        except Exception:
+            for h in held:
+                self._add(*h)
+            return
+        self._open_requests += requests
+        self._open_rows += rows
+
     def _add(
         self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], requests: int, rows: int
     ) -> None:
-        delta = self._scratch
-        delta[:] = 0
         try:
-            self.counter.count_one(inputs, outputs, delta)
+            self._count_batch((inputs,), (outputs,))  # counted whole or, when it raises, not at all
         except Exception:
             self.dropped_total += requests
             self._open_dropped += requests
             self._error()
             return
-        self._open += delta
         self._open_requests += requests
         self._open_rows += rows
 
@@ -249,7 +280,8 @@ class VersionMonitor:
 
     # -- windows (under _lock) -------------------------------------------------------------------
     def _settle(self) -> None:
-        """Add the open counts to the three accumulators."""
+        """Count the held batches and add the open counts to the three accumulators."""
+        self._count_held()
         if self._open_requests or self._open_rejected or self._open_dropped:
             for acc in (self._cumulative, self._count, self._time):
                 acc.add(self._open, self._open_requests, self._open_rows)

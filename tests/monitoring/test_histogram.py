@@ -230,6 +230,37 @@ def test_implementations_agree_bit_for_bit() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# bound_update: the serving path's update, edges checked once
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=batches())
+@pytest.mark.parametrize("name", sorted(IMPLEMENTATIONS))
+def test_bound_update_matches_numpy_histogram(name: str, batch: tuple[np.ndarray, np.ndarray]) -> None:
+    values, edges = batch
+    bound = histogram.bound_update(edges, name)
+    check(lambda counts, v, e: bound(counts, v), values, edges)
+
+
+@pytest.mark.parametrize("name", sorted(IMPLEMENTATIONS))
+def test_bound_update_takes_any_layout_and_refuses_what_update_counts_refuses(name: str) -> None:
+    rng = np.random.default_rng(8)
+    edges = np.ascontiguousarray(np.sort(rng.normal(size=(6, 5)), axis=0))
+    bound = histogram.bound_update(edges, name)
+    base = rng.normal(size=(40, 10)).astype(np.float32)
+    for values in (base[:, ::2], np.asfortranarray(base[:, :5]), base[:, :5].astype(">f8"), base[:1, :5].copy()):
+        counts = np.zeros((5, 9), dtype=np.int64)
+        bound(counts, values)
+        np.testing.assert_array_equal(counts, expected_counts(np.ascontiguousarray(values), edges))
+    with pytest.raises(ValueError, match="float32 or float64"):
+        bound(np.zeros((5, 9), dtype=np.int64), np.zeros((3, 5), dtype=np.int32))
+    with pytest.raises(ValueError, match="columns"):
+        bound(np.zeros((5, 9), dtype=np.int64), np.zeros((3, 4)))
+    with pytest.raises(ValueError, match=r"edges\[2, 1\] = 0.5 is below"):
+        histogram.bound_update(unsorted_edges(), name)  # checked when bound, not per batch
+
+
+# --------------------------------------------------------------------------------------------------
 # Validation: the same clear ValueError from every implementation
 
 EDGES = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]])

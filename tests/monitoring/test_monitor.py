@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 
 import numpy as np
@@ -241,6 +242,25 @@ def test_batches_are_split_at_the_count_window_boundary_exactly_like_single_requ
     assert batched.report().open_count_requests == 30 and batched.report().rows_total == sum(r for *_, r in items)
 
 
+def test_held_batches_are_counted_on_read_and_a_bad_one_is_dropped_alone(profile, caplog):
+    m = monitor(profile)
+    rng = np.random.default_rng(9)
+    good = [make_rows(rng, 4) for _ in range(3)]
+    bad = {"x": np.zeros((2, 5), np.float32), "code": np.zeros(2, np.int64), "city": CITIES[:2]}
+    m.observe(good[0], answer(good[0]), (4,))
+    m.observe(bad, {}, (1, 1))
+    m.observe(good[1], answer(good[1]), (2, 2))
+    m.observe(good[2], answer(good[2]), (4,))
+    assert m._held  # small batches wait to be counted together
+    r = m.report()  # reading counts them first
+    assert (r.requests_total, r.rows_total, r.dropped_total, r.errors_total) == (4, 12, 2, 1)
+    alone = monitor(profile)
+    for x in good:
+        alone.observe(x, answer(x), (4,))
+    np.testing.assert_array_equal(m.cumulative_counts(), alone.cumulative_counts())
+    assert "could not count" in caplog.text
+
+
 def test_a_batch_that_cannot_be_counted_is_logged_not_raised(profile, caplog):
     m = monitor(profile)
     bad = {"x": np.zeros((2, 5), np.float32), "code": np.zeros(2, np.int64), "city": CITIES[:2]}
@@ -285,3 +305,34 @@ def test_category_counts_of_small_batches_equal_the_vectorized_counts(n):
         assert flat[:2].tolist() == [0, 0] and flat[-1] == 0
         assert flat[2 : 2 + lookup.size].tolist() == expected.tolist(), (feature.name, column)
         assert flat.sum() == n
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 9, 64, 65, 300])
+def test_batch_counter_counts_exactly_what_the_profile_path_counts(profile, n):
+    from sidecar.monitoring.histogram import implementations
+
+    rng = np.random.default_rng(100 + n)
+    inputs = make_rows(rng, n, shift=0.7)
+    if n:
+        inputs["x"][0, 1] = np.nan
+        inputs["city"][-1, 0] = b"atlantis"
+    outputs = answer(inputs)
+    if n > 2:
+        outputs["probabilities"][1, 0] = np.nan  # a NaN confidence
+    for update in implementations().values():
+        counter = ProfileCounter(profile, update)
+        expected = counter.zeros()
+        counter.count([inputs], [outputs], expected)
+        flat = counter.zeros()
+        count = counter.batch_counter(flat)
+        count([inputs], [outputs])
+        np.testing.assert_array_equal(flat, expected)
+        assert flat.sum() == n * len(counter.slots)
+        cut = [0, n // 3, n // 2, n]  # the same rows as three batches held and counted together
+        parts = [{k: a[i:j] for k, a in d.items()} for d in (inputs, outputs) for i, j in itertools.pairwise(cut)]
+        flat[:] = 0
+        count(parts[:3], parts[3:])
+        np.testing.assert_array_equal(flat, expected)
+        with pytest.raises(ValueError):  # an output unreadable (9 values, rows of 2): raises, counting nothing
+            count([inputs], [{**outputs, "probabilities": np.zeros((3, 3), np.float32)}])
+        np.testing.assert_array_equal(flat, expected)
