@@ -148,13 +148,13 @@ def _sidecar_settings(ctx: Context, batching: bool) -> dict[str, Any]:
     return settings
 
 
-def _start_sidecar(batching: bool) -> Callable[[Context], servers.ServerProcess]:
+def _start_sidecar(batching: bool, extra: dict[str, Any] | None = None) -> Callable[[Context], servers.ServerProcess]:
     def start(ctx: Context) -> servers.ServerProcess:
         return servers.start_sidecar(
             ctx.repository,
             models=list(ctx.models),
-            settings=_sidecar_settings(ctx, batching),
-            name=f"sidecar-{'batching' if batching else 'direct'}",
+            settings={**_sidecar_settings(ctx, batching), **(extra or {})},
+            name=f"sidecar-{'batching' if batching else 'direct'}{'-bare' if extra else ''}",
             log_dir=ctx.log_dir,
         )
 
@@ -239,6 +239,12 @@ SERVERS: dict[str, ServerSpec] = {
         ServerSpec("echo-batching", "grpc.aio + minimal batcher + ONNX Runtime (floor)", True, _start_echo_batching),
         ServerSpec("sidecar", "sidecar, batching off", False, _start_sidecar(False)),
         ServerSpec("sidecar-batching", "sidecar, batching on", True, _start_sidecar(True)),
+        ServerSpec(
+            "sidecar-batching-bare",
+            "sidecar, batching on, telemetry and monitoring off",
+            True,
+            _start_sidecar(True, {"telemetry.enabled": False, "monitoring.enabled": False}),
+        ),
         ServerSpec("mlserver-pw1", "MLServer, parallel_workers 1", False, _start_mlserver(1, False)),
         ServerSpec(
             "mlserver-pw1-adaptive", "MLServer, parallel_workers 1, adaptive batching", True, _start_mlserver(1, True)
@@ -340,7 +346,7 @@ def measure_server(ctx: Context, spec: ServerSpec, record: RunRecord) -> None:
                     duration_s=args.duration,
                     warmup_s=args.warmup,
                     processes=args.processes,
-                    cpu_probes={"server": server.cpu_seconds},
+                    cpu_probes=_cpu_probes(spec, server),
                     labels={"server": spec.key, "model": name},
                     **load,
                 )
@@ -356,6 +362,16 @@ def measure_server(ctx: Context, spec: ServerSpec, record: RunRecord) -> None:
     finally:
         for s in {id(s): s for s in by_model.values()}.values():
             s.stop()
+
+
+def _cpu_probes(spec: ServerSpec, server: servers.ServerProcess) -> dict[str, Callable[[], float]]:
+    """Whole-process CPU for every server; for our own single-process grpc.aio servers also the event loop's
+    thread, where every request's Python runs (the first thing to saturate)."""
+    probes: dict[str, Callable[[], float]] = {"server": server.cpu_seconds}
+    if spec.key.startswith(("echo", "sidecar")):
+        pid = server.pid
+        probes["loop"] = lambda: servers.thread_cpu(pid).get("main", math.nan)
+    return probes
 
 
 def profile_cell(ctx: Context, server: servers.ServerProcess, payload: bytes, concurrency: int) -> dict[str, Any]:
@@ -394,6 +410,8 @@ def cell_row(cell: Cell) -> dict[str, Any]:
     row = result_row(cell.result)
     row["server"] = SERVERS[cell.server].title
     row["mean_batch"] = cell.mean_batch
+    loop = cell.result.cpu_us_per_request("loop")
+    row["loop_us"] = None if math.isnan(loop) else loop
     row["response_bytes"] = cell.response_bytes
     return row
 
@@ -408,6 +426,7 @@ COLUMNS = (
     ("max_ms", "max ms"),
     ("errors", "errors"),
     ("server_us", "server CPU us/req"),
+    ("loop_us", "event-loop thread CPU us/req"),
     ("client_us", "client CPU us/req"),
     ("mean_batch", "mean batch"),
 )
@@ -431,7 +450,7 @@ def targets(record: RunRecord, model: str = "mlp", concurrency: int = 64) -> lis
     echo1 = find(record, "echo", model, 1)
     raw = record.raw.get(model, {}).get("rows", [])
     model_ms = raw[0]["p50_ms"] if raw and raw[0]["batch"] == 1 else None
-    for key in ("echo-batching", "sidecar", "sidecar-batching"):  # the floor first: what batching can reach here
+    for key in ("echo-batching", "sidecar", "sidecar-batching", "sidecar-batching-bare"):  # the floor first
         side = find(record, key, model, concurrency)
         if side is None:
             continue
