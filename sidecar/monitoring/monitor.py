@@ -3,10 +3,12 @@
 Counting is per engine run, not per request: the scheduler that ran a batch (``DynamicBatcher`` after
 it answered the batch's callers, ``DirectScheduler`` after one unbatched run) calls
 ``observer.observe(inputs, outputs, request_rows)`` once, with the batch's merged input arrays, its
-output arrays and the rows of each request in it. ``VersionMonitor.observe`` counts them into the
-histograms right there, on the event loop: one vectorized update per source (the histogram kernel),
-into a scratch vector added to the open counts, about 10-20 us per batch whatever its size. Nothing is
-buffered, no thread is woken, and memory is fixed by the profile.
+output arrays and the rows of each request in it. ``VersionMonitor.observe`` holds the batch (a
+reference to its arrays, no copy) and, once the held batches reach ``HOLD_ROWS`` rows, counts them all
+together on the event loop: per source one concatenation and one vectorized update (the histogram
+kernel), about 1 us per batch amortized. Held batches are also counted at every window boundary and
+before anything is read, so reports never lag. Nothing is queued to a thread, and memory is fixed by
+the profile plus the held rows.
 
 Windows: a count window closes after exactly ``window_requests`` requests (a batch that crosses the
 boundary is split at that request's rows), a time window every ``window_s`` seconds. A closed window is
@@ -22,9 +24,10 @@ is logged and counted (``errors_total``, and its requests as ``dropped``). A mal
 profile is a ``ModelLoadError`` when the version loads (``Monitoring.prepare``), never a request-time
 error.
 
-Concurrency: every mutation happens on the event-loop thread, under the version monitor's lock, which
-``report()``/``snapshot()`` take too, so those can be called from any thread (the telemetry exporter's,
-say). ``Monitoring._monitors`` is replaced, never mutated.
+Concurrency: the hooks and window evaluation run on the event loop; every change of a monitor's state
+happens under its lock, which ``report()``/``snapshot()`` take too (counting held batches first), so
+those can be called from any thread (the telemetry exporter's, say). ``Monitoring._monitors`` is
+replaced, never mutated.
 """
 
 from __future__ import annotations
@@ -213,6 +216,7 @@ class VersionMonitor:
                         self._count_held()
                     return
                 self._count_held()
+                room = self._window_requests - self._count.requests - self._open_requests
                 i = offset = 0
                 while i < n:
                     j = min(n, i + room)
