@@ -263,6 +263,36 @@ class LeanTracer(trace.Tracer):
             (record_exception, set_status_on_exception),
         )
 
+    def start_request_span(
+        self, name: str, parent: SpanContext | None, kind: SpanKind, attributes: Mapping[str, Any]
+    ) -> LeanSpan | None:
+        """A request's span, or None when the sampler does not sample it: no span object at all.
+
+        The request path's fast path (``sidecar.protocol.interceptors``): an unsampled request costs one
+        random draw and the sampler's test. ``parent``: the caller's valid span context, or None for a
+        root span; ``attributes`` (no None values) are copied into the span.
+        """
+        if parent is not None:
+            trace_id = parent.trace_id
+            state = parent.trace_state
+        else:
+            trace_id = _getrandbits(128) or 1
+            state = None
+        if not self._decide(parent, trace_id, None):
+            return None
+        return LeanSpan(
+            name,
+            SpanContext(trace_id, _getrandbits(64) or 1, False, _SAMPLED, state),
+            parent,
+            kind,
+            dict(attributes),
+            [],
+            self.scope,
+            self._provider.sink,
+            _time_ns(),
+            (True, True),
+        )
+
     def start_as_current_span(
         self,
         name: str,

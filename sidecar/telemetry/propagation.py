@@ -17,7 +17,13 @@ _FLAGS = [TraceFlags(i) for i in range(256)]
 
 
 def remote_context(traceparent: str, tracestate: str | None = None) -> Context | None:
-    """A context whose current span is the caller's (remote, non-recording), or None if invalid.
+    """A context whose current span is the caller's (remote, non-recording), or None if invalid."""
+    ctx = remote_span_context(traceparent, tracestate)
+    return None if ctx is None else trace.set_span_in_context(NonRecordingSpan(ctx))
+
+
+def remote_span_context(traceparent: str, tracestate: str | None = None) -> SpanContext | None:
+    """The caller's span context (``is_remote``), or None if ``traceparent`` is invalid.
 
     As the API's propagator: version ``ff`` is invalid, version ``00`` must have exactly four fields,
     later versions may carry more; all-zero ids are invalid; surrounding whitespace is allowed.
@@ -41,5 +47,4 @@ def remote_context(traceparent: str, tracestate: str | None = None) -> Context |
     if not trace_id or not span_id:
         return None
     state = TraceState.from_header([tracestate]) if tracestate else None
-    ctx = SpanContext(trace_id, span_id, is_remote=True, trace_flags=_FLAGS[int(flags_hex, 16)], trace_state=state)
-    return trace.set_span_in_context(NonRecordingSpan(ctx))
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=_FLAGS[int(flags_hex, 16)], trace_state=state)
