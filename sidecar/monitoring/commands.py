@@ -29,7 +29,8 @@ def add_monitoring_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "profile",
         help="build a model version's reference profile from its training data (for drift monitoring)",
-        description="Read training data (.npy, .npz or .csv with a header), run the model version on it with the "
+        description="Read training data (.npy, .npz, .csv with a header, or .parquet with pyarrow), run the model "
+        "version on it with the "
         "serving engine, and write <repository>/<model>/<version>/reference_profile.json: per feature quantile "
         "edges, reference bin counts, min/max, missing values; category frequencies; predicted classes and "
         "confidence.",
@@ -37,7 +38,9 @@ def add_monitoring_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-repository", required=True, help="model repository folder")
     p.add_argument("--model", required=True, help="model name")
     p.add_argument("--version", required=True, help="version folder, e.g. 1.0.0")
-    p.add_argument("--data", required=True, help="training data: .npy, .npz (arrays by input name) or .csv")
+    p.add_argument(
+        "--data", required=True, help="training data: .npy, .npz (arrays by input name), .csv or .parquet (pyarrow)"
+    )
     p.add_argument("--bins", type=int, default=DEFAULT_BINS, help=f"quantile bins per numeric feature ({DEFAULT_BINS})")
     p.add_argument(
         "--max-categories",

@@ -1,4 +1,4 @@
-"""Reading training data for ``sidecar profile``: ``.npy``, ``.npz`` and ``.csv``.
+"""Reading training data for ``sidecar profile``: ``.npy``, ``.npz``, ``.csv`` and ``.parquet``.
 
 The data's columns are the model's inputs, in the order the model declares them, each taking as
 many columns as its rows have values (an input ``[batch, 30]`` takes 30 columns, ``[batch]`` one):
@@ -7,6 +7,9 @@ many columns as its rows have values (an input ``[batch, 30]`` takes 30 columns,
 * ``.npz``: one array per input, keyed by input name (no column splitting needed).
 * ``.csv``: a header row (its names become the feature names), then one row per example. Empty
   cells and ``nan`` are missing values of float inputs; BYTES inputs take the text as UTF-8.
+* ``.parquet`` (needs the optional ``pyarrow``: ``pip install 'sidecar[parquet]'``): one scalar
+  column per feature, like a CSV file; the column names become the feature names. Nulls are missing
+  values (NaN for float inputs, empty for BYTES inputs; an error for integer and boolean inputs).
 """
 
 from __future__ import annotations
@@ -43,7 +46,11 @@ def read_training_data(path: Path, inputs: Sequence[TensorSpec], batched: bool) 
         return _split_columns(path, [array[:, j] for j in range(array.shape[1])], None, inputs, batched)
     if suffix == ".csv":
         return _read_csv(path, inputs, batched)
-    raise InvalidArgument(f"{path}: unsupported training data format {suffix or '(none)'!r}; use .npy, .npz or .csv")
+    if suffix == ".parquet":
+        return _read_parquet(path, inputs, batched)
+    raise InvalidArgument(
+        f"{path}: unsupported training data format {suffix or '(none)'!r}; use .npy, .npz, .csv or .parquet"
+    )
 
 
 def _widths(inputs: Sequence[TensorSpec], batched: bool, total: int, where: Path) -> list[int]:
@@ -73,6 +80,8 @@ def _convert(column: Sequence[object] | np.ndarray, spec: TensorSpec, where: str
     dtype = DATATYPE_TO_DTYPE[spec.datatype]
     try:
         if isinstance(column, np.ndarray):
+            if dtype.kind in "iub" and column.dtype.kind == "f" and np.isnan(column).any():
+                raise ValueError("missing values (NaN or null) in an integer or boolean column")
             return column.astype(dtype)
         if dtype.kind == "f":
             return np.array([float(v) if str(v).strip() else np.nan for v in column], dtype=dtype)
@@ -118,6 +127,43 @@ def _read_csv(path: Path, inputs: Sequence[TensorSpec], batched: bool) -> Traini
         if len(row) != len(header):
             raise InvalidArgument(f"{path} line {i}: {len(row)} fields, the header has {len(header)}")
     columns = [list(col) for col in zip(*rows[1:], strict=True)]
+    return _split_columns(path, columns, header, inputs, batched)
+
+
+def _read_parquet(path: Path, inputs: Sequence[TensorSpec], batched: bool) -> TrainingData:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise InvalidArgument(
+            f"{path}: reading Parquet needs pyarrow: pip install 'sidecar[parquet]' "
+            "(or convert the file to .npz or .csv)"
+        ) from exc
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise InvalidArgument(f"{path}: cannot read the Parquet file: {exc}") from exc
+    if table.num_rows == 0:
+        raise InvalidArgument(f"{path}: the Parquet file has no rows")
+    header = [str(n) for n in table.column_names]
+    columns: list[Sequence[object] | np.ndarray] = []
+    for name, column in zip(header, table.columns, strict=True):
+        kind = column.type
+        if pa.types.is_dictionary(kind):
+            column, kind = column.cast(kind.value_type), kind.value_type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            columns.append(["" if v is None else v for v in column.to_pylist()])
+        elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+            columns.append([b"" if v is None else v for v in column.to_pylist()])
+        elif pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind):
+            if column.null_count:  # nulls become NaN (missing values of float inputs)
+                column = column.cast(pa.float64())
+            columns.append(column.to_numpy())
+        else:
+            raise InvalidArgument(
+                f"{path}: column '{name}' has type {kind}; profiles read scalar number, boolean and string "
+                "columns (one column per feature)"
+            )
     return _split_columns(path, columns, header, inputs, batched)
 
 

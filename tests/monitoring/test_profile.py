@@ -43,7 +43,8 @@ def test_npy_and_npz(tmp_path):
         ("few.csv", "a,b\n1,2\n", "has 2 columns, but the model's inputs take 4"),
         ("ragged.csv", "a,b,c,d\n1,2,x,3\n1,2\n", "line 3: 2 fields, the header has 4"),
         ("bad.csv", "a,b,c,d\n1,oops,x,3\n", "cannot read as FP32 for input 'x'"),
-        ("data.parquet", "PAR1", "unsupported training data format '.parquet'"),
+        ("data.parquet", "PAR1", "cannot read the Parquet file"),
+        ("data.feather", "ARROW1", "unsupported training data format '.feather'"),
     ],
 )
 def test_bad_training_data_is_a_clear_error(tmp_path, name, content, message):
@@ -51,6 +52,34 @@ def test_bad_training_data_is_a_clear_error(tmp_path, name, content, message):
     path.write_text(content)
     with pytest.raises(InvalidArgument, match=message.replace("(", r"\(").replace(")", r"\)")):
         read_training_data(path, SPECS, batched=True)
+
+
+def test_parquet_columns_map_to_inputs_like_csv_and_nulls_are_missing(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "height": pa.array([1.5, None, 1.8], pa.float64()),
+            "weight": pa.array([60.0, 72.5, float("nan")], pa.float32()),
+            "colour": pa.array(["red", "blue", None]).dictionary_encode(),
+            "count": pa.array([3, 4, 5], pa.int32()),
+        }
+    )
+    pq.write_table(table, tmp_path / "train.parquet")
+    arrays, names = read_training_data(tmp_path / "train.parquet", SPECS, batched=True)
+    assert names == {"x": ["height", "weight"], "kind": ["colour"], "n": ["count"]}
+    assert arrays["x"].dtype == np.float32 and arrays["x"].shape == (3, 2)
+    assert np.isnan(arrays["x"][1, 0]) and np.isnan(arrays["x"][2, 1]) and arrays["x"][0].tolist() == [1.5, 60.0]
+    assert arrays["kind"][:, 0].tolist() == [b"red", b"blue", b""]
+    assert arrays["n"].dtype == np.int64 and arrays["n"][:, 0].tolist() == [3, 4, 5]
+
+    pq.write_table(table.set_column(3, "count", pa.array([3, None, 5], pa.int64())), tmp_path / "null.parquet")
+    with pytest.raises(InvalidArgument, match="cannot read as INT64 for input 'n': missing values"):
+        read_training_data(tmp_path / "null.parquet", SPECS, batched=True)
+    pq.write_table(pa.table({"v": pa.array([[1.0, 2.0]])}), tmp_path / "lists.parquet")
+    with pytest.raises(InvalidArgument, match=r"column 'v' has type list<.*one column per feature"):
+        read_training_data(tmp_path / "lists.parquet", SPECS[:1], batched=True)
 
 
 def test_quantile_edges_and_categories():
