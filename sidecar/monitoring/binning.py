@@ -301,6 +301,14 @@ class ProfileCounter:
         return BatchCounter(self, flat)
 
 
+def _join(arrays: list[np.ndarray]) -> np.ndarray:
+    """The values of several batches' tensors, in order (each source reads them as rows of its width)."""
+    try:
+        return np.concatenate(arrays)
+    except ValueError:  # unbatched tensors (no batch dimension, scalars) or differing shapes: flat values
+        return np.concatenate([a.reshape(-1) for a in arrays])
+
+
 class BatchCounter:
     """Counts serving batches into one fixed flat vector: the vector's views and the kernels with their
     edges are bound once, so a call costs a few calls per source. A call is counted whole or not at
@@ -320,7 +328,7 @@ class BatchCounter:
                 array = side[0].get(tensor)
             else:
                 arrays = [d[tensor] for d in side if tensor in d]
-                array = (arrays[0] if len(arrays) == 1 else np.concatenate(arrays)) if arrays else None
+                array = (arrays[0] if len(arrays) == 1 else _join(arrays)) if arrays else None
             if array is not None:
                 read.append((source, block, *source.read_batch(array)))
         flat = self._flat

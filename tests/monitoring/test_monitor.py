@@ -336,3 +336,22 @@ def test_batch_counter_counts_exactly_what_the_profile_path_counts(profile, n):
         with pytest.raises(ValueError):  # an output unreadable (9 values, rows of 2): raises, counting nothing
             count([inputs], [{**outputs, "probabilities": np.zeros((3, 3), np.float32)}])
         np.testing.assert_array_equal(flat, expected)
+
+
+def test_unbatched_tensors_held_together_are_counted_like_one_by_one():
+    # A version without a batch dimension: each request's tensor is one row, scalars included.
+    from sidecar.monitoring.build import build_profile
+
+    rng = np.random.default_rng(12)
+    train = {"v": rng.normal(size=(500, 3)).astype(np.float32), "s": rng.normal(size=(500, 1)).astype(np.float32)}
+    specs = (TensorSpec("v", "FP32", (3,)), TensorSpec("s", "FP32", ()))
+    prof = build_profile("u", "1.0.0", specs, (), train, {}, {})
+    together, alone = monitor(prof), monitor(prof)
+    for i in range(40):
+        inputs = {"v": train["v"][i], "s": train["s"][i, 0].reshape(())}
+        together.observe(inputs, {}, (1,))
+        alone.observe(inputs, {}, (1,))
+        alone.cumulative_counts()  # a read counts what is held: one request at a time
+    assert together._held and together.report().errors_total == 0
+    np.testing.assert_array_equal(together.cumulative_counts(), alone.cumulative_counts())
+    assert together.report().rows_total == 40 and together.cumulative_counts().sum() == 40 * 4
