@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
+    Gauge,
     Histogram,
     HistogramDataPoint,
     Metric,
     MetricsData,
+    NumberDataPoint,
     ResourceMetrics,
     ScopeMetrics,
+    Sum,
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -115,6 +119,18 @@ class HistogramSet:
         self.resource = resource
         self.start_ns = time.time_ns()
         self.families: list[HistogramFamily] = []
+        self.observed: list[tuple[Instrument, Callable[[], Iterable[tuple[Any, Mapping[str, Any]]]]]] = []
+
+    def observe(self, instrument: Instrument, callback: Callable[[], Iterable[tuple[Any, Mapping[str, Any]]]]) -> None:
+        """An observable instrument read at collection time: ``callback()`` yields (value, attributes).
+
+        For the instruments with hundreds of points (per feature and bin): the SDK's observable path
+        costs ~10 us per point (a ``Measurement``, attribute hashing, an aggregation and an exemplar
+        reservoir per point); here a point is one ``NumberDataPoint``. Counters are cumulative sums
+        (``kind`` "counter": monotonic, "updowncounter": not), gauges are last values; each
+        attribute set appears at most once per callback.
+        """
+        self.observed = [*self.observed, (instrument, callback)]
 
     def family(self, instrument: Instrument, scale: float = 1.0) -> HistogramFamily:
         fam = HistogramFamily(instrument, scale)
@@ -136,6 +152,18 @@ class HistogramSet:
                         data=Histogram(data_points=points, aggregation_temporality=AggregationTemporality.CUMULATIVE),
                     )
                 )
+        for i, callback in self.observed:
+            if i.kind == "gauge":
+                gauge_points = [NumberDataPoint(a, None, now, v) for v, a in callback()]  # type: ignore[arg-type]
+                data: Any = Gauge(data_points=gauge_points) if gauge_points else None
+            else:
+                start = self.start_ns
+                sum_points = [NumberDataPoint(a, start, now, v) for v, a in callback()]
+                data = None
+                if sum_points:
+                    data = Sum(sum_points, AggregationTemporality.CUMULATIVE, is_monotonic=i.kind == "counter")
+            if data is not None:
+                out.append(Metric(name=i.name, description=i.description, unit=i.unit, data=data))
         return out
 
     def merge_into(self, data: MetricsData | None) -> MetricsData | None:

@@ -162,10 +162,10 @@ class Telemetry:
 
     def observe_monitoring(self, monitoring: Any) -> None:
         """Export drift, data-quality and alert metrics from ``monitoring.snapshot()`` (the monitoring stage)."""
-        if self.meter is not None and monitoring is not None:
+        if self.histograms is not None and monitoring is not None:
             from sidecar.telemetry.drift_metrics import DriftMetrics
 
-            DriftMetrics(self.meter, monitoring.snapshot)
+            DriftMetrics(self.histograms, monitoring.snapshot)
 
     def destinations(self) -> list[str]:
         lines = self.settings.destinations()

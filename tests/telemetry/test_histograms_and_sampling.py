@@ -163,3 +163,20 @@ def test_drop_counter_counts_everything_and_logs_rate_limited(caplog):
     assert len(caplog.records) == 2  # one line per kind, not one per drop
     observed = {tuple(sorted(o.attributes.items())): o.value for o in drops.observe(None)}
     assert observed[(("reason", "queue_full"), ("signal", "traces"))] == 100
+
+
+def test_observed_instruments_export_as_sums_and_gauges_through_a_reader():
+    hists = HistogramSet(Resource({}))
+    bins = [(5, {"feature": "f0", "bin": "0"}), (7, {"feature": "f0", "bin": "1"})]
+    hists.observe(catalog.FEATURE_BIN_COUNT, lambda: bins)
+    hists.observe(catalog.DRIFT_PSI, lambda: [(0.25, {"feature": "f0"})])
+    hists.observe(catalog.ALERTS_ACTIVE, lambda: [])  # nothing observed: no metric at all
+    metrics = {m.name: m for m in hists.merge_into(None).resource_metrics[0].scope_metrics[0].metrics}
+    assert set(metrics) == {catalog.FEATURE_BIN_COUNT.name, catalog.DRIFT_PSI.name}
+    counts = metrics[catalog.FEATURE_BIN_COUNT.name]
+    assert counts.unit == catalog.FEATURE_BIN_COUNT.unit
+    assert counts.data.is_monotonic and counts.data.aggregation_temporality.name == "CUMULATIVE"
+    assert [(p.value, p.attributes) for p in counts.data.data_points] == bins
+    assert all(p.start_time_unix_nano == hists.start_ns < p.time_unix_nano for p in counts.data.data_points)
+    (psi,) = metrics[catalog.DRIFT_PSI.name].data.data_points
+    assert type(metrics[catalog.DRIFT_PSI.name].data).__name__ == "Gauge" and psi.value == 0.25

@@ -352,3 +352,79 @@ def test_rpc_wrapper_records_server_faults_and_continues_the_callers_trace():
     assert (crashed.status_code, crashed.status_message) == (StatusCode.ERROR, "RuntimeError")
     assert unavailable.attributes["error.type"] == "UNAVAILABLE"
     assert (unavailable.status_code, unavailable.status_message) == (StatusCode.ERROR, "overloaded")
+
+
+def test_unsampled_calls_have_no_span_and_the_servicer_reads_the_same_metadata():
+    import asyncio
+
+    import grpc
+
+    from sidecar.protocol.interceptors import observed
+
+    seen = []
+
+    class Servicer:
+        async def ModelInfer(self, request, context):
+            seen.append((trace.get_current_span(), context.invocation_metadata(), context.time_remaining()))
+            if request.model_name == "abort":
+                await context.abort(grpc.StatusCode.NOT_FOUND, "gone")  # forwarded to the real context
+            return "ok"
+
+    class Context(_Context):
+        def __init__(self, metadata: tuple = ()) -> None:
+            super().__init__(metadata)
+            self.reads = 0
+            self.aborted = None
+
+        def invocation_metadata(self) -> tuple:
+            self.reads += 1
+            return super().invocation_metadata()
+
+        def time_remaining(self) -> float:
+            return 1.5
+
+        async def abort(self, code, details):
+            self.aborted = (code, details)
+            raise RuntimeError("aborted")
+
+    unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+    request = type("Req", (), {"model_name": "mlp", "model_version": ""})()
+    aborting = type("Req", (), {"model_name": "abort", "model_version": ""})()
+    for sampler, header in (("parentbased_always_on", unsampled), ("parentbased_traceidratio", None)):
+        provider, keep = _provider(sampler, 0.0)
+        servicer = observed(Servicer(), "s", provider.get_tracer("sidecar.protocol"), None)
+        metadata = (("user-agent", "x"),) + ((("traceparent", header),) if header else ())
+        context = Context(metadata)
+        assert asyncio.run(servicer.ModelInfer(request, context)) == "ok"
+        span, read, remaining = seen[-1]
+        assert span is trace.INVALID_SPAN and not keep.spans  # no span object, nothing made current
+        assert read == metadata and remaining == 1.5 and context.reads == 1  # read once, shared
+        with pytest.raises(RuntimeError):
+            asyncio.run(servicer.ModelInfer(aborting, context))
+        assert context.aborted == (grpc.StatusCode.NOT_FOUND, "gone")
+
+
+def test_a_sampled_caller_gets_a_server_span_with_its_model_attributes():
+    import asyncio
+
+    from sidecar.protocol.interceptors import observed
+
+    class Servicer:
+        async def ModelInfer(self, request, context):
+            return trace.get_current_span()
+
+    provider, keep = _provider("parentbased_traceidratio", 0.0)  # the caller's sampled flag wins
+    servicer = observed(Servicer(), "inference.GRPCInferenceService", provider.get_tracer("sidecar.protocol"), None)
+    request = type("Req", (), {"model_name": "mlp", "model_version": "2.0.0"})()
+    header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    current = asyncio.run(servicer.ModelInfer(request, _Context((("traceparent", header.encode()),))))
+    (span,) = keep.spans
+    assert current is span and span.parent == _remote() and span.kind is SpanKind.SERVER
+    assert span.name == "inference.GRPCInferenceService/ModelInfer"
+    assert span.attributes == {
+        "rpc.system.name": "grpc",
+        "rpc.method": "inference.GRPCInferenceService/ModelInfer",
+        "model.name": "mlp",
+        "model.version": "2.0.0",
+        "rpc.status_code": "OK",
+    }
