@@ -1,7 +1,8 @@
 """Spans on the request path, written against the OpenTelemetry API only.
 
-Without a configured SDK the API hands out non-recording spans, so these calls cost little and do
-nothing; the telemetry stage installs the SDK's tracer provider when tracing is on.
+Without tracing the request path carries ``INVALID_SPAN`` and these calls cost little and do nothing;
+the telemetry stage installs the lean tracer (``lean_tracing``) when tracing is on, and the sidecar's
+own request spans (``LeanSpan``) get their attributes written straight into their dict.
 
 Batched work follows the specification: one span per engine run (batch) with a link to the span of
 each request it served; each request span records its queue time and the batch span it went into.
@@ -16,6 +17,7 @@ from typing import Any
 from opentelemetry import trace
 
 from sidecar.telemetry import tracing
+from sidecar.telemetry.lean_tracing import LeanSpan
 
 # The switch directly, not trace.get_tracer(): the API's proxy tracer would add a generator-based
 # context manager around every batch span.
@@ -80,7 +82,11 @@ class _BatchSpan:
         batch_id = format(span.get_span_context().span_id, "016x")
         rows = self._rows
         for req in self._requests:
-            if req.is_recording():
+            if type(req) is LeanSpan and not req.end_ns:  # the sidecar's request spans: their dict directly
+                attributes = req.attributes
+                attributes["sidecar.batch.span_id"] = batch_id
+                attributes["sidecar.batch.rows"] = rows
+            elif req.is_recording():
                 req.set_attribute("sidecar.batch.span_id", batch_id)
                 req.set_attribute("sidecar.batch.rows", rows)
         return span
@@ -90,5 +96,8 @@ class _BatchSpan:
 
 
 def record_queue_time(span: Any, queue_s: float) -> None:
-    if span.is_recording():
+    if type(span) is LeanSpan:
+        if not span.end_ns:
+            span.attributes["sidecar.queue.duration_s"] = queue_s
+    elif span.is_recording():
         span.set_attribute("sidecar.queue.duration_s", queue_s)
