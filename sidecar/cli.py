@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -135,6 +136,11 @@ async def serve_until_signalled(config: SidecarConfig) -> int:
         log.error("cannot start: %s", exc)
         await app.stop(0)
         return 1
+    # What start-up built (modules, sessions, profiles) lives as long as the process: move it out of the
+    # cyclic collector's view, so a full collection walks only what serving made (collecting the
+    # start-up heap takes 8-15 ms on a small machine, a p99 spike each time it runs).
+    gc.collect()
+    gc.freeze()
     await stop.wait()
     log.info("signal received: draining")
     await app.drain()
