@@ -1,8 +1,9 @@
 """What telemetry costs the serving path, measured against the issue's targets.
 
-1. **serving**: one ``sidecar serve`` process per mode (MLP 64-256-256-10, dynamic batching on), closed
-   loop at concurrency 64 (bench/loadgen.py in one worker process), modes interleaved round by round
-   on the same machine and the median taken:
+1. **serving**: one ``sidecar serve`` process per mode (MLP 64-256-256-10, dynamic batching on), all
+   running at once; closed loop at concurrency 64 (bench/loadgen.py in one worker process) on one
+   server at a time, the modes visited in turn round by round (shuffled order, a settling pause before
+   each); the costs are medians of the per-round ratios against ``off``:
 
    - ``off``: ``telemetry.enabled = false`` (the baseline);
    - ``metrics``: the default: metrics on, Prometheus endpoint, no traces;
@@ -21,8 +22,8 @@
 3. **gpu** (``--gpu``): time of one NVML sample of every GPU (``GpuSampler.sample``), on the sampler's
    own thread in production; reports that there is no GPU where there is none.
 
-    .venv/bin/python -m bench.bench_telemetry                      # about 3 minutes
-    .venv/bin/python -m bench.bench_telemetry --duration 5 --rounds 1 --only wrapper,serving --gpu
+    .venv/bin/python -m bench.bench_telemetry                      # about 4 minutes
+    .venv/bin/python -m bench.bench_telemetry --duration 2 --rounds 4 --only wrapper,serving --gpu
 
 Results: bench/results/telemetry.json and telemetry.md. On a shared 2-core machine the serving numbers
 are noisy: compare modes within one run only.
@@ -32,7 +33,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -106,42 +109,63 @@ class NullCollector:
         self._server.stop(0).wait(5)
 
 
-def bench_serving(workdir: Path, duration_s: float, rounds: int, concurrency: int, modes: list[str]) -> dict:
+def bench_serving(
+    workdir: Path, duration_s: float, rounds: int, concurrency: int, modes: list[str], settle_s: float = 1.0
+) -> dict:
+    """Every mode's server runs for the whole benchmark (idle while another is measured); the load
+    visits them in turn, round by round, in a shuffled order after a settling pause (a traced server
+    goes on exporting for a moment after its load stops: always measuring one mode right after another
+    would charge it to that one), so each round compares the modes under the same machine conditions.
+    Costs are medians of the per-round ratios against ``off`` (paired), which hold up under a shared
+    machine's noise far better than ratios of medians of separate runs."""
     repo = workdir / "repo"
     write_version(repo, "mlp", "1.0.0", mlp_model)
     payload = loadgen.make_infer_request("mlp", {"input": np.random.default_rng(0).random((1, 64), np.float32)})
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
-    with NullCollector() as otlp:
+    with NullCollector() as otlp, contextlib.ExitStack() as stack:
         dead = f"http://127.0.0.1:{servers.free_port()}"
+        started = {
+            mode: stack.enter_context(
+                servers.start_sidecar(
+                    repo, models=["mlp"], settings=mode_settings(mode, otlp.endpoint, dead), name=f"sidecar-{mode}"
+                )
+            )
+            for mode in modes
+        }
+        order = random.Random(0)
         for r in range(rounds):
-            for mode in modes:
-                settings = mode_settings(mode, otlp.endpoint, dead)
-                with servers.start_sidecar(repo, models=["mlp"], settings=settings, name=f"sidecar-{mode}") as srv:
-                    result = loadgen.run(
-                        srv.target,
-                        payload,
-                        concurrency=concurrency,
-                        duration_s=duration_s,
-                        warmup_s=1.0,
-                        cpu_probes={"server": srv.cpu_seconds},
-                        labels={"mode": mode, "round": r},
-                    )
+            for mode in order.sample(modes, len(modes)):
+                srv = started[mode]
+                time.sleep(settle_s)  # the previous server's export thread drains what its load left
+                result = loadgen.run(
+                    srv.target,
+                    payload,
+                    concurrency=concurrency,
+                    duration_s=duration_s,
+                    warmup_s=0.5,
+                    cpu_probes={"server": srv.cpu_seconds},
+                    labels={"mode": mode, "round": r},
+                )
                 runs[mode].append(result.to_dict())
                 print(f"round {r} {mode:15s} {result.summary()}", flush=True)
         received = {"export_calls": otlp.requests, "bytes": otlp.bytes}
     summary = {}
+    base = runs.get("off")
     for mode, results in runs.items():
+        cpu = [x["cpu_us_per_request"].get("server") or float("nan") for x in results]
         summary[mode] = {
             "rps": statistics.median(x["rps"] for x in results),
             "p99_ms": statistics.median(x["latency_ms"].get("p99", float("nan")) for x in results),
-            "server_us_per_req": statistics.median(
-                x["cpu_us_per_request"].get("server") or float("nan") for x in results
-            ),
+            "server_us_per_req": statistics.median(cpu),
             "errors": sum(x["errors"] for x in results),
         }
-    base = summary.get("off", {}).get("rps")
-    for s in summary.values():
-        s["rps_cost_pct"] = round(100.0 * (1 - s["rps"] / base), 2) if base else None
+        if base:
+            ratios = [x["rps"] / b["rps"] for x, b in zip(results, base, strict=True) if b["rps"]]
+            base_cpu = [b["cpu_us_per_request"].get("server") or float("nan") for b in base]
+            summary[mode]["rps_cost_pct"] = round(100.0 * (1 - statistics.median(ratios)), 2) if ratios else None
+            summary[mode]["cpu_cost_pct"] = round(
+                100.0 * (statistics.median(c / b for c, b in zip(cpu, base_cpu, strict=True)) - 1), 2
+            )
     return {"modes": summary, "runs": runs, "collector": received}
 
 
@@ -359,8 +383,8 @@ def bench_gpu(samples: int = 200) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=float, default=8.0, help="measured seconds per run")
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--duration", type=float, default=3.0, help="measured seconds per mode and round")
+    p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--only", default="wrapper,serving", help="comma list of wrapper, serving")
     p.add_argument("--modes", default=",".join(MODES))
@@ -392,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             ("rps_cost_pct", "req/s cost % vs off"),
             ("p99_ms", "p99 ms"),
             ("server_us_per_req", "server CPU us/req"),
+            ("cpu_cost_pct", "CPU/req cost % vs off"),
             ("errors", "errors"),
             ("target", "target"),
         ]

@@ -17,6 +17,7 @@ carry ``rpc.status_code`` and ``error.type`` but leave the status unset.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import time
 from collections.abc import AsyncIterator, Callable
@@ -65,11 +66,13 @@ class ObservedServicer:
 class _Call:
     """What one RPC method's wrapper needs, computed once."""
 
-    __slots__ = ("_by_code", "_durations", "_tracer", "attributes", "method")
+    __slots__ = ("_by_code", "_durations", "_start_span", "_tracer", "attributes", "method")
 
     def __init__(self, method: str, tracer: Any, durations: HistogramFamily | None) -> None:
         self.method = method
         self._tracer = tracer
+        # The lean tracer's (no span object for an unsampled call); any other API tracer works too.
+        self._start_span = getattr(tracer, "start_request_span", None) or functools.partial(_api_span, tracer)
         self._durations = durations
         self._by_code: dict[str, Any] = {}  # status code name -> histogram series; replaced, never mutated
         self.attributes = {"rpc.system.name": "grpc", "rpc.method": method}
@@ -93,25 +96,24 @@ class _Call:
         parent = None
         if traceparent is not None:
             parent = remote_span_context(_text(traceparent), _text(tracestate) if tracestate is not None else None)
-        span = self._tracer.start_request_span(self.method, parent, _SERVER, self.attributes)
+        span = self._start_span(self.method, parent, _SERVER, self.attributes)
         context = _MetadataRead(context, metadata)
         if span is None:
             return None, None, context
         name = getattr(request, "model_name", None)
         if name:
-            span.attributes["model.name"] = name
+            span.set_attribute("model.name", name)
             if request.model_version:
-                span.attributes["model.version"] = request.model_version
+                span.set_attribute("model.version", request.model_version)
         return span, otel_context.attach(trace.set_span_in_context(span)), context
 
     def _finish(self, span: Any, token: Any, start_ns: int, code: str, exc: BaseException | None, ctx: Any) -> None:
         if span is not None:
             otel_context.detach(token)
-            attributes = span.attributes
-            attributes["rpc.status_code"] = code
+            span.set_attribute("rpc.status_code", code)
             if code != "OK":
                 error_type = type(exc).__name__ if exc is not None and code == "UNKNOWN" else code
-                attributes["error.type"] = error_type
+                span.set_attribute("error.type", error_type)
                 if code in SERVER_ERRORS:
                     span.set_status(Status(StatusCode.ERROR, _details(ctx) or error_type))
             span.end()
@@ -175,6 +177,13 @@ class _Call:
 
         stream.__name__ = method.__name__
         return stream
+
+
+def _api_span(tracer: Any, name: str, parent: Any, kind: SpanKind, attributes: Any) -> Any:
+    """``LeanTracer.start_request_span`` for any OpenTelemetry API tracer (the SDK's, in benchmarks)."""
+    context = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent is not None else None
+    span = tracer.start_span(name, context=context, kind=kind, attributes=attributes)
+    return span if span.is_recording() else None
 
 
 def _text(value: str | bytes) -> str:

@@ -428,3 +428,28 @@ def test_a_sampled_caller_gets_a_server_span_with_its_model_attributes():
         "model.version": "2.0.0",
         "rpc.status_code": "OK",
     }
+
+
+def test_the_rpc_wrapper_takes_any_api_tracer():
+    import asyncio
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from sidecar.protocol.interceptors import observed
+
+    class Servicer:
+        async def ModelInfer(self, request, context):
+            return trace.get_current_span()
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(sampler=configured_sampler("parentbased_always_on", 1.0), shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    servicer = observed(Servicer(), "s", provider.get_tracer("sdk"), None)
+    request = type("Req", (), {"model_name": "mlp", "model_version": ""})()
+    header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    current = asyncio.run(servicer.ModelInfer(request, _Context((("traceparent", header),))))
+    (span,) = memory.get_finished_spans()
+    assert current.get_span_context() == span.context and span.parent == _remote()
+    assert span.attributes["model.name"] == "mlp" and span.attributes["rpc.status_code"] == "OK"
