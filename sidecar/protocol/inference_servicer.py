@@ -139,7 +139,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, msg: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
         if self._lifecycle.draining:
             raise ServerDraining("the server is draining and accepts no new requests")
-        request: InferenceRequest = decode_request(msg, _deadline_ns(context), _routing_key(context))
+        # The sticky key is read from the call's metadata only where a traffic policy will use it.
+        routed = not msg.model_version and self._router.policy(msg.model_name) is not None
+        key = _routing_key(context) if routed else None
+        request: InferenceRequest = decode_request(msg, _deadline_ns(context), key)
         response = await self._router.dispatch(request)
         return encode_response(response)
 

@@ -59,6 +59,11 @@ class SwitchingTracerProvider(trace.TracerProvider):
 SWITCH = SwitchingTracerProvider()
 
 
+def active() -> bool:
+    """Whether a sidecar's tracing is on (a provider is installed)."""
+    return _state.provider is not None
+
+
 def activate(provider: Any) -> None:
     """Route every API tracer of the process to ``provider`` (any API TracerProvider)."""
     if trace.get_tracer_provider() is not SWITCH:
