@@ -3,6 +3,7 @@ routing changes write a state file into the repository) and a control-API stub."
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -23,6 +24,15 @@ import tritonclient.grpc as tc
 from sidecar.protocol._generated import routing_pb2 as rpb
 from sidecar.protocol._generated import routing_pb2_grpc as rpb_grpc
 from sidecar.testing.models import mlp_model, write_version
+
+
+async def until(condition, limit_s: float = 10.0) -> None:
+    """Poll ``condition`` every 5 ms on the running loop; fail the test after ``limit_s``."""
+    for _ in range(int(limit_s / 0.005)):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
 
 
 def write_upstream_version(repo: Path, name: str, folder_version: str, **settings: Any) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+from conftest import until
 
 from sidecar.routing.comparison import ShadowStats
 from sidecar.routing.shadow import SHADOW_PRIORITY, ShadowMirror
@@ -38,14 +39,6 @@ def copy(i: int, label: int, rows: int = 1) -> tuple[InferenceRequest, Inference
     request = InferenceRequest("m", "", f"r{i}", {"x": x})
     primary = {"label": np.full(rows, label, np.int64), "s": x + 0.5}
     return request, InferenceResponse("m", "1.0.0", f"r{i}", primary)
-
-
-async def until(condition, limit_s: float = 10.0) -> None:
-    for _ in range(int(limit_s / 0.005)):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not reached")
 
 
 async def test_copies_run_as_one_request_and_compare_as_if_one_by_one():

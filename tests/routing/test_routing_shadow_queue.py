@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+from conftest import until
 
 from sidecar.routing.shadow import SHADOW_PRIORITY, ShadowMirror
 from sidecar.types import InferenceRequest, InferenceResponse
@@ -42,14 +43,6 @@ async def test_full_queue_drops_and_counts_and_reset_purges():
     assert mirror.queue_depth == 0 and mirror.all_stats("m") == []
     gate.release.set()
     await mirror.stop()
-
-
-async def until(condition, limit_s: float = 10.0) -> None:
-    for _ in range(int(limit_s / 0.005)):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not reached")
 
 
 async def test_a_worker_runs_the_queued_copies_together():
