@@ -441,6 +441,20 @@ def _libpython_dir(python: Path) -> str | None:
     return libdir if libdir and Path(libdir).is_dir() else None
 
 
+def _unary(target: str, method: str, request: Any, response_type: Any, timeout_s: float) -> Any:
+    """One ``inference.GRPCInferenceService`` call on a channel of its own; None if it fails."""
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(
+            f"/inference.GRPCInferenceService/{method}",
+            request_serializer=type(request).SerializeToString,
+            response_deserializer=response_type.FromString,
+        )
+        try:
+            return call(request, timeout=timeout_s)
+        except grpc.RpcError:
+            return None
+
+
 def model_statistics(target: str, model: str, timeout_s: float = 5.0) -> tuple[int, int] | None:
     """(inference_count, execution_count) summed over versions, from Triton's ModelStatistics; None if absent.
 
@@ -448,17 +462,10 @@ def model_statistics(target: str, model: str, timeout_s: float = 5.0) -> tuple[i
     """
     from sidecar.protocol._generated import grpc_service_pb2 as pb
 
-    with grpc.insecure_channel(target) as channel:
-        call = channel.unary_unary(
-            "/inference.GRPCInferenceService/ModelStatistics",
-            request_serializer=pb.ModelStatisticsRequest.SerializeToString,
-            response_deserializer=pb.ModelStatisticsResponse.FromString,
-        )
-        try:
-            resp = call(pb.ModelStatisticsRequest(name=model), timeout=timeout_s)
-        except grpc.RpcError:
-            return None
-    if not resp.model_stats:
+    resp = _unary(
+        target, "ModelStatistics", pb.ModelStatisticsRequest(name=model), pb.ModelStatisticsResponse, timeout_s
+    )
+    if resp is None or not resp.model_stats:
         return None
     return (
         sum(s.inference_count for s in resp.model_stats),
@@ -494,15 +501,8 @@ def model_provider(target: str, model: str, timeout_s: float = 5.0) -> str | Non
     """The execution provider a sidecar model runs on (its ModelMetadata parameter "provider")."""
     from sidecar.protocol._generated import grpc_service_pb2 as pb
 
-    with grpc.insecure_channel(target) as channel:
-        call = channel.unary_unary(
-            "/inference.GRPCInferenceService/ModelMetadata",
-            request_serializer=pb.ModelMetadataRequest.SerializeToString,
-            response_deserializer=pb.ModelMetadataResponse.FromString,
-        )
-        try:
-            resp = call(pb.ModelMetadataRequest(name=model), timeout=timeout_s)
-        except grpc.RpcError:
-            return None
+    resp = _unary(target, "ModelMetadata", pb.ModelMetadataRequest(name=model), pb.ModelMetadataResponse, timeout_s)
+    if resp is None:
+        return None
     param = resp.parameters.get("provider")
     return param.string_param if param is not None else None

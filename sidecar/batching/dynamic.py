@@ -50,7 +50,7 @@ import numpy as np
 from sidecar.batching.cost_model import CostModel
 from sidecar.batching.policy import DEADLINE_MARGIN_NS, DEADLINE_SAFETY, NEXT_TURN, ArrivalStats, ClosePolicy
 from sidecar.batching.queue import Entry, RequestQueue, priority_level
-from sidecar.batching.scheduler import BatchSettings, InferenceObserver, WorkItem
+from sidecar.batching.scheduler import BatchSettings, InferenceObserver, WorkItem, run_engine
 from sidecar.engine.base import Engine
 from sidecar.engine.statistics import VersionStatistics
 from sidecar.errors import Cancelled, DeadlineExceeded, EngineError, QueueFull, ServerDraining, SidecarError
@@ -352,17 +352,14 @@ class DynamicBatcher:
             try:
                 inputs = self._merge(batch)
                 merged = time.monotonic_ns()
-                inline = (
-                    host is not None
-                    and len(batch) == 1
-                    and self.loop_busy < INLINE_LOOP_BUSY
-                    and self._run_inline is not None
-                )
+                # A lone request of a small model may run on the loop (if the engine measured it cheap).
+                alone = host is not None and len(batch) == 1 and self.loop_busy < INLINE_LOOP_BUSY
+                inline = self._run_inline if alone else None
                 if spans:
                     with batch_span(self._model, self._version, spans, rows, self._engine.provider):
-                        outputs = await self._execute(inputs, names, inline)
+                        outputs = await run_engine(self._engine, inline, inputs, names)
                 else:
-                    outputs = await self._execute(inputs, names, inline)
+                    outputs = await run_engine(self._engine, inline, inputs, names)
             except SidecarError as exc:
                 error = exc
             except asyncio.CancelledError:
@@ -393,15 +390,6 @@ class DynamicBatcher:
                 self._release(finish)
             self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
             self._check_idle()
-
-    async def _execute(
-        self, inputs: dict[str, np.ndarray], names: tuple[str, ...], inline: bool
-    ) -> dict[str, np.ndarray]:
-        if inline:  # a lone request of a small model: on the loop, if the engine measured it cheap enough
-            outputs = self._run_inline(inputs, names)  # type: ignore[misc]
-            if outputs is not None:
-                return outputs
-        return await self._engine.run(inputs, names)
 
     def _release(self, finish: tuple[int, int]) -> None:
         """Free the batch's slot and start the next batch before this one's outputs are split."""

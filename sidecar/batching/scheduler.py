@@ -8,7 +8,7 @@ executions by batch size) are recorded by the scheduler, which is the one that k
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -93,6 +93,20 @@ class InferenceObserver(Protocol):
     def rejected(self) -> None: ...
 
 
+async def run_engine(
+    engine: Engine,
+    run_inline: Callable[..., dict[str, np.ndarray] | None] | None,
+    inputs: Mapping[str, np.ndarray],
+    output_names: Sequence[str],
+) -> dict[str, np.ndarray]:
+    """One engine run: on the caller's thread if ``run_inline`` (the engine's) takes it, else ``engine.run``."""
+    if run_inline is not None:
+        outputs = run_inline(inputs, output_names)
+        if outputs is not None:
+            return outputs
+    return await engine.run(inputs, output_names)
+
+
 class Scheduler(Protocol):
     queue_depth: int
     observer: InferenceObserver | None  # told of every run (set when the version loads)
@@ -127,9 +141,7 @@ class DirectScheduler:
         self._stats.record_queue(start - item.arrival_ns)
         record_queue_time(item.span, (start - item.arrival_ns) / 1e9)
         with batch_span(self._model, self._version, (item.span,), item.rows, self._engine.provider):
-            outputs = self._run_inline(item.request.inputs, item.output_names) if self._run_inline else None
-            if outputs is None:
-                outputs = await self._engine.run(item.request.inputs, item.output_names)
+            outputs = await run_engine(self._engine, self._run_inline, item.request.inputs, item.output_names)
         end = time.monotonic_ns()
         self._stats.record_execution(item.rows, 1, 0, end - start, 0)
         if self.observer is not None:
