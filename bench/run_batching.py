@@ -161,43 +161,49 @@ def _start_sidecar(batching: bool, extra: dict[str, Any] | None = None) -> Calla
     return start
 
 
+def _per_model(ctx: Context, start_one: Callable[[str], servers.ServerProcess]) -> dict[str, servers.ServerProcess]:
+    """One server per model (``start_one(model name)``); those already started are stopped if one fails."""
+    started: dict[str, servers.ServerProcess] = {}
+    try:
+        for name in ctx.models:
+            started[name] = start_one(name)
+    except BaseException:
+        for s in started.values():
+            s.stop()
+        raise
+    return started
+
+
 def _start_echo(parse: bool) -> Callable[[Context], dict[str, servers.ServerProcess]]:
     """One echo server per model, each replaying that model's real response."""
 
     def start(ctx: Context) -> dict[str, servers.ServerProcess]:
-        started: dict[str, servers.ServerProcess] = {}
-        try:
-            for name, path in ctx.response_files.items():
-                started[name] = servers.start_echo(
-                    response_file=path, parse=parse, name=f"echo{'-parse' if parse else ''}-{name}", log_dir=ctx.log_dir
-                )
-        except BaseException:
-            for s in started.values():
-                s.stop()
-            raise
-        return started
+        return _per_model(
+            ctx,
+            lambda name: servers.start_echo(
+                response_file=ctx.response_files[name],
+                parse=parse,
+                name=f"echo{'-parse' if parse else ''}-{name}",
+                log_dir=ctx.log_dir,
+            ),
+        )
 
     return start
 
 
 def _start_echo_batching(ctx: Context) -> dict[str, servers.ServerProcess]:
     """One minimal batching server per model: the floor of batching on grpc.aio (bench/echo_server.py)."""
-    started: dict[str, servers.ServerProcess] = {}
-    try:
-        for name, model in ctx.models.items():
-            started[name] = servers.start_echo(
-                batch_model=model.path,
-                max_batch_size=ctx.args.max_batch_size,
-                max_queue_delay_ms=ctx.args.max_queue_delay_ms,
-                intra_op_threads=ctx.args.intra_op_threads,
-                name=f"echo-batching-{name}",
-                log_dir=ctx.log_dir,
-            )
-    except BaseException:
-        for s in started.values():
-            s.stop()
-        raise
-    return started
+    return _per_model(
+        ctx,
+        lambda name: servers.start_echo(
+            batch_model=ctx.models[name].path,
+            max_batch_size=ctx.args.max_batch_size,
+            max_queue_delay_ms=ctx.args.max_queue_delay_ms,
+            intra_op_threads=ctx.args.intra_op_threads,
+            name=f"echo-batching-{name}",
+            log_dir=ctx.log_dir,
+        ),
+    )
 
 
 def _start_mlserver(workers: int, adaptive: bool) -> Callable[[Context], servers.ServerProcess]:
