@@ -11,8 +11,10 @@ For every mirrored request whose shadow answered, the outputs both versions prod
 - errors: shadow failures, timeouts and "mismatches" (missing outputs, other shapes, NaN where the
   primary has a number) over the copies that ran; copies dropped because the shadow queue was full.
 
-Only the shadow workers update these (on the event loop), so no lock is needed; readers take
-``snapshot()`` values, which are immutable.
+Only the shadow workers and the request path update these (on the event loop), so no lock is needed;
+readers take ``snapshot()`` values, which are immutable. The request path only bumps two integers
+(``count_mirrored``, ``count_dropped``: no clock read); they are added to the window open at the next
+update or read (a worker's result, a report), so near a window's end a copy may be counted in the next.
 """
 
 from __future__ import annotations
@@ -139,10 +141,17 @@ class ShadowStats:
         now = time.time()
         self._total = _Window(now)
         self._current = _Window(now)
+        # counted on the request path, not yet added to a window (see the module docstring)
+        self.pending_mirrored = 0
+        self.pending_dropped = 0
 
     def _window(self) -> _Window:
         now = time.time()
         current = self._current
+        if self.pending_mirrored or self.pending_dropped:
+            current.mirrored += self.pending_mirrored
+            current.dropped += self.pending_dropped
+            self.pending_mirrored = self.pending_dropped = 0
         if now - current.start >= self.window_s:
             # Close the finished window (and skip empty ones the clock jumped over).
             self._closed.append(current.snapshot(current.start + self.window_s))
@@ -157,6 +166,14 @@ class ShadowStats:
 
     def record_dropped(self) -> None:
         self._window().dropped += 1
+
+    def count_mirrored(self) -> None:
+        """``record_mirrored`` for the request path: no clock read (the window gets it at its next update)."""
+        self.pending_mirrored += 1
+
+    def count_dropped(self) -> None:
+        """``record_dropped`` for the request path: no clock read (the window gets it at its next update)."""
+        self.pending_dropped += 1
 
     def record_error(self, timeout: bool = False) -> None:
         w = self._window()

@@ -7,10 +7,14 @@ the CPUs are half idle). The gate runs a small experiment continuously:
 * Time is cut into cycles of ``cycle_s`` (100 ms). In the first part of a cycle (the *on* phase,
   ``share`` x 80 % of it) shadow copies may start; in the rest (the *off* phase, at least 20 %) none
   starts, so the copies queue (bounded; the overflow is dropped and counted).
-* Every primary request the router answers is a sample: its latency, and the phase it started in.
+* Primary requests the router answers are the samples: their latency, and the phase they started in.
   A request started in the off phase while no copy was running, and finished before any copy started,
   is *clean*: it saw no shadow work. One started in the on phase is *loaded*. Others are not counted.
   Both sets are sampled by time, not by overlap, so a slow request is not more likely to be "loaded".
+  Not every request is timed: the router takes every ``stride``-th one (it counts ``skip`` down, one
+  integer per request, and calls ``primary_start`` only when it reaches 0), and the stride is set each
+  cycle so that about ``_TARGET_SAMPLES`` requests per cycle are timed (1 at low rates: every request).
+  The other requests pay no clock read and no call into the gate.
 * At the end of a cycle, with enough samples of both kinds and at least one copy started (pooled
   over up to 10 cycles when the on phase is short): if the
   loaded requests' median latency exceeds the clean ones' by more than ``max_slowdown`` (5 %), shadow
@@ -37,6 +41,7 @@ _ON_FRACTION = 0.8  # of a cycle at share 1; the rest is always off, to measure 
 _MIN_SAMPLES = 8  # of each kind (pooled over cycles if need be) before the gate judges
 _INCREASE = 0.1
 _MAX_CARRY = 10  # cycles whose samples may be pooled before a judgement (then they are dropped)
+_TARGET_SAMPLES = 64  # primary requests timed per cycle (the stride is set from the last cycle's rate)
 
 # primary_start() tokens: started in the on phase / not counted; larger values are clean candidates
 ON = 0
@@ -57,6 +62,10 @@ class ShadowGate:
         self.share = 1.0
         self._clock = clock
         self.running = 0  # shadow copies running now
+        # primary requests the router lets through untimed before the next sample (it counts down)
+        self.skip = 0
+        self.stride = 1  # one request in ``stride`` is timed
+        self._seen = 0  # samples taken this cycle (primary_start calls)
         self._starts = 0  # shadow copies started, ever (an epoch: did one start during a request?)
         now = clock()
         self._on_until = 0
@@ -75,10 +84,12 @@ class ShadowGate:
 
     # -- the primary's side (the router) --------------------------------------------------------
     def primary_start(self) -> int:
-        """Call as a primary request starts; pass the token to ``primary_end``."""
+        """Call as a sampled primary request starts (``skip`` reached 0); pass the token to ``primary_end``."""
         now = self._clock()
         if now >= self._cycle_end:
             self._judge(now)
+        self.skip = self.stride - 1
+        self._seen += 1
         if now < self._on_until:
             return ON
         return self._starts + 1 if self.running == 0 else SKIP
@@ -112,7 +123,10 @@ class ShadowGate:
         on, off = self._on, self._off
         on_n, off_n = len(on), len(off)
         self._carried += 1
-        if on_n + off_n < _MIN_SAMPLES:
+        requests = self._seen * self.stride  # about as many primary requests started this cycle
+        self._seen = 0
+        self.stride = max(1, requests // _TARGET_SAMPLES)
+        if requests < _MIN_SAMPLES and on_n + off_n < _MIN_SAMPLES:
             self.share = min(1.0, self.share + _INCREASE)  # (almost) no primary traffic to protect
         elif self._copies and on_n >= _MIN_SAMPLES and off_n >= _MIN_SAMPLES:
             self.cycles += 1

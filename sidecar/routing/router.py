@@ -22,6 +22,7 @@ import time
 from sidecar.engine.base import DEADLINE_NS
 from sidecar.engine.repository import ModelVersion, Repository
 from sidecar.errors import SidecarError
+from sidecar.routing.gate import SKIP
 from sidecar.routing.policy import CompiledPolicy
 from sidecar.routing.shadow import ShadowMirror
 from sidecar.telemetry.spans import current_span
@@ -50,7 +51,7 @@ class Router:
             policies[model] = policy
         self._policies = policies
         active = any(p.shadow_versions for p in policies.values())
-        self.shadows.reset(model, policy.shadow_versions if policy is not None else (), active)
+        self.shadows.reset(model, policy.shadow_versions if policy is not None else (), active, policy)
 
     def policy(self, model: str) -> CompiledPolicy | None:
         return self._policies.get(model)
@@ -68,18 +69,46 @@ class Router:
     # -- the request path -----------------------------------------------------------------------
     async def dispatch(self, request: InferenceRequest) -> InferenceResponse:
         token = DEADLINE_NS.set(request.deadline_ns)
+        mirror = self.shadows
         try:
-            mv, shadows = self.decide(request)
-            mirror = self.shadows
-            if not mirror.active:  # no shadows anywhere: nothing to measure for the gate
+            if not mirror.active:  # no shadows anywhere: nothing to mirror, nothing to measure for the gate
+                mv = self.decide(request)[0]
                 mirror.primary_inflight += 1
                 try:
                     return await mv.infer(request)
                 finally:
                     mirror.primary_inflight -= 1
-            # Every primary request is a sample of the shadow gate (shadows share the process's capacity).
+            # Shadows somewhere. Every primary request counts for the shadow gate (shadows share the
+            # process's capacity), but only one in gate.stride is timed. A copy the queue has no room for
+            # is dropped here, before anything is made for it: one integer read, one counter per shadow.
+            plan = None if request.model_version else mirror.plans.get(request.model_name)
+            if plan is None:
+                mv = self.decide(request)[0]
+                targets: tuple | list = ()
+            else:
+                policy = plan.policy
+                if plan.needs_bits:
+                    bits = policy.bits(request.routing_key or request.id or None)
+                    mv = self._resolve(policy, policy.choose_bits(bits))
+                    targets = plan.pick(bits)
+                else:  # one live version, every shadow at 100 %: nothing to draw
+                    mv = self._resolve(policy, plan.only)
+                    targets = plan.every
             gate = mirror.gate
-            sample = gate.primary_start()
+            if gate.skip:
+                gate.skip -= 1
+                if not targets or not mirror.room:
+                    mirror.primary_inflight += 1
+                    try:
+                        response = await mv.infer(request)
+                    finally:
+                        mirror.primary_inflight -= 1
+                    if targets:
+                        mirror.drop_planned(targets)
+                    return response
+                sample = SKIP
+            else:
+                sample = gate.primary_start()
             mirror.primary_inflight += 1
             start = time.monotonic_ns()
             try:
@@ -87,9 +116,10 @@ class Router:
             finally:
                 mirror.primary_inflight -= 1
             latency = time.monotonic_ns() - start
-            gate.primary_end(sample, latency)
-            if shadows:
-                mirror.offer(shadows, request, response, latency, current_span().get_span_context())
+            if sample != SKIP:
+                gate.primary_end(sample, latency)
+            if targets:
+                mirror.offer_planned(targets, request, response, latency, current_span())
             return response
         finally:
             DEADLINE_NS.reset(token)

@@ -20,9 +20,18 @@ up to the version's ``max_batch_size``): one pass through the shadow version (on
 monitoring observation, one span linked to every primary) and one vectorised comparison for all of
 them, instead of paying that per copy; each copy's latency is then its batch's. Versions without a
 batch dimension, and odd copies, run one by one. The copies carry the least urgent batching priority.
-The primary path pays only for queueing a reference to its request and answer (no copy is made). Shadow answers are
-never returned to anybody, and a shadow's failure, hang or garbage only shows up in its statistics
-and logs, never in a client's response.
+Shadow answers are never returned to anybody, and a shadow's failure, hang or garbage only shows up
+in its statistics and logs, never in a client's response.
+
+**The primary's path** pays almost nothing, above all for a copy that is dropped. The router reads the
+model's ``ShadowPlan`` (its shadows, their mirror shares and statistics, compiled once per policy
+change), and before the primary runs one integer (``room``, free places in the queue) says whether its
+copy can be queued. If not, the copy is dropped: no clock read, no object, no span lookup, one counter
+per shadow (``ShadowStats.count_dropped``, folded into the time windows later, off the request path).
+Otherwise the router times the primary and ``offer_planned`` appends one tuple holding references to
+the request, its answer, its latency and its span (no copy of any tensor) and counts it as mirrored.
+Everything per copy beyond that (span links, the request for the shadow, comparing) runs in the
+workers. The gate times one primary request in ``gate.stride`` (see ``gate``).
 
 Memory is bounded by ``queue_size`` copies (each holds references to the request's input views and
 the primary's outputs, nothing more).
@@ -34,6 +43,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +55,7 @@ from sidecar.engine.base import DEADLINE_NS
 from sidecar.errors import DeadlineExceeded, SidecarError
 from sidecar.routing.comparison import ShadowStats
 from sidecar.routing.gate import ShadowGate
+from sidecar.routing.policy import BUCKETS, CompiledPolicy
 from sidecar.types import InferenceRequest, InferenceResponse
 
 log = logging.getLogger(__name__)
@@ -62,6 +73,35 @@ class ShadowJob:
     primary_latency_ns: int
     stats: ShadowStats
     parent: Any  # the primary's span context (for a link), or None
+
+
+# A queued copy, as the request path leaves it (a plain tuple: the cheapest immutable value to make):
+# (request, version, primary response, primary latency ns, stats, the primary's span or span context)
+_Queued = tuple
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowPlan:
+    """One model's shadows as the request path reads them; built once per policy change, never mutated.
+
+    ``targets``: (version, bound, stats) per shadow; a request is mirrored to a shadow when the upper
+    32 of its routing bits are below the bound. ``always``: every shadow mirrors 100 %, so no bits are
+    needed for mirroring; ``needs_bits``: the policy has to draw routing bits at all (several arms, or
+    a shadow below 100 %); ``only``: the policy's one live version when it has one arm, else ""."""
+
+    policy: CompiledPolicy
+    targets: tuple[tuple[str, int, ShadowStats], ...]
+    every: tuple[ShadowStats, ...]  # every shadow's statistics, in ``targets`` order
+    always: bool
+    needs_bits: bool
+    only: str
+
+    def pick(self, bits: int) -> tuple[ShadowStats, ...] | list[ShadowStats]:
+        """The statistics of the shadows a request with these routing bits is mirrored to (maybe none)."""
+        if self.always:
+            return self.every
+        point = bits >> 32
+        return [stats for _, bound, stats in self.targets if point < bound]
 
 
 # (model, version) -> the ModelVersion-like object that answers (``await .infer(request)``)
@@ -84,7 +124,12 @@ class ShadowMirror:
         collect_ms: float = 0.0,
     ) -> None:
         self._resolve = resolve
-        self._queue: asyncio.Queue[ShadowJob | None] = asyncio.Queue(maxsize=max(1, queue_size))
+        # The queue: a deque bounded by ``room`` (free places), which the request path reads before
+        # anything else; workers sleep on ``_waiter`` while it is empty. Used on the event loop only.
+        self._queue: deque[_Queued] = deque()
+        self._size = max(1, queue_size)
+        self.room = self._size
+        self._waiter: asyncio.Future[None] | None = None
         self._workers_n = max(1, workers)
         self._per_turn = max(1, copies_per_turn)
         self._collect_s = max(0.0, collect_ms) / 1e3
@@ -99,6 +144,8 @@ class ShadowMirror:
         self._workers: list[asyncio.Task] = []
         # (model, version) -> stats; replaced, never mutated, so readers iterate without a lock
         self._stats: dict[tuple[str, str], ShadowStats] = {}
+        # model -> its ShadowPlan (models whose policy has shadows); replaced, never mutated
+        self.plans: dict[str, ShadowPlan] = {}
         self.dropped_total = 0
         self.started_total = 0  # copies that ran (or started to) on a shadow version
         self.deferrals = 0  # times a worker waited for the gate, the primary or the loop
@@ -111,15 +158,15 @@ class ShadowMirror:
     async def stop(self) -> None:
         """Drop queued copies, cancel the ones running (shadows never delay a shutdown)."""
         workers, self._workers = self._workers, []
-        while not self._queue.empty():
-            self._queue.get_nowait()
+        self._queue.clear()
+        self.room = self._size
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return len(self._queue)
 
     # -- statistics -----------------------------------------------------------------------------
     def stats_for(self, model: str, version: str) -> ShadowStats:
@@ -133,20 +180,33 @@ class ShadowMirror:
     def all_stats(self, model: str | None = None) -> list[ShadowStats]:
         return [s for (m, _), s in sorted(self._stats.items()) if model is None or m == model]
 
-    def reset(self, model: str, keep: tuple[str, ...], active: bool | None = None) -> None:
+    def reset(
+        self, model: str, keep: tuple[str, ...], active: bool | None = None, policy: CompiledPolicy | None = None
+    ) -> None:
         """Forget ``model``'s shadows that are no longer configured: their statistics and queued copies.
 
-        ``active``: whether any model still has shadows (the router knows), so the gate needs samples."""
+        ``active``: whether any model still has shadows (the router knows), so the gate needs samples.
+        ``policy``: the model's new policy; its shadows become the model's ``ShadowPlan``."""
         if active is not None:
             self.active = active
         self._stats = {k: s for k, s in self._stats.items() if k[0] != model or k[1] in keep}
-        queued = []
-        while not self._queue.empty():
-            job = self._queue.get_nowait()
-            if job is not None and (job.request.model_name != model or job.version in keep):
-                queued.append(job)
-        for job in queued:
-            self._queue.put_nowait(job)
+        plans = {m: p for m, p in self.plans.items() if m != model}
+        if policy is not None and policy.shadow_versions:
+            plans[model] = self._plan(model, policy)
+        self.plans = plans
+        kept = [job for job in self._queue if job[0].model_name != model or job[1] in keep]
+        self._queue = deque(kept)
+        self.room = self._size - len(kept)
+
+    def _plan(self, model: str, policy: CompiledPolicy) -> ShadowPlan:
+        targets = tuple(
+            (v, bound, self.stats_for(model, v))
+            for v, bound in zip(policy.shadow_versions, policy.shadow_bounds, strict=True)
+        )
+        always = all(bound >= BUCKETS for _, bound, _ in targets)
+        every = tuple(t[2] for t in targets)
+        only = policy.versions[0] if len(policy.versions) == 1 else ""
+        return ShadowPlan(policy, targets, every, always, needs_bits=not only or not always, only=only)
 
     # -- the request path -----------------------------------------------------------------------
     def offer(
@@ -157,43 +217,76 @@ class ShadowMirror:
         primary_latency_ns: int,
         parent: Any,
     ) -> None:
-        """Queue a copy of ``request`` for each shadow version; never waits, never raises."""
+        """Queue a copy of ``request`` for each shadow version; never waits, never raises.
+
+        ``parent``: the primary's span or span context (for the shadow span's link), or None."""
         for version in versions:
             stats = self.stats_for(request.model_name, version)
-            if self._queue.full():
-                stats.record_dropped()
+            if self.room:
+                self._put((request, version, primary, primary_latency_ns, stats, parent))
+                stats.count_mirrored()
+            else:
+                stats.count_dropped()
                 self.dropped_total += 1
-                continue
-            try:
-                self._queue.put_nowait(ShadowJob(request, version, primary, primary_latency_ns, stats, parent))
-            except asyncio.QueueFull:
-                stats.record_dropped()
+
+    def offer_planned(
+        self, targets: Any, request: InferenceRequest, primary: InferenceResponse, latency_ns: int, span: Any
+    ) -> None:
+        """``offer`` for the router: ``targets`` from ``ShadowPlan.pick``; never waits, never raises."""
+        for stats in targets:
+            if self.room:
+                self._put((request, stats.version, primary, latency_ns, stats, span))
+                stats.pending_mirrored += 1  # ShadowStats.count_mirrored, without the call
+            else:
+                stats.pending_dropped += 1
                 self.dropped_total += 1
-                continue
-            stats.record_mirrored()
+
+    def drop_planned(self, targets: Any) -> None:
+        """Count the copies of a request that found the queue full (the router checked ``room``)."""
+        for stats in targets:
+            stats.pending_dropped += 1  # ShadowStats.count_dropped, without the call
+        self.dropped_total += len(targets)
+
+    def _put(self, job: _Queued) -> None:
+        self._queue.append(job)
+        self.room -= 1
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _get(self) -> _Queued:
+        while not self._queue:
+            waiter = self._waiter
+            if waiter is None:
+                waiter = self._waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(waiter)  # shared by the idle workers: one cancelled leaves it to the others
+        self.room += 1
+        return self._queue.popleft()
+
+    def _take(self) -> _Queued:
+        self.room += 1
+        return self._queue.popleft()
 
     # -- workers --------------------------------------------------------------------------------
     async def _worker(self, index: int) -> None:
         while True:
-            job = await self._queue.get()
-            if job is None:
-                return
-            if self._collect_s and self._queue.qsize() < self._per_turn - 1:
+            job = ShadowJob(*await self._get())
+            if self._collect_s and len(self._queue) < self._per_turn - 1:
                 await asyncio.sleep(self._collect_s)  # let more copies arrive: one request for all of them
             await self._wait_for_capacity()
             # Take what else is queued (up to copies_per_turn) and run it all at once.
             jobs = [job]
-            while len(jobs) < self._per_turn and not self._queue.empty():
-                more = self._queue.get_nowait()
-                if more is not None:
-                    jobs.append(more)
-            runs = self._plan(jobs) if len(jobs) > 1 else [[job]]
+            while len(jobs) < self._per_turn and self._queue:
+                jobs.append(ShadowJob(*self._take()))
+            runs = self._group(jobs) if len(jobs) > 1 else [[job]]
             if len(runs) == 1:
                 await self._run_guarded(runs[0])
             else:
                 await asyncio.gather(*(self._run_guarded(r) for r in runs))
 
-    def _plan(self, jobs: list[ShadowJob]) -> list[list[ShadowJob]]:
+    def _group(self, jobs: list[ShadowJob]) -> list[list[ShadowJob]]:
         """Group copies that can share one request: same shadow version, outputs and input signature,
         rows within the version's max_batch_size. Everything else runs alone."""
         groups: dict[tuple, list[ShadowJob]] = {}
@@ -262,7 +355,7 @@ class ShadowMirror:
             backoff = min(backoff * 2, 0.01)
 
     async def _run(self, jobs: list[ShadowJob]) -> None:
-        """Run one copy, or several joined into one request (``_plan``), and compare the answers."""
+        """Run one copy, or several joined into one request (``_group``), and compare the answers."""
         job = jobs[0]
         timeout_s = self._timeout_s
         start = time.monotonic_ns()
@@ -283,7 +376,7 @@ class ShadowMirror:
                 priority=SHADOW_PRIORITY,
             )
         token = DEADLINE_NS.set(deadline)
-        links = [trace.Link(j.parent) for j in jobs if j.parent is not None and j.parent.is_valid]
+        links = [trace.Link(c) for c in (_span_context(j.parent) for j in jobs) if c is not None and c.is_valid]
         try:
             with _tracer.start_as_current_span(
                 "sidecar.shadow",
@@ -337,6 +430,12 @@ class ShadowMirror:
                 span.set_attribute("sidecar.shadow.outcome", "ok")
         finally:
             DEADLINE_NS.reset(token)
+
+
+def _span_context(parent: Any) -> Any:
+    """The span context of a queued copy's primary (its span, or already its context, or None)."""
+    get = getattr(parent, "get_span_context", None)
+    return get() if get is not None else parent
 
 
 def _rows(request: InferenceRequest) -> int:
