@@ -10,6 +10,9 @@
    Then open loops at 40 % and 10 % of the no-shadow throughput (a busy and a lightly loaded server).
    Each shadow row also shows the *coverage*: the share of offered copies the shadow answered (the
    rest were dropped, counted, because the gate kept them off a busy primary, or still queued).
+   Before it, **shadow-path**: the same dispatch in process (bench/shadow_path.py: a real router,
+   mirror and gate over versions that answer at once), per request with shadows off, with every copy
+   dropped (queue full) and with every copy queued, warm and with the caches disturbed.
 3. **proxy**: concurrency 1, p50 latency calling an upstream sidecar directly versus through a second
    sidecar whose version is ``upstream.json`` -> the first. Target: <= 0.5 ms added at p50. The CPU
    per request of each server process is reported too (less noisy than latency on a shared box), and
@@ -19,7 +22,7 @@
    the answer and serialises them again (the least any proxy that looks at the tensors pays).
 
     .venv/bin/python -m bench.bench_routing                 # about 4 minutes
-    .venv/bin/python -m bench.bench_routing --duration 5 --rounds 1 --only decision,shadow
+    .venv/bin/python -m bench.bench_routing --duration 5 --rounds 3 --only shadow-path,shadow
 
 Each mode runs ``--rounds`` times interleaved (off, on, slow, off, on, slow, ...; direct and proxy in
 alternating order), because the machine is shared and its speed drifts. Changes are computed per round
@@ -326,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per load run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of each mode")
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--only", default="decision,shadow,proxy", help="comma-separated parts to run")
+    parser.add_argument("--only", default="decision,shadow-path,shadow,proxy", help="comma-separated parts to run")
     parser.add_argument("--name", default="routing", help="results file name under bench/results")
     parser.add_argument("--serve-min-proxy", metavar="UPSTREAM", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -361,6 +364,34 @@ def main(argv: list[str] | None = None) -> int:
             lines += ["## Routing decision", ""]
             lines += [f"- {k}: {v:.2f} us per request (target < {TARGET_DECISION_US} us)" for k, v in decision.items()]
             lines.append("")
+        if "shadow-path" in parts:
+            from bench import shadow_path
+
+            print("== shadow mirroring, the primary's dispatch in process", flush=True)
+            path = shadow_path.run()
+            payload["shadow_path"] = path
+            for row in path["rows"]:
+                print(
+                    f"  {row['caches']} {row['mode']:8s}: {row['dispatch_us']:.2f} us/dispatch, "
+                    f"{row['extra_us']:+.2f} us vs off"
+                )
+            lines += [
+                "## Shadow mirroring: the primary's dispatch in process (bench/shadow_path.py)",
+                "",
+                "Per request, median; `extra` is over the same dispatch without shadows (cold: paired per request). "
+                f"The gate times one request in {path['gate_stride']} (its stride at ~3,400 req/s).",
+                "",
+                markdown_table(
+                    path["rows"],
+                    [
+                        ("caches", "caches"),
+                        ("mode", "copies"),
+                        ("dispatch_us", "us/dispatch"),
+                        ("extra_us", "extra vs off us"),
+                    ],
+                ),
+                "",
+            ]
         if "shadow" in parts:
             print(f"== shadow mirroring at concurrency {args.concurrency}", flush=True)
             shadow = bench_shadow(workdir, args.duration, args.rounds, args.concurrency)
