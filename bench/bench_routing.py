@@ -118,7 +118,9 @@ def _shadow_report(control: str) -> dict[str, Any]:
         }
 
 
-def bench_shadow(workdir: Path, duration_s: float, rounds: int, concurrency: int) -> dict[str, Any]:
+def bench_shadow(
+    workdir: Path, duration_s: float, rounds: int, concurrency: int, open_shares: tuple[float, ...] = (0.4, 0.1)
+) -> dict[str, Any]:
     from sidecar.testing.upstream import FakeUpstream
     from sidecar.types import TensorSpec
 
@@ -172,7 +174,7 @@ def bench_shadow(workdir: Path, duration_s: float, rounds: int, concurrency: int
             for r in range(rounds):
                 cell(closed, r, concurrency=concurrency)
             base_rps = statistics.median(res.rps for res, _ in cells[(closed, "no shadow")])
-            for share in (0.4, 0.1):  # a busy and a lightly loaded server, offered a fixed rate
+            for share in open_shares:  # a busy and a lightly loaded server, offered a fixed rate
                 rate = max(20.0, round(base_rps * share, -1))
                 for r in range(rounds):
                     cell(f"open {rate:.0f}/s ({share:.0%})", r, rate_per_s=rate)
@@ -330,6 +332,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of each mode")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--only", default="decision,shadow-path,shadow,proxy", help="comma-separated parts to run")
+    parser.add_argument(
+        "--open-loads",
+        default="0.4,0.1",
+        help="shadow part: open-loop rates as shares of the no-shadow closed-loop req/s ('' for none)",
+    )
     parser.add_argument("--name", default="routing", help="results file name under bench/results")
     parser.add_argument("--serve-min-proxy", metavar="UPSTREAM", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -394,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
         if "shadow" in parts:
             print(f"== shadow mirroring at concurrency {args.concurrency}", flush=True)
-            shadow = bench_shadow(workdir, args.duration, args.rounds, args.concurrency)
+            open_shares = tuple(float(x) for x in args.open_loads.split(",") if x.strip())
+            shadow = bench_shadow(workdir, args.duration, args.rounds, args.concurrency, open_shares)
             payload["shadow"] = shadow
             rows = shadow["rows"]
             for row in rows:
