@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
                 "## Shadow mirroring: the primary's dispatch in process (bench/shadow_path.py)",
                 "",
                 "Per request, median; `extra` is over the same dispatch without shadows (cold: paired per request). "
-                f"The gate times one request in {path['gate_stride']} (its stride at ~3,400 req/s).",
+                f"The gate times one request in {path['gate_stride']} (served at ~3,400 req/s: 1 in 3 to 1 in 5).",
                 "",
                 markdown_table(
                     path["rows"],

@@ -54,15 +54,17 @@ class _Repository:
         return self._versions[version or "1.0.0"]
 
 
-# The gate times one primary request in ``stride``, set each 100 ms cycle for about 64 samples: 5 at the
-# served benchmark's ~3,400 req/s. This loop runs far faster than any server, so the stride is pinned.
+# The gate times one primary request in its phase's stride, set each 100 ms cycle for about 48 samples
+# per phase: at the served benchmark's ~3,400 req/s that is 1 request in 3 at share 1 (on phase 5,
+# off phase 1) and 1 in 5 with the gate at its floor (on 1, off 6). This loop runs far faster than
+# any server, so the stride is pinned instead (``run(gate_stride=1)``: every request timed).
 GATE_STRIDE = 5
 
 
-def _router(mode: str, queue_size: int) -> Router:
+def _router(mode: str, queue_size: int, stride: int) -> Router:
     repo = _Repository()
     gate = ShadowGate(cycle_s=3600.0)  # never judges during the run: the stride stays as set
-    gate.stride = GATE_STRIDE
+    gate.stride_on = gate.stride_off = stride
     mirror = ShadowMirror(repo.get, queue_size=queue_size, gate=gate)  # workers never started
     router = Router(repo, mirror)  # type: ignore[arg-type]
     shadows = [] if mode == "off" else [("1.1.0", 1000)]
@@ -70,18 +72,18 @@ def _router(mode: str, queue_size: int) -> Router:
     return router
 
 
-async def _setup(mode: str, n: int) -> tuple[Router, list[InferenceRequest]]:
+async def _setup(mode: str, n: int, stride: int) -> tuple[Router, list[InferenceRequest]]:
     """A router for ``mode``, warmed with ``n`` requests (which, for dropped, fill the queue)."""
-    router = _router(mode, queue_size=64 if mode == "dropped" else 1 << 30)
+    router = _router(mode, 64 if mode == "dropped" else 1 << 30, stride)
     requests = [InferenceRequest("mlp", "", "", {"input": np.zeros((1, 64), np.float32)}) for _ in range(256)]
     for i in range(n):
         await router.dispatch(requests[i % 256])
     return router, requests
 
 
-async def _warm(mode: str, n: int) -> float:
+async def _warm(mode: str, n: int, stride: int) -> float:
     """Median ns per dispatch over ``n`` requests back to back."""
-    router, requests = await _setup(mode, n)
+    router, requests = await _setup(mode, n, stride)
     dispatch = router.dispatch
     clock = time.perf_counter_ns
     times = []
@@ -94,10 +96,10 @@ async def _warm(mode: str, n: int) -> float:
     return statistics.median(times)
 
 
-async def _cold(n: int) -> dict[str, list[int]]:
+async def _cold(n: int, stride: int) -> dict[str, list[int]]:
     """ns per dispatch, each after the caches were disturbed; the modes take turns request by request
     (paired: drift on a shared machine hits them alike)."""
-    routers = {mode: await _setup(mode, 1000) for mode in MODES}
+    routers = {mode: await _setup(mode, 1000, stride) for mode in MODES}
     buffer = np.zeros(1 << 19, np.float64)  # 4 MiB: this machine's L2 twice over
     clock = time.perf_counter_ns
     times: dict[str, list[int]] = {mode: [] for mode in MODES}
@@ -123,15 +125,15 @@ def _check(mode: str, router: Router, n: int) -> None:
         raise RuntimeError("the queued mode dropped copies")
 
 
-def run(rounds: int = 5, n: int = 20_000, n_cold: int = 3_000) -> dict[str, Any]:
+def run(rounds: int = 5, n: int = 20_000, n_cold: int = 3_000, gate_stride: int = GATE_STRIDE) -> dict[str, Any]:
     warm: dict[str, list[float]] = {}
     cold: dict[str, list[int]] = {}
 
     async def main() -> None:
         for r in range(rounds):
             for mode in MODES if r % 2 == 0 else MODES[::-1]:
-                warm.setdefault(mode, []).append(await _warm(mode, n))
-        cold.update(await _cold(n_cold))
+                warm.setdefault(mode, []).append(await _warm(mode, n, gate_stride))
+        cold.update(await _cold(n_cold, gate_stride))
 
     asyncio.run(main())
     rows = []
@@ -149,7 +151,7 @@ def run(rounds: int = 5, n: int = 20_000, n_cold: int = 3_000) -> dict[str, Any]
                 "extra_us": statistics.median(paired) / 1e3,
             }
         )
-    return {"rows": rows, "rounds": rounds, "requests": {"warm": n, "cold": n_cold}, "gate_stride": GATE_STRIDE}
+    return {"rows": rows, "rounds": rounds, "requests": {"warm": n, "cold": n_cold}, "gate_stride": gate_stride}
 
 
 def main() -> None:

@@ -11,10 +11,12 @@ the CPUs are half idle). The gate runs a small experiment continuously:
   A request started in the off phase while no copy was running, and finished before any copy started,
   is *clean*: it saw no shadow work. One started in the on phase is *loaded*. Others are not counted.
   Both sets are sampled by time, not by overlap, so a slow request is not more likely to be "loaded".
-  Not every request is timed: the router takes every ``stride``-th one (it counts ``skip`` down, one
-  integer per request, and calls ``primary_start`` only when it reaches 0), and the stride is set each
-  cycle so that about ``_TARGET_SAMPLES`` requests per cycle are timed (1 at low rates: every request).
-  The other requests pay no clock read and no call into the gate.
+  Not every request is timed: the router counts ``skip`` down (one integer per request) and calls
+  ``primary_start`` only when it reaches 0; each sample sets ``skip`` to its phase's stride minus one.
+  The strides (``stride_on``, ``stride_off``) are set each cycle from the last cycle's request rate
+  and the next phases' lengths, so that each phase gets about ``_TARGET_SAMPLES`` timed requests
+  (stride 1, every request, at low rates or in a short phase). The other requests pay no clock read
+  and no call into the gate.
 * At the end of a cycle, with enough samples of both kinds and at least one copy started (pooled
   over up to 10 cycles when the on phase is short): if the
   loaded requests' median latency exceeds the clean ones' by more than ``max_slowdown`` (5 %), shadow
@@ -41,7 +43,7 @@ _ON_FRACTION = 0.8  # of a cycle at share 1; the rest is always off, to measure 
 _MIN_SAMPLES = 8  # of each kind (pooled over cycles if need be) before the gate judges
 _INCREASE = 0.1
 _MAX_CARRY = 10  # cycles whose samples may be pooled before a judgement (then they are dropped)
-_TARGET_SAMPLES = 64  # primary requests timed per cycle (the stride is set from the last cycle's rate)
+_TARGET_SAMPLES = 48  # primary requests timed per phase and cycle (strides set from the last cycle's rate)
 
 # primary_start() tokens: started in the on phase / not counted; larger values are clean candidates
 ON = 0
@@ -64,13 +66,12 @@ class ShadowGate:
         self.running = 0  # shadow copies running now
         # primary requests the router lets through untimed before the next sample (it counts down)
         self.skip = 0
-        self.stride = 1  # one request in ``stride`` is timed
-        self._seen = 0  # samples taken this cycle (primary_start calls)
+        self.stride_on = 1  # one request in ``stride_on`` is timed in the on phase (set per cycle)
+        self.stride_off = 1  # ... and one in ``stride_off`` in the off phase
+        self._requests = 0  # primary requests started this cycle, as counted by the samples
         self._starts = 0  # shadow copies started, ever (an epoch: did one start during a request?)
-        now = clock()
-        self._on_until = 0
-        self._cycle_end = 0
-        self._new_cycle(now)
+        self._cycle_start = self._on_until = self._cycle_end = 0
+        self._new_cycle(clock())
         # this cycle's samples: latencies (ns) of loaded and clean primary requests
         self._on: list[int] = []
         self._off: list[int] = []
@@ -88,10 +89,14 @@ class ShadowGate:
         now = self._clock()
         if now >= self._cycle_end:
             self._judge(now)
-        self.skip = self.stride - 1
-        self._seen += 1
         if now < self._on_until:
+            stride = self.stride_on
+            self._requests += stride
+            self.skip = stride - 1
             return ON
+        stride = self.stride_off
+        self._requests += stride
+        self.skip = stride - 1
         return self._starts + 1 if self.running == 0 else SKIP
 
     def primary_end(self, token: int, latency_ns: int) -> None:
@@ -123,9 +128,9 @@ class ShadowGate:
         on, off = self._on, self._off
         on_n, off_n = len(on), len(off)
         self._carried += 1
-        requests = self._seen * self.stride  # about as many primary requests started this cycle
-        self._seen = 0
-        self.stride = max(1, requests // _TARGET_SAMPLES)
+        requests = self._requests  # about as many primary requests started since the cycle began
+        elapsed = now - self._cycle_start
+        self._requests = 0
         if requests < _MIN_SAMPLES and on_n + off_n < _MIN_SAMPLES:
             self.share = min(1.0, self.share + _INCREASE)  # (almost) no primary traffic to protect
         elif self._copies and on_n >= _MIN_SAMPLES and off_n >= _MIN_SAMPLES:
@@ -140,14 +145,21 @@ class ShadowGate:
         elif self._carried < _MAX_CARRY:
             # Too few samples of one kind (a short on phase at a low share), or no copy ran yet:
             # keep this cycle's samples for the next judgement and keep the share meanwhile.
-            self._new_cycle(now)
+            self._new_cycle(now, requests, elapsed)
             return
         self._on = []
         self._off = []
         self._copies = 0
         self._carried = 0
-        self._new_cycle(now)
+        self._new_cycle(now, requests, elapsed)
 
-    def _new_cycle(self, now: int) -> None:
+    def _new_cycle(self, now: int, requests: int = 0, elapsed_ns: int = 1) -> None:
+        """Start a cycle at ``now``. ``requests`` started in the last ``elapsed_ns``: the rate that sets
+        the strides, so that each phase of this cycle gets about ``_TARGET_SAMPLES`` timed requests."""
+        on_ns = int(self._cycle_ns * _ON_FRACTION * self.share)
+        self._cycle_start = now
         self._cycle_end = now + self._cycle_ns
-        self._on_until = now + int(self._cycle_ns * _ON_FRACTION * self.share)
+        self._on_until = now + on_ns
+        per = max(1, elapsed_ns) * _TARGET_SAMPLES  # requests per phase = requests * phase_ns / elapsed_ns
+        self.stride_on = max(1, requests * on_ns // per)
+        self.stride_off = max(1, requests * (self._cycle_ns - on_ns) // per)

@@ -111,8 +111,8 @@ def test_at_a_high_rate_one_request_in_the_stride_is_timed_and_the_gate_still_ju
                 gate.primary_end(sample, 4 * MS if sample == 0 else 2 * MS)  # shadow work doubles latency
                 timed.append(sample)
             clock.now += MS // 20
-        if c >= 2:
-            assert gate.stride >= 25 and 50 <= len(timed) - before <= 90  # about 64 per cycle, not 2,000
+        if c >= 2:  # about 48 per phase (fewer when a phase is short), not 2,000
+            assert gate.stride_off >= 5 and 50 <= len(timed) - before <= 120
     assert gate.decreases >= 3 and gate.share < 0.2  # the samples still tell loaded from clean
 
 

@@ -57,7 +57,7 @@ def request(i: int, key: str = "") -> InferenceRequest:
 async def test_a_copy_without_room_is_dropped_and_counted_and_the_gate_times_one_request_in_its_stride():
     repo = Repo("1.0.0", "2.0.0")
     gate = CountingGate(cycle_s=3600.0)  # one long cycle: the stride stays as set
-    gate.stride = 4
+    gate.stride_on = gate.stride_off = 4
     mirror = ShadowMirror(repo.get, queue_size=3, gate=gate)  # workers not started: nothing leaves the queue
     router = Router(repo, mirror)  # type: ignore[arg-type]
     router.install("m", CompiledPolicy.compile(TrafficPolicy.build("m", [("1.0.0", 1000)], [("2.0.0", 1000)])))
