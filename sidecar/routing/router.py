@@ -84,7 +84,7 @@ class Router:
             plan = None if request.model_version else mirror.plans.get(request.model_name)
             if plan is None:
                 mv = self.decide(request)[0]
-                targets: tuple | list = ()
+                targets: tuple = ()
             else:
                 policy = plan.policy
                 if plan.needs_bits:

@@ -43,6 +43,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -84,24 +85,27 @@ _Queued = tuple
 class ShadowPlan:
     """One model's shadows as the request path reads them; built once per policy change, never mutated.
 
-    ``targets``: (version, bound, stats) per shadow; a request is mirrored to a shadow when the upper
-    32 of its routing bits are below the bound. ``always``: every shadow mirrors 100 %, so no bits are
-    needed for mirroring; ``needs_bits``: the policy has to draw routing bits at all (several arms, or
-    a shadow below 100 %); ``only``: the policy's one live version when it has one arm, else ""."""
+    A request is mirrored to a shadow when the upper 32 of its routing bits are below the shadow's
+    bound, so the shadows a request goes to are always the first few in order of decreasing bound:
+    ``prefixes[k]`` holds the first ``k`` (statistics objects, made once), and ``pick`` finds ``k`` by
+    bisecting ``bounds`` (ascending) without making anything. ``always``: every shadow mirrors 100 %,
+    so no bits are needed for mirroring; ``needs_bits``: the policy has to draw routing bits at all
+    (several arms, or a shadow below 100 %); ``only``: the policy's one live version when it has one
+    arm, else ""."""
 
     policy: CompiledPolicy
-    targets: tuple[tuple[str, int, ShadowStats], ...]
-    every: tuple[ShadowStats, ...]  # every shadow's statistics, in ``targets`` order
+    bounds: tuple[int, ...]  # ascending
+    prefixes: tuple[tuple[ShadowStats, ...], ...]  # prefixes[k]: the k shadows with the largest bounds
+    every: tuple[ShadowStats, ...]  # prefixes[-1]
     always: bool
     needs_bits: bool
     only: str
 
-    def pick(self, bits: int) -> tuple[ShadowStats, ...] | list[ShadowStats]:
+    def pick(self, bits: int) -> tuple[ShadowStats, ...]:
         """The statistics of the shadows a request with these routing bits is mirrored to (maybe none)."""
         if self.always:
             return self.every
-        point = bits >> 32
-        return [stats for _, bound, stats in self.targets if point < bound]
+        return self.prefixes[len(self.bounds) - bisect_right(self.bounds, bits >> 32)]
 
 
 # (model, version) -> the ModelVersion-like object that answers (``await .infer(request)``)
@@ -160,6 +164,7 @@ class ShadowMirror:
         workers, self._workers = self._workers, []
         self._queue.clear()
         self.room = self._size
+        self._waiter = None  # belongs to this loop; a later start() makes its own
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
@@ -199,14 +204,13 @@ class ShadowMirror:
         self.room = self._size - len(kept)
 
     def _plan(self, model: str, policy: CompiledPolicy) -> ShadowPlan:
-        targets = tuple(
-            (v, bound, self.stats_for(model, v))
-            for v, bound in zip(policy.shadow_versions, policy.shadow_bounds, strict=True)
-        )
-        always = all(bound >= BUCKETS for _, bound, _ in targets)
-        every = tuple(t[2] for t in targets)
+        targets = sorted(zip(policy.shadow_bounds, policy.shadow_versions, strict=True), reverse=True)
+        stats = tuple(self.stats_for(model, v) for _, v in targets)
+        prefixes = tuple(stats[:k] for k in range(len(stats) + 1))
+        always = all(bound >= BUCKETS for bound, _ in targets)
         only = policy.versions[0] if len(policy.versions) == 1 else ""
-        return ShadowPlan(policy, targets, every, always, needs_bits=not only or not always, only=only)
+        bounds = tuple(sorted(bound for bound, _ in targets))
+        return ShadowPlan(policy, bounds, prefixes, stats, always, needs_bits=not only or not always, only=only)
 
     # -- the request path -----------------------------------------------------------------------
     def offer(

@@ -78,11 +78,12 @@ async def test_a_copy_without_room_is_dropped_and_counted_and_the_gate_times_one
     assert gate.timed == 6  # no shadow anywhere: the gate is left alone
 
 
-async def test_a_sampled_mirror_share_follows_the_policy_and_the_sticky_key():
-    repo = Repo("1.0.0", "1.1.0", "2.0.0")
+async def test_sampled_mirror_shares_follow_the_policy_and_the_sticky_key():
+    repo = Repo("1.0.0", "1.1.0", "2.0.0", "3.0.0")
     mirror = ShadowMirror(repo.get, queue_size=1000, workers=1, max_primary_inflight=1000)
     router = Router(repo, mirror)  # type: ignore[arg-type]
-    policy = CompiledPolicy.compile(TrafficPolicy.build("m", [("1.0.0", 500), ("1.1.0", 500)], [("2.0.0", 300)]))
+    arms = [("1.0.0", 500), ("1.1.0", 500)]
+    policy = CompiledPolicy.compile(TrafficPolicy.build("m", arms, [("2.0.0", 300), ("3.0.0", 600)]))
     router.install("m", policy)
     router.start()
     try:
@@ -90,12 +91,13 @@ async def test_a_sampled_mirror_share_follows_the_policy_and_the_sticky_key():
         for i, key in enumerate(keys):
             response = await router.dispatch(request(i, key))
             assert response.model_version == policy.choose(key)  # the arm, as the policy says
-        expected = {f"r{i}" for i, key in enumerate(keys) if policy.shadows_for(key)}
-        assert 50 < len(expected) < 130  # ~30 % of 300
-        stats = mirror.stats_for("m", "2.0.0")
-        await until(lambda: stats.total().completed == len(expected))
-        assert set(repo.versions["2.0.0"].seen) == expected  # exactly the keys the policy mirrors
-        assert stats.total().mirrored == len(expected) and stats.total().dropped == 0
+        for version, share in (("2.0.0", 0.3), ("3.0.0", 0.6)):
+            expected = {f"r{i}" for i, key in enumerate(keys) if version in policy.shadows_for(key)}
+            assert abs(len(expected) - 300 * share) < 40
+            stats = mirror.stats_for("m", version)
+            await until(lambda: stats.total().completed == len(expected))  # noqa: B023 (awaited here)
+            assert set(repo.versions[version].seen) == expected  # exactly the keys the policy mirrors
+            assert stats.total().mirrored == len(expected) and stats.total().dropped == 0
     finally:
         await router.stop()
 
