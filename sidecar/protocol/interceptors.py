@@ -29,12 +29,15 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from sidecar.telemetry.histograms import HistogramFamily
+from sidecar.telemetry.lean_tracing import CURRENT_SPAN
 from sidecar.telemetry.propagation import remote_span_context
 
 SERVER_ERRORS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"})
 _CODE_NAMES = {c: c.name for c in grpc.StatusCode}
 _CODE_NAMES.update({c.value[0]: c.name for c in grpc.StatusCode})
 _SERVER = SpanKind.SERVER
+_set_current = CURRENT_SPAN.set
+_reset_current = CURRENT_SPAN.reset
 
 
 def observed(servicer: Any, service: str, tracer: Any, durations: HistogramFamily | None) -> Any:
@@ -66,13 +69,15 @@ class ObservedServicer:
 class _Call:
     """What one RPC method's wrapper needs, computed once."""
 
-    __slots__ = ("_by_code", "_durations", "_start_span", "_tracer", "attributes", "method")
+    __slots__ = ("_by_code", "_durations", "_lean", "_start_span", "_tracer", "attributes", "method")
 
     def __init__(self, method: str, tracer: Any, durations: HistogramFamily | None) -> None:
         self.method = method
         self._tracer = tracer
         # The lean tracer's (no span object for an unsampled call); any other API tracer works too.
-        self._start_span = getattr(tracer, "start_request_span", None) or functools.partial(_api_span, tracer)
+        lean = getattr(tracer, "start_request_span", None)
+        self._lean = lean is not None  # its spans' attributes are written straight into their dict
+        self._start_span = lean or functools.partial(_api_span, tracer)
         self._durations = durations
         self._by_code: dict[str, Any] = {}  # status code name -> histogram series; replaced, never mutated
         self.attributes = {"rpc.system.name": "grpc", "rpc.method": method}
@@ -85,7 +90,11 @@ class _Call:
         return series
 
     def _start(self, context: Any, request: Any) -> tuple[Any, Any, Any]:
-        """(span, context token, context for the servicer); (None, None, ...) for an unsampled call."""
+        """(span, context tokens, context for the servicer); (None, None, ...) for an unsampled call.
+
+        A recording span is the current span of the OpenTelemetry context and of the sidecar's
+        ``lean_tracing.CURRENT_SPAN`` (``spans.current_span()``: one context variable, read per request).
+        """
         metadata = context.invocation_metadata() or ()
         traceparent = tracestate = None
         for key, value in metadata:
@@ -100,22 +109,35 @@ class _Call:
         context = _MetadataRead(context, metadata)
         if span is None:
             return None, None, context
-        name = getattr(request, "model_name", None)
+        if request.__class__ is bytes:  # ModelInfer's serialized request (the servicer parses it)
+            name, version = model_of(request)
+        else:
+            name = getattr(request, "model_name", None)
+            version = request.model_version if name else ""
         if name:
-            span.set_attribute("model.name", name)
-            if request.model_version:
-                span.set_attribute("model.version", request.model_version)
-        return span, otel_context.attach(trace.set_span_in_context(span)), context
+            if self._lean:  # straight into the span's dict
+                span.attributes["model.name"] = name
+                if version:
+                    span.attributes["model.version"] = version
+            else:
+                span.set_attribute("model.name", name)
+                if version:
+                    span.set_attribute("model.version", version)
+        return span, (otel_context.attach(trace.set_span_in_context(span)), _set_current(span)), context
 
-    def _finish(self, span: Any, token: Any, start_ns: int, code: str, exc: BaseException | None, ctx: Any) -> None:
+    def _finish(self, span: Any, tokens: Any, start_ns: int, code: str, exc: BaseException | None, ctx: Any) -> None:
         if span is not None:
-            otel_context.detach(token)
-            span.set_attribute("rpc.status_code", code)
-            if code != "OK":
-                error_type = type(exc).__name__ if exc is not None and code == "UNKNOWN" else code
-                span.set_attribute("error.type", error_type)
-                if code in SERVER_ERRORS:
-                    span.set_status(Status(StatusCode.ERROR, _details(ctx) or error_type))
+            _reset_current(tokens[1])
+            otel_context.detach(tokens[0])
+            if code == "OK" and self._lean:
+                span.attributes["rpc.status_code"] = "OK"
+            else:
+                span.set_attribute("rpc.status_code", code)
+                if code != "OK":
+                    error_type = type(exc).__name__ if exc is not None and code == "UNKNOWN" else code
+                    span.set_attribute("error.type", error_type)
+                    if code in SERVER_ERRORS:
+                        span.set_status(Status(StatusCode.ERROR, _details(ctx) or error_type))
             span.end()
         if self._durations is not None:
             self._series(code).record(time.monotonic_ns() - start_ns)
@@ -125,9 +147,9 @@ class _Call:
 
         async def unary(request: Any, context: Any) -> Any:
             start = time.monotonic_ns()
-            span = token = None
+            span = tokens = None
             if tracer is not None:
-                span, token, context = self._start(context, request)
+                span, tokens, context = self._start(context, request)
             code, error = "OK", None
             try:
                 response = await method(request, context)
@@ -144,7 +166,7 @@ class _Call:
                 code = _code(context) or "OK"
                 return response
             finally:
-                self._finish(span, token, start, code, error, context)
+                self._finish(span, tokens, start, code, error, context)
 
         unary.__name__ = method.__name__
         return unary
@@ -154,9 +176,9 @@ class _Call:
 
         async def stream(request_iterator: Any, context: Any) -> AsyncIterator[Any]:
             start = time.monotonic_ns()
-            span = token = None
+            span = tokens = None
             if tracer is not None:
-                span, token, context = self._start(context, None)
+                span, tokens, context = self._start(context, None)
             code, error = "OK", None
             try:
                 async for response in method(request_iterator, context):
@@ -173,7 +195,7 @@ class _Call:
             else:
                 code = _code(context) or "OK"
             finally:
-                self._finish(span, token, start, code, error, context)
+                self._finish(span, tokens, start, code, error, context)
 
         stream.__name__ = method.__name__
         return stream
@@ -184,6 +206,42 @@ def _api_span(tracer: Any, name: str, parent: Any, kind: SpanKind, attributes: A
     context = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent is not None else None
     span = tracer.start_span(name, context=context, kind=kind, attributes=attributes)
     return span if span.is_recording() else None
+
+
+def model_of(encoded: bytes) -> tuple[str, str]:
+    """(model_name, model_version) of a serialized ``ModelInferRequest`` (fields 1 and 2, strings), for a
+    sampled call's span; the servicer parses (and checks) the whole message. Protobuf serializers write
+    fields in number order, so this reads only what comes before the first later field."""
+    name = version = ""
+    pos = 0
+    try:
+        while True:
+            tag = encoded[pos]
+            if tag != 0x0A and tag != 0x12:  # model_name (1) or model_version (2), length-delimited
+                return name, version
+            size, start = _read_varint(encoded, pos + 1)
+            pos = start + size
+            if pos > len(encoded):
+                return "", ""
+            if tag == 0x0A:
+                name = encoded[start:pos].decode()
+            else:
+                version = encoded[start:pos].decode()
+    except (IndexError, UnicodeDecodeError):  # the end of the message, or not a message at all
+        return name, version
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise IndexError("varint too long")
 
 
 def _text(value: str | bytes) -> str:

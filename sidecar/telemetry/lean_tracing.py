@@ -32,14 +32,47 @@ import random
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _UNSAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_NO_STATE = DEFAULT_TRACE_STATE
+_NOTHING: tuple = ()  # a span's events and links until it gets one (then a list of its own)
+_RECORD, _SET_STATUS = 1, 2  # on an exception leaving the span: record it, set the ERROR status
+
+
+def _span_context(trace_id: int, span_id: int, state: Any) -> SpanContext:
+    """``SpanContext(trace_id, span_id, False, SAMPLED, state)`` for ids known valid (from ``_new_id``).
+
+    The API's constructor checks the ids in Python (~0.5 us); a span context is the API's tuple
+    (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid), built here directly. Checked
+    against the constructor at import (``_check_span_context``): any difference, and the constructor
+    is used.
+    """
+    return _tuple_new(SpanContext, (trace_id, span_id, False, _SAMPLED, state or _NO_STATE, True))
+
+
+def _checked_span_context(trace_id: int, span_id: int, state: Any) -> SpanContext:
+    return SpanContext(trace_id, span_id, False, _SAMPLED, state)
+
+
+_tuple_new = tuple.__new__
+
+
+def _check_span_context() -> Any:
+    made, reference = _span_context(0xABC, 0xDEF, None), SpanContext(0xABC, 0xDEF, False, _SAMPLED)
+    same = made == reference and (made.trace_id, made.span_id, made.is_valid) == (0xABC, 0xDEF, True)
+    same = same and made.trace_flags.sampled and not made.is_remote and made.trace_state == reference.trace_state
+    return _span_context if same else _checked_span_context
+
+
+_make_context = _check_span_context()
 _getrandbits = random.getrandbits
 _time_ns = time.time_ns
 _get_current_span = trace.get_current_span
@@ -47,6 +80,14 @@ _INTERNAL = SpanKind.INTERNAL
 _ERROR = StatusCode.ERROR
 _OK = StatusCode.OK
 _UNSET = StatusCode.UNSET
+
+# The span the sidecar made current (the RPC wrapper's server span, ``start_as_current_span``'s span),
+# also the OpenTelemetry context's current span there: the request path reads it in one call instead
+# of five into the API (``sidecar.telemetry.spans.current_span``). Each gRPC call and each task runs
+# in a context of its own.
+CURRENT_SPAN: ContextVar[trace.Span] = ContextVar("sidecar_current_span", default=trace.INVALID_SPAN)
+_set_current = CURRENT_SPAN.set
+_reset_current = CURRENT_SPAN.reset
 
 # (parent span context or None, trace id, links) -> sampled?  See sampling.decision().
 Decide = Callable[[SpanContext | None, int, Sequence[Link] | None], bool]
@@ -67,7 +108,8 @@ class LeanSpan(trace.Span):
 
     __slots__ = (
         "_context",
-        "_on_end",
+        "_errors",
+        "_sink",
         "attributes",
         "end_ns",
         "events",
@@ -88,25 +130,26 @@ class LeanSpan(trace.Span):
         parent: SpanContext | None,
         kind: SpanKind,
         attributes: dict[str, Any],
-        links: list[Link],
+        links: Sequence[Link],
         scope: Scope,
         sink: Callable[[LeanSpan], None],
         start_ns: int,
-        on_error: tuple[bool, bool],
+        errors: int = _RECORD | _SET_STATUS,
     ) -> None:
         self.name = name
         self._context = context
         self.parent = parent  # the parent's span context (remote or local), None for a root span
         self.kind = kind
-        self.attributes = attributes
-        self.links = links
-        self.events: list[tuple[str, int, Mapping[str, Any]]] = []
+        self.attributes = attributes  # the span's own dict
+        self.links: Sequence[Link] = links  # () or a list of the span's own
+        self.events: Sequence[tuple[str, int, Mapping[str, Any]]] = _NOTHING  # () until the first event
         self.scope = scope
         self.start_ns = start_ns
         self.end_ns = 0  # 0 while recording
         self.status_code = _UNSET
         self.status_message = ""
-        self._on_end = (sink, *on_error)  # (sink, record_exception, set_status_on_exception)
+        self._sink = sink
+        self._errors = errors  # _RECORD | _SET_STATUS: what an exception leaving the span does
 
     # -- the API ------------------------------------------------------------------------------------
     def get_span_context(self) -> SpanContext:
@@ -138,11 +181,15 @@ class LeanSpan(trace.Span):
 
     def add_event(self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None) -> None:
         if not self.end_ns:
-            self.events.append((name, timestamp or _time_ns(), dict(attributes) if attributes else {}))
+            if self.events is _NOTHING:
+                self.events = []
+            self.events.append((name, timestamp or _time_ns(), dict(attributes) if attributes else {}))  # type: ignore[union-attr]
 
     def add_link(self, context: SpanContext, attributes: Mapping[str, Any] | None = None) -> None:
         if not self.end_ns and context.is_valid:
-            self.links.append(Link(context, attributes))
+            if self.links is _NOTHING:
+                self.links = []
+            self.links.append(Link(context, attributes))  # type: ignore[union-attr]
 
     def record_exception(
         self,
@@ -173,14 +220,14 @@ class LeanSpan(trace.Span):
         if self.end_ns:
             return
         self.end_ns = end_time or _time_ns()
-        self._on_end[0](self)
+        self._sink(self)
 
     def __enter__(self) -> LeanSpan:
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if isinstance(exc, Exception):
-            self._on_error(exc, self._on_end[1], self._on_end[2])
+            self._on_error(exc, bool(self._errors & _RECORD), bool(self._errors & _SET_STATUS))
         self.end()
 
     def _on_error(self, exc: BaseException, record: bool, set_status: bool) -> None:
@@ -195,7 +242,7 @@ class LeanSpan(trace.Span):
         return f"LeanSpan({self.name!r}, trace_id=0x{ctx.trace_id:032x}, span_id=0x{ctx.span_id:016x})"
 
 
-class _UseSpan:
+class UseSpan:
     """``start_as_current_span``'s context manager: the span is current inside, ended on exit."""
 
     __slots__ = ("_end", "_record", "_set_status", "_span", "_token")
@@ -208,11 +255,13 @@ class _UseSpan:
         self._token: Any = None
 
     def __enter__(self) -> trace.Span:
-        self._token = otel_context.attach(trace.set_span_in_context(self._span))
-        return self._span
+        span = self._span
+        self._token = (otel_context.attach(trace.set_span_in_context(span)), _set_current(span))
+        return span
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        otel_context.detach(self._token)
+        _reset_current(self._token[1])
+        otel_context.detach(self._token[0])
         span = self._span
         if isinstance(exc, Exception) and isinstance(span, LeanSpan):
             span._on_error(exc, self._record, self._set_status)
@@ -249,10 +298,10 @@ class LeanTracer(trace.Tracer):
             state = None
         if not self._decide(parent, trace_id, links):
             return NonRecordingSpan(SpanContext(trace_id, _getrandbits(64) or 1, False, _UNSAMPLED, state))
-        kept = [link for link in links if link.context.is_valid] if links else []
+        kept = [link for link in links if link.context.is_valid] if links else _NOTHING
         return LeanSpan(
             name,
-            SpanContext(trace_id, _getrandbits(64) or 1, False, _SAMPLED, state),
+            _make_context(trace_id, _getrandbits(64) or 1, state),
             parent,
             kind,
             {k: v for k, v in attributes.items() if v is not None} if attributes else {},
@@ -260,7 +309,30 @@ class LeanTracer(trace.Tracer):
             self.scope,
             self._provider.sink,
             start_time or _time_ns(),
-            (record_exception, set_status_on_exception),
+            (_RECORD if record_exception else 0) | (_SET_STATUS if set_status_on_exception else 0),
+        )
+
+    def start_linked_span(self, name: str, spans: Sequence[LeanSpan], attributes: dict[str, Any]) -> LeanSpan | None:
+        """A root span linked to ``spans`` (recording sidecar spans: sampled, valid), or None if unsampled.
+
+        The batch span's fast path (``sidecar.telemetry.spans.batch_span``): the sampler is asked as
+        ``start_span`` would ask it, without the checks its general arguments need; the span keeps
+        ``attributes`` (the caller's fresh dict, no None values).
+        """
+        links = [Link(span._context) for span in spans]
+        trace_id = _getrandbits(128) or 1
+        if not self._decide(None, trace_id, links):
+            return None
+        return LeanSpan(
+            name,
+            _make_context(trace_id, _getrandbits(64) or 1, None),
+            None,
+            _INTERNAL,
+            attributes,
+            links,
+            self.scope,
+            self._provider.sink,
+            _time_ns(),
         )
 
     def start_request_span(
@@ -282,15 +354,14 @@ class LeanTracer(trace.Tracer):
             return None
         return LeanSpan(
             name,
-            SpanContext(trace_id, _getrandbits(64) or 1, False, _SAMPLED, state),
+            _make_context(trace_id, _getrandbits(64) or 1, state),
             parent,
             kind,
             dict(attributes),
-            [],
+            _NOTHING,
             self.scope,
             self._provider.sink,
             _time_ns(),
-            (True, True),
         )
 
     def start_as_current_span(
@@ -308,7 +379,7 @@ class LeanTracer(trace.Tracer):
         span = self.start_span(
             name, context, kind, attributes, links, start_time, record_exception, set_status_on_exception
         )
-        return _UseSpan(span, end_on_exit, record_exception, set_status_on_exception)
+        return UseSpan(span, end_on_exit, record_exception, set_status_on_exception)
 
 
 class LeanTracerProvider(trace.TracerProvider):

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 from sidecar.telemetry.lean_tracing import LeanSpan, Scope
 from sidecar.telemetry.settings import OtlpTarget
@@ -48,9 +49,13 @@ _STATUS_CODE = {StatusCode.OK: b"\x18\x01", StatusCode.ERROR: b"\x18\x02"}  # St
 # Span.flags (field 16, fixed32): W3C flags (sampled) | SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE [| IS_REMOTE]
 _FLAGS_LOCAL_PARENT = b"\x85\x01" + struct.pack("<I", 0x101)
 _FLAGS_REMOTE_PARENT = b"\x85\x01" + struct.pack("<I", 0x301)
+# Span.links (13) holding a 33-byte Link (trace id, span id, flags), then its trace id field head
+_BARE_LINK = b"\x6a\x21\x0a\x10"
 _LINK_FLAGS = {False: b"\x35" + struct.pack("<I", 0x101), True: b"\x35" + struct.pack("<I", 0x301)}  # Link.flags
 _TIMES = struct.Struct("<BQBQ")  # Span.start_time_unix_nano (7) and end_time_unix_nano (8), fixed64
 _DOUBLE = struct.Struct("<Bd")
+_F64 = struct.Struct("<d")
+_NO_STATE = DEFAULT_TRACE_STATE  # what a span context holds without a trace state
 _FIXED64 = struct.Struct("<BQ")
 _SMALL = [bytes((i,)) for i in range(128)]
 _CACHE_LIMIT = 4096
@@ -111,36 +116,63 @@ def _key_value(key: str, value: Any) -> bytes:
 
 
 class _Attributes:
-    """Encodes attribute lists under one field tag, caching (key, str/bool value) fields."""
+    """Encodes attribute lists under one field tag.
 
-    __slots__ = ("_cache", "_tag")
+    Whole fields are cached for (key, str), (key, bool) and (key, small int) values (span names,
+    methods, model names and versions, status codes, row counts repeat), and per key the field's
+    head for floats (a fixed-size value: head + 8 bytes), in bounded caches.
+    """
+
+    __slots__ = ("_float_heads", "_ints", "_strings", "_tag")
 
     def __init__(self, tag: bytes) -> None:
         self._tag = tag
-        self._cache: dict[tuple[str, str | bool], bytes] = {}  # ints are never looked up: 1 == True is no issue
+        self._strings: dict[tuple[str, str | bool], bytes] = {}  # str and bool values (1 == True: ints apart)
+        self._ints: dict[tuple[str, int], bytes] = {}
+        self._float_heads: dict[str, bytes] = {}
 
     def encode(self, attributes: Mapping[str, Any], parts: list[bytes]) -> None:
-        cache = self._cache
-        tag = self._tag
         for key, value in attributes.items():
             kind = type(value)
             if kind is str or kind is bool:
-                k = (key, value)
-                field = cache.get(k)
+                field = self._strings.get((key, value))
                 if field is None:
-                    field = _field(tag, _key_value(key, value))
-                    if len(cache) >= _CACHE_LIMIT:
-                        cache.clear()
-                    cache[k] = field
-                parts.append(field)
+                    field = self._remember(self._strings, (key, value), key, value)
+            elif kind is float:
+                head = self._float_heads.get(key)
+                if head is None:
+                    head = self._float_head(key)
+                field = head + _F64.pack(value)
+            elif kind is int and 0 <= value < 1024:
+                field = self._ints.get((key, value))
+                if field is None:
+                    field = self._remember(self._ints, (key, value), key, value)
             elif value is not None:
-                parts.append(_field(tag, _key_value(key, value)))
+                field = _field(self._tag, _key_value(key, value))
+            else:
+                continue
+            parts.append(field)
+
+    def _remember(self, cache: dict, k: Any, key: str, value: Any) -> bytes:
+        field = _field(self._tag, _key_value(key, value))
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[k] = field
+        return field
+
+    def _float_head(self, key: str) -> bytes:
+        # KeyValue {1: key, 2: AnyValue {4: double}}: all but the 8 value bytes
+        body = _string(b"\x0a", key) + b"\x12\x09\x21"
+        head = self._tag + _varint(len(body) + 8) + body
+        if len(self._float_heads) < _CACHE_LIMIT:
+            self._float_heads[key] = head
+        return head
 
 
 _SPAN_ATTRIBUTES = _Attributes(b"\x4a")  # Span.attributes (9)
 _EVENT_ATTRIBUTES = _Attributes(b"\x1a")  # Span.Event.attributes (3)
 _LINK_ATTRIBUTES = _Attributes(b"\x22")  # Span.Link.attributes (4)
-_NAMES: dict[str, bytes] = {}  # span name -> Span.name field (5)
+_HEADS: dict[str, tuple[SpanKind, bytes]] = {}  # name -> (kind, Span.name (5) and Span.kind (6) fields)
 
 
 def _trace_state(state: Any) -> str:
@@ -151,18 +183,18 @@ def encode_span(span: LeanSpan) -> bytes:
     """One ``Span`` message body."""
     ctx = span.get_span_context()
     parts = [b"\x0a\x10", ctx.trace_id.to_bytes(16, "big"), b"\x12\x08", ctx.span_id.to_bytes(8, "big")]
-    if ctx.trace_state:
-        parts.append(_string(b"\x1a", _trace_state(ctx.trace_state)))
+    state = ctx.trace_state
+    if state is not _NO_STATE and state:
+        parts.append(_string(b"\x1a", _trace_state(state)))
     parent = span.parent
     if parent is not None:
         parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
-    name = _NAMES.get(span.name)
-    if name is None:
-        name = _string(b"\x2a", span.name)
-        if len(_NAMES) < _CACHE_LIMIT:
-            _NAMES[span.name] = name
-    parts.append(name)
-    parts.append(_KIND.get(span.kind, b"\x30\x01"))
+    head = _HEADS.get(span.name)
+    if head is None or head[0] is not span.kind:  # (an enum's hash is a Python call: the name is the key)
+        head = (span.kind, _string(b"\x2a", span.name) + _KIND.get(span.kind, b"\x30\x01"))
+        if len(_HEADS) < _CACHE_LIMIT:
+            _HEADS[span.name] = head
+    parts.append(head[1])
     parts.append(_TIMES.pack(0x39, span.start_ns, 0x41, span.end_ns))
     if span.attributes:
         _SPAN_ATTRIBUTES.encode(span.attributes, parts)
@@ -172,13 +204,18 @@ def encode_span(span: LeanSpan) -> bytes:
         parts.append(_field(b"\x5a", b"".join(body)))
     for link in span.links:
         lc = link.context
-        body = [b"\x0a\x10", lc.trace_id.to_bytes(16, "big"), b"\x12\x08", lc.span_id.to_bytes(8, "big")]
-        if lc.trace_state:
-            body.append(_string(b"\x1a", _trace_state(lc.trace_state)))
-        if link.attributes:
-            _LINK_ATTRIBUTES.encode(link.attributes, body)
-        body.append(_LINK_FLAGS[lc.is_remote])
-        parts.append(_field(b"\x6a", b"".join(body)))
+        state = lc.trace_state
+        if (state is not _NO_STATE and state) or link.attributes:
+            body = [b"\x0a\x10", lc.trace_id.to_bytes(16, "big"), b"\x12\x08", lc.span_id.to_bytes(8, "big")]
+            if state:
+                body.append(_string(b"\x1a", _trace_state(state)))
+            if link.attributes:
+                _LINK_ATTRIBUTES.encode(link.attributes, body)
+            body.append(_LINK_FLAGS[lc.is_remote])
+            parts.append(_field(b"\x6a", b"".join(body)))
+        else:  # the batch span's links: ids and flags only, a fixed size
+            parts += (_BARE_LINK, lc.trace_id.to_bytes(16, "big"), b"\x12\x08", lc.span_id.to_bytes(8, "big"))
+            parts.append(_LINK_FLAGS[lc.is_remote])
     code = _STATUS_CODE.get(span.status_code)
     if code is not None:
         status = (_string(b"\x12", span.status_message) if span.status_message else b"") + code
@@ -199,20 +236,31 @@ def encode_scope(scope: Scope) -> bytes:
 
 
 class TraceEncoder:
-    """``ExportTraceServiceRequest`` bytes for a batch of spans of one resource."""
+    """``ExportTraceServiceRequest`` bytes for a batch of spans of one resource.
+
+    ``encode(spans)`` in one go, or in two steps: ``prepare(span)`` as each span ends (the span's
+    bytes, with its scope), ``encode_prepared(items)`` when a batch is sent (joins bytes).
+    """
 
     def __init__(self, resource: Mapping[str, Any]) -> None:
         self._resource = encode_resource(resource)
         self._scopes: dict[Scope, bytes] = {}
 
+    @staticmethod
+    def prepare(span: LeanSpan) -> tuple[Scope, bytes]:
+        body = encode_span(span)
+        return span.scope, b"".join((b"\x12", _varint(len(body)), body))  # ScopeSpans.spans (2)
+
     def encode(self, spans: Iterable[LeanSpan]) -> bytes:
+        prepare = self.prepare
+        return self.encode_prepared([prepare(span) for span in spans])
+
+    def encode_prepared(self, items: Iterable[tuple[Scope, bytes]]) -> bytes:
         by_scope: dict[Scope, list[bytes]] = {}
-        for span in spans:
-            body = encode_span(span)
-            encoded = b"\x12" + _varint(len(body)) + body  # ScopeSpans.spans (2)
-            group = by_scope.get(span.scope)
+        for scope, encoded in items:
+            group = by_scope.get(scope)
             if group is None:
-                by_scope[span.scope] = [encoded]
+                by_scope[scope] = [encoded]
             else:
                 group.append(encoded)
         scope_spans = []
@@ -272,8 +320,16 @@ class GrpcSpanExporter(_Retrying):
         self._call = self._channel.unary_unary(GRPC_METHOD)  # bytes in, bytes out
         self._metadata = tuple((k.lower(), v) for k, v in target.headers) or None
 
+    def prepare(self, span: LeanSpan) -> tuple[Scope, bytes]:
+        return self._encoder.prepare(span)
+
     def export(self, spans: Sequence[LeanSpan]) -> bool:
-        body = self._encoder.encode(spans)
+        return self._send(self._encoder.encode(spans))
+
+    def export_prepared(self, items: Sequence[tuple[Scope, bytes]]) -> bool:
+        return self._send(self._encoder.encode_prepared(items))
+
+    def _send(self, body: bytes) -> bool:
         last: list[Any] = [None]
 
         def attempt(timeout_s: float) -> bool | None:
@@ -321,8 +377,16 @@ class HttpSpanExporter(_Retrying):
         if self._gzip:
             self._session.headers["Content-Encoding"] = "gzip"
 
+    def prepare(self, span: LeanSpan) -> tuple[Scope, bytes]:
+        return self._encoder.prepare(span)
+
     def export(self, spans: Sequence[LeanSpan]) -> bool:
-        body = self._encoder.encode(spans)
+        return self._send(self._encoder.encode(spans))
+
+    def export_prepared(self, items: Sequence[tuple[Scope, bytes]]) -> bool:
+        return self._send(self._encoder.encode_prepared(items))
+
+    def _send(self, body: bytes) -> bool:
         if self._gzip:
             body = gzip.compress(body)
         last: list[str] = [""]

@@ -17,7 +17,7 @@ from typing import Any
 from opentelemetry import trace
 
 from sidecar.telemetry import tracing
-from sidecar.telemetry.lean_tracing import LeanSpan
+from sidecar.telemetry.lean_tracing import CURRENT_SPAN, LeanSpan, LeanTracer, UseSpan
 
 # The switch directly, not trace.get_tracer(): the API's proxy tracer would add a generator-based
 # context manager around every batch span.
@@ -28,12 +28,9 @@ _INTERNAL = trace.SpanKind.INTERNAL
 _NO_PARENT = trace.set_span_in_context(_INVALID)
 
 
-def current_span() -> Any:
-    """The span active on this request's context (the invalid span when tracing is off: nothing would
-    use any other, and looking it up costs five calls into the API per request)."""
-    if not tracing.active():
-        return _INVALID
-    return trace.get_current_span()
+# The span the sidecar made current: the request's server span (set by the RPC wrapper,
+# sidecar.protocol.interceptors, for a recording span), a shadow call's span, or the invalid span.
+current_span = CURRENT_SPAN.get  # () -> that span, in one call (the API's lookup takes five)
 
 
 def batch_span(model: str, version: str, request_spans: Sequence[Any], rows: int, provider: str) -> Any:
@@ -43,12 +40,7 @@ def batch_span(model: str, version: str, request_spans: Sequence[Any], rows: int
     each recording request span gets the batch's span id and row count. With no sampled request in the
     batch there is no span (the context manager yields the invalid span).
     """
-    links = []
-    for span in request_spans:
-        ctx = span.get_span_context()
-        if ctx.trace_flags.sampled and ctx.is_valid:  # a link to an unrecorded span would dangle
-            links.append(trace.Link(ctx))
-    if not links:
+    if not request_spans:
         return _NO_SPAN
     attributes = {
         "model.name": model,
@@ -57,8 +49,22 @@ def batch_span(model: str, version: str, request_spans: Sequence[Any], rows: int
         "sidecar.batch.requests": len(request_spans),
         "sidecar.engine.provider": provider,
     }
+    tracer = _tracer.resolve()
+    if type(tracer) is LeanTracer and all(type(span) is LeanSpan for span in request_spans):
+        # The sidecar's own request spans (recording, so sampled and valid): no checks, no API detour.
+        span = tracer.start_linked_span("sidecar.batch", request_spans, attributes)
+        if span is None:
+            return _NO_SPAN
+        return _BatchSpan(UseSpan(span, True, True, True), request_spans, rows)
+    links = []
+    for span in request_spans:
+        ctx = span.get_span_context()
+        if ctx.trace_flags.sampled and ctx.is_valid:  # a link to an unrecorded span would dangle
+            links.append(trace.Link(ctx))
+    if not links:
+        return _NO_SPAN
     return _BatchSpan(
-        _tracer.start_as_current_span(
+        tracer.start_as_current_span(
             "sidecar.batch",
             context=_NO_PARENT,
             links=links,
@@ -85,10 +91,11 @@ class _BatchSpan:
         batch_id = format(span.get_span_context().span_id, "016x")
         rows = self._rows
         for req in self._requests:
-            if type(req) is LeanSpan and not req.end_ns:  # the sidecar's request spans: their dict directly
-                attributes = req.attributes
-                attributes["sidecar.batch.span_id"] = batch_id
-                attributes["sidecar.batch.rows"] = rows
+            if type(req) is LeanSpan:  # the sidecar's request spans: their dict directly
+                if not req.end_ns:
+                    attributes = req.attributes
+                    attributes["sidecar.batch.span_id"] = batch_id
+                    attributes["sidecar.batch.rows"] = rows
             elif req.is_recording():
                 req.set_attribute("sidecar.batch.span_id", batch_id)
                 req.set_attribute("sidecar.batch.rows", rows)

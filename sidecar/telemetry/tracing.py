@@ -37,7 +37,8 @@ class SwitchingTracer(trace.Tracer):
         self._generation = -1
         self._tracer: trace.Tracer = _NOOP
 
-    def _resolve(self) -> trace.Tracer:
+    def resolve(self) -> trace.Tracer:
+        """The tracer of the provider active now (a non-recording one when none is)."""
         if self._generation != _state.generation:
             provider = _state.provider
             self._tracer = provider.get_tracer(self._name, self._version) if provider is not None else _NOOP
@@ -45,10 +46,10 @@ class SwitchingTracer(trace.Tracer):
         return self._tracer
 
     def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
-        return self._resolve().start_span(*args, **kwargs)
+        return self.resolve().start_span(*args, **kwargs)
 
     def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
-        return self._resolve().start_as_current_span(*args, **kwargs)
+        return self.resolve().start_as_current_span(*args, **kwargs)
 
 
 class SwitchingTracerProvider(trace.TracerProvider):
