@@ -30,8 +30,8 @@ from sidecar.engine.statistics import VersionStatistics
 from sidecar.lifecycle import Lifecycle
 from sidecar.monitoring.monitor import Monitoring
 from sidecar.protocol._generated import grpc_service_pb2 as pb
-from sidecar.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from sidecar.protocol.inference_servicer import InferenceServicer
+from sidecar.protocol.inference_servicer import add_to_server as add_inference_servicer
 from sidecar.protocol.interceptors import observed
 from sidecar.protocol.monitoring_servicer import add_monitoring_servicer
 from sidecar.protocol.reflection import HEALTH_SERVICE, enable_reflection
@@ -95,7 +95,7 @@ class Sidecar:
         self.telemetry.start(self.repository)
         self.telemetry.observe_monitoring(self.monitoring)  # drift, data-quality and alert metrics
         servicer = InferenceServicer(self.router, self.repository, self.lifecycle)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+        add_inference_servicer(
             observed(servicer, INFERENCE_SERVICE, self.telemetry.tracer, self.telemetry.rpc_durations), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

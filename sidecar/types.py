@@ -53,7 +53,10 @@ class InferenceRequest:
     """One inference request, decoded and structurally valid (byte lengths match shapes).
 
     ``model_version`` is "" when the caller named none. ``requested_outputs`` is None for "all".
-    ``deadline_ns`` is on the ``time.monotonic_ns`` clock, or None for no deadline.
+    ``deadline_ns`` is on the ``time.monotonic_ns`` clock, or None for no deadline. ``encoded``: the
+    request exactly as the caller sent it (a serialized Open Inference Protocol ``ModelInferRequest``),
+    when the transport has it; an upstream engine forwards these bytes instead of encoding the tensors
+    again.
     """
 
     model_name: str
@@ -65,6 +68,7 @@ class InferenceRequest:
     deadline_ns: int | None = None
     priority: int = 0
     routing_key: str | None = None
+    encoded: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

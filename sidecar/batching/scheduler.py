@@ -130,6 +130,7 @@ class DirectScheduler:
         self.queue_depth = 0
         self.observer: InferenceObserver | None = None
         self._run_inline = getattr(engine, "run_inline", None)  # small one-row runs on the loop (OnnxEngine)
+        self._forward = getattr(engine, "forward", None)  # requests passed through as encoded (UpstreamEngine)
 
     async def submit(self, item: WorkItem) -> dict[str, np.ndarray]:
         if self._closed:
@@ -140,8 +141,12 @@ class DirectScheduler:
             raise DeadlineExceeded(f"request '{item.request.id}' expired before the model ran")
         self._stats.record_queue(start - item.arrival_ns)
         record_queue_time(item.span, (start - item.arrival_ns) / 1e9)
+        encoded = item.request.encoded
         with batch_span(self._model, self._version, (item.span,), item.rows, self._engine.provider):
-            outputs = await run_engine(self._engine, self._run_inline, item.request.inputs, item.output_names)
+            if encoded is not None and self._forward is not None:  # an upstream: the caller's bytes go as they are
+                outputs = await self._forward(encoded)
+            else:
+                outputs = await run_engine(self._engine, self._run_inline, item.request.inputs, item.output_names)
         end = time.monotonic_ns()
         self._stats.record_execution(item.rows, 1, 0, end - start, 0)
         if self.observer is not None:

@@ -65,7 +65,7 @@ from sidecar.errors import (
 )
 from sidecar.protocol._generated import grpc_service_pb2 as pb
 from sidecar.protocol._generated import grpc_service_pb2_grpc as pb_grpc
-from sidecar.protocol.codec import TYPED_FIELD, encode_tensor_bytes
+from sidecar.protocol.codec import TYPED_FIELD, encode_tensor_bytes, length_field, string_field, varint
 from sidecar.types import DATATYPE_TO_DTYPE, TensorSpec, datatype_of
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,9 @@ class UpstreamEngine:
         self._calls: list[Any] = []  # raw ModelInfer callables, bytes in and out, one per channel
         self._next = itertools.count()
         self._encode = RequestEncoder(settings.model, settings.version).encode
+        # Written after a forwarded request's own fields: the last value of a field wins.
+        self._target_fields = string_field(1, settings.model) + string_field(2, settings.version)
+        self._output_ranks: dict[str, int] = {}  # output -> declared rank: an answer that differs is reshaped
         self._probe: asyncio.Task | None = None
         self._where = f"upstream {settings.target} model '{settings.model}'" + (
             f" version '{settings.version}'" if settings.version else ""
@@ -241,6 +244,7 @@ class UpstreamEngine:
                 f"{self.label}: {self._where} reports no input/output metadata; the sidecar needs it to check "
                 "requests (declare the model's inputs and outputs on the upstream)"
             )
+        self._output_ranks = {spec.name: len(spec.shape) for spec in self.outputs}
         for spec in (*self.inputs, *self.outputs):
             if spec.datatype not in DATATYPE_TO_DTYPE:
                 raise ModelLoadError(f"{self.label}: {self._where}: tensor '{spec.name}' has datatype {spec.datatype}")
@@ -311,11 +315,28 @@ class UpstreamEngine:
 
     # -- inference ------------------------------------------------------------------------------
     async def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
+        raw = await self._call(self._encode(inputs, output_names))
+        return self._conform(decode_outputs(self._parse(raw), self.label))
+
+    async def forward(self, encoded: bytes) -> Mapping[str, np.ndarray]:
+        """One caller's request, as the caller encoded it, passed through with only the model name and
+        version rewritten to the upstream's. The answer's outputs are decoded when first read
+        (``ForwardedOutputs``): a caller who only needs the upstream's bytes back gets them as they came,
+        unless they need reshaping to the declared shapes (then they are decoded at once)."""
+        raw = await self._call(encoded + self._target_fields)
+        response = self._parse(raw)
+        ranks = self._output_ranks
+        for tensor in response.outputs:
+            if len(tensor.shape) != ranks.get(tensor.name, -1):
+                return self._conform(decode_outputs(response, self.label))
+        return ForwardedOutputs(raw, response, self.label)
+
+    async def _call(self, payload: bytes) -> bytes:
+        """``payload`` (a serialized ModelInferRequest) to the upstream, with retries; its answer's bytes."""
         calls = self._calls
         if not calls:
             raise UpstreamUnavailable(f"{self.label}: the connection to {self._where} is closed")
         s = self.settings
-        payload = self._encode(inputs, output_names)
         deadline = DEADLINE_NS.get()
         own = time.monotonic_ns() + int(s.timeout_s * 1e9)
         deadline = own if deadline is None else min(deadline, own)
@@ -326,8 +347,7 @@ class UpstreamEngine:
                 raise DeadlineExceeded(f"{self.label}: the deadline passed before {self._where} answered")
             call = calls[next(self._next) % len(calls)]
             try:
-                raw = await call(payload, timeout=remaining, metadata=self._metadata)
-                break
+                return await call(payload, timeout=remaining, metadata=self._metadata)
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 if code is grpc.StatusCode.UNAVAILABLE and attempt < s.retries:
@@ -337,11 +357,12 @@ class UpstreamEngine:
                         await asyncio.sleep(backoff)
                         continue
                 raise self._error(exc, remaining, attempt + 1) from None
+
+    def _parse(self, raw: bytes) -> pb.ModelInferResponse:
         try:
-            response = pb.ModelInferResponse.FromString(raw)
+            return pb.ModelInferResponse.FromString(raw)
         except DecodeError as exc:
             raise EngineError(f"{self.label}: {self._where} answered a malformed response: {exc}") from None
-        return self._conform(decode_outputs(response, self.label))
 
     def _conform(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Match the shapes the upstream declared: MLServer's NumpyCodec answers a [N] tensor as [N, 1]."""
@@ -370,12 +391,41 @@ class UpstreamEngine:
         return EngineError(f"{self.label}: {where} failed: {code.name}: {details}")
 
 
+class ForwardedOutputs(Mapping[str, np.ndarray]):
+    """An upstream's answer to one forwarded request: ``encoded`` is the serialized response as it came;
+    the output tensors are decoded on first access (monitoring and shadow comparison read them after the
+    caller has had its answer)."""
+
+    __slots__ = ("_decoded", "_label", "_response", "encoded")
+
+    def __init__(self, encoded: bytes, response: pb.ModelInferResponse, label: str) -> None:
+        self.encoded = encoded
+        self._response = response
+        self._label = label
+        self._decoded: dict[str, np.ndarray] | None = None
+
+    def _tensors(self) -> dict[str, np.ndarray]:
+        decoded = self._decoded
+        if decoded is None:
+            decoded = self._decoded = decode_outputs(self._response, self._label)
+        return decoded
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._tensors()[name]
+
+    def __iter__(self):
+        return iter(self._tensors())
+
+    def __len__(self) -> int:
+        return len(self._response.outputs)
+
+
 class RequestEncoder:
     """Writes an upstream's ``ModelInferRequest`` bytes directly: the model name and version once, each
     tensor description once per (name, datatype, shape), the tensors' memory joined in one copy."""
 
     def __init__(self, model: str, version: str = "") -> None:
-        self._header = _string_field(1, model) + (_string_field(2, version) if version else b"")
+        self._header = string_field(1, model) + (string_field(2, version) if version else b"")
         self._tensor_headers: dict[tuple[str, str, tuple[int, ...]], bytes] = {}
         self._output_fields: dict[tuple[str, ...], bytes] = {}
 
@@ -391,16 +441,16 @@ class RequestEncoder:
             if tensor is None:
                 if len(headers) >= 256:  # shapes vary with the batch size: keep the cache bounded
                     headers.clear()
-                tensor = headers[key] = _length_field(5, _tensor_message(name, datatype, array.shape))
+                tensor = headers[key] = length_field(5, _tensor_message(name, datatype, array.shape))
             parts.append(tensor)
             data = _tensor_buffer(array)
-            raws.append(_RAW_TAG + _varint(_nbytes(data)))
+            raws.append(_RAW_TAG + varint(_nbytes(data)))
             raws.append(data)
         outputs = self._output_fields.get(tuple(output_names))
         if outputs is None:
             if len(self._output_fields) >= 64:
                 self._output_fields.clear()
-            outputs = b"".join(_length_field(6, _string_field(1, n)) for n in output_names)
+            outputs = b"".join(length_field(6, string_field(1, n)) for n in output_names)
             self._output_fields[tuple(output_names)] = outputs
         parts.append(outputs)
         parts += raws
@@ -411,30 +461,10 @@ class RequestEncoder:
 _RAW_TAG = bytes([7 << 3 | 2])  # raw_input_contents
 
 
-def _varint(n: int) -> bytes:
-    n &= 0xFFFFFFFFFFFFFFFF  # int64: negatives take ten bytes, as protobuf writes them
-    if n < 0x80:
-        return bytes((n,))
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _length_field(number: int, data: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
-
-
-def _string_field(number: int, text: str) -> bytes:
-    return _length_field(number, text.encode("utf-8"))
-
-
 def _tensor_message(name: str, datatype: str, shape: tuple[int, ...]) -> bytes:
     """An ``InferInputTensor`` with name, datatype and (packed) shape."""
-    dims = b"".join(_varint(int(d)) for d in shape)
-    return _string_field(1, name) + _string_field(2, datatype) + (_length_field(3, dims) if shape else b"")
+    dims = b"".join(varint(int(d)) for d in shape)
+    return string_field(1, name) + string_field(2, datatype) + (length_field(3, dims) if shape else b"")
 
 
 def _tensor_buffer(array: np.ndarray) -> bytes | memoryview:

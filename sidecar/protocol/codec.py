@@ -7,6 +7,7 @@ narrow integer types. Every structural problem raises ``InvalidTensor`` naming t
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 import time
@@ -47,9 +48,14 @@ def decode_parameters(params: Mapping[str, pb.InferParameter]) -> dict[str, obje
 
 
 def decode_request(
-    msg: pb.ModelInferRequest, grpc_deadline_ns: int | None = None, routing_key: str | None = None
+    msg: pb.ModelInferRequest,
+    grpc_deadline_ns: int | None = None,
+    routing_key: str | None = None,
+    encoded: bytes | None = None,
 ) -> InferenceRequest:
-    """Decode and structurally check a ModelInferRequest (not yet against a model's signature)."""
+    """Decode and structurally check a ModelInferRequest (not yet against a model's signature).
+
+    ``encoded``: the bytes ``msg`` was parsed from, kept on the request for engines that forward them."""
     if not msg.model_name:
         raise InvalidParameter("model_name is empty: name the model to run")
     raws = msg.raw_input_contents
@@ -124,6 +130,7 @@ def decode_request(
         deadline_ns=deadline,
         priority=priority,
         routing_key=key,
+        encoded=encoded,
     )
 
 
@@ -195,7 +202,17 @@ def encode_tensor_bytes(array: np.ndarray) -> bytes:
     return array.tobytes()  # C order whatever the array's strides
 
 
-def encode_response(resp: InferenceResponse) -> pb.ModelInferResponse:
+def encode_response(resp: InferenceResponse) -> pb.ModelInferResponse | bytes:
+    """The response message; or, for an upstream's answer passed through as it came (outputs with an
+    ``encoded`` attribute holding its serialized ``ModelInferResponse``), those bytes with this server's
+    model name, version and request id written over the upstream's (the last value of a field wins)."""
+    encoded = getattr(resp.outputs, "encoded", None)
+    if encoded is not None:
+        return (
+            encoded
+            + _answer_fields(resp.model_name, resp.model_version)
+            + (string_field(3, resp.id) if resp.id else b"")
+        )
     msg = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id)
     add = msg.outputs.add
     raws = []
@@ -218,3 +235,30 @@ def set_parameter(p: pb.InferParameter, value: object) -> None:
         p.double_param = value
     else:
         p.string_param = str(value)
+
+
+# -- writing protobuf fields directly (for messages passed through as bytes) ------------------------------
+def varint(n: int) -> bytes:
+    n &= 0xFFFFFFFFFFFFFFFF  # int64: negatives take ten bytes, as protobuf writes them
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def length_field(number: int, data: bytes) -> bytes:
+    return varint(number << 3 | 2) + varint(len(data)) + data
+
+
+def string_field(number: int, text: str) -> bytes:
+    """A string field, written even when empty (so that it overrides an earlier value of the field)."""
+    return length_field(number, text.encode("utf-8"))
+
+
+@functools.lru_cache(maxsize=256)
+def _answer_fields(model_name: str, model_version: str) -> bytes:
+    return string_field(1, model_name) + string_field(2, model_version)

@@ -12,6 +12,7 @@ import logging
 import time
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from sidecar import __version__
 from sidecar.engine.repository import ModelVersion, Repository
@@ -27,6 +28,7 @@ from sidecar.types import DATATYPE_TO_DTYPE, InferenceRequest
 
 log = logging.getLogger(__name__)
 
+SERVICE = "inference.GRPCInferenceService"
 EXTENSIONS = ("model_repository", "statistics", "model_configuration", "binary_tensor_data", "parameters")
 _STREAM_WINDOW = 1024  # requests of one stream in flight before the reader waits
 
@@ -36,6 +38,44 @@ def _deadline_ns(context: grpc.aio.ServicerContext) -> int | None:
     if remaining is None:
         return None
     return time.monotonic_ns() + int(remaining * 1e9)
+
+
+def _parse_infer_request(encoded: bytes) -> pb.ModelInferRequest:
+    try:
+        return pb.ModelInferRequest.FromString(encoded)
+    except DecodeError as exc:
+        raise InvalidArgument(f"the request is not a valid ModelInferRequest message: {exc}") from None
+
+
+def _serialize_infer_response(response: pb.ModelInferResponse | bytes) -> bytes:
+    return response if response.__class__ is bytes else response.SerializeToString()
+
+
+def add_to_server(servicer: object, server: grpc.aio.Server) -> None:
+    """Register ``servicer``'s methods as ``inference.GRPCInferenceService`` on ``server``.
+
+    As the generated ``add_GRPCInferenceServiceServicer_to_server``, except that ``ModelInfer`` takes the
+    request's bytes (the servicer parses them and keeps them, so that an upstream version forwards them as
+    they are) and may answer bytes (an upstream's answer passed through) as well as a message."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        call = getattr(servicer, method.name)
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        if method.name == "ModelInfer":
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                call, request_deserializer=None, response_serializer=_serialize_infer_response
+            )
+        elif method.client_streaming and method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                call, request_deserializer=request_type.FromString, response_serializer=response_type.SerializeToString
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                call, request_deserializer=request_type.FromString, response_serializer=response_type.SerializeToString
+            )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
 
 
 def _routing_key(context: grpc.aio.ServicerContext) -> str | None:
@@ -136,19 +176,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise ModelNotReady(f"{mv.label} is {mv.state.value}")
 
     # -- inference ------------------------------------------------------------------------------
-    async def _infer(self, msg: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
+    async def _infer(
+        self, msg: pb.ModelInferRequest, context, encoded: bytes | None = None
+    ) -> pb.ModelInferResponse | bytes:
         if self._lifecycle.draining:
             raise ServerDraining("the server is draining and accepts no new requests")
         # The sticky key is read from the call's metadata only where a traffic policy will use it.
         routed = not msg.model_version and self._router.policy(msg.model_name) is not None
         key = _routing_key(context) if routed else None
-        request: InferenceRequest = decode_request(msg, _deadline_ns(context), key)
+        request: InferenceRequest = decode_request(msg, _deadline_ns(context), key, encoded)
         response = await self._router.dispatch(request)
         return encode_response(response)
 
     async def ModelInfer(self, request, context):
+        """``request``: the serialized message as it came off the wire (see ``add_to_server``), or a message."""
         self._lifecycle.enter()
         try:
+            if request.__class__ is bytes:
+                return await self._infer(_parse_infer_request(request), context, request)
             return await self._infer(request, context)
         except SidecarError as exc:
             await self._abort(context, exc)

@@ -66,6 +66,7 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         up = self.up
         up.calls += 1
+        up.last_request = request
         if up.delay_s:
             await asyncio.sleep(up.delay_s)
         if up.fail_with is not None:
@@ -106,6 +107,7 @@ class FakeUpstream:
         self.outputs = outputs
         self.ready = True
         self.calls = 0
+        self.last_request: pb.ModelInferRequest | None = None  # the last inference request received
         self.port = port
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Any = None

@@ -1,0 +1,94 @@
+"""Unbatched upstream versions pass the caller's request bytes through and the upstream's answer back:
+only the model name and version are rewritten, and monitoring still sees the tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import tritonclient.grpc as tc
+from conftest import write_upstream_version
+
+from sidecar.engine.upstream import ForwardedOutputs
+from sidecar.protocol._generated import grpc_service_pb2 as pb
+from sidecar.protocol.codec import encode_response
+from sidecar.testing.server import ServerThread, config_for_tests
+from sidecar.testing.upstream import FakeUpstream, default_compute
+from sidecar.types import InferenceResponse
+
+
+def _input(rows: int) -> tuple[list[tc.InferInput], np.ndarray]:
+    x = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4) / 7
+    inp = tc.InferInput("input", [rows, 4], "FP32")
+    inp.set_data_from_numpy(x)
+    return [inp], x
+
+
+def test_request_bytes_pass_through_with_name_and_version_rewritten(tmp_path):
+    with FakeUpstream("fake") as up:
+        write_upstream_version(tmp_path, "m", "2.0.0", target=up.target, model="fake")
+        with ServerThread(config_for_tests(str(tmp_path), batching={"enabled": False})) as srv:
+            client = tc.InferenceServerClient(srv.url)
+            inputs, x = _input(3)
+            result = client.infer(
+                "m",
+                inputs,
+                model_version="2.0.0",
+                request_id="req-7",
+                outputs=[tc.InferRequestedOutput("label")],
+                parameters={"color": "blue"},
+            )
+            # The answer names this server's model and version and the caller's id, not the upstream's.
+            response = result.get_response()
+            assert (response.model_name, response.model_version, response.id) == ("m", "2.0.0", "req-7")
+            assert [o.name for o in response.outputs] == ["label"]  # the requested subset
+            np.testing.assert_array_equal(result.as_numpy("label"), default_compute({"input": x})["label"])
+            # The upstream got the caller's request with its own model name and its default version.
+            sent = up.last_request
+            assert (sent.model_name, sent.model_version, sent.id) == ("fake", "", "req-7")
+            assert [o.name for o in sent.outputs] == ["label"]
+            assert sent.parameters["color"].string_param == "blue"
+            np.testing.assert_array_equal(np.frombuffer(sent.raw_input_contents[0], np.float32).reshape(3, 4), x)
+            # Statistics and monitoring count the forwarded request and its (lazily decoded) outputs.
+            stats = client.get_inference_statistics("m", "2.0.0").model_stats[0]
+            assert stats.inference_stats.success.count == 1 and stats.inference_count == 3
+            report = srv.app.monitoring.reports("m", "2.0.0")[0]
+            assert (report.requests_total, report.rows_total, report.dropped_total, report.errors_total) == (1, 3, 0, 0)
+            # A bad request is still refused by the sidecar itself, naming the tensor; the upstream never sees it.
+            calls = up.calls
+            bad = tc.InferInput("input", [2, 5], "FP32")
+            bad.set_data_from_numpy(np.zeros((2, 5), np.float32))
+            try:
+                client.infer("m", [bad])
+                raise AssertionError("a wrongly shaped input was accepted")
+            except tc.InferenceServerException as exc:
+                assert exc.status() == "StatusCode.INVALID_ARGUMENT" and "'input'" in exc.message()
+            assert up.calls == calls
+
+
+def test_an_answer_that_needs_reshaping_is_decoded_and_reshaped(tmp_path):
+    def column_labels(inputs):  # MLServer's NumpyCodec answers a [N] tensor as [N, 1]
+        out = default_compute(inputs)
+        return {"probabilities": out["probabilities"], "label": out["label"].reshape(-1, 1)}
+
+    with FakeUpstream("fake", compute=column_labels) as up:
+        write_upstream_version(tmp_path, "m", "1.0.0", target=up.target, model="fake")
+        with ServerThread(config_for_tests(str(tmp_path), batching={"enabled": False})) as srv:
+            inputs, x = _input(2)
+            result = tc.InferenceServerClient(srv.url).infer("m", inputs)
+            assert result.as_numpy("label").shape == (2,)
+            np.testing.assert_array_equal(result.as_numpy("label"), default_compute({"input": x})["label"])
+            assert result.get_response().model_version == "1.0.0"
+
+
+def test_forwarded_outputs_decode_on_first_read_and_encode_as_they_came():
+    upstream = pb.ModelInferResponse(model_name="fake", model_version="9", id="abc")
+    upstream.outputs.add(name="p", datatype="FP32", shape=[2, 2])
+    upstream.raw_output_contents.append(np.arange(4, dtype=np.float32).tobytes())
+    raw = upstream.SerializeToString()
+    outputs = ForwardedOutputs(raw, pb.ModelInferResponse.FromString(raw), "m 1.0.0")
+    assert len(outputs) == 1 and outputs._decoded is None
+    answer = pb.ModelInferResponse.FromString(encode_response(InferenceResponse("m", "1.0.0", "abc", outputs)))
+    assert (answer.model_name, answer.model_version, answer.id) == ("m", "1.0.0", "abc")
+    assert answer.outputs == upstream.outputs and answer.raw_output_contents == upstream.raw_output_contents
+    assert outputs._decoded is None  # encoding did not decode
+    np.testing.assert_array_equal(outputs["p"], np.arange(4, dtype=np.float32).reshape(2, 2))
+    assert list(outputs) == ["p"]
