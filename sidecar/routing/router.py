@@ -51,7 +51,7 @@ class Router:
             policies[model] = policy
         self._policies = policies
         active = any(p.shadow_versions for p in policies.values())
-        self.shadows.reset(model, policy.shadow_versions if policy is not None else (), active, policy)
+        self.shadows.install(model, policy, active)
 
     def policy(self, model: str) -> CompiledPolicy | None:
         return self._policies.get(model)

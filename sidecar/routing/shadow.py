@@ -185,20 +185,26 @@ class ShadowMirror:
     def all_stats(self, model: str | None = None) -> list[ShadowStats]:
         return [s for (m, _), s in sorted(self._stats.items()) if model is None or m == model]
 
-    def reset(
-        self, model: str, keep: tuple[str, ...], active: bool | None = None, policy: CompiledPolicy | None = None
-    ) -> None:
-        """Forget ``model``'s shadows that are no longer configured: their statistics and queued copies.
+    def install(self, model: str, policy: CompiledPolicy | None, active: bool) -> None:
+        """``model``'s traffic policy changed (the router calls this): its shadows become the model's
+        ``ShadowPlan``, and shadows no longer configured lose their statistics and queued copies.
 
-        ``active``: whether any model still has shadows (the router knows), so the gate needs samples.
-        ``policy``: the model's new policy; its shadows become the model's ``ShadowPlan``."""
+        ``active``: whether any model still has shadows, so the gate needs samples."""
+        self.reset(model, policy.shadow_versions if policy is not None else (), active)
+        if policy is not None and policy.shadow_versions:
+            self.plans = {**self.plans, model: self._plan(model, policy)}
+
+    def reset(self, model: str, keep: tuple[str, ...], active: bool | None = None) -> None:
+        """Forget ``model``'s shadows that are not in ``keep``: their statistics, their queued copies,
+        and the model's plan (which would name them; ``install`` makes a new one).
+
+        ``active``: whether any model still has shadows (the router knows), so the gate needs samples."""
         if active is not None:
             self.active = active
         self._stats = {k: s for k, s in self._stats.items() if k[0] != model or k[1] in keep}
-        plans = {m: p for m, p in self.plans.items() if m != model}
-        if policy is not None and policy.shadow_versions:
-            plans[model] = self._plan(model, policy)
-        self.plans = plans
+        plan = self.plans.get(model)
+        if plan is not None and not set(plan.policy.shadow_versions) <= set(keep):
+            self.plans = {m: p for m, p in self.plans.items() if m != model}
         kept = [job for job in self._queue if job[0].model_name != model or job[1] in keep]
         self._queue = deque(kept)
         self.room = self._size - len(kept)
