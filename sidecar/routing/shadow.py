@@ -31,7 +31,7 @@ per shadow (``ShadowStats.count_dropped``, folded into the time windows later, o
 Otherwise the router times the primary and ``offer_planned`` appends one tuple holding references to
 the request, its answer, its latency and its span (no copy of any tensor) and counts it as mirrored.
 Everything per copy beyond that (span links, the request for the shadow, comparing) runs in the
-workers. The gate times one primary request in ``gate.stride`` (see ``gate``).
+workers. The gate times only one primary request in its phase's stride (see ``gate``).
 
 Memory is bounded by ``queue_size`` copies (each holds references to the request's input views and
 the primary's outputs, nothing more).
