@@ -73,7 +73,7 @@ class ShadowJob:
     primary: InferenceResponse
     primary_latency_ns: int
     stats: ShadowStats
-    parent: Any  # the primary's span context (for a link), or None
+    parent: Any  # the primary's span or its span context (for a link), or None
 
 
 # A queued copy, as the request path leaves it (a plain tuple: the cheapest immutable value to make):
@@ -272,8 +272,7 @@ class ShadowMirror:
             if waiter is None:
                 waiter = self._waiter = asyncio.get_running_loop().create_future()
             await asyncio.shield(waiter)  # shared by the idle workers: one cancelled leaves it to the others
-        self.room += 1
-        return self._queue.popleft()
+        return self._take()
 
     def _take(self) -> _Queued:
         self.room += 1
