@@ -236,31 +236,20 @@ def encode_scope(scope: Scope) -> bytes:
 
 
 class TraceEncoder:
-    """``ExportTraceServiceRequest`` bytes for a batch of spans of one resource.
-
-    ``encode(spans)`` in one go, or in two steps: ``prepare(span)`` as each span ends (the span's
-    bytes, with its scope), ``encode_prepared(items)`` when a batch is sent (joins bytes).
-    """
+    """``ExportTraceServiceRequest`` bytes for a batch of spans of one resource."""
 
     def __init__(self, resource: Mapping[str, Any]) -> None:
         self._resource = encode_resource(resource)
         self._scopes: dict[Scope, bytes] = {}
 
-    @staticmethod
-    def prepare(span: LeanSpan) -> tuple[Scope, bytes]:
-        body = encode_span(span)
-        return span.scope, b"".join((b"\x12", _varint(len(body)), body))  # ScopeSpans.spans (2)
-
     def encode(self, spans: Iterable[LeanSpan]) -> bytes:
-        prepare = self.prepare
-        return self.encode_prepared([prepare(span) for span in spans])
-
-    def encode_prepared(self, items: Iterable[tuple[Scope, bytes]]) -> bytes:
         by_scope: dict[Scope, list[bytes]] = {}
-        for scope, encoded in items:
-            group = by_scope.get(scope)
+        for span in spans:
+            body = encode_span(span)
+            encoded = b"\x12" + _varint(len(body)) + body  # ScopeSpans.spans (2)
+            group = by_scope.get(span.scope)
             if group is None:
-                by_scope[scope] = [encoded]
+                by_scope[span.scope] = [encoded]
             else:
                 group.append(encoded)
         scope_spans = []
@@ -272,7 +261,7 @@ class TraceEncoder:
         return _field(b"\x0a", self._resource + b"".join(scope_spans))  # ExportTraceServiceRequest (1)
 
 
-# -- exporters: export(spans) -> True when delivered; False or an exception when not --------------------
+# -- transports: send(bytes) -> True when delivered; False or an exception when not ------------------
 
 
 class _Retrying:
@@ -299,17 +288,16 @@ class _Retrying:
         self._stop.set()
 
 
-class GrpcSpanExporter(_Retrying):
-    """OTLP/gRPC: the TraceService Export call with the encoded bytes (no protobuf objects)."""
+class GrpcTransport(_Retrying):
+    """OTLP/gRPC: one collector service's Export call with encoded bytes (no protobuf objects)."""
 
     RETRY = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
 
-    def __init__(self, target: OtlpTarget, resource: Mapping[str, Any]) -> None:
+    def __init__(self, target: OtlpTarget, method: str) -> None:
         import grpc
 
         super().__init__(target.timeout_s)
         self._grpc = grpc
-        self._encoder = TraceEncoder(resource)
         parsed = urllib.parse.urlsplit(target.endpoint if "://" in target.endpoint else f"//{target.endpoint}")
         address = parsed.netloc or target.endpoint
         compression = grpc.Compression.Gzip if target.compression == "gzip" else grpc.Compression.NoCompression
@@ -317,19 +305,10 @@ class GrpcSpanExporter(_Retrying):
             self._channel = grpc.insecure_channel(address, compression=compression)
         else:
             self._channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(), compression=compression)
-        self._call = self._channel.unary_unary(GRPC_METHOD)  # bytes in, bytes out
+        self._call = self._channel.unary_unary(method)  # bytes in, bytes out
         self._metadata = tuple((k.lower(), v) for k, v in target.headers) or None
 
-    def prepare(self, span: LeanSpan) -> tuple[Scope, bytes]:
-        return self._encoder.prepare(span)
-
-    def export(self, spans: Sequence[LeanSpan]) -> bool:
-        return self._send(self._encoder.encode(spans))
-
-    def export_prepared(self, items: Sequence[tuple[Scope, bytes]]) -> bool:
-        return self._send(self._encoder.encode_prepared(items))
-
-    def _send(self, body: bytes) -> bool:
+    def send(self, body: bytes) -> bool:
         last: list[Any] = [None]
 
         def attempt(timeout_s: float) -> bool | None:
@@ -358,17 +337,16 @@ class GrpcSpanExporter(_Retrying):
         self._channel.close()
 
 
-class HttpSpanExporter(_Retrying):
-    """OTLP/HTTP with protobuf: POST the encoded bytes to ``.../v1/traces``."""
+class HttpTransport(_Retrying):
+    """OTLP/HTTP with protobuf: POST encoded bytes to the signal's URL (``.../v1/traces``, ``.../v1/metrics``)."""
 
     RETRY = (429, 502, 503, 504)
 
-    def __init__(self, target: OtlpTarget, resource: Mapping[str, Any]) -> None:
+    def __init__(self, target: OtlpTarget) -> None:
         import requests
 
         super().__init__(target.timeout_s)
         self._requests = requests
-        self._encoder = TraceEncoder(resource)
         self._endpoint = target.endpoint
         self._gzip = target.compression == "gzip"
         self._session = requests.Session()
@@ -377,16 +355,7 @@ class HttpSpanExporter(_Retrying):
         if self._gzip:
             self._session.headers["Content-Encoding"] = "gzip"
 
-    def prepare(self, span: LeanSpan) -> tuple[Scope, bytes]:
-        return self._encoder.prepare(span)
-
-    def export(self, spans: Sequence[LeanSpan]) -> bool:
-        return self._send(self._encoder.encode(spans))
-
-    def export_prepared(self, items: Sequence[tuple[Scope, bytes]]) -> bool:
-        return self._send(self._encoder.encode_prepared(items))
-
-    def _send(self, body: bytes) -> bool:
+    def send(self, body: bytes) -> bool:
         if self._gzip:
             body = gzip.compress(body)
         last: list[str] = [""]
@@ -404,11 +373,39 @@ class HttpSpanExporter(_Retrying):
 
         if self._deliver(attempt):
             return True
-        raise ConnectionError(last[0] or "the collector refused the spans")
+        raise ConnectionError(last[0] or "the collector refused the data")
 
     def shutdown(self, timeout_millis: float = 0) -> None:
         super().shutdown()
         self._session.close()
+
+
+class GrpcSpanExporter:
+    """OTLP/gRPC trace export: the TraceService Export call."""
+
+    def __init__(self, target: OtlpTarget, resource: Mapping[str, Any]) -> None:
+        self._encoder = TraceEncoder(resource)
+        self._transport = GrpcTransport(target, GRPC_METHOD)
+
+    def export(self, spans: Sequence[LeanSpan]) -> bool:
+        return self._transport.send(self._encoder.encode(spans))
+
+    def shutdown(self, timeout_millis: float = 0) -> None:
+        self._transport.shutdown()
+
+
+class HttpSpanExporter:
+    """OTLP/HTTP trace export: POST to ``.../v1/traces``."""
+
+    def __init__(self, target: OtlpTarget, resource: Mapping[str, Any]) -> None:
+        self._encoder = TraceEncoder(resource)
+        self._transport = HttpTransport(target)
+
+    def export(self, spans: Sequence[LeanSpan]) -> bool:
+        return self._transport.send(self._encoder.encode(spans))
+
+    def shutdown(self, timeout_millis: float = 0) -> None:
+        self._transport.shutdown()
 
 
 class ConsoleSpanExporter:

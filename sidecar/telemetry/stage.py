@@ -28,7 +28,6 @@ from sidecar.telemetry.export import (
     DropCounter,
     HistogramMergingReader,
     console_metric_exporter,
-    metric_exporter,
     prometheus_reader,
     span_exporter,
     start_prometheus_server,
@@ -37,6 +36,7 @@ from sidecar.telemetry.gpu import GpuSampler
 from sidecar.telemetry.histograms import HistogramFamily, HistogramSet
 from sidecar.telemetry.host import HostMetrics
 from sidecar.telemetry.model_metrics import ModelMetrics, create_observable
+from sidecar.telemetry.otlp_metrics import metric_exporter
 from sidecar.telemetry.settings import TelemetrySettings
 
 log = logging.getLogger(__name__)
