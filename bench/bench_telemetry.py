@@ -11,9 +11,14 @@
      null collector in this process (it accepts the OTLP Export calls without decoding them: a real
      collector runs elsewhere, its CPU is not the sidecar's cost);
    - ``sampled1``: the same with ``parentbased_traceidratio`` at 1 %;
+   - ``sampled1_pull``: ``sampled1`` with metrics pulled only (Prometheus, not scraped here): the 1 %
+     traces without the OTLP metric push every second (60 times the default rate);
    - ``collector_down``: ``full`` with the collector unreachable (spans dropped and counted).
 
-   Targets: ``full`` costs at most 10 % of req/s against ``off``; ``sampled1`` at most 3 %.
+   Targets: ``full`` costs at most 10 % of req/s against ``off``; ``sampled1`` at most 3 %. Also per
+   mode: the event loop thread's CPU per request (where every request's Python runs, spans included;
+   the rest of the server CPU is gRPC's, the engine's and the export threads') and the mean batch the
+   batcher formed (fewer rows per engine run cost every request more CPU, whatever the cause).
 2. **wrapper**: in-process CPU per request of the RPC wrapper (``sidecar.protocol.interceptors``) with
    the request path's span work (queue time, one batch span per 8 requests) and the export thread's
    OTLP encoding, grpc-free: metrics only, traces 100 %, traces 1 %; each traced mode both with the
@@ -22,7 +27,7 @@
 3. **gpu** (``--gpu``): time of one NVML sample of every GPU (``GpuSampler.sample``), on the sampler's
    own thread in production; reports that there is no GPU where there is none.
 
-    .venv/bin/python -m bench.bench_telemetry                      # about 4 minutes
+    .venv/bin/python -m bench.bench_telemetry                      # about 5 minutes
     .venv/bin/python -m bench.bench_telemetry --duration 2 --rounds 4 --only wrapper,serving --gpu
 
 Results: bench/results/telemetry.json and telemetry.md. On a shared 2-core machine the serving numbers
@@ -34,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import random
 import statistics
@@ -51,7 +57,7 @@ from sidecar.testing.models import mlp_model, write_version
 
 TARGET_FULL_PCT = 10.0
 TARGET_SAMPLED_PCT = 3.0
-MODES = ("off", "metrics", "full", "sampled1", "collector_down")
+MODES = ("off", "metrics", "full", "sampled1", "sampled1_pull", "collector_down")
 
 
 def mode_settings(mode: str, otlp_endpoint: str, dead_endpoint: str) -> dict[str, Any]:
@@ -67,8 +73,10 @@ def mode_settings(mode: str, otlp_endpoint: str, dead_endpoint: str) -> dict[str
         "telemetry.span_schedule_delay_ms": 200,
         "telemetry.sampler": "parentbased_always_on",
     }
-    if mode == "sampled1":
+    if mode.startswith("sampled1"):
         exported.update({"telemetry.sampler": "parentbased_traceidratio", "telemetry.sampler_arg": "0.01"})
+    if mode == "sampled1_pull":  # metrics only pulled (Prometheus): what the 1 % costs without the 1 s OTLP push
+        exported["telemetry.metrics_exporter"] = "prometheus"
     if mode == "collector_down":
         exported.update({"telemetry.otlp_endpoint": dead_endpoint, "telemetry.otlp_timeout_ms": 500})
     return exported
@@ -137,16 +145,21 @@ def bench_serving(
             for mode in order.sample(modes, len(modes)):
                 srv = started[mode]
                 time.sleep(settle_s)  # the previous server's export thread drains what its load left
+                before = servers.model_statistics(srv.target, "mlp")
                 result = loadgen.run(
                     srv.target,
                     payload,
                     concurrency=concurrency,
                     duration_s=duration_s,
                     warmup_s=0.5,
-                    cpu_probes={"server": srv.cpu_seconds},
+                    cpu_probes={"server": srv.cpu_seconds, "loop": functools.partial(loop_cpu_s, srv.pid)},
                     labels={"mode": mode, "round": r},
                 )
-                runs[mode].append(result.to_dict())
+                after = servers.model_statistics(srv.target, "mlp")
+                run = result.to_dict()
+                if before and after and after[1] > before[1]:  # (requests, engine runs): the mean batch formed
+                    run["batch_rows"] = round((after[0] - before[0]) / (after[1] - before[1]), 2)
+                runs[mode].append(run)
                 print(f"round {r} {mode:15s} {result.summary()}", flush=True)
         received = {"export_calls": otlp.requests, "bytes": otlp.bytes}
     summary = {}
@@ -157,6 +170,8 @@ def bench_serving(
             "rps": statistics.median(x["rps"] for x in results),
             "p99_ms": statistics.median(x["latency_ms"].get("p99", float("nan")) for x in results),
             "server_us_per_req": statistics.median(cpu),
+            "loop_us_per_req": statistics.median(x["cpu_us_per_request"].get("loop") or float("nan") for x in results),
+            "batch_rows": statistics.median(x.get("batch_rows", float("nan")) for x in results),
             "errors": sum(x["errors"] for x in results),
         }
         if base:
@@ -167,6 +182,16 @@ def bench_serving(
                 100.0 * (statistics.median(c / b for c, b in zip(cpu, base_cpu, strict=True)) - 1), 2
             )
     return {"modes": summary, "runs": runs, "collector": received}
+
+
+def loop_cpu_s(pid: int) -> float:
+    """CPU seconds of a server's main thread, where its event loop runs (every request's Python: the
+    gRPC handlers, the request spans, the batcher), from the scheduler's nanosecond counter."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 class _Context:
@@ -417,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
             ("p99_ms", "p99 ms"),
             ("server_us_per_req", "server CPU us/req"),
             ("cpu_cost_pct", "CPU/req cost % vs off"),
+            ("loop_us_per_req", "event loop CPU us/req"),
+            ("batch_rows", "mean batch rows"),
             ("errors", "errors"),
             ("target", "target"),
         ]

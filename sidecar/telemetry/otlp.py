@@ -236,7 +236,14 @@ def encode_scope(scope: Scope) -> bytes:
 
 
 class TraceEncoder:
-    """``ExportTraceServiceRequest`` bytes for a batch of spans of one resource."""
+    """``ExportTraceServiceRequest`` bytes for a batch of spans of one resource.
+
+    Encoding runs on the export thread; every ``YIELD_EVERY`` spans it lets go of the GIL for a moment
+    (``time.sleep(0)``), so an event loop waiting for it waits ~0.2 ms, not the whole batch (~1.5 ms
+    for 512 spans: CPython hands the GIL over only after a 5 ms switch interval otherwise).
+    """
+
+    YIELD_EVERY = 64
 
     def __init__(self, resource: Mapping[str, Any]) -> None:
         self._resource = encode_resource(resource)
@@ -244,7 +251,10 @@ class TraceEncoder:
 
     def encode(self, spans: Iterable[LeanSpan]) -> bytes:
         by_scope: dict[Scope, list[bytes]] = {}
-        for span in spans:
+        every = self.YIELD_EVERY
+        for i, span in enumerate(spans, 1):
+            if not i % every:
+                time.sleep(0)  # releases the GIL: a waiting thread takes it
             body = encode_span(span)
             encoded = b"\x12" + _varint(len(body)) + body  # ScopeSpans.spans (2)
             group = by_scope.get(span.scope)

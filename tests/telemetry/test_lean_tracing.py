@@ -453,3 +453,19 @@ def test_the_rpc_wrapper_takes_any_api_tracer():
     (span,) = memory.get_finished_spans()
     assert current.get_span_context() == span.context and span.parent == _remote()
     assert span.attributes["model.name"] == "mlp" and span.attributes["rpc.status_code"] == "OK"
+
+
+def test_the_encoder_lets_go_of_the_gil_during_a_long_batch(monkeypatch):
+    import types
+
+    from sidecar.telemetry import otlp
+
+    provider, keep = _provider()
+    tracer = provider.get_tracer("t")
+    for i in range(2 * TraceEncoder.YIELD_EVERY + 5):
+        tracer.start_span(f"span-{i}").end()
+    sleeps = []
+    monkeypatch.setattr(otlp, "time", types.SimpleNamespace(sleep=sleeps.append))
+    message = ExportTraceServiceRequest.FromString(TraceEncoder(RESOURCE).encode(keep.spans))
+    assert sleeps == [0, 0]  # every YIELD_EVERY spans: the event loop never waits for a whole batch
+    assert len(message.resource_spans[0].scope_spans[0].spans) == len(keep.spans)
