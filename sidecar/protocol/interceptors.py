@@ -29,7 +29,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from sidecar.telemetry.histograms import HistogramFamily
-from sidecar.telemetry.lean_tracing import CURRENT_SPAN
+from sidecar.telemetry.lean_tracing import CURRENT_SPAN, reset_current
 from sidecar.telemetry.propagation import remote_span_context
 
 SERVER_ERRORS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"})
@@ -37,7 +37,6 @@ _CODE_NAMES = {c: c.name for c in grpc.StatusCode}
 _CODE_NAMES.update({c.value[0]: c.name for c in grpc.StatusCode})
 _SERVER = SpanKind.SERVER
 _set_current = CURRENT_SPAN.set
-_reset_current = CURRENT_SPAN.reset
 
 
 def observed(servicer: Any, service: str, tracer: Any, durations: HistogramFamily | None) -> Any:
@@ -127,7 +126,7 @@ class _Call:
 
     def _finish(self, span: Any, tokens: Any, start_ns: int, code: str, exc: BaseException | None, ctx: Any) -> None:
         if span is not None:
-            _reset_current(tokens[1])
+            reset_current(tokens[1])
             otel_context.detach(tokens[0])
             if code == "OK" and self._lean:
                 span.attributes["rpc.status_code"] = "OK"

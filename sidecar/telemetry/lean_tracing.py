@@ -28,6 +28,7 @@ export thread reads an ended span without a lock.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 import traceback
@@ -87,7 +88,14 @@ _UNSET = StatusCode.UNSET
 # in a context of its own.
 CURRENT_SPAN: ContextVar[trace.Span] = ContextVar("sidecar_current_span", default=trace.INVALID_SPAN)
 _set_current = CURRENT_SPAN.set
-_reset_current = CURRENT_SPAN.reset
+
+
+def reset_current(token: Any) -> None:
+    """Undo a ``CURRENT_SPAN.set``; ignored where the token belongs to another context (a stream's
+    async generator finalised from another task), as ``opentelemetry.context.detach`` ignores it."""
+    with contextlib.suppress(ValueError):
+        CURRENT_SPAN.reset(token)
+
 
 # (parent span context or None, trace id, links) -> sampled?  See sampling.decision().
 Decide = Callable[[SpanContext | None, int, Sequence[Link] | None], bool]
@@ -260,7 +268,7 @@ class UseSpan:
         return span
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        _reset_current(self._token[1])
+        reset_current(self._token[1])
         otel_context.detach(self._token[0])
         span = self._span
         if isinstance(exc, Exception) and isinstance(span, LeanSpan):

@@ -469,3 +469,45 @@ def test_the_encoder_lets_go_of_the_gil_during_a_long_batch(monkeypatch):
     message = ExportTraceServiceRequest.FromString(TraceEncoder(RESOURCE).encode(keep.spans))
     assert sleeps == [0, 0]  # every YIELD_EVERY spans: the event loop never waits for a whole batch
     assert len(message.resource_spans[0].scope_spans[0].spans) == len(keep.spans)
+
+
+def test_a_serialized_infer_request_gives_its_model_name_and_version():
+    from sidecar.protocol._generated import grpc_service_pb2 as pb
+    from sidecar.protocol.interceptors import model_of
+
+    request = pb.ModelInferRequest(model_name="mlp", model_version="1.0.0", id="r1")
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 4])
+    request.raw_input_contents.append(b"\0" * 16)
+    encoded = request.SerializeToString()
+    assert model_of(encoded) == ("mlp", "1.0.0")
+    assert model_of(pb.ModelInferRequest(model_name="m\u00e9", id="x").SerializeToString()) == ("m\u00e9", "")
+    assert model_of(pb.ModelInferRequest(model_version="2").SerializeToString()) == ("", "2")
+    long_name = "n" * 300  # a two-byte length
+    assert model_of(pb.ModelInferRequest(model_name=long_name).SerializeToString()) == (long_name, "")
+    # Not a message, cut short, or not UTF-8: no attributes rather than an error (the servicer rejects it).
+    for bad in (b"", b"\xff\xff", encoded[:3], b"\x0a\x02\xff\xfe"):
+        assert model_of(bad) == ("", "")
+
+
+def test_sampled_spans_carry_the_apis_own_span_contexts():
+    provider, _ = _provider()
+    span = provider.get_tracer("t").start_span("s")
+    ctx = span.get_span_context()
+    assert ctx == SpanContext(ctx.trace_id, ctx.span_id, False, TraceFlags(TraceFlags.SAMPLED))
+    assert ctx.is_valid and ctx.trace_flags.sampled and not ctx.is_remote and type(ctx) is SpanContext
+
+
+def test_the_current_span_is_restored_and_a_foreign_token_is_ignored():
+    import contextvars
+
+    from sidecar.telemetry.lean_tracing import CURRENT_SPAN, reset_current
+    from sidecar.telemetry.spans import current_span
+
+    provider, _ = _provider()
+    with provider.get_tracer("t").start_as_current_span("shadow") as span:
+        assert current_span() is span is trace.get_current_span()
+    assert current_span() is trace.INVALID_SPAN
+    token = CURRENT_SPAN.set(span)
+    contextvars.copy_context().run(reset_current, CURRENT_SPAN.set(span))  # set there, reset here: ignored
+    reset_current(token)
+    assert current_span() is trace.INVALID_SPAN
