@@ -206,7 +206,8 @@ def encode_response(resp: InferenceResponse) -> pb.ModelInferResponse | bytes:
     """The response message; or, for an upstream's answer passed through as it came (outputs with an
     ``encoded`` attribute holding its serialized ``ModelInferResponse``), those bytes with this server's
     model name, version and request id written over the upstream's (the last value of a field wins)."""
-    encoded = getattr(resp.outputs, "encoded", None)
+    outputs = resp.outputs
+    encoded = None if outputs.__class__ is dict else getattr(outputs, "encoded", None)
     if encoded is not None:
         return (
             encoded

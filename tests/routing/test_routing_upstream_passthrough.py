@@ -3,9 +3,11 @@ only the model name and version are rewritten, and monitoring still sees the ten
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import tritonclient.grpc as tc
-from conftest import write_upstream_version
+from conftest import Control, write_upstream_version
 
 from sidecar.engine.upstream import ForwardedOutputs
 from sidecar.protocol._generated import grpc_service_pb2 as pb
@@ -77,6 +79,26 @@ def test_an_answer_that_needs_reshaping_is_decoded_and_reshaped(tmp_path):
             assert result.as_numpy("label").shape == (2,)
             np.testing.assert_array_equal(result.as_numpy("label"), default_compute({"input": x})["label"])
             assert result.get_response().model_version == "1.0.0"
+
+
+def test_a_passed_through_answer_is_compared_with_its_shadow(tmp_path):
+    with FakeUpstream("fake") as up:
+        write_upstream_version(tmp_path, "m", "1.0.0", target=up.target, model="fake")
+        write_upstream_version(tmp_path, "m", "2.0.0", target=up.target, model="fake")
+        with ServerThread(config_for_tests(str(tmp_path), batching={"enabled": False})) as srv:
+            control = Control(srv.control_url)
+            control.set("m", {"1.0.0": 100}, {"2.0.0": 100})
+            client = tc.InferenceServerClient(srv.url)
+            for rows in (1, 2, 3, 4, 5, 6, 7, 8, 2, 3):
+                assert client.infer("m", _input(rows)[0]).get_response().model_version == "1.0.0"
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and control.report("m")[0].total.completed < 10:
+                time.sleep(0.05)
+            total = control.report("m")[0].total
+            # The shadow is the same upstream model: every answer agrees with the passed-through primary's.
+            assert (total.completed, total.errors, total.mismatches) == (10, 0, 0)
+            assert total.agreement == 1.0
+            control.close()
 
 
 def test_forwarded_outputs_decode_on_first_read_and_encode_as_they_came():
