@@ -26,9 +26,13 @@ Each call carries the caller's deadline (``DEADLINE_NS``) or ``timeout_s``, whic
 Only UNAVAILABLE is retried: the call did not reach a model (no connection, connection reset, server
 going away), and inference has no side effects, so sending it again is safe; never after
 DEADLINE_EXCEEDED (the upstream may still be working on it) and never past the caller's deadline.
-Requests go out as bytes on a pooled raw channel (identity serialisers): the request message is
-written directly from the input tensors (a header cached per upstream model, the tensors' buffers
-joined once), never built as a protobuf object and serialised again; only the response is parsed.
+Requests go out as bytes on a pooled raw channel (identity serialisers). A caller's request that
+runs alone (``forward``: the version's scheduler does not batch) is passed through as the caller
+encoded it, with the upstream's model name and version written after it (the last value of a protobuf
+field wins), and the answer comes back as the upstream's bytes (``ForwardedOutputs``: tensors decoded
+on first read). A merged batch (``run``) is written directly from the input tensors (a header cached
+per upstream model, the tensors' buffers joined once), never built as a protobuf object and
+serialised again; only the response is parsed.
 Upstream statuses map to ours: UNAVAILABLE -> UpstreamUnavailable, DEADLINE_EXCEEDED ->
 DeadlineExceeded, INVALID_ARGUMENT -> InvalidArgument, NOT_FOUND -> UpstreamUnavailable (the upstream
 lost the model), RESOURCE_EXHAUSTED -> ResourceExhausted, anything else -> EngineError; every message
