@@ -29,7 +29,7 @@ from sidecar.engine.repository import ModelVersion, Repository
 from sidecar.engine.statistics import VersionStatistics
 from sidecar.lifecycle import Lifecycle
 from sidecar.monitoring.monitor import Monitoring
-from sidecar.protocol._generated import grpc_service_pb2 as pb
+from sidecar.protocol.inference_servicer import SERVICE as INFERENCE_SERVICE
 from sidecar.protocol.inference_servicer import InferenceServicer
 from sidecar.protocol.inference_servicer import add_to_server as add_inference_servicer
 from sidecar.protocol.interceptors import observed
@@ -41,8 +41,6 @@ from sidecar.telemetry.settings import resolve as resolve_telemetry
 from sidecar.telemetry.stage import Telemetry
 
 log = logging.getLogger(__name__)
-
-INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
 def make_scheduler(

@@ -28,7 +28,8 @@ from sidecar.types import DATATYPE_TO_DTYPE, InferenceRequest
 
 log = logging.getLogger(__name__)
 
-SERVICE = "inference.GRPCInferenceService"
+_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+SERVICE = _SERVICE.full_name  # "inference.GRPCInferenceService"
 EXTENSIONS = ("model_repository", "statistics", "model_configuration", "binary_tensor_data", "parameters")
 _STREAM_WINDOW = 1024  # requests of one stream in flight before the reader waits
 
@@ -58,7 +59,7 @@ def add_to_server(servicer: object, server: grpc.aio.Server) -> None:
     request's bytes (the servicer parses them and keeps them, so that an upstream version forwards them as
     they are) and may answer bytes (an upstream's answer passed through) as well as a message."""
     handlers = {}
-    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+    for method in _SERVICE.methods:
         call = getattr(servicer, method.name)
         request_type = getattr(pb, method.input_type.name)
         response_type = getattr(pb, method.output_type.name)
