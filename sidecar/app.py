@@ -35,6 +35,7 @@ from sidecar.protocol.inference_servicer import add_to_server as add_inference_s
 from sidecar.protocol.interceptors import observed
 from sidecar.protocol.monitoring_servicer import add_monitoring_servicer
 from sidecar.protocol.reflection import HEALTH_SERVICE, enable_reflection
+from sidecar.protocol.registration import generic_only
 from sidecar.protocol.routing_servicer import add_routing_servicer
 from sidecar.routing import build_routing
 from sidecar.telemetry.settings import resolve as resolve_telemetry
@@ -93,12 +94,13 @@ class Sidecar:
         self.telemetry.start(self.repository)
         self.telemetry.observe_monitoring(self.monitoring)  # drift, data-quality and alert metrics
         servicer = InferenceServicer(self.router, self.repository, self.lifecycle)
+        registrar = generic_only(server)  # every registered method would cost every call (see registration)
         add_inference_servicer(
-            observed(servicer, INFERENCE_SERVICE, self.telemetry.tracer, self.telemetry.rpc_durations), server
+            observed(servicer, INFERENCE_SERVICE, self.telemetry.tracer, self.telemetry.rpc_durations), registrar
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         if cfg.reflection:
-            enable_reflection(server, (INFERENCE_SERVICE, HEALTH_SERVICE))
+            enable_reflection(registrar, (INFERENCE_SERVICE, HEALTH_SERVICE))
         self.grpc_port = server.add_insecure_port(f"{_host(cfg.grpc_host)}:{cfg.grpc_port}")
         if self.grpc_port == 0:
             raise OSError(f"cannot bind the gRPC port {cfg.grpc_host}:{cfg.grpc_port}")
@@ -108,9 +110,9 @@ class Sidecar:
         log.info("Open Inference Protocol gRPC API listening on %s:%d", cfg.grpc_host, self.grpc_port)
         if self._control_registrations and cfg.control_port >= 0:
             control = grpc.aio.server(options=options)
-            names = [register(control) for register in self._control_registrations]
+            names = [register(generic_only(control)) for register in self._control_registrations]
             if cfg.reflection:
-                enable_reflection(control, names)
+                enable_reflection(generic_only(control), names)
             self.control_port = control.add_insecure_port(f"{_host(cfg.control_host)}:{cfg.control_port}")
             await control.start()
             self._control = control

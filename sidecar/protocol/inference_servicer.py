@@ -53,7 +53,8 @@ def _serialize_infer_response(response: pb.ModelInferResponse | bytes) -> bytes:
 
 
 def add_to_server(servicer: object, server: grpc.aio.Server) -> None:
-    """Register ``servicer``'s methods as ``inference.GRPCInferenceService`` on ``server``.
+    """Register ``servicer``'s methods as ``inference.GRPCInferenceService`` on ``server``, as a generic
+    handler only (see ``sidecar.protocol.registration``).
 
     As the generated ``add_GRPCInferenceServiceServicer_to_server``, except that ``ModelInfer`` takes the
     request's bytes (the servicer parses them and keeps them, so that an upstream version forwards them as
@@ -76,7 +77,6 @@ def add_to_server(servicer: object, server: grpc.aio.Server) -> None:
                 call, request_deserializer=request_type.FromString, response_serializer=response_type.SerializeToString
             )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_registered_method_handlers(SERVICE, handlers)
 
 
 def _routing_key(context: grpc.aio.ServicerContext) -> str | None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-import grpc
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
@@ -18,7 +18,7 @@ def _ensure(file_descriptor) -> None:
         POOL.AddSerializedFile(file_descriptor.serialized_pb)
 
 
-def enable_reflection(server: grpc.aio.Server, service_names: Iterable[str], extra_files=()) -> None:
+def enable_reflection(server: Any, service_names: Iterable[str], extra_files=()) -> None:
     """Serve reflection for ``service_names``; their files must be in POOL (ours are; ``extra_files`` are added)."""
     _ensure(health_pb2.DESCRIPTOR)
     for fd in extra_files:
