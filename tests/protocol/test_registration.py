@@ -17,12 +17,31 @@ class _Live(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerLiveResponse(live=True)
 
 
-async def test_generic_only_serves_without_registered_methods():
+class _Registrations:
+    """The registration side of a server, recording what it is given."""
+
+    def __init__(self) -> None:
+        self.generic: list[grpc.GenericRpcHandler] = []
+        self.registered: list[str] = []
+
+    def add_generic_rpc_handlers(self, handlers):
+        self.generic.extend(handlers)
+
+    def add_registered_method_handlers(self, service, handlers):
+        self.registered.append(service)
+
+
+def test_generated_registration_gives_generic_handlers_only():
+    seen = _Registrations()
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), generic_only(seen))
+    add_inference(_Live(), generic_only(seen))
+    assert len(seen.generic) == 2  # health and inference, one generic handler each
+    # grpc.aio would keep a pending task per registered method and wait on all of them per call.
+    assert seen.registered == []
+
+
+async def test_a_server_registered_this_way_serves_every_method():
     server = grpc.aio.server()
-    registered: list[str] = []
-    # On this real server, record what would become registered methods (one pending task per method,
-    # all of them waited on for every call the server accepts).
-    server.add_registered_method_handlers = lambda service, handlers: registered.append(service)  # type: ignore[method-assign]
     registrar = generic_only(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
@@ -34,9 +53,13 @@ async def test_generic_only_serves_without_registered_methods():
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             check = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
             live = await pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest(), timeout=5)
+            try:
+                await pb_grpc.GRPCInferenceServiceStub(channel).ModelReady(pb.ModelReadyRequest(name="m"), timeout=5)
+            except grpc.aio.AioRpcError as exc:
+                unimplemented = exc.code()
     finally:
         await server.stop(None)
     assert check.status == health_pb2.HealthCheckResponse.SERVING
     assert live.live is True
-    assert registered == []  # neither the generated health code nor ours registered methods
+    assert unimplemented is grpc.StatusCode.UNIMPLEMENTED  # the servicer's default, reached by name
     assert SERVICE == "inference.GRPCInferenceService"
