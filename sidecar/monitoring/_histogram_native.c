@@ -1,8 +1,10 @@
 /*
- * Thin CPython binding of the histogram kernel (native/histogram.c). It trusts its caller,
+ * Thin CPython binding of the histogram kernel (native/histogram.c, whose one body native/histogram_body.h
+ * is compiled per value type and instruction set). It trusts its caller,
  * sidecar/monitoring/histogram.py, which validates shapes, dtypes, contiguity and edges; the only
  * checks here are that each buffer holds exactly the bytes its shape says, so a wrong call from Python
- * can never read or write outside an array. The kernel runs with the GIL released.
+ * can never read or write outside an array. The kernel runs with the GIL released (batches of at least
+ * RELEASE_GIL_MIN_VALUES values).
  *
  *   update_f32(counts, values, edges, n, f, k) / update_f64(...)  accumulate one batch
  *   first_invalid_edge(edges, k, f) -> int                       -1 when edges are finite and sorted
@@ -49,6 +51,14 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int flags, Py_ssize_t expe
     return 0;
 }
 
+/* The one kernel call of update(), for either value type; the caller decides whether the GIL is held. */
+static inline int run_kernel(int is_f32, int variant, const Py_buffer *counts, const Py_buffer *values,
+                             const Py_buffer *edges, Py_ssize_t n, Py_ssize_t f, Py_ssize_t k)
+{
+    return is_f32 ? hk_update_f32_ex(variant, HK_PATH_AUTO, counts->buf, values->buf, edges->buf, n, f, k)
+                  : hk_update_f64_ex(variant, HK_PATH_AUTO, counts->buf, values->buf, edges->buf, n, f, k);
+}
+
 static PyObject *update(PyObject *const *args, Py_ssize_t nargs, int is_f32)
 {
     if (nargs != 6) {
@@ -77,12 +87,10 @@ static PyObject *update(PyObject *const *args, Py_ssize_t nargs, int is_f32)
     const int variant = active_variant;
     if (n * f >= RELEASE_GIL_MIN_VALUES) {
         Py_BEGIN_ALLOW_THREADS;
-        rc = is_f32 ? hk_update_f32_ex(variant, HK_PATH_AUTO, counts.buf, values.buf, edges.buf, n, f, k)
-                    : hk_update_f64_ex(variant, HK_PATH_AUTO, counts.buf, values.buf, edges.buf, n, f, k);
+        rc = run_kernel(is_f32, variant, &counts, &values, &edges, n, f, k);
         Py_END_ALLOW_THREADS;
     } else {
-        rc = is_f32 ? hk_update_f32_ex(variant, HK_PATH_AUTO, counts.buf, values.buf, edges.buf, n, f, k)
-                    : hk_update_f64_ex(variant, HK_PATH_AUTO, counts.buf, values.buf, edges.buf, n, f, k);
+        rc = run_kernel(is_f32, variant, &counts, &values, &edges, n, f, k);
     }
     PyBuffer_Release(&counts);
     PyBuffer_Release(&values);
