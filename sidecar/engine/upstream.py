@@ -1,5 +1,9 @@
 """Upstream engine: a model version served by another Open Inference Protocol gRPC server.
 
+This module: the settings file (``UpstreamSettings``) and the engine (``UpstreamEngine``: pooled
+connections, readiness probe, retries, deadlines, status mapping). The request/response bytes:
+``sidecar.engine.upstream_wire``.
+
 A version folder holds ``upstream.json`` (or ``upstream.toml``) instead of ``model.onnx``::
 
     {"target": "triton:8001",       # host:port of the upstream's gRPC API (required)
@@ -30,9 +34,9 @@ Requests go out as bytes on a pooled raw channel (identity serialisers). A calle
 runs alone (``forward``: the version's scheduler does not batch) is passed through as the caller
 encoded it, with the upstream's model name and version written after it (the last value of a protobuf
 field wins), and the answer comes back as the upstream's bytes (``ForwardedOutputs``: tensors decoded
-on first read). A merged batch (``run``) is written directly from the input tensors (a header cached
-per upstream model, the tensors' buffers joined once), never built as a protobuf object and
-serialised again; only the response is parsed.
+on first read). A merged batch (``run``) is written directly from the input tensors
+(``RequestEncoder``); only the response is parsed. The bytes themselves are
+``sidecar.engine.upstream_wire``'s: this module holds the settings and the connection.
 Upstream statuses map to ours: UNAVAILABLE -> UpstreamUnavailable, DEADLINE_EXCEEDED ->
 DeadlineExceeded, INVALID_ARGUMENT -> InvalidArgument, NOT_FOUND -> UpstreamUnavailable (the upstream
 lost the model), RESOURCE_EXHAUSTED -> ResourceExhausted, anything else -> EngineError; every message
@@ -45,7 +49,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +61,7 @@ from google.protobuf.message import DecodeError
 
 from sidecar.engine.base import DEADLINE_NS
 from sidecar.engine.metadata import read_table
+from sidecar.engine.upstream_wire import ForwardedOutputs, RequestEncoder, decode_outputs, target_fields
 from sidecar.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -69,8 +73,7 @@ from sidecar.errors import (
 )
 from sidecar.protocol._generated import grpc_service_pb2 as pb
 from sidecar.protocol._generated import grpc_service_pb2_grpc as pb_grpc
-from sidecar.protocol.codec import TYPED_FIELD, encode_tensor_bytes, length_field, string_field, varint
-from sidecar.types import DATATYPE_TO_DTYPE, TensorSpec, datatype_of
+from sidecar.types import DATATYPE_TO_DTYPE, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +194,7 @@ class UpstreamEngine:
         self._next = itertools.count()
         self._encode = RequestEncoder(settings.model, settings.version).encode
         # Written after a forwarded request's own fields: the last value of a field wins.
-        self._target_fields = string_field(1, settings.model) + string_field(2, settings.version)
+        self._target_fields = target_fields(settings.model, settings.version)
         self._output_ranks: dict[str, int] = {}  # output -> declared rank: an answer that differs is reshaped
         self._probe: asyncio.Task | None = None
         self._where = f"upstream {settings.target} model '{settings.model}'" + (
@@ -393,138 +396,3 @@ class UpstreamEngine:
         if code is grpc.StatusCode.CANCELLED:
             return Cancelled(f"{self.label}: the call to {where} was cancelled")
         return EngineError(f"{self.label}: {where} failed: {code.name}: {details}")
-
-
-class ForwardedOutputs(Mapping[str, np.ndarray]):
-    """An upstream's answer to one forwarded request: ``encoded`` is the serialized response as it came;
-    the output tensors are decoded on first access (monitoring and shadow comparison read them after the
-    caller has had its answer)."""
-
-    __slots__ = ("_decoded", "_label", "_response", "encoded")
-
-    def __init__(self, encoded: bytes, response: pb.ModelInferResponse, label: str) -> None:
-        self.encoded = encoded
-        self._response = response
-        self._label = label
-        self._decoded: dict[str, np.ndarray] | None = None
-
-    def _tensors(self) -> dict[str, np.ndarray]:
-        decoded = self._decoded
-        if decoded is None:
-            decoded = self._decoded = decode_outputs(self._response, self._label)
-        return decoded
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self._tensors()[name]
-
-    def __iter__(self):
-        return iter(self._tensors())
-
-    def __len__(self) -> int:
-        return len(self._response.outputs)
-
-
-class RequestEncoder:
-    """Writes an upstream's ``ModelInferRequest`` bytes directly: the model name and version once, each
-    tensor description once per (name, datatype, shape), the tensors' memory joined in one copy."""
-
-    def __init__(self, model: str, version: str = "") -> None:
-        self._header = string_field(1, model) + (string_field(2, version) if version else b"")
-        self._tensor_headers: dict[tuple[str, str, tuple[int, ...]], bytes] = {}
-        self._output_fields: dict[tuple[str, ...], bytes] = {}
-
-    def encode(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> bytes:
-        """The serialized ``ModelInferRequest`` for ``inputs`` asking for ``output_names``."""
-        parts = [self._header]
-        raws = []
-        headers = self._tensor_headers
-        for name, array in inputs.items():
-            datatype = datatype_of(array)
-            key = (name, datatype, array.shape)
-            tensor = headers.get(key)
-            if tensor is None:
-                if len(headers) >= 256:  # shapes vary with the batch size: keep the cache bounded
-                    headers.clear()
-                tensor = headers[key] = length_field(5, _tensor_message(name, datatype, array.shape))
-            parts.append(tensor)
-            data = _tensor_buffer(array)
-            raws.append(_RAW_TAG + varint(_nbytes(data)))
-            raws.append(data)
-        outputs = self._output_fields.get(tuple(output_names))
-        if outputs is None:
-            if len(self._output_fields) >= 64:
-                self._output_fields.clear()
-            outputs = b"".join(length_field(6, string_field(1, n)) for n in output_names)
-            self._output_fields[tuple(output_names)] = outputs
-        parts.append(outputs)
-        parts += raws
-        return b"".join(parts)
-
-
-# -- writing a ModelInferRequest without building one (field numbers from proto/grpc_service.proto) ------
-_RAW_TAG = bytes([7 << 3 | 2])  # raw_input_contents
-
-
-def _tensor_message(name: str, datatype: str, shape: tuple[int, ...]) -> bytes:
-    """An ``InferInputTensor`` with name, datatype and (packed) shape."""
-    dims = b"".join(varint(int(d)) for d in shape)
-    return string_field(1, name) + string_field(2, datatype) + (length_field(3, dims) if shape else b"")
-
-
-def _tensor_buffer(array: np.ndarray) -> bytes | memoryview:
-    """The tensor's raw contents: a view of its memory when it already is row-major little-endian numbers."""
-    if array.dtype.kind in "biuf" and array.flags.c_contiguous and array.dtype.byteorder != ">" and array.size:
-        return memoryview(array).cast("B")
-    return encode_tensor_bytes(array)
-
-
-def _nbytes(data: bytes | memoryview) -> int:
-    return data.nbytes if isinstance(data, memoryview) else len(data)
-
-
-def decode_outputs(msg: pb.ModelInferResponse, label: str) -> dict[str, np.ndarray]:
-    """The output tensors of an upstream's response (raw or typed contents)."""
-    raws = msg.raw_output_contents
-    if raws and len(raws) != len(msg.outputs):
-        raise EngineError(f"{label}: upstream answered {len(msg.outputs)} outputs with {len(raws)} raw contents")
-    out: dict[str, np.ndarray] = {}
-    for i, tensor in enumerate(msg.outputs):
-        dtype = DATATYPE_TO_DTYPE.get(tensor.datatype)
-        if dtype is None:
-            raise EngineError(f"{label}: upstream output '{tensor.name}' has datatype {tensor.datatype}")
-        shape = tuple(int(d) for d in tensor.shape)
-        count = math.prod(shape)
-        if raws:
-            out[tensor.name] = _from_raw(tensor.name, tensor.datatype, dtype, shape, count, raws[i], label)
-        else:
-            out[tensor.name] = _from_typed(tensor, dtype, shape, count, label)
-    return out
-
-
-def _from_raw(name: str, datatype: str, dtype: np.dtype, shape: tuple[int, ...], count: int, raw: bytes, label: str):
-    if datatype == "BYTES":
-        items, offset = [], 0
-        while offset < len(raw):
-            n = int.from_bytes(raw[offset : offset + 4], "little")
-            items.append(raw[offset + 4 : offset + 4 + n])
-            offset += 4 + n
-        if len(items) != count:
-            raise EngineError(f"{label}: upstream output '{name}' has {len(items)} elements, shape {list(shape)}")
-        array = np.empty(count, dtype=object)
-        array[:] = items
-        return array.reshape(shape)
-    if len(raw) != count * dtype.itemsize:
-        raise EngineError(f"{label}: upstream output '{name}' has {len(raw)} bytes for shape {list(shape)}")
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
-
-
-def _from_typed(tensor, dtype: np.dtype, shape: tuple[int, ...], count: int, label: str) -> np.ndarray:
-    field_name = TYPED_FIELD.get(tensor.datatype)
-    values = getattr(tensor.contents, field_name) if field_name else ()
-    if len(values) != count:
-        raise EngineError(f"{label}: upstream output '{tensor.name}' has {len(values)} values for shape {list(shape)}")
-    if tensor.datatype == "BYTES":
-        array = np.empty(count, dtype=object)
-        array[:] = list(values)
-        return array.reshape(shape)
-    return np.asarray(values, dtype=dtype).reshape(shape)

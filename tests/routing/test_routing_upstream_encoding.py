@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sidecar.engine.upstream import RequestEncoder
+from sidecar.engine.upstream_wire import RequestEncoder
 from sidecar.protocol._generated import grpc_service_pb2 as pb
 from sidecar.protocol.codec import encode_tensor_bytes
 from sidecar.types import datatype_of

@@ -9,7 +9,7 @@ import numpy as np
 import tritonclient.grpc as tc
 from conftest import Control, write_upstream_version
 
-from sidecar.engine.upstream import ForwardedOutputs
+from sidecar.engine.upstream_wire import ForwardedOutputs
 from sidecar.protocol._generated import grpc_service_pb2 as pb
 from sidecar.protocol.codec import encode_response
 from sidecar.testing.server import ServerThread, config_for_tests
