@@ -115,6 +115,13 @@ class ShadowGate:
             return 0
         return self._cycle_end - now
 
+    def cycle_left_ns(self) -> int:
+        """How long until the current cycle ends, where the next on phase begins."""
+        now = self._clock()
+        if now >= self._cycle_end:
+            self._judge(now)
+        return self._cycle_end - now
+
     def started(self) -> None:
         self.running += 1
         self._starts += 1

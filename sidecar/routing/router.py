@@ -78,6 +78,8 @@ class Router:
                     return await mv.infer(request)
                 finally:
                     mirror.primary_inflight -= 1
+                    if mirror.primary_inflight <= mirror.wake_inflight:  # a shadow worker waits for this
+                        mirror.primary_finished()
             # Shadows somewhere. Every primary request counts for the shadow gate (shadows share the
             # process's capacity), but only one in gate.stride is timed. A copy the queue has no room for
             # is dropped here, before anything is made for it: one integer read, one counter per shadow.
@@ -103,6 +105,8 @@ class Router:
                         response = await mv.infer(request)
                     finally:
                         mirror.primary_inflight -= 1
+                        if mirror.primary_inflight <= mirror.wake_inflight:
+                            mirror.primary_finished()
                     if targets:
                         mirror.drop_planned(targets)
                     return response
@@ -115,6 +119,8 @@ class Router:
                 response = await mv.infer(request)
             finally:
                 mirror.primary_inflight -= 1
+                if mirror.primary_inflight <= mirror.wake_inflight:
+                    mirror.primary_finished()
             latency = time.monotonic_ns() - start
             if sample != SKIP:
                 gate.primary_end(sample, latency)

@@ -10,9 +10,16 @@ measures the primary's own latency with and without shadow work running and lets
 its *on* phases, whose share of the time shrinks when shadow work slows the primary and grows back
 when it does not (see its docstring). On top, a copy starts only while at most
 ``max_primary_inflight`` primary requests are in flight (counted by the router) and the event loop
-comes back to the worker within ``max_loop_lag_ms`` (``asyncio.sleep(0)``). Otherwise the worker waits,
-the queue fills and further copies are dropped (and counted): under saturation that is the expected
-outcome, and the statistics show the coverage (copies run versus dropped) next to the comparison.
+comes back to the worker within ``max_loop_lag_ms`` (``asyncio.sleep(0)``), or nothing is in flight.
+Otherwise the worker waits, the queue fills and further copies are dropped (and counted): under
+saturation that is the expected outcome, and the statistics show the coverage (copies run versus
+dropped) next to the comparison. Every wait ends on an event, never by polling: an off phase on a timer
+set to its known end; too many primaries, or a lagging loop (primary work being answered), on the
+router's signal that a primary request finished with at most ``max_primary_inflight`` still in flight
+(``primary_finished``; the router checks one integer, ``wake_inflight``, which is -1 while no worker
+waits), after which the worker looks again. A lagging loop is probed again at the next completion, or
+at the gate's next on phase if no primary finishes before it; the last primary to finish always wakes
+the workers, so they never wait on an idle server.
 A worker that finds a copy first waits ``collect_ms`` for more (unless a full turn is already
 queued), then, once let through, takes up to ``copies_per_turn`` queued copies at once. Copies for the same
 shadow version with the same input signature are joined into **one request** (their rows concatenated,
@@ -143,6 +150,10 @@ class ShadowMirror:
         self._max_lag_ns = int(max_loop_lag_ms * 1e6)
         self._max_primary = max_primary_inflight
         self.primary_inflight = 0  # kept by the router: primary requests being answered now
+        # While a worker waits for primary work to finish: the router calls ``primary_finished`` when a
+        # primary request ends with ``primary_inflight`` at or below this; -1 (never) while none waits.
+        self.wake_inflight = -1
+        self._primary_waiter: asyncio.Future[None] | None = None  # shared by the workers waiting for it
         self.gate = gate if gate is not None else ShadowGate()
         self.active = False  # some policy has shadows: the router then feeds the gate its samples
         self._workers: list[asyncio.Task] = []
@@ -165,6 +176,8 @@ class ShadowMirror:
         self._queue.clear()
         self.room = self._size
         self._waiter = None  # belongs to this loop; a later start() makes its own
+        self._primary_waiter = None  # the same (the cancelled workers were its only waiters)
+        self.wake_inflight = -1
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
@@ -344,24 +357,54 @@ class ShadowMirror:
         finally:
             gate.finished()
 
+    # -- waiting for capacity -------------------------------------------------------------------
+    def primary_finished(self) -> None:
+        """The router calls this when a primary request ended with ``primary_inflight`` at or below
+        ``wake_inflight`` (only while a worker waits): the waiting workers look at the capacity again."""
+        if self.primary_inflight > self._max_primary:
+            return
+        waiter = self._primary_waiter
+        self._primary_waiter = None
+        self.wake_inflight = -1
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     async def _wait_for_capacity(self) -> None:
-        """Return once the gate is in an on phase, few primary requests are in flight and the loop is free."""
-        backoff = 0.001
+        """Return once the gate is in an on phase, few primary requests are in flight and the loop is free.
+
+        Every wait ends on an event, never on a poll: the off phase's known end (a timer), or the router's
+        signal that a primary request finished with at most ``max_primary_inflight`` still in flight."""
+        gate = self.gate
         while True:
-            wait_ns = self.gate.wait_ns()
+            wait_ns = gate.wait_ns()
             if wait_ns:
                 self.deferrals += 1
                 await asyncio.sleep(wait_ns / 1e9)
                 continue
+            if self.primary_inflight > self._max_primary:
+                self.deferrals += 1
+                await asyncio.shield(self._primary_wait())  # shared: one cancelled leaves it to the others
+                continue
             start = time.monotonic_ns()
             await asyncio.sleep(0)
-            if time.monotonic_ns() - start <= self._max_lag_ns and self.primary_inflight <= self._max_primary:
-                if not self.gate.wait_ns():  # still on after the loop came back
+            lag = time.monotonic_ns() - start
+            inflight = self.primary_inflight
+            if lag <= self._max_lag_ns or not inflight:  # nothing in flight: the capacity is free anyway
+                if inflight <= self._max_primary and not gate.wait_ns():  # still so after the loop came back
                     return
                 continue
+            # The loop lags while primary requests are in flight, so they are being answered: probe again
+            # once the next one finished, or at the next on phase if none finishes before it (a long one).
             self.deferrals += 1
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 0.01)
+            await asyncio.wait((self._primary_wait(),), timeout=gate.cycle_left_ns() / 1e9)
+
+    def _primary_wait(self) -> asyncio.Future[None]:
+        """The future ``primary_finished`` resolves (one, shared by the waiting workers; never cancelled)."""
+        waiter = self._primary_waiter
+        if waiter is None:
+            waiter = self._primary_waiter = asyncio.get_running_loop().create_future()
+            self.wake_inflight = self._max_primary
+        return waiter
 
     async def _run(self, jobs: list[ShadowJob]) -> None:
         """Run one copy, or several joined into one request (``_group``), and compare the answers."""
