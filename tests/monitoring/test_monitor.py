@@ -13,8 +13,8 @@ from sidecar.config import MonitoringConfig
 from sidecar.monitoring import drift
 from sidecar.monitoring.binning import ProfileCounter
 from sidecar.monitoring.build import build_profile
-from sidecar.monitoring.monitor import VersionMonitor
 from sidecar.monitoring.profile import CategoricalFeature, NumericFeature
+from sidecar.monitoring.version_monitor import VersionMonitor
 from sidecar.types import TensorSpec
 
 INPUTS = (
