@@ -8,6 +8,9 @@ skip profiling. Samples are taken only while a thread is running, so shares are 
     spy = PySpy.attach(server.pid, duration_s=10, out=Path("sidecar.txt"))
     ... offer load ...
     summary = spy.summary()   # {"threads": {...}, "self": [...], "inclusive": [...]} for the main thread
+
+``profile_cell`` does both for a benchmark: one more closed-loop cell against a server with py-spy
+attached (kept out of the tables, since py-spy takes CPU of its own).
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.servers import ServerProcess
 
 # Frames every main-thread stack starts with: not interesting as "inclusive" entries.
 _GENERIC = ("<module>", "_run_module_as_main", "_run_code", "main (", "_serve (", "run (asyncio", "Runner.run")
@@ -86,6 +92,49 @@ class PySpy:
     def summary(self, top: int = 20, thread: str = "MainThread") -> dict[str, Any]:
         self.wait()
         return summarize(self.out.read_text(), top=top, thread=thread)
+
+
+def profile_cell(
+    server: ServerProcess,
+    payload: bytes,
+    out: Path,
+    *,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    processes: int,
+    label: str,
+    timeout_s: float = 30.0,
+    top: int = 20,
+    native: bool = False,
+    executable: str | None = None,
+) -> dict[str, Any]:
+    """One closed-loop cell at ``concurrency`` with py-spy attached to ``server`` for the whole cell.
+
+    Returns the ``summary`` plus the load and the req/s while profiled, or ``{"error": ...}`` when
+    py-spy is missing or fails. ``label`` starts the progress line (e.g. "[sidecar-batching] mlp").
+    """
+    from bench import loadgen
+
+    try:
+        spy = PySpy.attach(server.pid, warmup_s + duration_s, out, native=native, executable=executable)
+    except FileNotFoundError as exc:
+        return {"error": str(exc)}
+    result = loadgen.run(
+        server.target,
+        payload,
+        concurrency=concurrency,
+        duration_s=duration_s,
+        warmup_s=warmup_s,
+        processes=processes,
+        timeout_s=timeout_s,
+    )
+    try:
+        summary = spy.summary(top=top)
+    except RuntimeError as exc:
+        return {"error": str(exc)}
+    print(f"{label} profiled: {result.summary()}", flush=True)
+    return {**summary, "load": f"c={concurrency}", "rps_while_profiled": round(result.rps, 1)}
 
 
 def summarize(raw: str, top: int = 20, thread: str = "MainThread") -> dict[str, Any]:

@@ -20,6 +20,9 @@ process tree's CPU time over the measured window divided by the requests complet
 Peers need their virtualenvs (bench/peers/setup_venvs.sh); a peer that is missing or fails to start
 is reported as skipped with the reason, and the run goes on. Results: bench/results/<name>.json and
 <name>.md (default name "batching", "batching-quick" with --quick).
+
+The models and servers under test are in bench/batching_setup.py, the record and its report in
+bench/batching_report.py; this module runs the session.
 """
 
 from __future__ import annotations
@@ -37,255 +40,25 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bench import loadgen, servers
-from bench.profiling import PySpy, render_markdown
-from bench.report import RESULTS_DIR, machine_info, markdown_table, result_row, save_results
-
-# --------------------------------------------------------------------------------------------------
-# Models
-
-
-@dataclass(frozen=True)
-class BenchModel:
-    name: str
-    path: Path
-    input_name: str
-    features: int
-    description: str
-
-
-def build_models(workdir: Path, names: Sequence[str]) -> dict[str, BenchModel]:
-    """Build the benchmark models into a sidecar model repository under ``workdir``."""
-    from sidecar.testing.models import mlp_model, sklearn_classifier, write_version
-
-    repo = workdir / "repository"
-    models: dict[str, BenchModel] = {}
-    if "mlp" in names:
-        vdir = write_version(repo, "mlp", "1.0.0", mlp_model)
-        models["mlp"] = BenchModel("mlp", vdir / "model.onnx", "input", 64, "MLP 64 -> 256 -> 256 -> 10, float32")
-    if "tabular" in names:
-        vdir = write_version(repo, "tabular", "1.0.0", lambda p: sklearn_classifier(p, "breast_cancer", "logistic")[0])
-        models["tabular"] = BenchModel(
-            "tabular",
-            vdir / "model.onnx",
-            "X",
-            30,
-            "scikit-learn StandardScaler + LogisticRegression on breast_cancer (30 features)",
-        )
-    unknown = set(names) - set(models)
-    if unknown:
-        raise SystemExit(f"unknown model(s): {', '.join(sorted(unknown))} (mlp, tabular)")
-    return models
-
-
-def batch1_input(model: BenchModel) -> np.ndarray:
-    return np.random.default_rng(1).standard_normal((1, model.features)).astype(np.float32)
-
-
-def real_response(model: BenchModel, x: np.ndarray) -> bytes:
-    """The ModelInferResponse a server should send for ``x`` (raw outputs), for the echo server to replay."""
-    import onnxruntime as ort
-
-    from sidecar.protocol._generated import grpc_service_pb2 as pb
-    from sidecar.types import datatype_of
-
-    session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    outputs = session.run(names, {model.input_name: x})
-    resp = pb.ModelInferResponse(model_name=model.name, model_version="1.0.0")
-    for name, array in zip(names, outputs, strict=True):
-        resp.outputs.add(name=name, datatype=datatype_of(array), shape=list(array.shape))
-        resp.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
-    return resp.SerializeToString()
-
-
-# --------------------------------------------------------------------------------------------------
-# Servers under test
-
-
-@dataclass(frozen=True)
-class ServerSpec:
-    key: str
-    title: str
-    batching: bool
-    start: Callable[[Context], servers.ServerProcess | dict[str, servers.ServerProcess]]
-
-
-@dataclass
-class Context:
-    args: argparse.Namespace
-    workdir: Path
-    models: dict[str, BenchModel]
-    response_files: dict[str, Path]
-    log_dir: Path
-
-    @property
-    def repository(self) -> Path:
-        return self.workdir / "repository"
-
-    def model_paths(self) -> dict[str, Path]:
-        return {name: m.path for name, m in self.models.items()}
-
-
-def _sidecar_settings(ctx: Context, batching: bool) -> dict[str, Any]:
-    settings: dict[str, Any] = {
-        "engine.providers": "CPUExecutionProvider",
-        "engine.intra_op_threads": ctx.args.intra_op_threads,
-        "batching.enabled": batching,
-    }
-    if batching:
-        settings["batching.max_batch_size"] = ctx.args.max_batch_size
-        settings["batching.max_queue_delay_ms"] = ctx.args.max_queue_delay_ms
-    for item in ctx.args.sidecar_setting:
-        key, _, value = item.partition("=")
-        settings[key] = value
-    return settings
-
-
-def _start_sidecar(batching: bool, extra: dict[str, Any] | None = None) -> Callable[[Context], servers.ServerProcess]:
-    def start(ctx: Context) -> servers.ServerProcess:
-        return servers.start_sidecar(
-            ctx.repository,
-            models=list(ctx.models),
-            settings={**_sidecar_settings(ctx, batching), **(extra or {})},
-            name=f"sidecar-{'batching' if batching else 'direct'}{'-bare' if extra else ''}",
-            log_dir=ctx.log_dir,
-        )
-
-    return start
-
-
-def _per_model(ctx: Context, start_one: Callable[[str], servers.ServerProcess]) -> dict[str, servers.ServerProcess]:
-    """One server per model (``start_one(model name)``); those already started are stopped if one fails."""
-    started: dict[str, servers.ServerProcess] = {}
-    try:
-        for name in ctx.models:
-            started[name] = start_one(name)
-    except BaseException:
-        for s in started.values():
-            s.stop()
-        raise
-    return started
-
-
-def _start_echo(parse: bool) -> Callable[[Context], dict[str, servers.ServerProcess]]:
-    """One echo server per model, each replaying that model's real response."""
-
-    def start(ctx: Context) -> dict[str, servers.ServerProcess]:
-        return _per_model(
-            ctx,
-            lambda name: servers.start_echo(
-                response_file=ctx.response_files[name],
-                parse=parse,
-                name=f"echo{'-parse' if parse else ''}-{name}",
-                log_dir=ctx.log_dir,
-            ),
-        )
-
-    return start
-
-
-def _start_echo_batching(ctx: Context) -> dict[str, servers.ServerProcess]:
-    """One minimal batching server per model: the floor of batching on grpc.aio (bench/echo_server.py)."""
-    return _per_model(
-        ctx,
-        lambda name: servers.start_echo(
-            batch_model=ctx.models[name].path,
-            max_batch_size=ctx.args.max_batch_size,
-            max_queue_delay_ms=ctx.args.max_queue_delay_ms,
-            intra_op_threads=ctx.args.intra_op_threads,
-            name=f"echo-batching-{name}",
-            log_dir=ctx.log_dir,
-        ),
-    )
-
-
-def _start_mlserver(workers: int, adaptive: bool) -> Callable[[Context], servers.ServerProcess]:
-    def start(ctx: Context) -> servers.ServerProcess:
-        return servers.start_mlserver(
-            ctx.model_paths(),
-            ctx.workdir / f"mlserver-pw{workers}-{'adaptive' if adaptive else 'plain'}",
-            parallel_workers=workers,
-            max_batch_size=ctx.args.max_batch_size if adaptive else 0,
-            max_batch_time_s=ctx.args.max_queue_delay_ms / 1e3,
-            intra_op_threads=ctx.args.intra_op_threads,
-            name=f"mlserver-pw{workers}{'-adaptive' if adaptive else ''}",
-            log_dir=ctx.log_dir,
-        )
-
-    return start
-
-
-def _start_pytriton(batching: bool) -> Callable[[Context], servers.ServerProcess]:
-    def start(ctx: Context) -> servers.ServerProcess:
-        return servers.start_pytriton(
-            ctx.model_paths(),
-            batching=batching,
-            max_batch_size=ctx.args.max_batch_size,
-            max_queue_delay_us=int(ctx.args.max_queue_delay_ms * 1000),
-            intra_op_threads=ctx.args.intra_op_threads,
-            name=f"pytriton{'-dynamic' if batching else ''}",
-            log_dir=ctx.log_dir,
-        )
-
-    return start
-
-
-SERVERS: dict[str, ServerSpec] = {
-    s.key: s
-    for s in (
-        ServerSpec("echo", "grpc.aio echo (ceiling)", False, _start_echo(False)),
-        ServerSpec("echo-parse", "grpc.aio echo + protobuf parse/serialise", False, _start_echo(True)),
-        ServerSpec("echo-batching", "grpc.aio + minimal batcher + ONNX Runtime (floor)", True, _start_echo_batching),
-        ServerSpec("sidecar", "sidecar, batching off", False, _start_sidecar(False)),
-        ServerSpec("sidecar-batching", "sidecar, batching on", True, _start_sidecar(True)),
-        ServerSpec(
-            "sidecar-batching-bare",
-            "sidecar, batching on, telemetry and monitoring off",
-            True,
-            _start_sidecar(True, {"telemetry.enabled": False, "monitoring.enabled": False}),
-        ),
-        ServerSpec("mlserver-pw1", "MLServer, parallel_workers 1", False, _start_mlserver(1, False)),
-        ServerSpec(
-            "mlserver-pw1-adaptive", "MLServer, parallel_workers 1, adaptive batching", True, _start_mlserver(1, True)
-        ),
-        ServerSpec("mlserver-pw0", "MLServer, parallel_workers 0", False, _start_mlserver(0, False)),
-        ServerSpec(
-            "mlserver-pw0-adaptive", "MLServer, parallel_workers 0, adaptive batching", True, _start_mlserver(0, True)
-        ),
-        ServerSpec("pytriton-dynamic", "PyTriton, dynamic batcher", True, _start_pytriton(True)),
-        ServerSpec("pytriton", "PyTriton, no batching", False, _start_pytriton(False)),
-    )
-}
-DEFAULT_SERVERS = [k for k in SERVERS if k != "pytriton"]
-
+from bench.batching_report import Cell, RunRecord, render, targets
+from bench.batching_setup import (
+    DEFAULT_SERVERS,
+    SERVERS,
+    Context,
+    ServerSpec,
+    batch1_input,
+    build_models,
+    real_response,
+)
+from bench.profiling import profile_cell
+from bench.report import RESULTS_DIR, machine_info, save_results
 
 # --------------------------------------------------------------------------------------------------
 # The run
-
-
-@dataclass
-class Cell:
-    server: str
-    model: str
-    result: loadgen.Result
-    mean_batch: float | None = None
-    response_bytes: int = 0
-
-
-@dataclass
-class RunRecord:
-    raw: dict[str, Any] = field(default_factory=dict)
-    cells: list[Cell] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
-    startup_s: dict[str, float] = field(default_factory=dict)
-    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def run_raw(ctx: Context) -> dict[str, Any]:
@@ -364,7 +137,18 @@ def measure_server(ctx: Context, spec: ServerSpec, record: RunRecord) -> None:
                 extra = f" mean batch {mean_batch:.1f}" if mean_batch else ""
                 print(f"[{spec.key}] {name} {result.summary()}{extra}", flush=True)
             if args.profile and spec.key.startswith("sidecar") and name == "mlp":
-                record.profiles[spec.key] = profile_cell(ctx, server, payload, max(args.concurrency))
+                # One more cell with py-spy attached: kept out of the tables, since py-spy takes CPU of its own.
+                record.profiles[spec.key] = profile_cell(
+                    server,
+                    payload,
+                    ctx.workdir / f"pyspy-{server.name}.txt",
+                    concurrency=max(args.concurrency),
+                    duration_s=args.duration,
+                    warmup_s=args.warmup,
+                    processes=args.processes,
+                    label=f"[{server.name}]",
+                    executable=args.py_spy,
+                )
     finally:
         for s in {id(s): s for s in by_model.values()}.values():
             s.stop()
@@ -378,196 +162,6 @@ def _cpu_probes(spec: ServerSpec, server: servers.ServerProcess) -> dict[str, Ca
         pid = server.pid
         probes["loop"] = lambda: servers.thread_cpu(pid).get("main", math.nan)
     return probes
-
-
-def profile_cell(ctx: Context, server: servers.ServerProcess, payload: bytes, concurrency: int) -> dict[str, Any]:
-    """One more cell, with py-spy attached: kept out of the tables, since py-spy takes CPU of its own."""
-    args = ctx.args
-    try:
-        spy = PySpy.attach(
-            server.pid,
-            args.warmup + args.duration,
-            ctx.workdir / f"pyspy-{server.name}.txt",
-            executable=args.py_spy,
-        )
-    except FileNotFoundError as exc:
-        return {"error": str(exc)}
-    result = loadgen.run(
-        server.target,
-        payload,
-        concurrency=concurrency,
-        duration_s=args.duration,
-        warmup_s=args.warmup,
-        processes=args.processes,
-    )
-    try:
-        summary = spy.summary()
-    except RuntimeError as exc:
-        return {"error": str(exc)}
-    print(f"[{server.name}] profiled: {result.summary()}", flush=True)
-    return {**summary, "load": f"c={concurrency}", "rps_while_profiled": round(result.rps, 1)}
-
-
-# --------------------------------------------------------------------------------------------------
-# Report
-
-
-def cell_row(cell: Cell) -> dict[str, Any]:
-    row = result_row(cell.result)
-    row["server"] = SERVERS[cell.server].title
-    row["mean_batch"] = cell.mean_batch
-    loop = cell.result.cpu_us_per_request("loop")
-    row["loop_us"] = None if math.isnan(loop) else loop
-    row["response_bytes"] = cell.response_bytes
-    return row
-
-
-COLUMNS = (
-    ("server", "server"),
-    ("load", "load"),
-    ("rps", "req/s (= rows/s)"),
-    ("p50_ms", "p50 ms"),
-    ("p95_ms", "p95 ms"),
-    ("p99_ms", "p99 ms"),
-    ("max_ms", "max ms"),
-    ("errors", "errors"),
-    ("server_us", "server CPU us/req"),
-    ("loop_us", "event-loop thread CPU us/req"),
-    ("client_us", "client CPU us/req"),
-    ("mean_batch", "mean batch"),
-)
-
-
-def find(record: RunRecord, server: str, model: str, concurrency: int) -> loadgen.Result | None:
-    for cell in record.cells:
-        r = cell.result
-        if cell.server == server and cell.model == model and r.mode == "closed" and r.concurrency == concurrency:
-            return r
-    return None
-
-
-def targets(record: RunRecord, model: str = "mlp", concurrency: int = 64) -> list[dict[str, Any]]:
-    """The issue's targets, checked for each sidecar variant against the measured peers."""
-    rows: list[dict[str, Any]] = []
-    echo = find(record, "echo", model, concurrency)
-    # The stronger of MLServer's two adaptive-batching configurations (parallel_workers 0 and 1).
-    adaptive = [find(record, k, model, concurrency) for k in ("mlserver-pw0-adaptive", "mlserver-pw1-adaptive")]
-    mls = max((r for r in adaptive if r is not None), key=lambda r: r.rps, default=None)
-    echo1 = find(record, "echo", model, 1)
-    raw = record.raw.get(model, {}).get("rows", [])
-    model_ms = raw[0]["p50_ms"] if raw and raw[0]["batch"] == 1 else None
-    for key in ("echo-batching", "sidecar", "sidecar-batching", "sidecar-batching-bare"):  # the floor first
-        side = find(record, key, model, concurrency)
-        if side is None:
-            continue
-        title = SERVERS[key].title
-
-        def add(name: str, value: float | None, goal: str, ok: bool | None, title: str = title) -> None:
-            verdict = "-" if ok is None else ("met" if ok else "NOT met")
-            rows.append({"sidecar": title, "target": name, "measured": value, "goal": goal, "verdict": verdict})
-
-        if mls is not None and mls.rps:
-            ratio = side.rps / mls.rps
-            add(f"req/s vs MLServer adaptive (c={concurrency})", ratio, ">= 2.0x", ratio >= 2.0)
-            p99s, p99m = side.latency_ms.get("p99"), mls.latency_ms.get("p99")
-            if p99s is not None and p99m is not None:
-                add("p99 vs MLServer adaptive (ms)", p99s, f"< {p99m:.2f}", p99s < p99m)
-        if echo is not None and echo.rps:
-            ratio = side.rps / echo.rps
-            add(f"req/s vs echo server (c={concurrency})", ratio, ">= 0.80x", ratio >= 0.8)
-            cpu_s, cpu_e = side.cpu_us_per_request("server"), echo.cpu_us_per_request("server")
-            if not math.isnan(cpu_s) and not math.isnan(cpu_e) and cpu_e > 0:
-                add("server CPU per request vs echo", cpu_s / cpu_e, "<= 1.3x", cpu_s / cpu_e <= 1.3)
-        side1 = find(record, key, model, 1)
-        if side1 is not None and echo1 is not None and model_ms is not None:
-            extra = side1.latency_ms["p50"] - echo1.latency_ms["p50"] - model_ms
-            add("c=1 p50 - (echo p50 + model p50) (ms)", extra, "<= 0.30", extra <= 0.3)
-    return rows
-
-
-def render(ctx: Context, record: RunRecord, meta: dict[str, Any]) -> str:
-    lines = [f"# Batching benchmark: sidecar vs peers ({meta['started']})", ""]
-    lines += [
-        f"Command: `{meta['command']}`",
-        "",
-        f"Machine: {meta['machine'].get('cpu_model', '?')}, {meta['machine']['cpus']} CPUs, "
-        f"Python {meta['machine']['python']}, grpcio {meta['machine']['grpcio']}, "
-        f"onnxruntime {meta['machine'].get('onnxruntime', '?')}. "
-        f"Load average at start {meta['loadavg_start']}, at end {meta['loadavg_end']}.",
-        "",
-        f"Load: batch-1 requests, closed loop for {ctx.args.duration:g} s after {ctx.args.warmup:g} s of warm-up "
-        f"per cell, load generator in {ctx.args.processes} worker process(es) on the same machine; "
-        f"ONNX Runtime intra-op threads {ctx.args.intra_op_threads} everywhere; batching: max batch "
-        f"{ctx.args.max_batch_size}, max queue delay {ctx.args.max_queue_delay_ms:g} ms (sidecar, MLServer "
-        "max_batch_time, Triton max_queue_delay_microseconds).",
-        "",
-    ]
-    if ctx.args.note:
-        lines += [f"**Note:** {ctx.args.note}", ""]
-    for name, model in ctx.models.items():
-        lines += [f"## {name}: {model.description}", ""]
-        raw = record.raw.get(name)
-        if raw:
-            lines += [f"Raw ONNX Runtime in-process ({raw['provider']}, one caller):", ""]
-            lines.append(
-                markdown_table(
-                    raw["rows"],
-                    (
-                        ("batch", "batch"),
-                        ("rows_per_s", "rows/s"),
-                        ("p50_ms", "p50 ms"),
-                        ("p99_ms", "p99 ms"),
-                        ("cpu_us_per_row", "CPU us/row"),
-                    ),
-                )
-            )
-            lines.append("")
-        rows = [cell_row(c) for c in record.cells if c.model == name]
-        if rows:
-            lines += ["Servers (same load generator, batch-1 requests):", "", markdown_table(rows, COLUMNS), ""]
-    checks = targets(record)
-    if checks:
-        lines += [
-            "## Targets (MLP, batch-1 requests, concurrency 64)",
-            "",
-            "The floor (a minimal batching server on grpc.aio, `bench/echo_server.py --batch-model`) is held to "
-            "the same targets: what it misses, no Python server built on grpc.aio in one process can meet.",
-            "",
-        ]
-        lines.append(
-            markdown_table(
-                checks,
-                (
-                    ("sidecar", "server"),
-                    ("target", "target"),
-                    ("measured", "measured"),
-                    ("goal", "goal"),
-                    ("verdict", ""),
-                ),
-            )
-        )
-        lines.append("")
-    for key, prof in record.profiles.items():
-        lines += [f"## Where the time goes: {SERVERS[key].title}, MLP", ""]
-        if "error" in prof:
-            lines += [f"Not profiled: {prof['error']}", ""]
-        else:
-            lines += [
-                f"An extra cell at {prof['load']} with py-spy attached ({prof['rps_while_profiled']:,.0f} req/s "
-                "while profiled; not in the tables above). " + render_markdown(prof),
-                "",
-            ]
-    if record.skipped:
-        lines += ["## Skipped", ""]
-        lines += [f"- {k}: {v}" for k, v in record.skipped.items()]
-        lines.append("")
-    lines += [
-        "Server CPU us/req: CPU time (user + system) of the server's whole process tree over the measured "
-        "window divided by the requests completed in it; client CPU likewise for the load generator. "
-        "Mean batch: inferences / executions from ModelStatistics (servers that report it).",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------

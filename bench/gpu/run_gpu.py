@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import loadgen, servers
-from bench.profiling import PySpy, render_markdown
+from bench.profiling import profile_cell, render_markdown
 from bench.raw_onnxruntime import batch_sizes_up_to, make_inputs, make_session
 from bench.report import RESULTS_DIR, machine_info, markdown_table, result_row, save_results
 
@@ -82,21 +82,13 @@ def raw_sweep(model_path: Path, args: argparse.Namespace, io_binding: bool, work
 
 def request_and_response(model_path: Path, model: str, providers: Sequence[str]) -> tuple[bytes, bytes, int]:
     """A batch-1 request for ``model`` and the real response bytes; returns (request, response, request size)."""
-    import numpy as np
-
-    from sidecar.protocol._generated import grpc_service_pb2 as pb
-    from sidecar.types import datatype_of
-
     session = make_session(model_path, providers)
     feed = make_inputs(session, 1, int_high=1000)
     request = loadgen.make_infer_request(model, feed)
     names = [o.name for o in session.get_outputs()]
     outputs = session.run(names, feed)
-    resp = pb.ModelInferResponse(model_name=model, model_version="1.0.0")
-    for name, array in zip(names, outputs, strict=True):
-        resp.outputs.add(name=name, datatype=datatype_of(array), shape=list(array.shape))
-        resp.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
-    return request, resp.SerializeToString(), len(request)
+    response = loadgen.make_infer_response(model, dict(zip(names, outputs, strict=True)))
+    return request, response, len(request)
 
 
 def sidecar_settings(args: argparse.Namespace, batching: bool) -> dict[str, Any]:
@@ -167,39 +159,21 @@ def run_cells(
         )
     if profile_dir is None:
         return None
-    return profile_cell(server, key, model, payload, args, profile_dir)
-
-
-def profile_cell(
-    server: servers.ServerProcess, key: str, model: str, payload: bytes, args: argparse.Namespace, out_dir: Path
-) -> dict[str, Any]:
-    """One more cell at the top concurrency with py-spy attached, kept out of the tables (py-spy takes CPU)."""
     c = max(args.concurrency)
-    try:
-        spy = PySpy.attach(
-            server.pid,
-            args.warmup + args.duration,
-            out_dir / f"{key}-{model}-c{c}.txt",
-            native=args.profile_native,
-            executable=args.py_spy,
-        )
-    except FileNotFoundError as exc:
-        return {"error": str(exc)}
-    result = loadgen.run(
-        server.target,
+    return profile_cell(
+        server,
         payload,
+        profile_dir / f"{key}-{model}-c{c}.txt",
         concurrency=c,
         duration_s=args.duration,
         warmup_s=args.warmup,
         processes=min(args.processes, c),
+        label=f"[{key}] {model}",
         timeout_s=60,
+        top=args.profile_top,
+        native=args.profile_native,
+        executable=args.py_spy,
     )
-    try:
-        summary = spy.summary(top=args.profile_top)
-    except RuntimeError as exc:
-        return {"error": str(exc)}
-    print(f"[{key}] {model} profiled: {result.summary()}", flush=True)
-    return {**summary, "load": f"c={c}", "rps_while_profiled": round(result.rps, 1)}
 
 
 def best_raw(raw: dict[str, Any]) -> float:

@@ -1,0 +1,200 @@
+"""The record of a ``bench.run_batching`` session and its Markdown report.
+
+``RunRecord`` collects the cells (one load run on one server and model), the raw ONNX Runtime sweep,
+skipped servers with reasons, start-up times and py-spy profiles; ``targets`` checks the issue's
+targets against the measured peers; ``render`` writes the report's tables.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import loadgen
+from bench.batching_setup import SERVERS, Context
+from bench.profiling import render_markdown
+from bench.report import markdown_table, result_row
+
+# --------------------------------------------------------------------------------------------------
+# The record
+
+
+@dataclass
+class Cell:
+    server: str
+    model: str
+    result: loadgen.Result
+    mean_batch: float | None = None
+    response_bytes: int = 0
+
+
+@dataclass
+class RunRecord:
+    raw: dict[str, Any] = field(default_factory=dict)
+    cells: list[Cell] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    startup_s: dict[str, float] = field(default_factory=dict)
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+
+
+def cell_row(cell: Cell) -> dict[str, Any]:
+    row = result_row(cell.result)
+    row["server"] = SERVERS[cell.server].title
+    row["mean_batch"] = cell.mean_batch
+    loop = cell.result.cpu_us_per_request("loop")
+    row["loop_us"] = None if math.isnan(loop) else loop
+    row["response_bytes"] = cell.response_bytes
+    return row
+
+
+COLUMNS = (
+    ("server", "server"),
+    ("load", "load"),
+    ("rps", "req/s (= rows/s)"),
+    ("p50_ms", "p50 ms"),
+    ("p95_ms", "p95 ms"),
+    ("p99_ms", "p99 ms"),
+    ("max_ms", "max ms"),
+    ("errors", "errors"),
+    ("server_us", "server CPU us/req"),
+    ("loop_us", "event-loop thread CPU us/req"),
+    ("client_us", "client CPU us/req"),
+    ("mean_batch", "mean batch"),
+)
+
+
+def find(record: RunRecord, server: str, model: str, concurrency: int) -> loadgen.Result | None:
+    for cell in record.cells:
+        r = cell.result
+        if cell.server == server and cell.model == model and r.mode == "closed" and r.concurrency == concurrency:
+            return r
+    return None
+
+
+def targets(record: RunRecord, model: str = "mlp", concurrency: int = 64) -> list[dict[str, Any]]:
+    """The issue's targets, checked for each sidecar variant against the measured peers."""
+    rows: list[dict[str, Any]] = []
+    echo = find(record, "echo", model, concurrency)
+    # The stronger of MLServer's two adaptive-batching configurations (parallel_workers 0 and 1).
+    adaptive = [find(record, k, model, concurrency) for k in ("mlserver-pw0-adaptive", "mlserver-pw1-adaptive")]
+    mls = max((r for r in adaptive if r is not None), key=lambda r: r.rps, default=None)
+    echo1 = find(record, "echo", model, 1)
+    raw = record.raw.get(model, {}).get("rows", [])
+    model_ms = raw[0]["p50_ms"] if raw and raw[0]["batch"] == 1 else None
+    for key in ("echo-batching", "sidecar", "sidecar-batching", "sidecar-batching-bare"):  # the floor first
+        side = find(record, key, model, concurrency)
+        if side is None:
+            continue
+        title = SERVERS[key].title
+
+        def add(name: str, value: float | None, goal: str, ok: bool | None, title: str = title) -> None:
+            verdict = "-" if ok is None else ("met" if ok else "NOT met")
+            rows.append({"sidecar": title, "target": name, "measured": value, "goal": goal, "verdict": verdict})
+
+        if mls is not None and mls.rps:
+            ratio = side.rps / mls.rps
+            add(f"req/s vs MLServer adaptive (c={concurrency})", ratio, ">= 2.0x", ratio >= 2.0)
+            p99s, p99m = side.latency_ms.get("p99"), mls.latency_ms.get("p99")
+            if p99s is not None and p99m is not None:
+                add("p99 vs MLServer adaptive (ms)", p99s, f"< {p99m:.2f}", p99s < p99m)
+        if echo is not None and echo.rps:
+            ratio = side.rps / echo.rps
+            add(f"req/s vs echo server (c={concurrency})", ratio, ">= 0.80x", ratio >= 0.8)
+            cpu_s, cpu_e = side.cpu_us_per_request("server"), echo.cpu_us_per_request("server")
+            if not math.isnan(cpu_s) and not math.isnan(cpu_e) and cpu_e > 0:
+                add("server CPU per request vs echo", cpu_s / cpu_e, "<= 1.3x", cpu_s / cpu_e <= 1.3)
+        side1 = find(record, key, model, 1)
+        if side1 is not None and echo1 is not None and model_ms is not None:
+            extra = side1.latency_ms["p50"] - echo1.latency_ms["p50"] - model_ms
+            add("c=1 p50 - (echo p50 + model p50) (ms)", extra, "<= 0.30", extra <= 0.3)
+    return rows
+
+
+def render(ctx: Context, record: RunRecord, meta: dict[str, Any]) -> str:
+    lines = [f"# Batching benchmark: sidecar vs peers ({meta['started']})", ""]
+    lines += [
+        f"Command: `{meta['command']}`",
+        "",
+        f"Machine: {meta['machine'].get('cpu_model', '?')}, {meta['machine']['cpus']} CPUs, "
+        f"Python {meta['machine']['python']}, grpcio {meta['machine']['grpcio']}, "
+        f"onnxruntime {meta['machine'].get('onnxruntime', '?')}. "
+        f"Load average at start {meta['loadavg_start']}, at end {meta['loadavg_end']}.",
+        "",
+        f"Load: batch-1 requests, closed loop for {ctx.args.duration:g} s after {ctx.args.warmup:g} s of warm-up "
+        f"per cell, load generator in {ctx.args.processes} worker process(es) on the same machine; "
+        f"ONNX Runtime intra-op threads {ctx.args.intra_op_threads} everywhere; batching: max batch "
+        f"{ctx.args.max_batch_size}, max queue delay {ctx.args.max_queue_delay_ms:g} ms (sidecar, MLServer "
+        "max_batch_time, Triton max_queue_delay_microseconds).",
+        "",
+    ]
+    if ctx.args.note:
+        lines += [f"**Note:** {ctx.args.note}", ""]
+    for name, model in ctx.models.items():
+        lines += [f"## {name}: {model.description}", ""]
+        raw = record.raw.get(name)
+        if raw:
+            lines += [f"Raw ONNX Runtime in-process ({raw['provider']}, one caller):", ""]
+            lines.append(
+                markdown_table(
+                    raw["rows"],
+                    (
+                        ("batch", "batch"),
+                        ("rows_per_s", "rows/s"),
+                        ("p50_ms", "p50 ms"),
+                        ("p99_ms", "p99 ms"),
+                        ("cpu_us_per_row", "CPU us/row"),
+                    ),
+                )
+            )
+            lines.append("")
+        rows = [cell_row(c) for c in record.cells if c.model == name]
+        if rows:
+            lines += ["Servers (same load generator, batch-1 requests):", "", markdown_table(rows, COLUMNS), ""]
+    checks = targets(record)
+    if checks:
+        lines += [
+            "## Targets (MLP, batch-1 requests, concurrency 64)",
+            "",
+            "The floor (a minimal batching server on grpc.aio, `bench/echo_server.py --batch-model`) is held to "
+            "the same targets: what it misses, no Python server built on grpc.aio in one process can meet.",
+            "",
+        ]
+        lines.append(
+            markdown_table(
+                checks,
+                (
+                    ("sidecar", "server"),
+                    ("target", "target"),
+                    ("measured", "measured"),
+                    ("goal", "goal"),
+                    ("verdict", ""),
+                ),
+            )
+        )
+        lines.append("")
+    for key, prof in record.profiles.items():
+        lines += [f"## Where the time goes: {SERVERS[key].title}, MLP", ""]
+        if "error" in prof:
+            lines += [f"Not profiled: {prof['error']}", ""]
+        else:
+            lines += [
+                f"An extra cell at {prof['load']} with py-spy attached ({prof['rps_while_profiled']:,.0f} req/s "
+                "while profiled; not in the tables above). " + render_markdown(prof),
+                "",
+            ]
+    if record.skipped:
+        lines += ["## Skipped", ""]
+        lines += [f"- {k}: {v}" for k, v in record.skipped.items()]
+        lines.append("")
+    lines += [
+        "Server CPU us/req: CPU time (user + system) of the server's whole process tree over the measured "
+        "window divided by the requests completed in it; client CPU likewise for the load generator. "
+        "Mean batch: inferences / executions from ModelStatistics (servers that report it).",
+        "",
+    ]
+    return "\n".join(lines)
