@@ -14,7 +14,7 @@ from typing import Any
 from bench import loadgen
 from bench.batching_setup import SERVERS, Context
 from bench.profiling import render_markdown
-from bench.report import markdown_table, result_row
+from bench.report import OUTCOME_COLUMNS, markdown_table, result_row
 
 # --------------------------------------------------------------------------------------------------
 # The record
@@ -56,12 +56,7 @@ COLUMNS = (
     ("server", "server"),
     ("load", "load"),
     ("rps", "req/s (= rows/s)"),
-    ("p50_ms", "p50 ms"),
-    ("p95_ms", "p95 ms"),
-    ("p99_ms", "p99 ms"),
-    ("max_ms", "max ms"),
-    ("errors", "errors"),
-    ("server_us", "server CPU us/req"),
+    *OUTCOME_COLUMNS,
     ("loop_us", "event-loop thread CPU us/req"),
     ("client_us", "client CPU us/req"),
     ("mean_batch", "mean batch"),
