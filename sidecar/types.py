@@ -33,10 +33,13 @@ DTYPE_TO_DATATYPE: Mapping[np.dtype, str] = {v: k for k, v in DATATYPE_TO_DTYPE.
 
 def datatype_of(array: np.ndarray) -> str:
     """The protocol datatype of an array (unicode and bytes arrays are BYTES)."""
-    kind = array.dtype.kind
-    if kind in ("U", "S", "O"):
+    dtype = array.dtype
+    if dtype.kind in ("U", "S", "O"):
         return "BYTES"
-    return DTYPE_TO_DATATYPE[array.dtype]
+    datatype = DTYPE_TO_DATATYPE.get(dtype)
+    if datatype is None:  # a byte-swapped array of a protocol type (encoded little-endian)
+        datatype = DTYPE_TO_DATATYPE[dtype.newbyteorder("=")]
+    return datatype
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,8 +89,8 @@ def decode_request(
                 )
             raw = raws[i]
             itemsize = _ITEMSIZE.get(datatype)
-            if itemsize is not None and len(raw) == count * itemsize:  # the common case, zero-copy
-                inputs[name] = np.frombuffer(raw, dtype=dtype).reshape(shape)
+            if itemsize is not None and len(raw) == count * itemsize:  # the common case, zero-copy, read-only
+                inputs[name] = np.ndarray(shape, dtype, raw)
             else:
                 inputs[name] = _decode_raw(name, datatype, dtype, shape, count, raw)
         elif tensor.HasField("contents"):
@@ -202,10 +202,12 @@ def encode_tensor_bytes(array: np.ndarray) -> bytes:
     return array.tobytes()  # C order whatever the array's strides
 
 
-def encode_response(resp: InferenceResponse) -> pb.ModelInferResponse | bytes:
-    """The response message; or, for an upstream's answer passed through as it came (outputs with an
-    ``encoded`` attribute holding its serialized ``ModelInferResponse``), those bytes with this server's
-    model name, version and request id written over the upstream's (the last value of a field wins)."""
+def encode_response(resp: InferenceResponse) -> bytes:
+    """The serialized ``ModelInferResponse``, written directly (no message object is built per request).
+
+    An upstream's answer passed through as it came (outputs with an ``encoded`` attribute holding its
+    serialized ``ModelInferResponse``) is returned as those bytes with this server's model name, version
+    and request id written after the upstream's (the last value of a field wins)."""
     outputs = resp.outputs
     encoded = None if outputs.__class__ is dict else getattr(outputs, "encoded", None)
     if encoded is not None:
@@ -214,17 +216,34 @@ def encode_response(resp: InferenceResponse) -> pb.ModelInferResponse | bytes:
             + _answer_fields(resp.model_name, resp.model_version)
             + (string_field(3, resp.id) if resp.id else b"")
         )
-    msg = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id)
-    add = msg.outputs.add
-    raws = []
-    for name, array in resp.outputs.items():
-        add(name=name, datatype=datatype_of(array), shape=array.shape)
-        raws.append(encode_tensor_bytes(array))
-    msg.raw_output_contents.extend(raws)
+    parts = [_answer_fields(resp.model_name, resp.model_version)]
+    if resp.id:
+        parts.append(string_field(3, resp.id))
     if resp.parameters:
         for key, value in resp.parameters.items():
-            set_parameter(msg.parameters[key], value)
-    return msg
+            param = pb.InferParameter()
+            set_parameter(param, value)
+            parts.append(length_field(4, string_field(1, key) + length_field(2, param.SerializeToString())))
+    raws = []
+    headers = _OUTPUT_HEADERS
+    for name, array in outputs.items():
+        key = (name, array.dtype, array.shape)
+        header = headers.get(key)
+        if header is None:
+            if len(headers) >= 512:  # shapes vary with the batch size: keep the cache bounded
+                headers.clear()
+            header = headers[key] = length_field(5, tensor_message(name, datatype_of(array), array.shape))
+        parts.append(header)
+        data = tensor_buffer(array)
+        raws.append(_RAW_OUTPUT_TAG + varint(data.nbytes if data.__class__ is memoryview else len(data)))
+        raws.append(data)
+    parts += raws
+    return b"".join(parts)
+
+
+def encode_stream_response(resp: InferenceResponse) -> bytes:
+    """A ``ModelStreamInferResponse`` carrying ``encode_response(resp)`` (its ``infer_response``, field 2)."""
+    return length_field(2, encode_response(resp))
 
 
 def set_parameter(p: pb.InferParameter, value: object) -> None:
@@ -263,3 +282,24 @@ def string_field(number: int, text: str) -> bytes:
 @functools.lru_cache(maxsize=256)
 def _answer_fields(model_name: str, model_version: str) -> bytes:
     return string_field(1, model_name) + string_field(2, model_version)
+
+
+# -- tensors ------------------------------------------------------------------------------------------------
+# (name, dtype, shape) -> an ``outputs`` entry of ModelInferResponse (field 5), written once; used on the
+# event loop only.
+_OUTPUT_HEADERS: dict[tuple[str, np.dtype, tuple[int, ...]], bytes] = {}
+_RAW_OUTPUT_TAG = bytes([6 << 3 | 2])  # ModelInferResponse.raw_output_contents
+
+
+def tensor_message(name: str, datatype: str, shape: tuple[int, ...]) -> bytes:
+    """An ``InferInputTensor`` or ``InferOutputTensor`` (same field numbers) with name, datatype and
+    (packed) shape."""
+    dims = b"".join(varint(int(d)) for d in shape)
+    return string_field(1, name) + string_field(2, datatype) + (length_field(3, dims) if shape else b"")
+
+
+def tensor_buffer(array: np.ndarray) -> bytes | memoryview:
+    """The tensor's raw contents: a view of its memory when it already is row-major little-endian numbers."""
+    if array.dtype.kind in "biuf" and array.flags.c_contiguous and array.dtype.byteorder != ">" and array.size:
+        return memoryview(array).cast("B")
+    return encode_tensor_bytes(array)

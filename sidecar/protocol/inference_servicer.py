@@ -21,10 +21,10 @@ from sidecar.lifecycle import Lifecycle
 from sidecar.protocol._generated import grpc_service_pb2 as pb
 from sidecar.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from sidecar.protocol._generated import model_config_pb2 as mc
-from sidecar.protocol.codec import decode_request, encode_response, set_parameter
+from sidecar.protocol.codec import decode_request, encode_response, encode_stream_response, set_parameter
 from sidecar.protocol.status import grpc_status
 from sidecar.routing.router import Router
-from sidecar.types import DATATYPE_TO_DTYPE, InferenceRequest
+from sidecar.types import DATATYPE_TO_DTYPE, InferenceRequest, InferenceResponse
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,9 @@ def _parse_infer_request(encoded: bytes) -> pb.ModelInferRequest:
         raise InvalidArgument(f"the request is not a valid ModelInferRequest message: {exc}") from None
 
 
-def _serialize_infer_response(response: pb.ModelInferResponse | bytes) -> bytes:
-    return response if response.__class__ is bytes else response.SerializeToString()
+def _serialize(response: object) -> bytes:
+    """Responses written as bytes by the codec pass as they are; messages are serialized."""
+    return response if response.__class__ is bytes else response.SerializeToString()  # type: ignore[attr-defined]
 
 
 def add_to_server(servicer: object, server: grpc.aio.Server) -> None:
@@ -58,7 +59,8 @@ def add_to_server(servicer: object, server: grpc.aio.Server) -> None:
 
     As the generated ``add_GRPCInferenceServiceServicer_to_server``, except that ``ModelInfer`` takes the
     request's bytes (the servicer parses them and keeps them, so that an upstream version forwards them as
-    they are) and may answer bytes (an upstream's answer passed through) as well as a message."""
+    they are), and ``ModelInfer`` and ``ModelStreamInfer`` answer bytes written by the codec (or an
+    upstream's answer passed through) as well as messages."""
     handlers = {}
     for method in _SERVICE.methods:
         call = getattr(servicer, method.name)
@@ -66,11 +68,11 @@ def add_to_server(servicer: object, server: grpc.aio.Server) -> None:
         response_type = getattr(pb, method.output_type.name)
         if method.name == "ModelInfer":
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                call, request_deserializer=None, response_serializer=_serialize_infer_response
+                call, request_deserializer=None, response_serializer=_serialize
             )
         elif method.client_streaming and method.server_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                call, request_deserializer=request_type.FromString, response_serializer=response_type.SerializeToString
+                call, request_deserializer=request_type.FromString, response_serializer=_serialize
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
@@ -177,25 +179,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise ModelNotReady(f"{mv.label} is {mv.state.value}")
 
     # -- inference ------------------------------------------------------------------------------
-    async def _infer(
-        self, msg: pb.ModelInferRequest, context, encoded: bytes | None = None
-    ) -> pb.ModelInferResponse | bytes:
+    async def _infer(self, msg: pb.ModelInferRequest, context, encoded: bytes | None = None) -> InferenceResponse:
         if self._lifecycle.draining:
             raise ServerDraining("the server is draining and accepts no new requests")
         # The sticky key is read from the call's metadata only where a traffic policy will use it.
         routed = not msg.model_version and self._router.policy(msg.model_name) is not None
         key = _routing_key(context) if routed else None
         request: InferenceRequest = decode_request(msg, _deadline_ns(context), key, encoded)
-        response = await self._router.dispatch(request)
-        return encode_response(response)
+        return await self._router.dispatch(request)
 
     async def ModelInfer(self, request, context):
         """``request``: the serialized message as it came off the wire (see ``add_to_server``), or a message."""
         self._lifecycle.enter()
         try:
             if request.__class__ is bytes:
-                return await self._infer(_parse_infer_request(request), context, request)
-            return await self._infer(request, context)
+                return encode_response(await self._infer(_parse_infer_request(request), context, request))
+            return encode_response(await self._infer(request, context))
         except SidecarError as exc:
             await self._abort(context, exc)
         except asyncio.CancelledError:
@@ -212,10 +211,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Requests of one stream run concurrently; responses come back in request order."""
         pending: asyncio.Queue = asyncio.Queue(maxsize=_STREAM_WINDOW)
 
-        async def one(msg: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+        async def one(msg: pb.ModelInferRequest) -> pb.ModelStreamInferResponse | bytes:
             self._lifecycle.enter()
             try:
-                return pb.ModelStreamInferResponse(infer_response=await self._infer(msg, context))
+                return encode_stream_response(await self._infer(msg, context))
             except SidecarError as exc:
                 return pb.ModelStreamInferResponse(
                     error_message=f"[{exc.status}] {exc.message}",

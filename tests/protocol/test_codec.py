@@ -5,8 +5,14 @@ import pytest
 
 from sidecar.errors import InvalidParameter, InvalidTensor
 from sidecar.protocol._generated import grpc_service_pb2 as pb
-from sidecar.protocol.codec import decode_request, encode_response, encode_tensor_bytes
-from sidecar.types import InferenceResponse
+from sidecar.protocol.codec import (
+    decode_request,
+    encode_response,
+    encode_stream_response,
+    encode_tensor_bytes,
+    set_parameter,
+)
+from sidecar.types import InferenceResponse, datatype_of
 
 
 def _raw_request(array: np.ndarray, datatype: str, name: str = "x") -> pb.ModelInferRequest:
@@ -125,8 +131,47 @@ def test_parameters():
 
 def test_encode_response_raw_outputs_in_order():
     out = {"b": np.array([[1.5, 2.5]], np.float32), "a": np.array(["x", "yz"], dtype=object)}
-    msg = encode_response(InferenceResponse("m", "1.0.0", "id1", out))
+    msg = pb.ModelInferResponse.FromString(encode_response(InferenceResponse("m", "1.0.0", "id1", out)))
     assert [o.name for o in msg.outputs] == ["b", "a"]
     assert msg.outputs[1].datatype == "BYTES" and list(msg.outputs[0].shape) == [1, 2]
     assert msg.raw_output_contents[0] == out["b"].tobytes()
     assert msg.raw_output_contents[1] == struct.pack("<I", 1) + b"x" + struct.pack("<I", 2) + b"yz"
+
+
+def _reference(resp: InferenceResponse) -> pb.ModelInferResponse:
+    """The response as protobuf itself would build it (what the direct writer must match)."""
+    msg = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id)
+    for name, array in resp.outputs.items():
+        msg.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+        msg.raw_output_contents.append(encode_tensor_bytes(array))
+    for key, value in (resp.parameters or {}).items():
+        set_parameter(msg.parameters[key], value)
+    return msg
+
+
+@pytest.mark.parametrize(
+    "outputs",
+    [
+        {"p": np.arange(20, dtype=np.float32).reshape(2, 10), "label": np.array([3, 1], np.int64)},
+        {"flag": np.array([True, False, True]), "half": np.ones((1, 3), np.float16)},
+        {"scalar": np.array(2.5, np.float64), "empty": np.zeros((0, 4), np.int32)},
+        {"strided": np.arange(12, dtype=np.int16).reshape(3, 4)[:, ::2], "big": np.arange(3, dtype=">i4")},
+        {"text": np.array([["a", "bc"]]), "u8": np.array([[255, 0]], np.uint8)},
+    ],
+)
+def test_encoded_response_parses_to_what_protobuf_builds(outputs):
+    resp = InferenceResponse("model", "1.2.3", "req-7", outputs)
+    encoded = encode_response(resp)
+    assert pb.ModelInferResponse.FromString(encoded) == _reference(resp)
+    assert encode_response(resp) == encoded  # the cached tensor descriptions write the same bytes again
+
+
+def test_encoded_response_with_parameters_and_no_id():
+    resp = InferenceResponse("m", "", "", {"y": np.array([1.0], np.float32)}, {"n": 3, "ok": True, "s": "x"})
+    assert pb.ModelInferResponse.FromString(encode_response(resp)) == _reference(resp)
+
+
+def test_stream_response_carries_the_encoded_answer():
+    resp = InferenceResponse("m", "1", "s1", {"y": np.array([[1.0, 2.0]], np.float32)})
+    stream = pb.ModelStreamInferResponse.FromString(encode_stream_response(resp))
+    assert stream.error_message == "" and stream.infer_response == _reference(resp)
