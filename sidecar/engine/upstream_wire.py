@@ -22,7 +22,7 @@ import numpy as np
 
 from sidecar.errors import EngineError
 from sidecar.protocol._generated import grpc_service_pb2 as pb
-from sidecar.protocol.codec import TYPED_FIELD, encode_tensor_bytes, length_field, string_field, varint
+from sidecar.protocol.codec import TYPED_FIELD, length_field, string_field, tensor_buffer, tensor_message, varint
 from sidecar.types import DATATYPE_TO_DTYPE, datatype_of
 
 
@@ -82,9 +82,9 @@ class RequestEncoder:
             if tensor is None:
                 if len(headers) >= 256:  # shapes vary with the batch size: keep the cache bounded
                     headers.clear()
-                tensor = headers[key] = length_field(5, _tensor_message(name, datatype, array.shape))
+                tensor = headers[key] = length_field(5, tensor_message(name, datatype, array.shape))
             parts.append(tensor)
-            data = _tensor_buffer(array)
+            data = tensor_buffer(array)
             raws.append(_RAW_TAG + varint(_nbytes(data)))
             raws.append(data)
         outputs = self._output_fields.get(tuple(output_names))
@@ -98,21 +98,9 @@ class RequestEncoder:
         return b"".join(parts)
 
 
-# -- writing a ModelInferRequest without building one (field numbers from proto/grpc_service.proto) ------
+# -- writing a ModelInferRequest without building one (field numbers from proto/grpc_service.proto; the
+# tensor descriptions and buffers are sidecar.protocol.codec's, shared with the response encoder) ------------
 _RAW_TAG = bytes([7 << 3 | 2])  # raw_input_contents
-
-
-def _tensor_message(name: str, datatype: str, shape: tuple[int, ...]) -> bytes:
-    """An ``InferInputTensor`` with name, datatype and (packed) shape."""
-    dims = b"".join(varint(int(d)) for d in shape)
-    return string_field(1, name) + string_field(2, datatype) + (length_field(3, dims) if shape else b"")
-
-
-def _tensor_buffer(array: np.ndarray) -> bytes | memoryview:
-    """The tensor's raw contents: a view of its memory when it already is row-major little-endian numbers."""
-    if array.dtype.kind in "biuf" and array.flags.c_contiguous and array.dtype.byteorder != ">" and array.size:
-        return memoryview(array).cast("B")
-    return encode_tensor_bytes(array)
 
 
 def _nbytes(data: bytes | memoryview) -> int:
