@@ -140,18 +140,25 @@ class DirectScheduler:
         if deadline is not None and start >= deadline:
             raise DeadlineExceeded(f"request '{item.request.id}' expired before the model ran")
         self._stats.record_queue(start - item.arrival_ns)
-        record_queue_time(item.span, (start - item.arrival_ns) / 1e9)
-        encoded = item.request.encoded
-        with batch_span(self._model, self._version, (item.span,), item.rows, self._engine.provider):
-            if encoded is not None and self._forward is not None:  # an upstream: the caller's bytes go as they are
-                outputs = await self._forward(encoded)
-            else:
-                outputs = await run_engine(self._engine, self._run_inline, item.request.inputs, item.output_names)
+        span = item.span
+        if span is INVALID_SPAN:  # not traced: no span work at all
+            outputs = await self._execute(item)
+        else:
+            record_queue_time(span, (start - item.arrival_ns) / 1e9)
+            with batch_span(self._model, self._version, (span,), item.rows, self._engine.provider):
+                outputs = await self._execute(item)
         end = time.monotonic_ns()
         self._stats.record_execution(item.rows, 1, 0, end - start, 0)
         if self.observer is not None:
             self.observer.observe(item.request.inputs, outputs, (item.rows,))
         return outputs
+
+    def _execute(self, item: WorkItem) -> Any:
+        """The engine run for one request (an awaitable)."""
+        encoded = item.request.encoded
+        if encoded is not None and self._forward is not None:  # an upstream: the caller's bytes go as they are
+            return self._forward(encoded)
+        return run_engine(self._engine, self._run_inline, item.request.inputs, item.output_names)
 
     async def close(self) -> None:
         self._closed = True

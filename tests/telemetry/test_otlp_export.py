@@ -266,3 +266,31 @@ def test_shadow_span_links_to_the_primary_request_span(model_repository, otlp):
             and s.attributes["model.version"] == "1.9.0"
         )
     )
+
+
+def test_unbatched_requests_get_their_run_span_too(model_repository, otlp):
+    """With batching off every request runs alone: still one run span, linked to its request span; and an
+    untraced request (unsampled caller) makes none."""
+    trace_id, unsampled = "5bf92f3577b34da6a3ce929d0e0e4737", "1af7651916cd43dd8448eb211c80319d"
+    cfg = config_for_tests(
+        str(model_repository),
+        telemetry={"otlp_endpoint": otlp.grpc_endpoint, "span_schedule_delay_ms": 50},
+        batching={"enabled": False},
+    )
+    with ServerThread(cfg) as srv:
+        client = tc.InferenceServerClient(srv.url)
+        client.infer("mlp", [_input(2)], headers={"traceparent": f"00-{trace_id}-{CALLER_SPAN}-01"})
+        client.infer("mlp", [_input(1)], headers={"traceparent": f"00-{unsampled}-{CALLER_SPAN}-00"})
+        assert srv.app.telemetry.force_flush(5.0)
+    request = otlp.wait_for_span(lambda s: s.span.trace_id.hex() == trace_id)
+    assert request.attributes["sidecar.batch.rows"] == 2
+    assert request.attributes["sidecar.queue.duration_s"] >= 0.0
+    run = otlp.wait_for_span(
+        lambda s: s.name == "sidecar.batch" and s.span.span_id.hex() == request.attributes["sidecar.batch.span_id"]
+    )
+    assert [(link.trace_id.hex(), link.span_id.hex()) for link in run.span.links] == [
+        (trace_id, request.span.span_id.hex())
+    ]
+    spans = otlp.spans()
+    assert not [s for s in spans if s.span.trace_id.hex() == unsampled]
+    assert not [s for s in spans if any(link.trace_id.hex() == unsampled for link in s.span.links)]
