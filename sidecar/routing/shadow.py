@@ -153,7 +153,7 @@ class ShadowMirror:
         # While a worker waits for primary work to finish: the router calls ``primary_finished`` when a
         # primary request ends with ``primary_inflight`` at or below this; -1 (never) while none waits.
         self.wake_inflight = -1
-        self._primary_waiter: asyncio.Future[None] | None = None  # shared by the workers waiting for it
+        self._primary_waiters: list[asyncio.Future[None]] = []  # one per waiting worker
         self.gate = gate if gate is not None else ShadowGate()
         self.active = False  # some policy has shadows: the router then feeds the gate its samples
         self._workers: list[asyncio.Task] = []
@@ -176,7 +176,7 @@ class ShadowMirror:
         self._queue.clear()
         self.room = self._size
         self._waiter = None  # belongs to this loop; a later start() makes its own
-        self._primary_waiter = None  # the same (the cancelled workers were its only waiters)
+        self._primary_waiters = []  # the same (the cancelled workers were their only waiters)
         self.wake_inflight = -1
         for task in workers:
             task.cancel()
@@ -363,11 +363,10 @@ class ShadowMirror:
         ``wake_inflight`` (only while a worker waits): the waiting workers look at the capacity again."""
         if self.primary_inflight > self._max_primary:
             return
-        waiter = self._primary_waiter
-        self._primary_waiter = None
+        waiters, self._primary_waiters = self._primary_waiters, []
         self.wake_inflight = -1
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        for waiter in waiters:
+            _wake(waiter)
 
     async def _wait_for_capacity(self) -> None:
         """Return once the gate is in an on phase, few primary requests are in flight and the loop is free.
@@ -383,7 +382,7 @@ class ShadowMirror:
                 continue
             if self.primary_inflight > self._max_primary:
                 self.deferrals += 1
-                await asyncio.shield(self._primary_wait())  # shared: one cancelled leaves it to the others
+                await self._primary_finished()
                 continue
             start = time.monotonic_ns()
             await asyncio.sleep(0)
@@ -396,15 +395,27 @@ class ShadowMirror:
             # The loop lags while primary requests are in flight, so they are being answered: probe again
             # once the next one finished, or at the next on phase if none finishes before it (a long one).
             self.deferrals += 1
-            await asyncio.wait((self._primary_wait(),), timeout=gate.cycle_left_ns() / 1e9)
+            await self._primary_finished(gate.cycle_left_ns() / 1e9)
 
-    def _primary_wait(self) -> asyncio.Future[None]:
-        """The future ``primary_finished`` resolves (one, shared by the waiting workers; never cancelled)."""
-        waiter = self._primary_waiter
-        if waiter is None:
-            waiter = self._primary_waiter = asyncio.get_running_loop().create_future()
-            self.wake_inflight = self._max_primary
-        return waiter
+    async def _primary_finished(self, timeout_s: float | None = None) -> None:
+        """Wait until ``primary_finished`` wakes the waiting workers (or ``timeout_s`` passed).
+
+        Each worker waits on a future of its own: a worker cancelled (``stop``) cancels only its own."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._primary_waiters.append(waiter)
+        self.wake_inflight = self._max_primary
+        timer = None if timeout_s is None else loop.call_later(timeout_s, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            waiters = self._primary_waiters
+            if waiter in waiters:  # timed out or cancelled: the router did not take it
+                waiters.remove(waiter)
+                if not waiters:
+                    self.wake_inflight = -1
 
     async def _run(self, jobs: list[ShadowJob]) -> None:
         """Run one copy, or several joined into one request (``_group``), and compare the answers."""
@@ -482,6 +493,11 @@ class ShadowMirror:
                 span.set_attribute("sidecar.shadow.outcome", "ok")
         finally:
             DEADLINE_NS.reset(token)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _span_context(parent: Any) -> Any:

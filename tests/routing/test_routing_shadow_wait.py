@@ -44,9 +44,9 @@ class Repo:
         return self.versions[version or "1.0.0"]
 
 
-def setup(workers: int = 1, **mirror_settings) -> tuple[Repo, ShadowMirror, Router]:
+def setup(workers: int = 1, cycle_s: float = 3600.0, **mirror_settings) -> tuple[Repo, ShadowMirror, Router]:
     repo = Repo()
-    gate = ShadowGate(cycle_s=3600.0)  # an hour-long on phase: the gate never holds a copy back here
+    gate = ShadowGate(cycle_s=cycle_s)  # by default an hour-long on phase: the gate never holds a copy back
     mirror = ShadowMirror(repo.get, queue_size=16, workers=workers, copies_per_turn=1, gate=gate, **mirror_settings)
     router = Router(repo, mirror)  # type: ignore[arg-type]
     router.install("m", CompiledPolicy.compile(TrafficPolicy.build("m", [("1.0.0", 1000)], [("2.0.0", 1000)])))
@@ -135,6 +135,22 @@ async def test_a_worker_waiting_for_a_lagging_loop_does_not_hang_when_the_last_p
         primary.resume()
         await asyncio.gather(*tasks)  # the last primary finished: traffic stopped
         assert await started_within_ticks(shadow, 1)
+        await until(lambda: mirror.stats_for("m", "2.0.0").total().completed == 2)
+        assert mirror.wake_inflight == -1
+    finally:
+        await router.stop()
+
+
+async def test_a_worker_waiting_for_a_lagging_loop_looks_again_at_each_on_phase_while_a_primary_hangs():
+    repo, mirror, router = setup(cycle_s=0.02, max_primary_inflight=4, max_loop_lag_ms=0.0)
+    primary, shadow = repo.versions["1.0.0"].engine, repo.versions["2.0.0"].engine
+    try:
+        tasks = await hold_primaries(router, primary, 1)  # never finishes until resumed
+        offer_copy(mirror, 100)
+        await until(lambda: mirror.deferrals >= 8)  # no completion comes: the next cycles end the waits
+        assert shadow.started == 0 and mirror.wake_inflight == 4
+        primary.resume()
+        await asyncio.gather(*tasks)
         await until(lambda: mirror.stats_for("m", "2.0.0").total().completed == 2)
         assert mirror.wake_inflight == -1
     finally:
