@@ -19,7 +19,8 @@ router's signal that a primary request finished with at most ``max_primary_infli
 (``primary_finished``; the router checks one integer, ``wake_inflight``, which is -1 while no worker
 waits), after which the worker looks again. A lagging loop is probed again at the next completion, or
 at the gate's next on phase if no primary finishes before it; the last primary to finish always wakes
-the workers, so they never wait on an idle server.
+the workers, so they never wait on an idle server. One worker at a time waits for capacity (the others
+queue on a lock behind it), so a completion wakes one worker, not all.
 A worker that finds a copy first waits ``collect_ms`` for more (unless a full turn is already
 queued), then, once let through, takes up to ``copies_per_turn`` queued copies at once. Copies for the same
 shadow version with the same input signature are joined into **one request** (their rows concatenated,
@@ -168,7 +169,10 @@ class ShadowMirror:
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         if not self._workers:
-            self._workers = [asyncio.ensure_future(self._worker(i)) for i in range(self._workers_n)]
+            # One worker at a time waits for capacity, the others queue on this lock: a primary finishing
+            # wakes one worker, not all. Made here: it belongs to the running loop.
+            admit = asyncio.Lock()
+            self._workers = [asyncio.ensure_future(self._worker(admit)) for _ in range(self._workers_n)]
 
     async def stop(self) -> None:
         """Drop queued copies, cancel the ones running (shadows never delay a shutdown)."""
@@ -292,12 +296,13 @@ class ShadowMirror:
         return self._queue.popleft()
 
     # -- workers --------------------------------------------------------------------------------
-    async def _worker(self, index: int) -> None:
+    async def _worker(self, admit: asyncio.Lock) -> None:
         while True:
             job = ShadowJob(*await self._get())
             if self._collect_s and len(self._queue) < self._per_turn - 1:
                 await asyncio.sleep(self._collect_s)  # let more copies arrive: one request for all of them
-            await self._wait_for_capacity()
+            async with admit:
+                await self._wait_for_capacity()
             # Take what else is queued (up to copies_per_turn) and run it all at once.
             jobs = [job]
             while len(jobs) < self._per_turn and self._queue:

@@ -102,7 +102,7 @@ async def test_a_worker_waiting_for_primaries_starts_as_soon_as_they_finish():
         await router.stop()
 
 
-async def test_workers_waiting_together_all_start_when_the_primaries_finish():
+async def test_workers_waiting_in_turn_all_start_when_the_primaries_finish():
     repo, mirror, router = setup(workers=2, max_primary_inflight=0, max_loop_lag_ms=1000.0)
     primary, shadow = repo.versions["1.0.0"].engine, repo.versions["2.0.0"].engine
     shadow.pause()  # hold the copies once started, so both workers are seen running at once
@@ -110,8 +110,9 @@ async def test_workers_waiting_together_all_start_when_the_primaries_finish():
         tasks = await hold_primaries(router, primary, 1)
         offer_copy(mirror, 100)
         offer_copy(mirror, 101)
-        await until(lambda: mirror.deferrals >= 2)  # both workers wait, on one shared signal
-        assert shadow.started == 0
+        # Both workers hold a copy: one waits for the primaries, the other for its turn to check.
+        await until(lambda: mirror.deferrals >= 1 and mirror.queue_depth == 0)
+        assert shadow.started == 0 and mirror.deferrals == 1
         primary.resume()
         await asyncio.gather(*tasks)
         assert await started_within_ticks(shadow, 2)
@@ -163,7 +164,7 @@ async def test_stop_while_a_worker_waits_returns_at_once_and_the_primary_still_a
     tasks = await hold_primaries(router, primary, 1)
     offer_copy(mirror, 100)
     offer_copy(mirror, 101)
-    await until(lambda: mirror.deferrals >= 2)
+    await until(lambda: mirror.deferrals >= 1 and mirror.queue_depth == 0)  # both workers hold a copy
     await asyncio.wait_for(router.stop(), 5.0)  # cancels the waiting workers; the signal waits for nobody
     assert mirror.wake_inflight == -1 and mirror.queue_depth == 0
     assert {t for t in asyncio.all_tasks() if t is not asyncio.current_task()} == set(tasks)
@@ -175,9 +176,10 @@ async def test_stop_while_a_worker_waits_returns_at_once_and_the_primary_still_a
     router.start()
     try:
         await until(lambda: mirror.stats_for("m", "2.0.0").total().completed == 1)
+        deferrals = mirror.deferrals
         tasks = await hold_primaries(router, primary, 1)
         offer_copy(mirror, 102)
-        await until(lambda: mirror.deferrals >= 3)
+        await until(lambda: mirror.deferrals > deferrals)
         assert shadow.started == 1
         primary.resume()
         await asyncio.gather(*tasks)
