@@ -10,17 +10,17 @@ measures the primary's own latency with and without shadow work running and lets
 its *on* phases, whose share of the time shrinks when shadow work slows the primary and grows back
 when it does not (see its docstring). On top, a copy starts only while at most
 ``max_primary_inflight`` primary requests are in flight (counted by the router) and the event loop
-comes back to the worker within ``max_loop_lag_ms`` (``asyncio.sleep(0)``), or nothing is in flight.
-Otherwise the worker waits, the queue fills and further copies are dropped (and counted): under
-saturation that is the expected outcome, and the statistics show the coverage (copies run versus
-dropped) next to the comparison. Every wait ends on an event, never by polling: an off phase on a timer
-set to its known end; too many primaries, or a lagging loop (primary work being answered), on the
-router's signal that a primary request finished with at most ``max_primary_inflight`` still in flight
-(``primary_finished``; the router checks one integer, ``wake_inflight``, which is -1 while no worker
-waits), after which the worker looks again. A lagging loop is probed again at the next completion, or
-at the gate's next on phase if no primary finishes before it; the last primary to finish always wakes
-the workers, so they never wait on an idle server. One worker at a time waits for capacity (the others
-queue on a lock behind it), so a completion wakes one worker, not all.
+comes back to the worker within ``max_loop_lag_ms`` (``asyncio.sleep(0)``). Otherwise the worker
+waits, the queue fills and further copies are dropped (and counted): under saturation that is the
+expected outcome, and the statistics show the coverage (copies run versus dropped) next to the
+comparison. Every wait ends on an event, never by polling: an off phase on a timer set to its known
+end; too many primaries, or a lagging loop (primary work being done), on the router's signal that a
+primary request finished with at most ``max_primary_inflight`` still in flight (``primary_finished``;
+the router compares with one integer, ``wake_inflight``, which is -1 while no worker waits), after
+which the worker looks again. A lagging loop is probed again at the next completion, or at the gate's
+next on phase if no primary finishes before it, so a worker never waits long on an idle server (the
+last primary to finish wakes it, the next on phase at the latest). One worker at a time waits for
+capacity (the others queue on a lock behind it), so a completion wakes one worker, not all.
 A worker that finds a copy first waits ``collect_ms`` for more (unless a full turn is already
 queued), then, once let through, takes up to ``copies_per_turn`` queued copies at once. Copies for the same
 shadow version with the same input signature are joined into **one request** (their rows concatenated,
@@ -391,14 +391,13 @@ class ShadowMirror:
                 continue
             start = time.monotonic_ns()
             await asyncio.sleep(0)
-            lag = time.monotonic_ns() - start
-            inflight = self.primary_inflight
-            if lag <= self._max_lag_ns or not inflight:  # nothing in flight: the capacity is free anyway
-                if inflight <= self._max_primary and not gate.wait_ns():  # still so after the loop came back
+            if time.monotonic_ns() - start <= self._max_lag_ns:
+                if self.primary_inflight <= self._max_primary and not gate.wait_ns():  # still so after the probe
                     return
                 continue
-            # The loop lags while primary requests are in flight, so they are being answered: probe again
-            # once the next one finished, or at the next on phase if none finishes before it (a long one).
+            # The loop lags: primary work is being done (requests answered, or their answers encoded and sent
+            # after the router counted them out, at the end of a batch). Probe again once the next primary
+            # finished, or at the next on phase if none finishes before it (a long one, or the last one was).
             self.deferrals += 1
             await self._primary_finished(gate.cycle_left_ns() / 1e9)
 

@@ -10,6 +10,7 @@ a timed back-off would need milliseconds.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 from conftest import until
@@ -123,33 +124,60 @@ async def test_workers_waiting_in_turn_all_start_when_the_primaries_finish():
         await router.stop()
 
 
-async def test_a_worker_waiting_for_a_lagging_loop_does_not_hang_when_the_last_primary_finishes():
-    # A zero lag allowance: every probe finds the loop "lagging", so the worker waits as long as any primary
-    # is in flight, and only the completions wake it; with none in flight the capacity is free.
-    repo, mirror, router = setup(max_primary_inflight=4, max_loop_lag_ms=0.0)
+class LoopHog:
+    """Busy work on the event loop's thread, 2 ms at every turn of the loop (as a request's decoding or
+    encoding would be): while it runs, every lag probe of a shadow worker finds the loop lagging."""
+
+    def __init__(self) -> None:
+        self.running = True
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while self.running:
+            end = time.perf_counter() + 0.002
+            while time.perf_counter() < end:
+                pass
+            await asyncio.sleep(0)
+
+    async def stop(self) -> None:
+        self.running = False
+        await self.task
+
+
+async def test_a_worker_waiting_for_a_lagging_loop_starts_when_the_last_primary_finishes():
+    repo, mirror, router = setup(max_primary_inflight=4, max_loop_lag_ms=0.5)
     primary, shadow = repo.versions["1.0.0"].engine, repo.versions["2.0.0"].engine
     try:
         tasks = await hold_primaries(router, primary, 1)  # within the in-flight limit
+        hog = LoopHog()
         offer_copy(mirror, 100)
-        await until(lambda: mirror.deferrals >= 1)
+        await until(lambda: mirror.deferrals >= 1)  # the probe found the loop lagging
         assert shadow.started == 0 and mirror.wake_inflight == 4
+        await hog.stop()  # the loop is free again, but nothing tells the worker yet: no timer, no poll
+        deferrals = mirror.deferrals
+        await asyncio.sleep(0.05)
+        assert shadow.started == 0 and mirror.deferrals == deferrals
         primary.resume()
         await asyncio.gather(*tasks)  # the last primary finished: traffic stopped
-        assert await started_within_ticks(shadow, 1)
+        assert await started_within_ticks(shadow, 1)  # woken by it, and the probe passes on an idle loop
         await until(lambda: mirror.stats_for("m", "2.0.0").total().completed == 2)
         assert mirror.wake_inflight == -1
     finally:
         await router.stop()
 
 
-async def test_a_worker_waiting_for_a_lagging_loop_looks_again_at_each_on_phase_while_a_primary_hangs():
-    repo, mirror, router = setup(cycle_s=0.02, max_primary_inflight=4, max_loop_lag_ms=0.0)
+async def test_a_worker_waiting_for_a_lagging_loop_looks_again_at_the_next_on_phase_while_a_primary_hangs():
+    repo, mirror, router = setup(cycle_s=0.02, max_primary_inflight=4, max_loop_lag_ms=0.5)
     primary, shadow = repo.versions["1.0.0"].engine, repo.versions["2.0.0"].engine
     try:
-        tasks = await hold_primaries(router, primary, 1)  # never finishes until resumed
+        tasks = await hold_primaries(router, primary, 1)  # does not finish until resumed
+        hog = LoopHog()
         offer_copy(mirror, 100)
-        await until(lambda: mirror.deferrals >= 8)  # no completion comes: the next cycles end the waits
+        await until(lambda: mirror.deferrals >= 4)  # no completion comes: the next cycles end the waits
         assert shadow.started == 0 and mirror.wake_inflight == 4
+        await hog.stop()
+        await until(lambda: shadow.started == 1)  # at the next on phase, with the primary still in flight
+        assert primary.running == 1
         primary.resume()
         await asyncio.gather(*tasks)
         await until(lambda: mirror.stats_for("m", "2.0.0").total().completed == 2)
