@@ -124,6 +124,27 @@ async def test_workers_waiting_in_turn_all_start_when_the_primaries_finish():
         await router.stop()
 
 
+async def test_a_second_worker_does_not_start_on_the_capacity_the_first_one_just_took():
+    repo, mirror, router = setup(workers=2, max_primary_inflight=4, max_loop_lag_ms=1000.0)
+    primary, shadow = repo.versions["1.0.0"].engine, repo.versions["2.0.0"].engine
+    shadow.pause()  # hold the first turn once started
+    try:
+        tasks = await hold_primaries(router, primary, 1)  # within the limit: the first worker goes
+        offer_copy(mirror, 100)
+        offer_copy(mirror, 101)
+        await until(lambda: shadow.started == 1 and mirror.deferrals >= 1 and mirror.queue_depth == 0)
+        deferrals = mirror.deferrals
+        await asyncio.sleep(0.05)  # no timer, no poll: the second worker waits for a primary to finish
+        assert shadow.started == 1 and mirror.deferrals == deferrals and mirror.wake_inflight == 4
+        primary.resume()
+        await asyncio.gather(*tasks)
+        assert await started_within_ticks(shadow, 2)  # the primary finished: the second turn starts
+        shadow.resume()
+        await until(lambda: mirror.stats_for("m", "2.0.0").total().completed == 3)
+    finally:
+        await router.stop()
+
+
 class LoopHog:
     """Busy work on the event loop's thread, 2 ms at every turn of the loop (as a request's decoding or
     encoding would be): while it runs, every lag probe of a shadow worker finds the loop lagging."""
