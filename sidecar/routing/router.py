@@ -72,14 +72,7 @@ class Router:
         mirror = self.shadows
         try:
             if not mirror.active:  # no shadows anywhere: nothing to mirror, nothing to measure for the gate
-                mv = self.decide(request)[0]
-                mirror.primary_inflight += 1
-                try:
-                    return await mv.infer(request)
-                finally:
-                    mirror.primary_inflight -= 1
-                    if mirror.primary_inflight <= mirror.wake_inflight:  # a shadow worker waits for this
-                        mirror.primary_finished()
+                return await _answer(mirror, self.decide(request)[0], request)
             # Shadows somewhere. Every primary request counts for the shadow gate (shadows share the
             # process's capacity), but only one in gate.stride is timed. A copy the queue has no room for
             # is dropped here, before anything is made for it: one integer read, one counter per shadow.
@@ -100,27 +93,15 @@ class Router:
             if gate.skip:
                 gate.skip -= 1
                 if not targets or not mirror.room:
-                    mirror.primary_inflight += 1
-                    try:
-                        response = await mv.infer(request)
-                    finally:
-                        mirror.primary_inflight -= 1
-                        if mirror.primary_inflight <= mirror.wake_inflight:
-                            mirror.primary_finished()
+                    response = await _answer(mirror, mv, request)
                     if targets:
                         mirror.drop_planned(targets)
                     return response
                 sample = SKIP
             else:
                 sample = gate.primary_start()
-            mirror.primary_inflight += 1
             start = time.monotonic_ns()
-            try:
-                response = await mv.infer(request)
-            finally:
-                mirror.primary_inflight -= 1
-                if mirror.primary_inflight <= mirror.wake_inflight:
-                    mirror.primary_finished()
+            response = await _answer(mirror, mv, request)
             latency = time.monotonic_ns() - start
             if sample != SKIP:
                 gate.primary_end(sample, latency)
@@ -187,3 +168,16 @@ class Router:
         except SidecarError:
             return None
         return mv if mv.ready else None
+
+
+async def _answer(mirror: ShadowMirror, mv: ModelVersion, request: InferenceRequest) -> InferenceResponse:
+    """The primary's answer, counted in flight for the shadow workers: one waiting for capacity is woken
+    when a primary finishes with few enough still in flight (``ShadowMirror.wake_inflight``, -1 while
+    none waits, so then this is one comparison)."""
+    mirror.primary_inflight += 1
+    try:
+        return await mv.infer(request)
+    finally:
+        mirror.primary_inflight -= 1
+        if mirror.primary_inflight <= mirror.wake_inflight:
+            mirror.primary_finished()
