@@ -25,7 +25,8 @@ capacity one worker was let through on is taken: while primaries are in flight, 
 again only after one of them finished, so turns never start in bursts on one moment of free capacity
 (in the served c=64 benchmark such bursts cost the primary's p99 about 10 %).
 A worker that finds a copy first waits ``collect_ms`` for more (unless a full turn is already
-queued), then, once let through, takes up to ``copies_per_turn`` queued copies at once. Copies for the same
+queued), then, once let through, takes up to ``copies_per_turn`` queued copies at once, scaled by the gate's
+``share`` (a saturated primary, with the share near its floor, pays for a few copies a turn). Copies for the same
 shadow version with the same input signature are joined into **one request** (their rows concatenated,
 up to the version's ``max_batch_size``): one pass through the shadow version (one model run, one
 monitoring observation, one span linked to every primary) and one vectorised comparison for all of
@@ -308,9 +309,11 @@ class ShadowMirror:
                 await asyncio.sleep(self._collect_s)  # let more copies arrive: one request for all of them
             async with admit:
                 await self._wait_for_capacity()
-            # Take what else is queued (up to copies_per_turn) and run it all at once.
+            # Take what else is queued and run it all at once: up to copies_per_turn, scaled by the gate's
+            # share, so a saturated primary (share near its floor) pays for a few copies per turn, not 64.
+            per_turn = max(1, round(self._per_turn * self.gate.share))
             jobs = [job]
-            while len(jobs) < self._per_turn and self._queue:
+            while len(jobs) < per_turn and self._queue:
                 jobs.append(ShadowJob(*self._take()))
             runs = self._group(jobs) if len(jobs) > 1 else [[job]]
             if len(runs) == 1:

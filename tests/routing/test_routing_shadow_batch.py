@@ -8,6 +8,7 @@ import numpy as np
 from conftest import until
 
 from sidecar.routing.comparison import ShadowStats
+from sidecar.routing.gate import ShadowGate
 from sidecar.routing.shadow import SHADOW_PRIORITY, ShadowMirror
 from sidecar.types import InferenceRequest, InferenceResponse
 
@@ -124,3 +125,21 @@ async def test_a_worker_collects_copies_that_trickle_in_before_it_runs_them():
     await until(lambda: stats.total().completed == 4)
     await mirror.stop()
     assert [len(r.inputs["x"]) for r in shadow.seen] == [4]
+
+
+async def test_a_turn_takes_fewer_copies_when_the_gate_has_cut_the_shadows_share():
+    """A saturated primary (the gate's share near its floor) pays for a few copies per turn, not 64; the
+    rest stay queued for later turns (or are dropped when the queue fills)."""
+    shadow = BatchingShadow(max_batch_size=64)
+    gate = ShadowGate(cycle_s=3600.0)  # no judgement during the test: the share stays as set
+    mirror = ShadowMirror(lambda model, version: shadow, queue_size=64, workers=1, copies_per_turn=64, gate=gate)
+    gate.share = 0.05  # what the gate's judgement sets when shadow work slows the primary
+    for i in range(12):
+        request, primary = copy(i, label=i)
+        mirror.offer(("2.0.0",), request, primary, 1000, None)
+    mirror.start()
+    stats = mirror.stats_for("m", "2.0.0")
+    await until(lambda: stats.total().completed == 12)
+    await mirror.stop()
+    assert [len(r.inputs["x"]) for r in shadow.seen] == [3, 3, 3, 3]  # round(64 x 0.05) copies per turn
+    assert mirror.started_total == 12
