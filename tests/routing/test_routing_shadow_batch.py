@@ -76,17 +76,22 @@ async def test_copies_run_as_one_request_and_compare_as_if_one_by_one():
     assert mirror.started_total == 12
 
 
-async def test_a_garbage_answer_in_a_batch_counts_as_a_mismatch_for_that_copy_only():
-    shadow = BatchingShadow(max_batch_size=16, garbage_rows={2})
-    mirror = ShadowMirror(lambda model, version: shadow, queue_size=64, workers=1, copies_per_turn=64)
-    for i in range(5):
+async def run_copies(mirror: ShadowMirror, n: int) -> ShadowStats:
+    """Offer ``n`` one-row copies (the shadow agrees on each label), run them all, return the statistics."""
+    for i in range(n):
         request, primary = copy(i, label=i)
         mirror.offer(("2.0.0",), request, primary, 1000, None)
     mirror.start()
     stats = mirror.stats_for("m", "2.0.0")
-    await until(lambda: stats.total().completed == 5)
+    await until(lambda: stats.total().completed == n)
     await mirror.stop()
-    total = stats.total()
+    return stats
+
+
+async def test_a_garbage_answer_in_a_batch_counts_as_a_mismatch_for_that_copy_only():
+    shadow = BatchingShadow(max_batch_size=16, garbage_rows={2})
+    mirror = ShadowMirror(lambda model, version: shadow, queue_size=64, workers=1, copies_per_turn=64)
+    total = (await run_copies(mirror, 5)).total()
     assert len(shadow.seen) == 1  # one request for the five copies
     assert total.mismatches == 1 and total.agreement == 1.0 and total.completed == 5
     assert total.max_abs_diff == 0.5  # the NaN row is left out of the differences
@@ -134,12 +139,6 @@ async def test_a_turn_takes_fewer_copies_when_the_gate_has_cut_the_shadows_share
     gate = ShadowGate(cycle_s=3600.0)  # no judgement during the test: the share stays as set
     mirror = ShadowMirror(lambda model, version: shadow, queue_size=64, workers=1, copies_per_turn=64, gate=gate)
     gate.share = 0.05  # what the gate's judgement sets when shadow work slows the primary
-    for i in range(12):
-        request, primary = copy(i, label=i)
-        mirror.offer(("2.0.0",), request, primary, 1000, None)
-    mirror.start()
-    stats = mirror.stats_for("m", "2.0.0")
-    await until(lambda: stats.total().completed == 12)
-    await mirror.stop()
+    await run_copies(mirror, 12)
     assert [len(r.inputs["x"]) for r in shadow.seen] == [3, 3, 3, 3]  # round(64 x 0.05) copies per turn
     assert mirror.started_total == 12
