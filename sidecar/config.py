@@ -205,7 +205,8 @@ class RoutingConfig:
     )
     shadow_min_share: float = _doc(
         "The least share of time shadow copies may start under load (keeps the comparison and the measurement "
-        "going; 0 = none until live traffic pauses).",
+        "going; 0 = none until live traffic pauses). A turn takes this share of its 64 copies too: under load "
+        "the share falls towards it, and each turn runs fewer copies.",
         default=0.03,
     )
 
