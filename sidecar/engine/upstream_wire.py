@@ -22,8 +22,8 @@ import numpy as np
 
 from sidecar.errors import EngineError
 from sidecar.protocol._generated import grpc_service_pb2 as pb
-from sidecar.protocol.codec import TYPED_FIELD, length_field, string_field, tensor_buffer, tensor_message, varint
-from sidecar.types import DATATYPE_TO_DTYPE, datatype_of
+from sidecar.protocol.codec import TYPED_FIELD, length_field, string_field, tensor_fields
+from sidecar.types import DATATYPE_TO_DTYPE
 
 
 def target_fields(model: str, version: str) -> bytes:
@@ -67,44 +67,24 @@ class RequestEncoder:
 
     def __init__(self, model: str, version: str = "") -> None:
         self._header = string_field(1, model) + (string_field(2, version) if version else b"")
-        self._tensor_headers: dict[tuple[str, str, tuple[int, ...]], bytes] = {}
+        self._tensor_headers: dict[tuple[str, np.dtype, tuple[int, ...]], bytes] = {}
         self._output_fields: dict[tuple[str, ...], bytes] = {}
 
     def encode(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> bytes:
         """The serialized ``ModelInferRequest`` for ``inputs`` asking for ``output_names``."""
-        parts = [self._header]
-        raws = []
-        headers = self._tensor_headers
-        for name, array in inputs.items():
-            datatype = datatype_of(array)
-            key = (name, datatype, array.shape)
-            tensor = headers.get(key)
-            if tensor is None:
-                if len(headers) >= 256:  # shapes vary with the batch size: keep the cache bounded
-                    headers.clear()
-                tensor = headers[key] = length_field(5, tensor_message(name, datatype, array.shape))
-            parts.append(tensor)
-            data = tensor_buffer(array)
-            raws.append(_RAW_TAG + varint(_nbytes(data)))
-            raws.append(data)
+        descriptions, raws = tensor_fields(inputs, self._tensor_headers, _RAW_TAG)
         outputs = self._output_fields.get(tuple(output_names))
         if outputs is None:
             if len(self._output_fields) >= 64:
                 self._output_fields.clear()
             outputs = b"".join(length_field(6, string_field(1, n)) for n in output_names)
             self._output_fields[tuple(output_names)] = outputs
-        parts.append(outputs)
-        parts += raws
-        return b"".join(parts)
+        return b"".join([self._header, *descriptions, outputs, *raws])
 
 
 # -- writing a ModelInferRequest without building one (field numbers from proto/grpc_service.proto; the
 # tensor descriptions and buffers are sidecar.protocol.codec's, shared with the response encoder) ------------
 _RAW_TAG = bytes([7 << 3 | 2])  # raw_input_contents
-
-
-def _nbytes(data: bytes | memoryview) -> int:
-    return data.nbytes if isinstance(data, memoryview) else len(data)
 
 
 def decode_outputs(msg: pb.ModelInferResponse, label: str) -> dict[str, np.ndarray]:

@@ -224,21 +224,8 @@ def encode_response(resp: InferenceResponse) -> bytes:
             param = pb.InferParameter()
             set_parameter(param, value)
             parts.append(length_field(4, string_field(1, key) + length_field(2, param.SerializeToString())))
-    raws = []
-    headers = _OUTPUT_HEADERS
-    for name, array in outputs.items():
-        key = (name, array.dtype, array.shape)
-        header = headers.get(key)
-        if header is None:
-            if len(headers) >= 512:  # shapes vary with the batch size: keep the cache bounded
-                headers.clear()
-            header = headers[key] = length_field(5, tensor_message(name, datatype_of(array), array.shape))
-        parts.append(header)
-        data = tensor_buffer(array)
-        raws.append(_RAW_OUTPUT_TAG + varint(data.nbytes if data.__class__ is memoryview else len(data)))
-        raws.append(data)
-    parts += raws
-    return b"".join(parts)
+    descriptions, raws = tensor_fields(outputs, _OUTPUT_HEADERS, _RAW_OUTPUT_TAG)
+    return b"".join([*parts, *descriptions, *raws])
 
 
 def encode_stream_response(resp: InferenceResponse) -> bytes:
@@ -289,6 +276,29 @@ def _answer_fields(model_name: str, model_version: str) -> bytes:
 # event loop only.
 _OUTPUT_HEADERS: dict[tuple[str, np.dtype, tuple[int, ...]], bytes] = {}
 _RAW_OUTPUT_TAG = bytes([6 << 3 | 2])  # ModelInferResponse.raw_output_contents
+_HEADER_CACHE_LIMIT = 256  # tensor descriptions kept per cache: shapes vary with the batch size
+
+
+def tensor_fields(
+    tensors: Mapping[str, np.ndarray], headers: dict[tuple[str, np.dtype, tuple[int, ...]], bytes], raw_tag: bytes
+) -> tuple[list[bytes], list[bytes | memoryview]]:
+    """The fields that carry ``tensors`` in a ModelInferRequest or ModelInferResponse (both put the tensor
+    descriptions in field 5): (the descriptions, each written once per name, dtype and shape and kept in
+    ``headers``; each tensor's raw contents under ``raw_tag``, in the same order)."""
+    descriptions: list[bytes] = []
+    raws: list[bytes | memoryview] = []
+    for name, array in tensors.items():
+        key = (name, array.dtype, array.shape)
+        header = headers.get(key)
+        if header is None:
+            if len(headers) >= _HEADER_CACHE_LIMIT:
+                headers.clear()
+            header = headers[key] = length_field(5, tensor_message(name, datatype_of(array), array.shape))
+        descriptions.append(header)
+        data = tensor_buffer(array)
+        raws.append(raw_tag + varint(data.nbytes if data.__class__ is memoryview else len(data)))
+        raws.append(data)
+    return descriptions, raws
 
 
 def tensor_message(name: str, datatype: str, shape: tuple[int, ...]) -> bytes:
