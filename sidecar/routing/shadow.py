@@ -253,14 +253,8 @@ class ShadowMirror:
         """Queue a copy of ``request`` for each shadow version; never waits, never raises.
 
         ``parent``: the primary's span or span context (for the shadow span's link), or None."""
-        for version in versions:
-            stats = self.stats_for(request.model_name, version)
-            if self.room:
-                self._put((request, version, primary, primary_latency_ns, stats, parent))
-                stats.count_mirrored()
-            else:
-                stats.count_dropped()
-                self.dropped_total += 1
+        targets = tuple(self.stats_for(request.model_name, version) for version in versions)
+        self.offer_planned(targets, request, primary, primary_latency_ns, parent)
 
     def offer_planned(
         self, targets: Any, request: InferenceRequest, primary: InferenceResponse, latency_ns: int, span: Any
