@@ -21,8 +21,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from sidecar.errors import EngineError
+from sidecar.protobuf_wire import length_field, string_field
 from sidecar.protocol._generated import grpc_service_pb2 as pb
-from sidecar.protocol.codec import TYPED_FIELD, length_field, string_field, tensor_fields
+from sidecar.protocol.codec import TYPED_FIELD, tensor_fields
 from sidecar.types import DATATYPE_TO_DTYPE
 
 

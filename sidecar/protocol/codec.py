@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from sidecar.errors import InvalidParameter, InvalidTensor
+from sidecar.protobuf_wire import length_field, string_field, varint
 from sidecar.protocol._generated import grpc_service_pb2 as pb
 from sidecar.types import DATATYPE_TO_DTYPE, InferenceRequest, InferenceResponse, datatype_of
 
@@ -242,28 +243,6 @@ def set_parameter(p: pb.InferParameter, value: object) -> None:
         p.double_param = value
     else:
         p.string_param = str(value)
-
-
-# -- writing protobuf fields directly (for messages passed through as bytes) ------------------------------
-def varint(n: int) -> bytes:
-    n &= 0xFFFFFFFFFFFFFFFF  # int64: negatives take ten bytes, as protobuf writes them
-    if n < 0x80:
-        return bytes((n,))
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def length_field(number: int, data: bytes) -> bytes:
-    return varint(number << 3 | 2) + varint(len(data)) + data
-
-
-def string_field(number: int, text: str) -> bytes:
-    """A string field, written even when empty (so that it overrides an earlier value of the field)."""
-    return length_field(number, text.encode("utf-8"))
 
 
 @functools.lru_cache(maxsize=256)

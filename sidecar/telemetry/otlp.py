@@ -32,6 +32,7 @@ from typing import Any
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
+from sidecar.protobuf_wire import varint
 from sidecar.telemetry.lean_tracing import LeanSpan, Scope
 from sidecar.telemetry.settings import OtlpTarget
 
@@ -57,25 +58,13 @@ _DOUBLE = struct.Struct("<Bd")
 _F64 = struct.Struct("<d")
 _NO_STATE = DEFAULT_TRACE_STATE  # what a span context holds without a trace state
 _FIXED64 = struct.Struct("<BQ")
-_SMALL = [bytes((i,)) for i in range(128)]
 _CACHE_LIMIT = 4096
 _INT64 = (1 << 64) - 1
 
 
-def _varint(n: int) -> bytes:
-    if n < 128:
-        return _SMALL[n]
-    out = bytearray()
-    while n > 127:
-        out.append((n & 127) | 128)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _field(tag: bytes, payload: bytes) -> bytes:
     """A length-delimited field: ``tag`` (one or more bytes), length, payload."""
-    return tag + _varint(len(payload)) + payload
+    return tag + varint(len(payload)) + payload
 
 
 def _string(tag: bytes, text: str) -> bytes:
@@ -90,7 +79,7 @@ def _any_value(value: Any) -> bytes:
     if kind is bool:
         return b"\x10\x01" if value else b"\x10\x00"
     if kind is int:
-        return b"\x18" + _varint(value & _INT64)
+        return b"\x18" + varint(value & _INT64)
     if kind is float:
         return _DOUBLE.pack(0x21, value)
     if isinstance(value, str):  # subclasses (str enums, ...)
@@ -98,7 +87,7 @@ def _any_value(value: Any) -> bytes:
     if isinstance(value, bool):
         return b"\x10\x01" if value else b"\x10\x00"
     if isinstance(value, int):
-        return b"\x18" + _varint(int(value) & _INT64)
+        return b"\x18" + varint(int(value) & _INT64)
     if isinstance(value, float):
         return _DOUBLE.pack(0x21, float(value))
     if isinstance(value, bytes | bytearray):
@@ -163,7 +152,7 @@ class _Attributes:
     def _float_head(self, key: str) -> bytes:
         # KeyValue {1: key, 2: AnyValue {4: double}}: all but the 8 value bytes
         body = _string(b"\x0a", key) + b"\x12\x09\x21"
-        head = self._tag + _varint(len(body) + 8) + body
+        head = self._tag + varint(len(body) + 8) + body
         if len(self._float_heads) < _CACHE_LIMIT:
             self._float_heads[key] = head
         return head
@@ -256,7 +245,7 @@ class TraceEncoder:
             if not i % every:
                 time.sleep(0)  # releases the GIL: a waiting thread takes it
             body = encode_span(span)
-            encoded = b"\x12" + _varint(len(body)) + body  # ScopeSpans.spans (2)
+            encoded = b"\x12" + varint(len(body)) + body  # ScopeSpans.spans (2)
             group = by_scope.get(span.scope)
             if group is None:
                 by_scope[span.scope] = [encoded]

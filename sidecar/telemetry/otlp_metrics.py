@@ -26,6 +26,7 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 
+from sidecar.protobuf_wire import varint
 from sidecar.telemetry.otlp import (
     GrpcTransport,
     HttpTransport,
@@ -33,7 +34,6 @@ from sidecar.telemetry.otlp import (
     _field,
     _key_value,
     _string,
-    _varint,
 )
 from sidecar.telemetry.settings import OtlpTarget
 
@@ -84,14 +84,14 @@ def _metric(metric: Any) -> bytes:
     kind = type(data)
     if kind is Sum:
         points = [_field(b"\x0a", _number(p, True)) for p in data.data_points]
-        tail = b"\x10" + _varint(int(data.aggregation_temporality)) + (b"\x18\x01" if data.is_monotonic else b"")
+        tail = b"\x10" + varint(int(data.aggregation_temporality)) + (b"\x18\x01" if data.is_monotonic else b"")
         parts.append(_field(b"\x3a", b"".join(points) + tail))  # Metric.sum (7)
     elif kind is Gauge:
         points = [_field(b"\x0a", _number(p, False)) for p in data.data_points]
         parts.append(_field(b"\x2a", b"".join(points)))  # Metric.gauge (5)
     elif kind is Histogram:
         points = [_field(b"\x0a", _histogram(p)) for p in data.data_points]
-        tail = b"\x10" + _varint(int(data.aggregation_temporality))
+        tail = b"\x10" + varint(int(data.aggregation_temporality))
         parts.append(_field(b"\x4a", b"".join(points) + tail))  # Metric.histogram (9)
     else:
         raise Unsupported(kind.__name__)
