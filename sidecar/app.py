@@ -110,9 +110,10 @@ class Sidecar:
         log.info("Open Inference Protocol gRPC API listening on %s:%d", cfg.grpc_host, self.grpc_port)
         if self._control_registrations and cfg.control_port >= 0:
             control = grpc.aio.server(options=options)
-            names = [register(generic_only(control)) for register in self._control_registrations]
+            control_registrar = generic_only(control)
+            names = [register(control_registrar) for register in self._control_registrations]
             if cfg.reflection:
-                enable_reflection(generic_only(control), names)
+                enable_reflection(control_registrar, names)
             self.control_port = control.add_insecure_port(f"{_host(cfg.control_host)}:{cfg.control_port}")
             await control.start()
             self._control = control
