@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -156,27 +157,45 @@ def test_full_queue_sheds_with_resource_exhausted_while_others_succeed(server):
     assert shed and all(s == "StatusCode.RESOURCE_EXHAUSTED" for s in shed), set(statuses)
 
 
-def test_expired_timeout_parameter_gives_deadline_exceeded(server):
+def test_expired_timeout_parameter_gives_deadline_exceeded(server, monkeypatch):
     client = tc.InferenceServerClient(server.url)
     x = np.ones((1, 64), np.float32)
     with pytest.raises(InferenceServerException) as caught:
         infer(client, "mlp", x, timeout=1)  # Triton's timeout parameter: 1 microsecond
     assert caught.value.status() == "StatusCode.DEADLINE_EXCEEDED"
-    # A request queued behind a busy engine expires in the queue and never runs.
+    # A request queued behind a busy engine expires in the queue and never runs. The engine is
+    # held busy by a gate (not by a model that is merely slow, which a fast machine finishes before
+    # the second request arrives): the real ONNX Runtime run starts once the gate opens.
     batcher = server.app.repository.get("slow").scheduler
-    statuses = []
-    with ThreadPoolExecutor(1) as pool:
-        for _ in range(5):  # each try: occupy the engine (~10 ms), then send a request with a 0.5 ms timeout
-            busy = pool.submit(infer, client, "slow", np.ones((2, 64), np.float32))
-            started = time.monotonic()
-            while batcher.batches_running == 0 and not busy.done() and time.monotonic() - started < 5:
-                time.sleep(0.0005)
-            try:
-                infer(client, "slow", x, timeout=500)
-                statuses.append("OK")
-            except InferenceServerException as exc:
-                statuses.append(exc.status())
-            busy.result()
-            if "StatusCode.DEADLINE_EXCEEDED" in statuses:
-                break
-    assert "StatusCode.DEADLINE_EXCEEDED" in statuses, statuses
+    engine = batcher._engine
+    gate = threading.Event()
+    real_run = engine.run_sync
+    runs = []
+
+    def gated_run(inputs, output_names):
+        gate.wait(10)
+        runs.append(len(next(iter(inputs.values()))))
+        return real_run(inputs, output_names)
+
+    monkeypatch.setattr(engine, "run_sync", gated_run)
+    with ThreadPoolExecutor(2) as pool:
+        busy = pool.submit(infer, client, "slow", np.ones((2, 64), np.float32))
+        wait_until(lambda: batcher.batches_running == 1 or busy.done())
+        late = pool.submit(infer, client, "slow", x, timeout=500)  # 0.5 ms
+        wait_until(lambda: batcher.queue_depth == 1 or late.done())
+        time.sleep(0.002)  # past the late request's deadline, while it waits in the queue
+        gate.set()
+        assert busy.result().as_numpy("probabilities").shape[0] == 2
+        with pytest.raises(InferenceServerException) as late_caught:
+            late.result()
+    assert late_caught.value.status() == "StatusCode.DEADLINE_EXCEEDED", late_caught.value
+    assert runs == [2]  # the expired request never reached the engine
+    # The version keeps serving.
+    assert infer(client, "slow", x).as_numpy("probabilities").shape == (1, 10)
+
+
+def wait_until(condition, timeout_s: float = 5.0) -> None:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout_s, "condition not reached"
+        time.sleep(0.0005)
