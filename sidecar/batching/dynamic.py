@@ -69,6 +69,8 @@ INLINE_LOOP_BUSY = 0.75
 class DynamicBatcher:
     """The Scheduler of a version with a batch dimension and batching enabled."""
 
+    begin = None  # a batch's engine work starts when the batch is formed, never before a request is checked
+
     def __init__(
         self, engine: Engine, settings: BatchSettings, stats: VersionStatistics, model: str = "", version: str = ""
     ) -> None:

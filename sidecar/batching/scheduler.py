@@ -7,6 +7,7 @@ executions by batch size) are recorded by the scheduler, which is the one that k
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ class WorkItem:
     output_names: tuple[str, ...]
     arrival_ns: int
     span: Any = INVALID_SPAN  # the request's span (sidecar.telemetry.spans.current_span()), for batch links
+    started: Any = None  # the forwarded call already on its way (DirectScheduler.begin), if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +112,9 @@ async def run_engine(
 class Scheduler(Protocol):
     queue_depth: int
     observer: InferenceObserver | None  # told of every run (set when the version loads)
+    # Starts a request's engine work before it is checked, returning the handle for WorkItem.started
+    # (or None); None where the scheduler never does (DirectScheduler.begin).
+    begin: Callable[[InferenceRequest], Any] | None
 
     async def submit(self, item: WorkItem) -> dict[str, np.ndarray]: ...
 
@@ -131,6 +136,19 @@ class DirectScheduler:
         self.observer: InferenceObserver | None = None
         self._run_inline = getattr(engine, "run_inline", None)  # small one-row runs on the loop (OnnxEngine)
         self._forward = getattr(engine, "forward", None)  # requests passed through as encoded (UpstreamEngine)
+        self._start_forward = getattr(engine, "start_forward", None)
+        self._finish_forward = getattr(engine, "finish_forward", None)
+        # ``begin`` where the engine can start a forwarded call early; None otherwise (nothing to ask).
+        self.begin = self._begin if self._start_forward is not None else None
+
+    def _begin(self, request: InferenceRequest) -> Any:
+        """Put ``request`` (as the caller encoded it) on its way to the upstream before it is checked
+        against the signature: the check then runs while the upstream works. The handle goes into the
+        work item (``WorkItem.started``); whoever fails the request before ``submit`` awaits it calls its
+        ``cancel()``. None if no call starts (closed, expired, no bytes): ``submit`` forwards as usual."""
+        if self._closed or request.encoded is None:
+            return None
+        return self._start_forward(request.encoded)
 
     async def submit(self, item: WorkItem) -> dict[str, np.ndarray]:
         if self._closed:
@@ -147,14 +165,21 @@ class DirectScheduler:
             record_queue_time(span, (start - item.arrival_ns) / 1e9)
             with batch_span(self._model, self._version, (span,), item.rows, self._engine.provider):
                 outputs = await self._execute(item)
-        end = time.monotonic_ns()
-        self._stats.record_execution(item.rows, 1, 0, end - start, 0)
+        # The statistics and the monitor's look at the run wait until the caller's answer is on its way:
+        # a callback queued now runs right after this task's step, which returns the answer to gRPC
+        # (and starts its write), and before the loop takes any new call.
+        asyncio.get_running_loop().call_soon(self._after_run, item, outputs, time.monotonic_ns() - start)
+        return outputs
+
+    def _after_run(self, item: WorkItem, outputs: Mapping[str, np.ndarray], compute_ns: int) -> None:
+        self._stats.record_execution(item.rows, 1, 0, compute_ns, 0)
         if self.observer is not None:
             self.observer.observe(item.request.inputs, outputs, (item.rows,))
-        return outputs
 
     def _execute(self, item: WorkItem) -> Any:
         """The engine run for one request (an awaitable)."""
+        if item.started is not None:
+            return self._finish_forward(item.started)
         encoded = item.request.encoded
         if encoded is not None and self._forward is not None:  # an upstream: the caller's bytes go as they are
             return self._forward(encoded)

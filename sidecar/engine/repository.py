@@ -92,7 +92,8 @@ class ModelVersion:
         return self.state is VersionState.READY and getattr(self.engine, "healthy", True)
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        if self.state is not VersionState.READY or self.engine is None or self.scheduler is None:
+        scheduler = self.scheduler
+        if self.state is not VersionState.READY or self.engine is None or scheduler is None:
             raise ModelNotReady(
                 f"{self.label} is not ready ({self.state.value}{': ' + self.reason if self.reason else ''})"
             )
@@ -102,7 +103,15 @@ class ModelVersion:
             self._idle.clear()
         ok = False
         rows = 1
+        started = None
         try:
+            # A request forwarded as it came (an unbatched upstream) goes out first; it is checked while
+            # the upstream works, and abandoned if the check fails (see DirectScheduler.begin).
+            begin = scheduler.begin
+            if begin is not None:
+                started = begin(request)
+                if started is not None:
+                    await asyncio.sleep(0)  # the call's own task sends it
             engine = self.engine
             try:
                 rows = validate_inputs(self.label, request.inputs, engine.inputs, engine.max_batch_size)
@@ -111,8 +120,12 @@ class ModelVersion:
                     self.observer.rejected()
                 raise
             outputs = validate_outputs(self.label, request.requested_outputs, engine.outputs)
-            result = await self.scheduler.submit(WorkItem(request, rows, outputs, arrival, current_span()))
+            result = await scheduler.submit(WorkItem(request, rows, outputs, arrival, current_span(), started))
             ok = True
+        except BaseException:
+            if started is not None:
+                started.cancel()  # nothing once it has answered
+            raise
         finally:
             self.stats.record_request(ok, time.monotonic_ns() - arrival, rows)
             self._inflight -= 1

@@ -171,6 +171,22 @@ class UpstreamSettings:
         return settings
 
 
+class StartedForward:
+    """A forwarded request already on its way (``UpstreamEngine.start_forward``)."""
+
+    __slots__ = ("call", "deadline_ns", "payload", "timeout_s")
+
+    def __init__(self, payload: bytes, deadline_ns: int, call: Any, timeout_s: float) -> None:
+        self.payload = payload
+        self.deadline_ns = deadline_ns
+        self.call = call  # the grpc.aio call of the first attempt
+        self.timeout_s = timeout_s
+
+    def cancel(self) -> None:
+        """Abandon the call (the request failed its checks); nothing once it has finished."""
+        self.call.cancel()
+
+
 class UpstreamEngine:
     """Forwards inference to an upstream server; see the module docstring."""
 
@@ -330,7 +346,27 @@ class UpstreamEngine:
         version rewritten to the upstream's. The answer's outputs are decoded when first read
         (``ForwardedOutputs``): a caller who only needs the upstream's bytes back gets them as they came,
         unless they need reshaping to the declared shapes (then they are decoded at once)."""
-        raw = await self._call(encoded + self._target_fields)
+        payload = encoded + self._target_fields
+        return self._answer(await self._complete(payload, self._deadline_ns(), None))
+
+    def start_forward(self, encoded: bytes) -> StartedForward | None:
+        """``forward``'s call put on its way now, before the caller has checked the request: its answer
+        is ``finish_forward``'s, and ``cancel()`` abandons it. None when no call can start here (closed,
+        or past the deadline): ``forward`` then reports why."""
+        calls = self._calls
+        deadline = self._deadline_ns()
+        remaining = (deadline - time.monotonic_ns()) / 1e9
+        if not calls or remaining <= 0:
+            return None
+        payload = encoded + self._target_fields
+        call = calls[next(self._next) % len(calls)](payload, timeout=remaining, metadata=self._metadata)
+        return StartedForward(payload, deadline, call, remaining)
+
+    async def finish_forward(self, started: StartedForward) -> Mapping[str, np.ndarray]:
+        """The answer to a ``start_forward`` call (retried as ``forward`` would be)."""
+        return self._answer(await self._complete(started.payload, started.deadline_ns, started))
+
+    def _answer(self, raw: bytes) -> Mapping[str, np.ndarray]:
         response = self._parse(raw)
         ranks = self._output_ranks
         for tensor in response.outputs:
@@ -338,29 +374,41 @@ class UpstreamEngine:
                 return self._conform(decode_outputs(response, self.label))
         return ForwardedOutputs(raw, response, self.label)
 
+    def _deadline_ns(self) -> int:
+        """The caller's deadline (``DEADLINE_NS``) or ``timeout_s`` from now, whichever ends first."""
+        deadline = DEADLINE_NS.get()
+        own = time.monotonic_ns() + int(self.settings.timeout_s * 1e9)
+        return own if deadline is None else min(deadline, own)
+
     async def _call(self, payload: bytes) -> bytes:
         """``payload`` (a serialized ModelInferRequest) to the upstream, with retries; its answer's bytes."""
-        calls = self._calls
-        if not calls:
-            raise UpstreamUnavailable(f"{self.label}: the connection to {self._where} is closed")
+        return await self._complete(payload, self._deadline_ns(), None)
+
+    async def _complete(self, payload: bytes, deadline: int, started: StartedForward | None) -> bytes:
+        """The answer to ``payload``: the ``started`` call's if there is one, else a new call's; a call
+        that fails UNAVAILABLE is sent again while retries and the deadline allow."""
         s = self.settings
-        deadline = DEADLINE_NS.get()
-        own = time.monotonic_ns() + int(s.timeout_s * 1e9)
-        deadline = own if deadline is None else min(deadline, own)
         attempt = 0
+        call = started.call if started is not None else None
+        remaining = started.timeout_s if started is not None else 0.0
         while True:
-            remaining = (deadline - time.monotonic_ns()) / 1e9
-            if remaining <= 0:
-                raise DeadlineExceeded(f"{self.label}: the deadline passed before {self._where} answered")
-            call = calls[next(self._next) % len(calls)]
+            if call is None:
+                calls = self._calls
+                if not calls:
+                    raise UpstreamUnavailable(f"{self.label}: the connection to {self._where} is closed")
+                remaining = (deadline - time.monotonic_ns()) / 1e9
+                if remaining <= 0:
+                    raise DeadlineExceeded(f"{self.label}: the deadline passed before {self._where} answered")
+                call = calls[next(self._next) % len(calls)](payload, timeout=remaining, metadata=self._metadata)
             try:
-                return await call(payload, timeout=remaining, metadata=self._metadata)
+                return await call
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 if code is grpc.StatusCode.UNAVAILABLE and attempt < s.retries:
                     backoff = s.retry_backoff_ms / 1e3 * (2**attempt)
                     if time.monotonic_ns() + backoff * 1e9 < deadline:
                         attempt += 1
+                        call = None
                         await asyncio.sleep(backoff)
                         continue
                 raise self._error(exc, remaining, attempt + 1) from None

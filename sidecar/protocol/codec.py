@@ -53,12 +53,57 @@ def decode_request(
     grpc_deadline_ns: int | None = None,
     routing_key: str | None = None,
     encoded: bytes | None = None,
+    *,
+    lazy_inputs: bool = False,
 ) -> InferenceRequest:
     """Decode and structurally check a ModelInferRequest (not yet against a model's signature).
 
-    ``encoded``: the bytes ``msg`` was parsed from, kept on the request for engines that forward them."""
+    ``encoded``: the bytes ``msg`` was parsed from, kept on the request for engines that forward them.
+    ``lazy_inputs``: the tensors are decoded and checked when first read (``LazyInputs``), so that a
+    forwarded request can be on its way to the upstream before they are; a malformed tensor then raises
+    ``InvalidTensor`` at that first read (the version's signature check) instead of here."""
     if not msg.model_name:
         raise InvalidParameter("model_name is empty: name the model to run")
+    inputs = LazyInputs(msg) if lazy_inputs else decode_inputs(msg)
+    params = decode_parameters(msg.parameters) if msg.parameters else {}
+    deadline = grpc_deadline_ns
+    priority = 0
+    key = routing_key
+    if params:
+        timeout_us = params.get("timeout")
+        if timeout_us is not None:
+            if not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us < 0:
+                raise InvalidParameter(
+                    f"parameter 'timeout' must be a non-negative int64 (microseconds), not {timeout_us!r}"
+                )
+            if timeout_us > 0:
+                own = time.monotonic_ns() + timeout_us * 1000
+                deadline = own if deadline is None else min(deadline, own)
+        prio = params.get("priority")
+        if prio is not None:
+            if not isinstance(prio, int) or isinstance(prio, bool) or prio < 0:
+                raise InvalidParameter(f"parameter 'priority' must be a non-negative int64, not {prio!r}")
+            priority = prio
+        rk = params.get("routing_key")
+        if rk is not None:
+            key = str(rk)
+    requested = tuple([o.name for o in msg.outputs]) if msg.outputs else None
+    return InferenceRequest(
+        model_name=msg.model_name,
+        model_version=msg.model_version,
+        id=msg.id,
+        inputs=inputs,
+        requested_outputs=requested,
+        parameters=params,
+        deadline_ns=deadline,
+        priority=priority,
+        routing_key=key,
+        encoded=encoded,
+    )
+
+
+def decode_inputs(msg: pb.ModelInferRequest) -> dict[str, np.ndarray]:
+    """A request's input tensors by name; ``InvalidTensor`` naming the first one at fault."""
     raws = msg.raw_input_contents
     inputs: dict[str, np.ndarray] = {}
     if raws and len(raws) != len(msg.inputs):
@@ -98,41 +143,46 @@ def decode_request(
             inputs[name] = _decode_typed(name, datatype, dtype, shape, count, tensor.contents)
         else:
             raise InvalidTensor(f"input '{name}' has no data: set its 'contents' or raw_input_contents")
-    params = decode_parameters(msg.parameters) if msg.parameters else {}
-    deadline = grpc_deadline_ns
-    priority = 0
-    key = routing_key
-    if params:
-        timeout_us = params.get("timeout")
-        if timeout_us is not None:
-            if not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us < 0:
-                raise InvalidParameter(
-                    f"parameter 'timeout' must be a non-negative int64 (microseconds), not {timeout_us!r}"
-                )
-            if timeout_us > 0:
-                own = time.monotonic_ns() + timeout_us * 1000
-                deadline = own if deadline is None else min(deadline, own)
-        prio = params.get("priority")
-        if prio is not None:
-            if not isinstance(prio, int) or isinstance(prio, bool) or prio < 0:
-                raise InvalidParameter(f"parameter 'priority' must be a non-negative int64, not {prio!r}")
-            priority = prio
-        rk = params.get("routing_key")
-        if rk is not None:
-            key = str(rk)
-    requested = tuple([o.name for o in msg.outputs]) if msg.outputs else None
-    return InferenceRequest(
-        model_name=msg.model_name,
-        model_version=msg.model_version,
-        id=msg.id,
-        inputs=inputs,
-        requested_outputs=requested,
-        parameters=params,
-        deadline_ns=deadline,
-        priority=priority,
-        routing_key=key,
-        encoded=encoded,
-    )
+    return inputs
+
+
+class LazyInputs(Mapping[str, np.ndarray]):
+    """A request's input tensors, decoded by ``decode_inputs`` when first read (and then kept): a
+    malformed tensor raises ``InvalidTensor`` from that read. ``len`` counts the tensors the request
+    declares without decoding them."""
+
+    __slots__ = ("_decoded", "_msg")
+
+    def __init__(self, msg: pb.ModelInferRequest) -> None:
+        self._msg = msg
+        self._decoded: dict[str, np.ndarray] | None = None
+
+    def _tensors(self) -> dict[str, np.ndarray]:
+        decoded = self._decoded
+        if decoded is None:
+            decoded = self._decoded = decode_inputs(self._msg)
+        return decoded
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._tensors()[name]
+
+    def get(self, name: str, default: object = None) -> object:
+        return self._tensors().get(name, default)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tensors()
+
+    def __iter__(self):
+        return iter(self._tensors())
+
+    def __len__(self) -> int:
+        return len(self._msg.inputs)
+
+    def items(self):
+        return self._tensors().items()
+
+    def values(self):
+        return self._tensors().values()
 
 
 def _decode_raw(

@@ -185,7 +185,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # The sticky key is read from the call's metadata only where a traffic policy will use it.
         routed = not msg.model_version and self._router.policy(msg.model_name) is not None
         key = _routing_key(context) if routed else None
-        request: InferenceRequest = decode_request(msg, _deadline_ns(context), key, encoded)
+        # Tensors from the caller's bytes are decoded when first read (the version's signature check),
+        # so that a request forwarded to an upstream is on its way first.
+        request: InferenceRequest = decode_request(
+            msg, _deadline_ns(context), key, encoded, lazy_inputs=encoded is not None
+        )
         return await self._router.dispatch(request)
 
     async def ModelInfer(self, request, context):

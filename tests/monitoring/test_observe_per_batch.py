@@ -66,5 +66,7 @@ async def test_a_failed_batch_is_not_observed_and_direct_runs_are_observed_per_r
     direct = DirectScheduler(engine, VersionStatistics(), "m", "1.0.0")
     direct.observer = recorder
     out = await direct.submit(work_item(engine, rows_of(2.0, 3)))
+    assert recorder.runs == []  # observed once the caller has its answer: at the loop's next turn
+    await asyncio.sleep(0)
     ((inputs, outputs, rows),) = recorder.runs
     assert rows == [3] and inputs["INPUT0"].shape == (3, 4) and outputs["OUTPUT0"] is out["OUTPUT0"]
