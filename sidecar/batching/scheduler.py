@@ -114,7 +114,7 @@ class Scheduler(Protocol):
     observer: InferenceObserver | None  # told of every run (set when the version loads)
     # Starts a request's engine work before it is checked, returning the handle for WorkItem.started
     # (or None); None where the scheduler never does (DirectScheduler.begin).
-    begin: Callable[[InferenceRequest], Any] | None
+    begin: Callable[[bytes, int | None], Any] | None
 
     async def submit(self, item: WorkItem) -> dict[str, np.ndarray]: ...
 
@@ -141,14 +141,15 @@ class DirectScheduler:
         # ``begin`` where the engine can start a forwarded call early; None otherwise (nothing to ask).
         self.begin = self._begin if self._start_forward is not None else None
 
-    def _begin(self, request: InferenceRequest) -> Any:
-        """Put ``request`` (as the caller encoded it) on its way to the upstream before it is checked
-        against the signature: the check then runs while the upstream works. The handle goes into the
-        work item (``WorkItem.started``); whoever fails the request before ``submit`` awaits it calls its
-        ``cancel()``. None if no call starts (closed, expired, no bytes): ``submit`` forwards as usual."""
-        if self._closed or request.encoded is None:
+    def _begin(self, encoded: bytes, deadline_ns: int | None) -> Any:
+        """Put a request (``encoded``: as the caller encoded it) on its way to the upstream before it is
+        decoded and checked against the signature: that then runs while the upstream works. The handle
+        goes into the work item (``WorkItem.started``); whoever fails the request before ``submit``
+        awaits it calls its ``cancel()``. None if no call starts (closed, expired): ``submit`` forwards
+        as usual."""
+        if self._closed:
             return None
-        return self._start_forward(request.encoded)
+        return self._start_forward(encoded, deadline_ns)
 
     async def submit(self, item: WorkItem) -> dict[str, np.ndarray]:
         if self._closed:

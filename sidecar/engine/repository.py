@@ -108,8 +108,8 @@ class ModelVersion:
             # A request forwarded as it came (an unbatched upstream) goes out first; it is checked while
             # the upstream works, and abandoned if the check fails (see DirectScheduler.begin).
             begin = scheduler.begin
-            if begin is not None:
-                started = begin(request)
+            if begin is not None and request.encoded is not None:
+                started = begin(request.encoded, request.deadline_ns)
                 if started is not None:
                     await asyncio.sleep(0)  # the call's own task sends it
             engine = self.engine

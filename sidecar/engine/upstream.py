@@ -349,13 +349,15 @@ class UpstreamEngine:
         payload = encoded + self._target_fields
         return self._answer(await self._complete(payload, self._deadline_ns(), None))
 
-    def start_forward(self, encoded: bytes) -> StartedForward | None:
+    def start_forward(self, encoded: bytes, deadline_ns: int | None) -> StartedForward | None:
         """``forward``'s call put on its way now, before the caller has checked the request: its answer
-        is ``finish_forward``'s, and ``cancel()`` abandons it. None when no call can start here (closed,
-        or past the deadline): ``forward`` then reports why."""
+        is ``finish_forward``'s, and ``cancel()`` abandons it. ``deadline_ns``: the caller's (or None).
+        None when no call can start here (closed, or past the deadline): ``forward`` then reports why."""
         calls = self._calls
-        deadline = self._deadline_ns()
-        remaining = (deadline - time.monotonic_ns()) / 1e9
+        now = time.monotonic_ns()
+        own = now + int(self.settings.timeout_s * 1e9)
+        deadline = own if deadline_ns is None else min(deadline_ns, own)
+        remaining = (deadline - now) / 1e9
         if not calls or remaining <= 0:
             return None
         payload = encoded + self._target_fields
