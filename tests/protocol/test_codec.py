@@ -94,6 +94,36 @@ def test_structural_errors_name_the_problem(mutate, message):
         decode_request(msg)
 
 
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda m: m.raw_input_contents.__setitem__(0, b"\x00" * 5), "raw contents hold 5 bytes"),
+        (lambda m: setattr(m.inputs[0], "datatype", "BF16"), "BF16 is not supported"),
+        (lambda m: m.inputs.add(name="x", datatype="FP32", shape=[1]), "2 input tensor\\(s\\) but 1 raw"),
+    ],
+)
+def test_lazy_inputs_raise_the_same_errors_when_first_read(mutate, message):
+    msg = _raw_request(np.zeros((3, 4), np.float32), "FP32")
+    mutate(msg)
+    with pytest.raises(InvalidTensor, match=message):
+        decode_request(msg)
+    req = decode_request(msg, lazy_inputs=True)  # the header is decoded, the tensors are not yet
+    assert len(req.inputs) == len(msg.inputs) and req.model_name == "m"
+    with pytest.raises(InvalidTensor, match=message):
+        req.inputs.get("x")
+
+
+def test_lazy_inputs_decode_once_as_the_eager_decoder_does():
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    msg = _raw_request(x, "FP32")
+    lazy = decode_request(msg, lazy_inputs=True).inputs
+    assert lazy._decoded is None
+    assert list(lazy) == ["x"] and "x" in lazy and lazy.get("y") is None
+    first = lazy["x"]
+    assert lazy["x"] is first and dict(lazy.items()).keys() == {"x"}  # decoded once
+    np.testing.assert_array_equal(first, decode_request(msg).inputs["x"])
+
+
 def test_typed_errors():
     msg = pb.ModelInferRequest(model_name="m")
     msg.inputs.add(name="x", datatype="INT8", shape=[2]).contents.int_contents.extend([1, 300])
