@@ -61,7 +61,13 @@ from google.protobuf.message import DecodeError
 
 from sidecar.engine.base import DEADLINE_NS
 from sidecar.engine.metadata import read_table
-from sidecar.engine.upstream_wire import ForwardedOutputs, RequestEncoder, decode_outputs, target_fields
+from sidecar.engine.upstream_wire import (
+    ForwardedOutputs,
+    RequestEncoder,
+    answer_head,
+    decode_outputs,
+    target_fields,
+)
 from sidecar.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -81,6 +87,7 @@ INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 UPSTREAM_FILES = ("upstream.json", "upstream.toml")
 _PROBE_TIMEOUT_S = 2.0
 _LOAD_TIMEOUT_S = 10.0
+_RAW_OUTPUT_TAG_BYTE = bytes([6 << 3 | 2])  # ModelInferResponse.raw_output_contents
 
 
 def find_upstream_file(version_dir: Path) -> Path | None:
@@ -212,6 +219,7 @@ class UpstreamEngine:
         # Written after a forwarded request's own fields: the last value of a field wins.
         self._target_fields = target_fields(settings.model, settings.version)
         self._output_ranks: dict[str, int] = {}  # output -> declared rank: an answer that differs is reshaped
+        self._checked_head = b""  # the head of the last answer that passed the ranks check (see _answer)
         self._probe: asyncio.Task | None = None
         self._where = f"upstream {settings.target} model '{settings.model}'" + (
             f" version '{settings.version}'" if settings.version else ""
@@ -369,12 +377,20 @@ class UpstreamEngine:
         return self._answer(await self._complete(started.payload, started.deadline_ns, started))
 
     def _answer(self, raw: bytes) -> Mapping[str, np.ndarray]:
+        """A forwarded request's answer, checked: one whose outputs' ranks differ from the declared
+        shapes is decoded and reshaped. An answer that starts with the same bytes up to its raw
+        contents as the last one checked (``answer_head``: same names, id and output descriptions)
+        passes without being parsed."""
+        head = self._checked_head
+        if head and raw.startswith(head) and raw[len(head) : len(head) + 1] == _RAW_OUTPUT_TAG_BYTE:
+            return ForwardedOutputs(raw, self.label)
         response = self._parse(raw)
         ranks = self._output_ranks
         for tensor in response.outputs:
             if len(tensor.shape) != ranks.get(tensor.name, -1):
                 return self._conform(decode_outputs(response, self.label))
-        return ForwardedOutputs(raw, response, self.label)
+        self._checked_head = answer_head(raw, response)
+        return ForwardedOutputs(raw, self.label, response)
 
     def _deadline_ns(self) -> int:
         """The caller's deadline (``DEADLINE_NS``) or ``timeout_s`` from now, whichever ends first."""

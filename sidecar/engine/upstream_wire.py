@@ -19,9 +19,10 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from sidecar.errors import EngineError
-from sidecar.protobuf_wire import length_field, string_field
+from sidecar.protobuf_wire import length_field, string_field, varint
 from sidecar.protocol._generated import grpc_service_pb2 as pb
 from sidecar.protocol.codec import TYPED_FIELD, tensor_fields
 from sidecar.types import DATATYPE_TO_DTYPE
@@ -35,21 +36,32 @@ def target_fields(model: str, version: str) -> bytes:
 
 class ForwardedOutputs(Mapping[str, np.ndarray]):
     """An upstream's answer to one forwarded request: ``encoded`` is the serialized response as it came;
-    the output tensors are decoded on first access (monitoring and shadow comparison read them after the
-    caller has had its answer)."""
+    it is parsed (``response``) and its output tensors decoded when first read (monitoring and shadow
+    comparison read them after the caller has had its answer)."""
 
     __slots__ = ("_decoded", "_label", "_response", "encoded")
 
-    def __init__(self, encoded: bytes, response: pb.ModelInferResponse, label: str) -> None:
+    def __init__(self, encoded: bytes, label: str, response: pb.ModelInferResponse | None = None) -> None:
         self.encoded = encoded
         self._response = response
         self._label = label
         self._decoded: dict[str, np.ndarray] | None = None
 
+    @property
+    def response(self) -> pb.ModelInferResponse:
+        """The parsed answer; ``EngineError`` if the upstream's bytes are not a ModelInferResponse."""
+        response = self._response
+        if response is None:
+            try:
+                response = self._response = pb.ModelInferResponse.FromString(self.encoded)
+            except DecodeError as exc:
+                raise EngineError(f"{self._label}: the upstream answered a malformed response: {exc}") from None
+        return response
+
     def _tensors(self) -> dict[str, np.ndarray]:
         decoded = self._decoded
         if decoded is None:
-            decoded = self._decoded = decode_outputs(self._response, self._label)
+            decoded = self._decoded = decode_outputs(self.response, self._label)
         return decoded
 
     def __getitem__(self, name: str) -> np.ndarray:
@@ -59,7 +71,23 @@ class ForwardedOutputs(Mapping[str, np.ndarray]):
         return iter(self._tensors())
 
     def __len__(self) -> int:
-        return len(self._response.outputs)
+        return len(self.response.outputs)
+
+
+def answer_head(raw: bytes, response: pb.ModelInferResponse) -> bytes:
+    """The bytes of ``raw`` before its raw output contents (names, version, id, parameters and output
+    descriptions), where it was written in field order with those contents last; b"" otherwise. An
+    answer that starts with the same head followed by raw contents describes the same outputs."""
+    contents = response.raw_output_contents
+    if not contents:
+        return b""
+    n = len(raw) - sum(1 + len(varint(len(c))) + len(c) for c in contents)
+    if n <= 0 or raw[n] != _RAW_OUTPUT_TAG:
+        return b""
+    return raw[:n]
+
+
+_RAW_OUTPUT_TAG = 6 << 3 | 2  # ModelInferResponse.raw_output_contents
 
 
 class RequestEncoder:

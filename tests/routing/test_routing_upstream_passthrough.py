@@ -108,11 +108,39 @@ def test_forwarded_outputs_decode_on_first_read_and_encode_as_they_came():
     upstream.outputs.add(name="p", datatype="FP32", shape=[2, 2])
     upstream.raw_output_contents.append(np.arange(4, dtype=np.float32).tobytes())
     raw = upstream.SerializeToString()
-    outputs = ForwardedOutputs(raw, pb.ModelInferResponse.FromString(raw), "m 1.0.0")
-    assert len(outputs) == 1 and outputs._decoded is None
+    outputs = ForwardedOutputs(raw, "m 1.0.0")  # parsed when first read
     answer = pb.ModelInferResponse.FromString(encode_response(InferenceResponse("m", "1.0.0", "abc", outputs)))
+    assert outputs._response is None  # going back as it came needs no parsing
+    assert len(outputs) == 1 and outputs._decoded is None  # counting outputs parses, without decoding
     assert (answer.model_name, answer.model_version, answer.id) == ("m", "1.0.0", "abc")
     assert answer.outputs == upstream.outputs and answer.raw_output_contents == upstream.raw_output_contents
     assert outputs._decoded is None  # encoding did not decode
     np.testing.assert_array_equal(outputs["p"], np.arange(4, dtype=np.float32).reshape(2, 2))
     assert list(outputs) == ["p"]
+
+
+def test_an_answer_with_the_checked_head_goes_back_unparsed_and_any_other_is_checked():
+    from sidecar.engine.upstream import UpstreamEngine, UpstreamSettings
+    from sidecar.types import TensorSpec
+
+    engine = UpstreamEngine(UpstreamSettings(target="up:1", model="fake"), label="m 1.0.0", max_batch_size=0)
+    engine.outputs = (TensorSpec("p", "FP32", (-1, 2)),)
+    engine._output_ranks = {"p": 2}
+
+    def answer(rows: int, rank: int = 2, request_id: str = "") -> bytes:
+        msg = pb.ModelInferResponse(model_name="fake", model_version="9", id=request_id)
+        msg.outputs.add(name="p", datatype="FP32", shape=[rows, 2] if rank == 2 else [rows, 2, 1])
+        msg.raw_output_contents.append(np.arange(rows * 2, dtype=np.float32).tobytes())
+        return msg.SerializeToString()
+
+    first = engine._answer(answer(3))
+    assert first._response is not None  # parsed and checked
+    again = engine._answer(answer(3))
+    assert again._response is None and again.encoded == answer(3)  # same head: not parsed
+    np.testing.assert_array_equal(again["p"], np.arange(6, dtype=np.float32).reshape(3, 2))
+    assert engine._answer(answer(4))._response is not None  # another batch size: another head, checked
+    assert engine._answer(answer(4, request_id="r1"))._response is not None  # another id: checked
+    # A different rank is never passed on the strength of an earlier head: reshaped to the declared one.
+    engine._answer(answer(3))
+    reshaped = engine._answer(answer(3, rank=3))
+    assert isinstance(reshaped, dict) and reshaped["p"].shape == (3, 2)
