@@ -34,7 +34,10 @@ Requests go out as bytes on a pooled raw channel (identity serialisers). A calle
 runs alone (``forward``: the version's scheduler does not batch) is passed through as the caller
 encoded it, with the upstream's model name and version written after it (the last value of a protobuf
 field wins), and the answer comes back as the upstream's bytes (``ForwardedOutputs``: tensors decoded
-on first read). A merged batch (``run``) is written directly from the input tensors
+on first read). Such a call can be started before the caller has checked the request
+(``start_forward``, then ``finish_forward``; ``StartedForward.cancel`` abandons it), and an answer is
+parsed to check its shapes unless its head is that of the last answer checked (``_answer``).
+A merged batch (``run``) is written directly from the input tensors
 (``RequestEncoder``); only the response is parsed. The bytes themselves are
 ``sidecar.engine.upstream_wire``'s: this module holds the settings and the connection.
 Upstream statuses map to ours: UNAVAILABLE -> UpstreamUnavailable, DEADLINE_EXCEEDED ->
