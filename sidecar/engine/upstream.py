@@ -69,6 +69,7 @@ from sidecar.engine.upstream_wire import (
     RequestEncoder,
     answer_head,
     decode_outputs,
+    has_head,
     target_fields,
 )
 from sidecar.errors import (
@@ -90,7 +91,6 @@ INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 UPSTREAM_FILES = ("upstream.json", "upstream.toml")
 _PROBE_TIMEOUT_S = 2.0
 _LOAD_TIMEOUT_S = 10.0
-_RAW_OUTPUT_TAG_BYTE = bytes([6 << 3 | 2])  # ModelInferResponse.raw_output_contents
 
 
 def find_upstream_file(version_dir: Path) -> Path | None:
@@ -358,17 +358,15 @@ class UpstreamEngine:
         (``ForwardedOutputs``): a caller who only needs the upstream's bytes back gets them as they came,
         unless they need reshaping to the declared shapes (then they are decoded at once)."""
         payload = encoded + self._target_fields
-        return self._answer(await self._complete(payload, self._deadline_ns(), None))
+        return self._answer(await self._complete(payload, self._deadline_ns(DEADLINE_NS.get()), None))
 
     def start_forward(self, encoded: bytes, deadline_ns: int | None) -> StartedForward | None:
         """``forward``'s call put on its way now, before the caller has checked the request: its answer
         is ``finish_forward``'s, and ``cancel()`` abandons it. ``deadline_ns``: the caller's (or None).
         None when no call can start here (closed, or past the deadline): ``forward`` then reports why."""
         calls = self._calls
-        now = time.monotonic_ns()
-        own = now + int(self.settings.timeout_s * 1e9)
-        deadline = own if deadline_ns is None else min(deadline_ns, own)
-        remaining = (deadline - now) / 1e9
+        deadline = self._deadline_ns(deadline_ns)
+        remaining = (deadline - time.monotonic_ns()) / 1e9
         if not calls or remaining <= 0:
             return None
         payload = encoded + self._target_fields
@@ -384,8 +382,7 @@ class UpstreamEngine:
         shapes is decoded and reshaped. An answer that starts with the same bytes up to its raw
         contents as the last one checked (``answer_head``: same names, id and output descriptions)
         passes without being parsed."""
-        head = self._checked_head
-        if head and raw.startswith(head) and raw[len(head) : len(head) + 1] == _RAW_OUTPUT_TAG_BYTE:
+        if has_head(raw, self._checked_head):
             return ForwardedOutputs(raw, self.label)
         response = self._parse(raw)
         ranks = self._output_ranks
@@ -395,15 +392,14 @@ class UpstreamEngine:
         self._checked_head = answer_head(raw, response)
         return ForwardedOutputs(raw, self.label, response)
 
-    def _deadline_ns(self) -> int:
-        """The caller's deadline (``DEADLINE_NS``) or ``timeout_s`` from now, whichever ends first."""
-        deadline = DEADLINE_NS.get()
+    def _deadline_ns(self, caller_ns: int | None) -> int:
+        """The caller's deadline or ``timeout_s`` from now, whichever ends first."""
         own = time.monotonic_ns() + int(self.settings.timeout_s * 1e9)
-        return own if deadline is None else min(deadline, own)
+        return own if caller_ns is None else min(caller_ns, own)
 
     async def _call(self, payload: bytes) -> bytes:
         """``payload`` (a serialized ModelInferRequest) to the upstream, with retries; its answer's bytes."""
-        return await self._complete(payload, self._deadline_ns(), None)
+        return await self._complete(payload, self._deadline_ns(DEADLINE_NS.get()), None)
 
     async def _complete(self, payload: bytes, deadline: int, started: StartedForward | None) -> bytes:
         """The answer to ``payload``: the ``started`` call's if there is one, else a new call's; a call

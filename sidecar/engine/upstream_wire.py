@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 from sidecar.errors import EngineError
 from sidecar.protobuf_wire import length_field, string_field, varint
 from sidecar.protocol._generated import grpc_service_pb2 as pb
-from sidecar.protocol.codec import TYPED_FIELD, tensor_fields
+from sidecar.protocol.codec import RAW_OUTPUT_TAG, TYPED_FIELD, tensor_fields
 from sidecar.types import DATATYPE_TO_DTYPE
 
 
@@ -82,12 +82,14 @@ def answer_head(raw: bytes, response: pb.ModelInferResponse) -> bytes:
     if not contents:
         return b""
     n = len(raw) - sum(1 + len(varint(len(c))) + len(c) for c in contents)
-    if n <= 0 or raw[n] != _RAW_OUTPUT_TAG:
+    if n <= 0 or raw[n : n + 1] != RAW_OUTPUT_TAG:
         return b""
     return raw[:n]
 
 
-_RAW_OUTPUT_TAG = 6 << 3 | 2  # ModelInferResponse.raw_output_contents
+def has_head(raw: bytes, head: bytes) -> bool:
+    """Whether ``raw`` is ``head`` (an ``answer_head``) followed by raw output contents."""
+    return bool(head) and raw.startswith(head) and raw[len(head) : len(head) + 1] == RAW_OUTPUT_TAG
 
 
 class RequestEncoder:

@@ -275,7 +275,7 @@ def encode_response(resp: InferenceResponse) -> bytes:
             param = pb.InferParameter()
             set_parameter(param, value)
             parts.append(length_field(4, string_field(1, key) + length_field(2, param.SerializeToString())))
-    descriptions, raws = tensor_fields(outputs, _OUTPUT_HEADERS, _RAW_OUTPUT_TAG)
+    descriptions, raws = tensor_fields(outputs, _OUTPUT_HEADERS, RAW_OUTPUT_TAG)
     return b"".join([*parts, *descriptions, *raws])
 
 
@@ -304,7 +304,7 @@ def _answer_fields(model_name: str, model_version: str) -> bytes:
 # (name, dtype, shape) -> an ``outputs`` entry of ModelInferResponse (field 5), written once; used on the
 # event loop only.
 _OUTPUT_HEADERS: dict[tuple[str, np.dtype, tuple[int, ...]], bytes] = {}
-_RAW_OUTPUT_TAG = bytes([6 << 3 | 2])  # ModelInferResponse.raw_output_contents
+RAW_OUTPUT_TAG = bytes([6 << 3 | 2])  # ModelInferResponse.raw_output_contents
 _HEADER_CACHE_LIMIT = 256  # tensor descriptions kept per cache: shapes vary with the batch size
 
 

@@ -10,6 +10,7 @@ from sidecar.protocol.control_client import DEFAULT_CONTROL, ControlClient, Cont
 
 __all__ = ["DEFAULT_CONTROL", "ControlError", "RoutingClient"]
 
+
 class RoutingClient(ControlClient):
     stub_class = rpb_grpc.RoutingControlStub
     unimplemented_hint = "does not serve the routing control API"
