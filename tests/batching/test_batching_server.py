@@ -139,9 +139,13 @@ def test_version_with_batching_switched_off_runs_every_request_alone(server):
     assert [int(b["batch_size"]) for b in stats["batch_stats"]] == [1]
 
 
-def test_full_queue_sheds_with_resource_exhausted_while_others_succeed(server):
+def test_full_queue_sheds_with_resource_exhausted_while_others_succeed(server, monkeypatch):
     client = tc.InferenceServerClient(server.url)
     x = np.ones((1, 64), np.float32)
+    # The engine is held busy by a gate (see hold_engine) while more requests arrive than one batch in
+    # flight and one queued request can hold: those are shed at once, and the rest run once it opens.
+    batcher = server.app.repository.get("slow").scheduler
+    gate, runs = hold_engine(batcher, monkeypatch)
 
     def one(_: int):
         try:
@@ -151,10 +155,34 @@ def test_full_queue_sheds_with_resource_exhausted_while_others_succeed(server):
             return exc.status()
 
     with ThreadPoolExecutor(CLIENTS) as pool:
-        statuses = list(pool.map(one, range(48)))
-    assert "OK" in statuses
+        first = pool.submit(one, 0)
+        wait_until(lambda: batcher.batches_running == 1)
+        rest = [pool.submit(one, i) for i in range(1, 8)]
+        wait_until(lambda: sum(f.done() for f in rest) >= 6)  # all but the one that found room in the queue
+        gate.set()
+        statuses = [first.result(), *(f.result() for f in rest)]
     shed = [s for s in statuses if s != "OK"]
-    assert shed and all(s == "StatusCode.RESOURCE_EXHAUSTED" for s in shed), set(statuses)
+    assert statuses.count("OK") == 2 and len(runs) == 2, statuses  # the held batch and the queued request
+    assert len(shed) == 6 and all(s == "StatusCode.RESOURCE_EXHAUSTED" for s in shed), set(statuses)
+    assert infer(client, "slow", x).as_numpy("probabilities").shape == (1, 10)  # and it keeps serving
+
+
+def hold_engine(batcher, monkeypatch) -> tuple[threading.Event, list[int]]:
+    """Hold ``batcher``'s engine: each real ONNX Runtime run starts once the returned gate is set (a
+    model that is merely slow is not slow enough on every machine). ``runs``: the rows of each run."""
+    engine = batcher._engine
+    gate = threading.Event()
+    real_run = engine.run_sync
+    runs: list[int] = []
+
+    def gated_run(inputs, output_names):
+        gate.wait(10)
+        runs.append(len(next(iter(inputs.values()))))
+        return real_run(inputs, output_names)
+
+    monkeypatch.setattr(engine, "run_sync", gated_run)
+    monkeypatch.setattr(batcher, "_run_inline", None)  # every run in the pool: a held run must not hold the loop
+    return gate, runs
 
 
 def test_expired_timeout_parameter_gives_deadline_exceeded(server, monkeypatch):
@@ -167,17 +195,7 @@ def test_expired_timeout_parameter_gives_deadline_exceeded(server, monkeypatch):
     # held busy by a gate (not by a model that is merely slow, which a fast machine finishes before
     # the second request arrives): the real ONNX Runtime run starts once the gate opens.
     batcher = server.app.repository.get("slow").scheduler
-    engine = batcher._engine
-    gate = threading.Event()
-    real_run = engine.run_sync
-    runs = []
-
-    def gated_run(inputs, output_names):
-        gate.wait(10)
-        runs.append(len(next(iter(inputs.values()))))
-        return real_run(inputs, output_names)
-
-    monkeypatch.setattr(engine, "run_sync", gated_run)
+    gate, runs = hold_engine(batcher, monkeypatch)
     with ThreadPoolExecutor(2) as pool:
         busy = pool.submit(infer, client, "slow", np.ones((2, 64), np.float32))
         wait_until(lambda: batcher.batches_running == 1 or busy.done())
