@@ -60,7 +60,6 @@ from typing import Any
 
 import grpc
 import numpy as np
-from google.protobuf.message import DecodeError
 
 from sidecar.engine.base import DEADLINE_NS
 from sidecar.engine.metadata import read_table
@@ -70,6 +69,7 @@ from sidecar.engine.upstream_wire import (
     answer_head,
     decode_outputs,
     has_head,
+    parse_response,
     target_fields,
 )
 from sidecar.errors import (
@@ -431,10 +431,7 @@ class UpstreamEngine:
                 raise self._error(exc, remaining, attempt + 1) from None
 
     def _parse(self, raw: bytes) -> pb.ModelInferResponse:
-        try:
-            return pb.ModelInferResponse.FromString(raw)
-        except DecodeError as exc:
-            raise EngineError(f"{self.label}: {self._where} answered a malformed response: {exc}") from None
+        return parse_response(raw, self.label, self._where)
 
     def _conform(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Match the shapes the upstream declared: MLServer's NumpyCodec answers a [N] tensor as [N, 1]."""

@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 from sidecar.errors import EngineError
 from sidecar.protobuf_wire import length_field, string_field, varint
 from sidecar.protocol._generated import grpc_service_pb2 as pb
-from sidecar.protocol.codec import RAW_OUTPUT_TAG, TYPED_FIELD, tensor_fields
+from sidecar.protocol.codec import RAW_OUTPUT_TAG, TYPED_FIELD, LazyTensors, tensor_fields
 from sidecar.types import DATATYPE_TO_DTYPE
 
 
@@ -34,44 +34,40 @@ def target_fields(model: str, version: str) -> bytes:
     return string_field(1, model) + string_field(2, version)
 
 
-class ForwardedOutputs(Mapping[str, np.ndarray]):
+class ForwardedOutputs(LazyTensors):
     """An upstream's answer to one forwarded request: ``encoded`` is the serialized response as it came;
     it is parsed (``response``) and its output tensors decoded when first read (monitoring and shadow
     comparison read them after the caller has had its answer)."""
 
-    __slots__ = ("_decoded", "_label", "_response", "encoded")
+    __slots__ = ("_label", "_response", "encoded")
 
     def __init__(self, encoded: bytes, label: str, response: pb.ModelInferResponse | None = None) -> None:
+        super().__init__()
         self.encoded = encoded
         self._response = response
         self._label = label
-        self._decoded: dict[str, np.ndarray] | None = None
 
     @property
     def response(self) -> pb.ModelInferResponse:
         """The parsed answer; ``EngineError`` if the upstream's bytes are not a ModelInferResponse."""
         response = self._response
         if response is None:
-            try:
-                response = self._response = pb.ModelInferResponse.FromString(self.encoded)
-            except DecodeError as exc:
-                raise EngineError(f"{self._label}: the upstream answered a malformed response: {exc}") from None
+            response = self._response = parse_response(self.encoded, self._label)
         return response
 
-    def _tensors(self) -> dict[str, np.ndarray]:
-        decoded = self._decoded
-        if decoded is None:
-            decoded = self._decoded = decode_outputs(self.response, self._label)
-        return decoded
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self._tensors()[name]
-
-    def __iter__(self):
-        return iter(self._tensors())
+    def _decode(self) -> dict[str, np.ndarray]:
+        return decode_outputs(self.response, self._label)
 
     def __len__(self) -> int:
         return len(self.response.outputs)
+
+
+def parse_response(raw: bytes, label: str, where: str = "the upstream") -> pb.ModelInferResponse:
+    """An upstream's answer parsed; ``EngineError`` naming ``label`` and ``where`` if it is malformed."""
+    try:
+        return pb.ModelInferResponse.FromString(raw)
+    except DecodeError as exc:
+        raise EngineError(f"{label}: {where} answered a malformed response: {exc}") from None
 
 
 def answer_head(raw: bytes, response: pb.ModelInferResponse) -> bytes:

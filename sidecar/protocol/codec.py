@@ -146,21 +146,22 @@ def decode_inputs(msg: pb.ModelInferRequest) -> dict[str, np.ndarray]:
     return inputs
 
 
-class LazyInputs(Mapping[str, np.ndarray]):
-    """A request's input tensors, decoded by ``decode_inputs`` when first read (and then kept): a
-    malformed tensor raises ``InvalidTensor`` from that read. ``len`` counts the tensors the request
-    declares without decoding them."""
+class LazyTensors(Mapping[str, np.ndarray]):
+    """Tensors by name, decoded by the subclass's ``_decode`` when first read and then kept; ``len``
+    (the subclass's) counts them without decoding where it can."""
 
-    __slots__ = ("_decoded", "_msg")
+    __slots__ = ("_decoded",)
 
-    def __init__(self, msg: pb.ModelInferRequest) -> None:
-        self._msg = msg
+    def __init__(self) -> None:
         self._decoded: dict[str, np.ndarray] | None = None
+
+    def _decode(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
 
     def _tensors(self) -> dict[str, np.ndarray]:
         decoded = self._decoded
         if decoded is None:
-            decoded = self._decoded = decode_inputs(self._msg)
+            decoded = self._decoded = self._decode()
         return decoded
 
     def __getitem__(self, name: str) -> np.ndarray:
@@ -175,14 +176,28 @@ class LazyInputs(Mapping[str, np.ndarray]):
     def __iter__(self):
         return iter(self._tensors())
 
-    def __len__(self) -> int:
-        return len(self._msg.inputs)
-
     def items(self):
         return self._tensors().items()
 
     def values(self):
         return self._tensors().values()
+
+
+class LazyInputs(LazyTensors):
+    """A request's input tensors, decoded by ``decode_inputs`` when first read: a malformed tensor raises
+    ``InvalidTensor`` from that read. ``len`` counts the tensors the request declares."""
+
+    __slots__ = ("_msg",)
+
+    def __init__(self, msg: pb.ModelInferRequest) -> None:
+        super().__init__()
+        self._msg = msg
+
+    def _decode(self) -> dict[str, np.ndarray]:
+        return decode_inputs(self._msg)
+
+    def __len__(self) -> int:
+        return len(self._msg.inputs)
 
 
 def _decode_raw(
