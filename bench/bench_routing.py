@@ -17,9 +17,11 @@
    sidecar whose version is ``upstream.json`` -> the first. Target: <= 0.5 ms added at p50. The CPU
    per request of each server process is reported too (less noisy than latency on a shared box), and
    so are two floors in front of the same upstream, each its own process on grpc.aio and uvloop with
-   the upstream engine's channel options: a minimal proxy that passes the bytes through (no sidecar at
-   all: what one more Python gRPC hop costs on this machine), and one that also parses the request and
-   the answer and serialises them again (the least any proxy that looks at the tensors pays).
+   the upstream engine's channel options and the sidecar's gRPC I/O path (``server.grpc_io``): a
+   minimal proxy that passes the bytes through (no sidecar at all: what one more Python gRPC hop costs
+   on this machine), and one that also parses the request and the answer and serialises them again
+   (the least any proxy that looks at the tensors pays). A third sidecar proxy runs on gRPC's other
+   I/O path (``server.grpc_io = event_engine``, gRPC's own default) to show what the choice is worth.
 
     .venv/bin/python -m bench.bench_routing                 # about 4 minutes
     .venv/bin/python -m bench.bench_routing --duration 5 --rounds 3 --only shadow-path,shadow
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -47,6 +50,8 @@ import numpy as np
 
 from bench import loadgen, servers
 from bench.report import machine_info, markdown_table, save_results
+from sidecar import grpc_io
+from sidecar.config import SidecarConfig
 from sidecar.testing.models import mlp_model, write_version
 
 TARGET_DECISION_US = 5.0
@@ -214,7 +219,7 @@ def bench_proxy(workdir: Path, duration_s: float, rounds: int) -> dict[str, Any]
     upstream_repo = workdir / "proxy-upstream"
     write_version(upstream_repo, "mlp", "1.0.0", mlp_model, seed=0)
     payload = _mlp_payload()
-    direct_runs, proxy_runs, floor_runs, parse_runs = [], [], [], []
+    direct_runs, proxy_runs, floor_runs, parse_runs, ee_runs = [], [], [], [], []
     with servers.start_sidecar(upstream_repo, models=["mlp"], name="sidecar-upstream") as upstream:
         proxy_repo = workdir / "proxy"
         (proxy_repo / "mlp" / "1.0.0").mkdir(parents=True)
@@ -224,12 +229,16 @@ def bench_proxy(workdir: Path, duration_s: float, rounds: int) -> dict[str, Any]
             servers.start_sidecar(proxy_repo, models=["mlp"], settings=settings, name="sidecar-proxy") as proxy,
             _start_min_proxy(upstream.target) as floor,
             _start_min_proxy(upstream.target, parse=True) as parse_floor,
+            servers.start_sidecar(
+                proxy_repo, models=["mlp"], settings={**settings, "server.grpc_io": "event_engine"}, name="sidecar-ee"
+            ) as proxy_ee,
         ):
             cells = [
                 ("direct", upstream.target, direct_runs, upstream),
                 ("proxy", proxy.target, proxy_runs, proxy),
                 ("floor", floor.target, floor_runs, floor),
                 ("parse", parse_floor.target, parse_runs, parse_floor),
+                ("ee", proxy_ee.target, ee_runs, proxy_ee),
             ]
             for r in range(rounds):
                 for label, target, sink, server in cells if r % 2 == 0 else cells[::-1]:
@@ -249,7 +258,10 @@ def bench_proxy(workdir: Path, duration_s: float, rounds: int) -> dict[str, Any]
     paired = [p.latency_ms["p50"] - d.latency_ms["p50"] for d, p in zip(direct_runs, proxy_runs, strict=True)]
     floor = [f.latency_ms["p50"] - d.latency_ms["p50"] for d, f in zip(direct_runs, floor_runs, strict=True)]
     parse = [f.latency_ms["p50"] - d.latency_ms["p50"] for d, f in zip(direct_runs, parse_runs, strict=True)]
+    ee = [f.latency_ms["p50"] - d.latency_ms["p50"] for d, f in zip(direct_runs, ee_runs, strict=True)]
     return {
+        "event_engine_added_p50_ms": statistics.median(ee),
+        "event_engine_cpu_us": statistics.median(x.cpu_us_per_request("proxy") for x in ee_runs),
         "floor_p50_ms": statistics.median(x.latency_ms["p50"] for x in floor_runs),
         "floor_added_p50_ms": statistics.median(floor),
         "floor_cpu_us": statistics.median(x.cpu_us_per_request("proxy") for x in floor_runs),
@@ -267,6 +279,7 @@ def bench_proxy(workdir: Path, duration_s: float, rounds: int) -> dict[str, Any]
             "proxy": [x.to_dict() for x in proxy_runs],
             "floor": [x.to_dict() for x in floor_runs],
             "parse floor": [x.to_dict() for x in parse_runs],
+            "proxy on event_engine": [x.to_dict() for x in ee_runs],
         },
     }
 
@@ -319,7 +332,9 @@ def _start_min_proxy(upstream: str, parse: bool = False) -> servers.ServerProces
     if parse:
         argv.append("--parse")
     name = "min-proxy-parse" if parse else "min-proxy"
-    return servers.ServerProcess(name, argv, port=port, cwd=servers.REPO_ROOT).start()
+    env = dict(os.environ)
+    grpc_io.choose(SidecarConfig().server.grpc_io, env)  # the floors use the sidecar's gRPC I/O path
+    return servers.ServerProcess(name, argv, port=port, cwd=servers.REPO_ROOT, env=env).start()
 
 
 def _pct(new: float, base: float) -> float:
@@ -449,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{'ok' if verdict else 'MISSED'}; proxy CPU {proxy['proxy_cpu_us']:.0f} us/req, "
                 f"upstream CPU {proxy['upstream_cpu_us']:.0f} us/req; floors: bare grpc.aio proxy "
                 f"+{proxy['floor_added_p50_ms']:.3f} ms ({proxy['floor_cpu_us']:.0f} us/req), parsing proxy "
-                f"+{proxy['parse_floor_added_p50_ms']:.3f} ms ({proxy['parse_floor_cpu_us']:.0f} us/req)"
+                f"+{proxy['parse_floor_added_p50_ms']:.3f} ms ({proxy['parse_floor_cpu_us']:.0f} us/req); "
+                f"proxy on event_engine +{proxy['event_engine_added_p50_ms']:.3f} ms"
             )
             per_round = ", ".join(f"{x:+.3f}" for x in proxy["added_p50_ms_per_round"])
             lines += [
@@ -467,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"- floor that also parses the request and the answer and serialises them again (protobuf): "
                 f"p50 {proxy['parse_floor_p50_ms']:.3f} ms, added {proxy['parse_floor_added_p50_ms']:.3f} ms, "
                 f"{proxy['parse_floor_cpu_us']:.0f} us CPU/req",
+                f"- the same proxy sidecar on gRPC's other I/O path (server.grpc_io = event_engine, gRPC's default): "
+                f"added {proxy['event_engine_added_p50_ms']:.3f} ms, {proxy['event_engine_cpu_us']:.0f} us CPU/req",
                 "",
             ]
     json_path, md_path = save_results(args.name, payload, "\n".join(lines))

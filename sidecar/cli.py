@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from sidecar import __version__
+from sidecar import __version__, grpc_io
 from sidecar.config import SidecarConfig, describe
 from sidecar.errors import ConfigError
 
@@ -117,8 +117,9 @@ def _serve(args: argparse.Namespace) -> int:
     }
     config = SidecarConfig.load(args.config, overrides=overrides)
     configure_logging(config.log_level)
+    io = grpc_io.choose(config.server.grpc_io)  # before anything loads gRPC (sidecar.app does)
     loop_name = install_event_loop_policy()
-    log.info("sidecar %s starting on %s", __version__, loop_name)
+    log.info("sidecar %s starting on %s, gRPC I/O: %s", __version__, loop_name, io)
     return asyncio.run(serve_until_signalled(config))
 
 
