@@ -57,6 +57,9 @@ class ServerConfig:
             raise ValueError(f"server.grpc_io must be one of {', '.join(grpc_io.MODES)}, not {self.grpc_io!r}")
 
 
+DEFAULT_CONTROL = f"{ServerConfig().control_host}:{ServerConfig().control_port}"  # where the CLI's clients look
+
+
 @dataclass(frozen=True, slots=True)
 class RepositoryConfig:
     path: str = _doc("Model repository: <path>/<model>/<semver>/model.onnx [+ model.json|toml].", default="")

@@ -6,10 +6,13 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from bench import servers
 from sidecar import grpc_io
+from sidecar.testing.models import mlp_model, write_version
 from tests.conftest import GRPC_IO
 
 
@@ -77,3 +80,22 @@ def test_installed_grpc_knows_the_experiments_it_is_told_to_turn_off() -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "UNIMPLEMENTED"
     assert "Unknown experiment" not in out.stderr
+
+
+def test_the_command_line_loads_grpc_only_after_reading_the_configuration() -> None:
+    code = "import sys\nfrom sidecar import cli\ncli.build_parser()\nprint('grpc._cython.cygrpc' in sys.modules)\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("mode", ["poller", "event_engine"])
+def test_sidecar_serve_runs_on_the_configured_path(mode: str, tmp_path: Path) -> None:
+    write_version(tmp_path / "repo", "mlp", "1.0.0", mlp_model, seed=0, hidden=8)
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
+    settings = {"server.grpc_io": mode, "engine.providers": "CPUExecutionProvider", "telemetry.metrics_port": -1}
+    with servers.start_sidecar(
+        tmp_path / "repo", models=["mlp"], settings=settings, env=env, extra_args=["--log-level", "INFO"]
+    ) as server:
+        log = server.log_path.read_text()
+    assert f"gRPC I/O: {mode}\n" in log, log

@@ -23,8 +23,8 @@ TOKEN_ENV = "SIDECAR_CONTROL_TOKEN"
 
 
 def add_monitoring_parsers(sub: argparse._SubParsersAction) -> None:
+    from sidecar.config import DEFAULT_CONTROL  # not the client module: gRPC must not load yet
     from sidecar.monitoring.build import DEFAULT_BINS, DEFAULT_CATEGORICAL_MAX_DISTINCT, DEFAULT_MAX_CATEGORIES
-    from sidecar.protocol.control_client import DEFAULT_CONTROL
 
     p = sub.add_parser(
         "profile",

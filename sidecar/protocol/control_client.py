@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import grpc
 
-DEFAULT_CONTROL = "127.0.0.1:8003"
+from sidecar.config import DEFAULT_CONTROL
 
 
 class ControlError(Exception):

@@ -26,7 +26,7 @@ TOKEN_ENV = "SIDECAR_CONTROL_TOKEN"
 
 
 def add_control_arguments(parser: argparse.ArgumentParser) -> None:
-    from sidecar.protocol.control_client import DEFAULT_CONTROL
+    from sidecar.config import DEFAULT_CONTROL  # not the client module: gRPC must not load yet
 
     parser.add_argument("--control", default=DEFAULT_CONTROL, help=f"control API address (default {DEFAULT_CONTROL})")
     parser.add_argument("--token", default=None, help=f"control API bearer token (default: ${TOKEN_ENV})")
