@@ -17,10 +17,11 @@
    sidecar whose version is ``upstream.json`` -> the first. Target: <= 0.5 ms added at p50. The CPU
    per request of each server process is reported too (less noisy than latency on a shared box), and
    so are two floors in front of the same upstream, each its own process on grpc.aio and uvloop with
-   the upstream engine's channel options and the sidecar's gRPC I/O path (``server.grpc_io``): a
-   minimal proxy that passes the bytes through (no sidecar at all: what one more Python gRPC hop costs
-   on this machine), and one that also parses the request and the answer and serialises them again
-   (the least any proxy that looks at the tensors pays). A third sidecar proxy runs on gRPC's other
+   the upstream engine's channel options and the proxy sidecar's gRPC I/O path (``server.grpc_io``,
+   auto: poller for a repository of upstreams only): a minimal proxy that passes the bytes through (no
+   sidecar at all: what one more Python gRPC hop costs on this machine), and one that also parses the
+   request and the answer and serialises them again (the least any proxy that looks at the tensors
+   pays). A third sidecar proxy runs on gRPC's other
    I/O path (``server.grpc_io = event_engine``, gRPC's own default) to show what the choice is worth.
 
     .venv/bin/python -m bench.bench_routing                 # about 4 minutes
@@ -227,8 +228,8 @@ def bench_proxy(workdir: Path, duration_s: float, rounds: int) -> dict[str, Any]
         settings = {"batching.enabled": False}  # forward each request as it comes (no proxy-side queue)
         with (
             servers.start_sidecar(proxy_repo, models=["mlp"], settings=settings, name="sidecar-proxy") as proxy,
-            _start_min_proxy(upstream.target) as floor,
-            _start_min_proxy(upstream.target, parse=True) as parse_floor,
+            _start_min_proxy(upstream.target, proxy_repo) as floor,
+            _start_min_proxy(upstream.target, proxy_repo, parse=True) as parse_floor,
             servers.start_sidecar(
                 proxy_repo, models=["mlp"], settings={**settings, "server.grpc_io": "event_engine"}, name="sidecar-ee"
             ) as proxy_ee,
@@ -326,14 +327,15 @@ async def _serve_min_proxy(upstream: str, port: int, parse: bool = False) -> Non
     await server.wait_for_termination()
 
 
-def _start_min_proxy(upstream: str, parse: bool = False) -> servers.ServerProcess:
+def _start_min_proxy(upstream: str, proxy_repo: Path, parse: bool = False) -> servers.ServerProcess:
+    """A floor in its own process, on the gRPC I/O path the proxy sidecar picks for ``proxy_repo``."""
     port = servers.free_port()
     argv = [sys.executable, "-m", "bench.bench_routing", "--serve-min-proxy", upstream, "--port", str(port)]
     if parse:
         argv.append("--parse")
     name = "min-proxy-parse" if parse else "min-proxy"
     env = dict(os.environ)
-    grpc_io.choose(SidecarConfig().server.grpc_io, env)  # the floors use the sidecar's gRPC I/O path
+    grpc_io.choose(SidecarConfig().server.grpc_io, proxy_repo, env)
     return servers.ServerProcess(name, argv, port=port, cwd=servers.REPO_ROOT, env=env).start()
 
 

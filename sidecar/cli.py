@@ -117,7 +117,7 @@ def _serve(args: argparse.Namespace) -> int:
     }
     config = SidecarConfig.load(args.config, overrides=overrides)
     configure_logging(config.log_level)
-    io = grpc_io.choose(config.server.grpc_io)  # before anything loads gRPC (sidecar.app does)
+    io = grpc_io.choose(config.server.grpc_io, config.repository.path)  # before gRPC loads (sidecar.app does)
     loop_name = install_event_loop_policy()
     log.info("sidecar %s starting on %s, gRPC I/O: %s", __version__, loop_name, io)
     return asyncio.run(serve_until_signalled(config))

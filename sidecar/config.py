@@ -46,10 +46,11 @@ class ServerConfig:
     control_token: str = _doc("Bearer token required by the control API; empty = none.", default="")
     grpc_io: str = _doc(
         "gRPC's socket I/O for `sidecar serve`: poller (socket I/O on the thread that polls gRPC's completions: "
-        "~0.15 ms less per gRPC hop for a lone request, same or less CPU per request) or event_engine (gRPC's "
-        "default since grpcio 1.80, socket I/O on gRPC's threads: ~7 % more requests/s at concurrency 64 with "
-        "local models on 2 cores). Left to GRPC_EXPERIMENTS when that is set (see sidecar/grpc_io.py).",
-        default="poller",
+        "~0.15 ms less per gRPC hop for a lone request), event_engine (gRPC's default since grpcio 1.80, socket "
+        "I/O on gRPC's threads: ~7 % more requests/s at concurrency 64 with local models on 2 cores) or auto: "
+        "poller when every version in the repository at start is an upstream, else event_engine. Left to "
+        "GRPC_EXPERIMENTS when that is set (sidecar/grpc_io.py).",
+        default="auto",
     )
 
     def __post_init__(self) -> None:

@@ -7,8 +7,12 @@ thread that polls. Measured on this project's 2-core machine (README, Performanc
 
 - ``poller``: a request served alone answers ~0.15 ms sooner per gRPC hop (a proxied request makes
   two), and each request costs the same or less server CPU;
-- ``event_engine``: ~7 % more requests/s at concurrency 64 when the sidecar runs local models (the
-  I/O threads work beside the event loop).
+- ``event_engine``: ~7 % more requests/s at concurrency 64 when the sidecar runs local models (paired: the
+  I/O threads work beside the event loop, which needs the CPU for the models' requests).
+
+``auto`` (the default) picks ``poller`` when every version in the repository at start is an upstream
+(the sidecar only forwards: two gRPC hops per request, no local compute) and ``event_engine``
+otherwise.
 
 gRPC reads its experiment list (``GRPC_EXPERIMENTS``) once, when its core loads (``import grpc``), so
 :func:`choose` must run before that; ``sidecar serve`` calls it right after reading its configuration.
@@ -22,22 +26,38 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import MutableMapping
+from pathlib import Path
 
-MODES = ("poller", "event_engine")
+from sidecar.engine.layout import is_upstream_version, version_dirs
+
+MODES = ("auto", "poller", "event_engine")
 POLLER_EXPERIMENTS = "-event_engine_client,-event_engine_listener"  # gRPC's names (src/core/lib/experiments)
 
 
-def choose(mode: str, environ: MutableMapping[str, str] | None = None) -> str:
+def resolve(mode: str, repository: str | os.PathLike[str] | None) -> tuple[str, str]:
+    """``mode`` with ``auto`` decided for ``repository``: (poller | event_engine, why in words)."""
+    if mode not in MODES:
+        raise ValueError(f"server.grpc_io must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode != "auto":
+        return mode, "server.grpc_io"
+    versions = list(version_dirs(Path(repository))) if repository else []
+    if versions and all(is_upstream_version(v) for v in versions):
+        return "poller", f"auto: all {len(versions)} version(s) in the repository are upstreams"
+    return "event_engine", "auto: the repository has local models" if versions else "auto: no versions at start"
+
+
+def choose(
+    mode: str, repository: str | os.PathLike[str] | None = None, environ: MutableMapping[str, str] | None = None
+) -> str:
     """Make gRPC use ``mode``'s I/O when it loads; return what is in effect, in words, for the log.
 
     ``environ`` defaults to ``os.environ`` (what gRPC reads); anything else is for tests."""
-    if mode not in MODES:
-        raise ValueError(f"server.grpc_io must be one of {', '.join(MODES)}, not {mode!r}")
+    mode, why = resolve(mode, repository)
     env = os.environ if environ is None else environ
     if "GRPC_EXPERIMENTS" in env:
-        return f"as GRPC_EXPERIMENTS={env['GRPC_EXPERIMENTS']!r} says (server.grpc_io={mode} not applied)"
+        return f"as GRPC_EXPERIMENTS={env['GRPC_EXPERIMENTS']!r} says ({mode} not applied)"
     if environ is None and "grpc._cython.cygrpc" in sys.modules:
-        return f"gRPC's default (gRPC was loaded before server.grpc_io={mode} could apply)"
+        return f"gRPC's default (gRPC was loaded before {mode} could apply)"
     if mode == "poller":
         env["GRPC_EXPERIMENTS"] = POLLER_EXPERIMENTS
-    return mode
+    return f"{mode} ({why})"

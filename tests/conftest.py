@@ -6,15 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import grpc_io
-from sidecar.config import SidecarConfig
-
-# The in-process servers below run on the gRPC I/O path that `sidecar serve` uses by default; it must
-# be chosen before gRPC loads (sidecar/grpc_io.py), so before the imports that follow.
-GRPC_IO = grpc_io.choose(SidecarConfig().server.grpc_io)
-
-from sidecar.testing.models import identity_model, mlp_model, write_version  # noqa: E402
-from sidecar.testing.server import ServerThread, config_for_tests  # noqa: E402
+from sidecar.testing.models import identity_model, mlp_model, write_version
+from sidecar.testing.server import ServerThread, config_for_tests
 
 DATATYPES = (
     "BOOL",

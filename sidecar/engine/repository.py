@@ -23,10 +23,11 @@ from pathlib import Path
 from sidecar.batching.scheduler import BatchSettings, DirectScheduler, InferenceObserver, Scheduler, WorkItem
 from sidecar.config import SidecarConfig
 from sidecar.engine.base import Engine
+from sidecar.engine.layout import MODEL_FILE, UPSTREAM_FILES, find_upstream_file
 from sidecar.engine.metadata import VersionMetadata, load_metadata
 from sidecar.engine.semver import SemVer
 from sidecar.engine.statistics import VersionStatistics
-from sidecar.engine.upstream import UPSTREAM_FILES, UpstreamEngine, UpstreamSettings, find_upstream_file
+from sidecar.engine.upstream import UpstreamEngine, UpstreamSettings
 from sidecar.engine.validation import validate_inputs, validate_outputs
 from sidecar.errors import (
     InvalidArgument,
@@ -42,7 +43,6 @@ from sidecar.types import InferenceRequest, InferenceResponse
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.onnx"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 

@@ -88,17 +88,8 @@ from sidecar.types import DATATYPE_TO_DTYPE, TensorSpec
 log = logging.getLogger(__name__)
 
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
-UPSTREAM_FILES = ("upstream.json", "upstream.toml")
 _PROBE_TIMEOUT_S = 2.0
 _LOAD_TIMEOUT_S = 10.0
-
-
-def find_upstream_file(version_dir: Path) -> Path | None:
-    for name in UPSTREAM_FILES:
-        path = version_dir / name
-        if path.is_file():
-            return path
-    return None
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
