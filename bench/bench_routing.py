@@ -216,12 +216,15 @@ def bench_shadow(
     return {"rows": rows, "runs": {f"{k[0]} / {k[1]}": [x.to_dict() for x, _ in v] for k, v in cells.items()}}
 
 
-def bench_proxy(workdir: Path, duration_s: float, rounds: int) -> dict[str, Any]:
+def bench_proxy(workdir: Path, duration_s: float, rounds: int, upstream_io: str = "auto") -> dict[str, Any]:
     upstream_repo = workdir / "proxy-upstream"
     write_version(upstream_repo, "mlp", "1.0.0", mlp_model, seed=0)
     payload = _mlp_payload()
     direct_runs, proxy_runs, floor_runs, parse_runs, ee_runs = [], [], [], [], []
-    with servers.start_sidecar(upstream_repo, models=["mlp"], name="sidecar-upstream") as upstream:
+    upstream_settings = {"server.grpc_io": upstream_io}  # auto: event_engine (it runs the model)
+    with servers.start_sidecar(
+        upstream_repo, models=["mlp"], settings=upstream_settings, name="sidecar-upstream"
+    ) as upstream:
         proxy_repo = workdir / "proxy"
         (proxy_repo / "mlp" / "1.0.0").mkdir(parents=True)
         (proxy_repo / "mlp" / "1.0.0" / "upstream.json").write_text(json.dumps({"target": upstream.target}))
@@ -347,6 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per load run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of each mode")
+    parser.add_argument(
+        "--upstream-grpc-io",
+        default="auto",
+        choices=["auto", "poller", "event_engine"],
+        help="server.grpc_io of the proxy part's upstream sidecar (auto: event_engine, it runs the model)",
+    )
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--only", default="decision,shadow-path,shadow,proxy", help="comma-separated parts to run")
     parser.add_argument(
@@ -456,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             lines += [markdown_table(rows, cols), ""]
         if "proxy" in parts:
             print("== upstream proxy overhead at concurrency 1", flush=True)
-            proxy = bench_proxy(workdir, args.duration, args.rounds)
+            proxy = bench_proxy(workdir, args.duration, args.rounds, args.upstream_grpc_io)
             payload["proxy"] = proxy
             verdict = proxy["added_p50_ms"] <= TARGET_PROXY_MS
             ok &= verdict
@@ -473,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
             lines += [
                 f"## Upstream proxy, concurrency 1 (median of {args.rounds} interleaved rounds)",
                 "",
-                f"- direct to the upstream sidecar: p50 {proxy['direct_p50_ms']:.3f} ms",
+                f"- direct to the upstream sidecar (server.grpc_io = {args.upstream_grpc_io}): "
+                f"p50 {proxy['direct_p50_ms']:.3f} ms",
                 f"- through the proxy sidecar: p50 {proxy['proxy_p50_ms']:.3f} ms",
                 f"- added (median of the per-round differences): {proxy['added_p50_ms']:.3f} ms "
                 f"(target <= {TARGET_PROXY_MS} ms); per round: {per_round} ms",
