@@ -21,8 +21,8 @@
    auto: poller for a repository of upstreams only): a minimal proxy that passes the bytes through (no
    sidecar at all: what one more Python gRPC hop costs on this machine), and one that also parses the
    request and the answer and serialises them again (the least any proxy that looks at the tensors
-   pays). A third sidecar proxy runs on gRPC's other
-   I/O path (``server.grpc_io = event_engine``, gRPC's own default) to show what the choice is worth.
+   pays). A third sidecar proxy runs on gRPC's other I/O path (``server.grpc_io = event_engine``,
+   gRPC's own default) to show what the choice is worth.
 
     .venv/bin/python -m bench.bench_routing                 # about 4 minutes
     .venv/bin/python -m bench.bench_routing --duration 5 --rounds 3 --only shadow-path,shadow
@@ -338,7 +338,7 @@ def _start_min_proxy(upstream: str, proxy_repo: Path, parse: bool = False) -> se
         argv.append("--parse")
     name = "min-proxy-parse" if parse else "min-proxy"
     env = dict(os.environ)
-    grpc_io.choose(SidecarConfig().server.grpc_io, proxy_repo, env)
+    grpc_io.choose(SidecarConfig.load().server.grpc_io, proxy_repo, env)  # as the proxy sidecar reads it
     return servers.ServerProcess(name, argv, port=port, cwd=servers.REPO_ROOT, env=env).start()
 
 
