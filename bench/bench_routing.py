@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import loadgen, servers
+from bench import loadgen, peer_servers, servers
 from bench.report import machine_info, markdown_table, save_results
 from sidecar import grpc_io
 from sidecar.config import SidecarConfig
@@ -216,15 +216,28 @@ def bench_shadow(
     return {"rows": rows, "runs": {f"{k[0]} / {k[1]}": [x.to_dict() for x, _ in v] for k, v in cells.items()}}
 
 
-def bench_proxy(workdir: Path, duration_s: float, rounds: int, upstream_io: str = "auto") -> dict[str, Any]:
+def _start_upstream(kind: str, workdir: Path, upstream_io: str) -> servers.ServerProcess:
+    """The proxy part's upstream serving the MLP as ``mlp``: a sidecar (``server.grpc_io = upstream_io``),
+    MLServer 1.7.1 or PyTriton (Triton's C++ server), the last two from their virtualenvs (bench/peers),
+    without batching."""
     upstream_repo = workdir / "proxy-upstream"
-    write_version(upstream_repo, "mlp", "1.0.0", mlp_model, seed=0)
+    model = write_version(upstream_repo, "mlp", "1.0.0", mlp_model, seed=0) / "model.onnx"
+    if kind == "mlserver":
+        return peer_servers.start_mlserver(
+            {"mlp": model}, workdir / "mlserver", name="mlserver-upstream", declare_signature=True
+        )
+    if kind == "pytriton":
+        return peer_servers.start_pytriton({"mlp": model}, batching=False, name="pytriton-upstream")
+    settings = {"server.grpc_io": upstream_io}  # auto: event_engine (it runs the model)
+    return servers.start_sidecar(upstream_repo, models=["mlp"], settings=settings, name="sidecar-upstream")
+
+
+def bench_proxy(
+    workdir: Path, duration_s: float, rounds: int, upstream_io: str = "auto", upstream_kind: str = "sidecar"
+) -> dict[str, Any]:
     payload = _mlp_payload()
     direct_runs, proxy_runs, floor_runs, parse_runs, ee_runs = [], [], [], [], []
-    upstream_settings = {"server.grpc_io": upstream_io}  # auto: event_engine (it runs the model)
-    with servers.start_sidecar(
-        upstream_repo, models=["mlp"], settings=upstream_settings, name="sidecar-upstream"
-    ) as upstream:
+    with _start_upstream(upstream_kind, workdir, upstream_io) as upstream:
         proxy_repo = workdir / "proxy"
         (proxy_repo / "mlp" / "1.0.0").mkdir(parents=True)
         (proxy_repo / "mlp" / "1.0.0" / "upstream.json").write_text(json.dumps({"target": upstream.target}))
@@ -351,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per load run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of each mode")
     parser.add_argument(
+        "--upstream",
+        default="sidecar",
+        choices=["sidecar", "mlserver", "pytriton"],
+        help="the proxy part's upstream server (mlserver, pytriton: from bench/.venvs, see bench/peers)",
+    )
+    parser.add_argument(
         "--upstream-grpc-io",
         default="auto",
         choices=["auto", "poller", "event_engine"],
@@ -465,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
             lines += [markdown_table(rows, cols), ""]
         if "proxy" in parts:
             print("== upstream proxy overhead at concurrency 1", flush=True)
-            proxy = bench_proxy(workdir, args.duration, args.rounds, args.upstream_grpc_io)
+            proxy = bench_proxy(workdir, args.duration, args.rounds, args.upstream_grpc_io, args.upstream)
             payload["proxy"] = proxy
             verdict = proxy["added_p50_ms"] <= TARGET_PROXY_MS
             ok &= verdict
@@ -479,11 +498,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"proxy on event_engine +{proxy['event_engine_added_p50_ms']:.3f} ms"
             )
             per_round = ", ".join(f"{x:+.3f}" for x in proxy["added_p50_ms_per_round"])
+            upstream_label = {
+                "sidecar": f"a sidecar (server.grpc_io = {args.upstream_grpc_io})",
+                "mlserver": "MLServer 1.7.1 (no batching)",
+                "pytriton": "PyTriton (Triton's C++ server, Python model, no batching)",
+            }[args.upstream]
             lines += [
                 f"## Upstream proxy, concurrency 1 (median of {args.rounds} interleaved rounds)",
                 "",
-                f"- direct to the upstream sidecar (server.grpc_io = {args.upstream_grpc_io}): "
-                f"p50 {proxy['direct_p50_ms']:.3f} ms",
+                f"- direct to the upstream, {upstream_label}: p50 {proxy['direct_p50_ms']:.3f} ms",
                 f"- through the proxy sidecar: p50 {proxy['proxy_p50_ms']:.3f} ms",
                 f"- added (median of the per-round differences): {proxy['added_p50_ms']:.3f} ms "
                 f"(target <= {TARGET_PROXY_MS} ms); per round: {per_round} ms",

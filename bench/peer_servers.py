@@ -82,10 +82,12 @@ def start_mlserver(
     name: str = "mlserver",
     log_dir: str | os.PathLike[str] | None = None,
     startup_timeout_s: float = 180.0,
+    declare_signature: bool = False,
 ) -> ServerProcess:
     """Start MLServer (its own virtualenv) with bench/peers/mlserver_onnx.py as the runtime of ``models``.
 
-    ``max_batch_size`` > 1 turns on MLServer's adaptive batching (``max_batch_time_s`` its wait).
+    ``max_batch_size`` > 1 turns on MLServer's adaptive batching (``max_batch_time_s`` its wait);
+    ``declare_signature`` lists the models' inputs and outputs in their settings (for a proxy in front).
     """
     from bench.peers.mlserver_onnx import write_repository
 
@@ -104,6 +106,7 @@ def start_mlserver(
         max_batch_time_s=max_batch_time_s,
         intra_op_threads=intra_op_threads,
         providers=tuple(providers),
+        declare_signature=declare_signature,
     )
     env = dict(os.environ)
     peers = str(REPO_ROOT / "bench" / "peers")

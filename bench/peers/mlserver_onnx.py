@@ -68,8 +68,12 @@ def write_repository(
     max_batch_time_s: float,
     intra_op_threads: int,
     providers: tuple[str, ...] = ("CPUExecutionProvider",),
+    declare_signature: bool = False,
 ) -> Path:
-    """MLServer's settings.json plus ``<root>/<model>/model-settings.json`` for each model; returns root."""
+    """MLServer's settings.json plus ``<root>/<model>/model-settings.json`` for each model; returns root.
+
+    ``declare_signature``: list each model's inputs and outputs (read from the ONNX file) in its settings,
+    so that MLServer's ModelMetadata reports them (a sidecar in front of it needs them)."""
     root.mkdir(parents=True, exist_ok=True)
     settings: dict[str, Any] = {
         "debug": False,
@@ -94,8 +98,27 @@ def write_repository(
                 "extra": {"intra_op_threads": intra_op_threads, "providers": list(providers)},
             },
         }
+        if declare_signature:
+            model_settings.update(_signature(Path(path)))
         if max_batch_size > 1:
             model_settings["max_batch_size"] = max_batch_size
             model_settings["max_batch_time"] = max_batch_time_s
         (folder / "model-settings.json").write_text(json.dumps(model_settings, indent=2))
     return root
+
+
+_ONNX_DATATYPES = {1: "FP32", 6: "INT32", 7: "INT64", 9: "BOOL", 10: "FP16", 11: "FP64"}  # onnx.TensorProto
+
+
+def _signature(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Open Inference Protocol tensor metadata of an ONNX model's graph inputs and outputs (-1: dynamic)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+
+    def spec(value: Any) -> dict[str, Any]:
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+        return {"name": value.name, "datatype": _ONNX_DATATYPES[tensor.elem_type], "shape": dims}
+
+    return {"inputs": [spec(v) for v in graph.input], "outputs": [spec(v) for v in graph.output]}

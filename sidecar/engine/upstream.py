@@ -213,7 +213,10 @@ class UpstreamEngine:
         # Written after a forwarded request's own fields: the last value of a field wins.
         self._target_fields = target_fields(settings.model, settings.version)
         self._output_ranks: dict[str, int] = {}  # output -> declared rank: an answer that differs is reshaped
-        self._checked_head = b""  # the head of the last answer that passed the ranks check (see _answer)
+        # The head of the last answer checked (see _answer), and the head it goes back with: the same
+        # bytes, or with the shapes conformed to the declared ones.
+        self._checked_head = b""
+        self._conformed_head = b""
         self._probe: asyncio.Task | None = None
         self._where = f"upstream {settings.target} model '{settings.model}'" + (
             f" version '{settings.version}'" if settings.version else ""
@@ -370,18 +373,41 @@ class UpstreamEngine:
 
     def _answer(self, raw: bytes) -> Mapping[str, np.ndarray]:
         """A forwarded request's answer, checked: one whose outputs' ranks differ from the declared
-        shapes is decoded and reshaped. An answer that starts with the same bytes up to its raw
+        shapes is reshaped (MLServer's [N] as [N, 1]: only the shapes in its head are rewritten, the
+        tensors' bytes stay as they are). An answer that starts with the same bytes up to its raw
         contents as the last one checked (``answer_head``: same names, id and output descriptions)
-        passes without being parsed."""
-        if has_head(raw, self._checked_head):
-            return ForwardedOutputs(raw, self.label)
+        is not parsed again: it goes back as it came, or with that answer's rewritten head."""
+        head = self._checked_head
+        if has_head(raw, head):
+            conformed = self._conformed_head
+            return ForwardedOutputs(raw if conformed is head else conformed + raw[len(head) :], self.label)
         response = self._parse(raw)
         ranks = self._output_ranks
-        for tensor in response.outputs:
-            if len(tensor.shape) != ranks.get(tensor.name, -1):
-                return self._conform(decode_outputs(response, self.label))
-        self._checked_head = answer_head(raw, response)
-        return ForwardedOutputs(raw, self.label, response)
+        if all(len(t.shape) == ranks.get(t.name, -1) for t in response.outputs):
+            self._checked_head = self._conformed_head = answer_head(raw, response)
+            return ForwardedOutputs(raw, self.label, response)
+        head = answer_head(raw, response)
+        conformed = self._conformed_head_of(response) if head else None
+        if conformed is None:  # not a [N, 1] for [N], or not raw contents last: decoded and reshaped
+            return self._conform(decode_outputs(response, self.label))
+        self._checked_head, self._conformed_head = head, conformed
+        return ForwardedOutputs(conformed + raw[len(head) :], self.label)
+
+    def _conformed_head_of(self, response: pb.ModelInferResponse) -> bytes | None:
+        """``response``'s head with each [..., 1] output whose declared rank is one less written without
+        its last dimension (the bytes of the tensor are the same); None if any other rank differs."""
+        ranks = self._output_ranks
+        fixed = pb.ModelInferResponse()
+        fixed.CopyFrom(response)
+        del fixed.raw_output_contents[:]
+        for tensor in fixed.outputs:
+            rank = ranks.get(tensor.name, -1)
+            if len(tensor.shape) == rank:
+                continue
+            if rank < 0 or len(tensor.shape) != rank + 1 or tensor.shape[-1] != 1:
+                return None
+            del tensor.shape[-1]
+        return fixed.SerializeToString()
 
     def _deadline_ns(self, caller_ns: int | None) -> int:
         """The caller's deadline or ``timeout_s`` from now, whichever ends first."""

@@ -68,7 +68,7 @@ def test_request_bytes_pass_through_with_name_and_version_rewritten(tmp_path):
             np.testing.assert_array_equal(again, default_compute({"input": x})["label"])
 
 
-def test_an_answer_that_needs_reshaping_is_decoded_and_reshaped(tmp_path):
+def test_an_answer_that_needs_reshaping_goes_back_reshaped(tmp_path):
     def column_labels(inputs):  # MLServer's NumpyCodec answers a [N] tensor as [N, 1]
         out = default_compute(inputs)
         return {"probabilities": out["probabilities"], "label": out["label"].reshape(-1, 1)}
@@ -129,7 +129,7 @@ def test_an_answer_with_the_checked_head_goes_back_unparsed_and_any_other_is_che
 
     def answer(rows: int, rank: int = 2, request_id: str = "") -> bytes:
         msg = pb.ModelInferResponse(model_name="fake", model_version="9", id=request_id)
-        msg.outputs.add(name="p", datatype="FP32", shape=[rows, 2] if rank == 2 else [rows, 2, 1])
+        msg.outputs.add(name="p", datatype="FP32", shape={1: [rows * 2], 2: [rows, 2], 3: [rows, 2, 1]}[rank])
         msg.raw_output_contents.append(np.arange(rows * 2, dtype=np.float32).tobytes())
         return msg.SerializeToString()
 
@@ -140,7 +140,18 @@ def test_an_answer_with_the_checked_head_goes_back_unparsed_and_any_other_is_che
     np.testing.assert_array_equal(again["p"], np.arange(6, dtype=np.float32).reshape(3, 2))
     assert engine._answer(answer(4))._response is not None  # another batch size: another head, checked
     assert engine._answer(answer(4, request_id="r1"))._response is not None  # another id: checked
-    # A different rank is never passed on the strength of an earlier head: reshaped to the declared one.
+    # A different rank is never passed on the strength of an earlier head: reshaped to the declared one,
+    # [N, 2, 1] for [-1, 2] by rewriting the shape in the answer's head (the tensor's bytes as they came).
     engine._answer(answer(3))
     reshaped = engine._answer(answer(3, rank=3))
-    assert isinstance(reshaped, dict) and reshaped["p"].shape == (3, 2)
+    assert reshaped._response is None and reshaped["p"].shape == (3, 2)
+    sent = pb.ModelInferResponse.FromString(reshaped.encoded)
+    assert list(sent.outputs[0].shape) == [3, 2]
+    assert sent.raw_output_contents == pb.ModelInferResponse.FromString(answer(3, rank=3)).raw_output_contents
+    np.testing.assert_array_equal(reshaped["p"], np.arange(6, dtype=np.float32).reshape(3, 2))
+    again = engine._answer(answer(3, rank=3))  # the same head again: its rewritten head, nothing parsed
+    assert again._response is None and again.encoded == reshaped.encoded
+    assert engine._answer(answer(3)).encoded == answer(3)  # a conforming answer is checked and goes as it came
+    # Any other rank difference is decoded (and passed on as it is: the caller sees what the upstream sent).
+    odd = engine._answer(answer(3, rank=1))
+    assert isinstance(odd, dict) and odd["p"].shape == (6,)
