@@ -22,7 +22,8 @@
    sidecar at all: what one more Python gRPC hop costs on this machine), and one that also parses the
    request and the answer and serialises them again (the least any proxy that looks at the tensors
    pays). A third sidecar proxy runs on gRPC's other I/O path (``server.grpc_io = event_engine``,
-   gRPC's own default) to show what the choice is worth.
+   gRPC's own default) to show what the choice is worth. ``--upstream mlserver|pytriton`` puts MLServer
+   or PyTriton (Triton's C++ server) there instead of a sidecar (their virtualenvs: bench/peers).
 
     .venv/bin/python -m bench.bench_routing                 # about 4 minutes
     .venv/bin/python -m bench.bench_routing --duration 5 --rounds 3 --only shadow-path,shadow
