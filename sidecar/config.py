@@ -54,8 +54,7 @@ class ServerConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.grpc_io not in grpc_io.MODES:
-            raise ValueError(f"server.grpc_io must be one of {', '.join(grpc_io.MODES)}, not {self.grpc_io!r}")
+        grpc_io.check(self.grpc_io)
 
 
 DEFAULT_CONTROL = f"{ServerConfig().control_host}:{ServerConfig().control_port}"  # where the CLI's clients look

@@ -34,10 +34,15 @@ MODES = ("auto", "poller", "event_engine")
 POLLER_EXPERIMENTS = "-event_engine_client,-event_engine_listener"  # gRPC's names (src/core/lib/experiments)
 
 
-def resolve(mode: str, repository: str | os.PathLike[str] | None) -> tuple[str, str]:
-    """``mode`` with ``auto`` decided for ``repository``: (poller | event_engine, why in words)."""
+def check(mode: str) -> None:
+    """``ValueError`` naming the setting if ``mode`` is none of ``MODES``."""
     if mode not in MODES:
         raise ValueError(f"server.grpc_io must be one of {', '.join(MODES)}, not {mode!r}")
+
+
+def resolve(mode: str, repository: str | os.PathLike[str] | None) -> tuple[str, str]:
+    """``mode`` with ``auto`` decided for ``repository``: (poller | event_engine, why in words)."""
+    check(mode)
     if mode != "auto":
         return mode, "server.grpc_io"
     versions = list(version_dirs(Path(repository))) if repository else []

@@ -351,8 +351,7 @@ class UpstreamEngine:
         version rewritten to the upstream's. The answer's outputs are decoded when first read
         (``ForwardedOutputs``): a caller who only needs the upstream's bytes back gets them as they came,
         unless they need reshaping to the declared shapes (then they are decoded at once)."""
-        payload = encoded + self._target_fields
-        return self._answer(await self._complete(payload, self._deadline_ns(DEADLINE_NS.get()), None))
+        return self._answer(await self._call(encoded + self._target_fields))
 
     def start_forward(self, encoded: bytes, deadline_ns: int | None) -> StartedForward | None:
         """``forward``'s call put on its way now, before the caller has checked the request: its answer
@@ -364,8 +363,7 @@ class UpstreamEngine:
         if not calls or remaining <= 0:
             return None
         payload = encoded + self._target_fields
-        call = calls[next(self._next) % len(calls)](payload, timeout=remaining, metadata=self._metadata)
-        return StartedForward(payload, deadline, call, remaining)
+        return StartedForward(payload, deadline, self._send(calls, payload, remaining), remaining)
 
     async def finish_forward(self, started: StartedForward) -> Mapping[str, np.ndarray]:
         """The answer to a ``start_forward`` call (retried as ``forward`` would be)."""
@@ -404,7 +402,7 @@ class UpstreamEngine:
             rank = ranks.get(tensor.name, -1)
             if len(tensor.shape) == rank:
                 continue
-            if rank < 0 or len(tensor.shape) != rank + 1 or tensor.shape[-1] != 1:
+            if rank < 0 or not _is_column(tensor.shape, rank):
                 return None
             del tensor.shape[-1]
         return fixed.SerializeToString()
@@ -433,7 +431,7 @@ class UpstreamEngine:
                 remaining = (deadline - time.monotonic_ns()) / 1e9
                 if remaining <= 0:
                     raise DeadlineExceeded(f"{self.label}: the deadline passed before {self._where} answered")
-                call = calls[next(self._next) % len(calls)](payload, timeout=remaining, metadata=self._metadata)
+                call = self._send(calls, payload, remaining)
             try:
                 return await call
             except grpc.aio.AioRpcError as exc:
@@ -447,6 +445,10 @@ class UpstreamEngine:
                         continue
                 raise self._error(exc, remaining, attempt + 1) from None
 
+    def _send(self, calls: list[Any], payload: bytes, timeout_s: float) -> Any:
+        """One call of ``payload`` on the next pooled channel (the grpc.aio call, not yet awaited)."""
+        return calls[next(self._next) % len(calls)](payload, timeout=timeout_s, metadata=self._metadata)
+
     def _parse(self, raw: bytes) -> pb.ModelInferResponse:
         return parse_response(raw, self.label, self._where)
 
@@ -454,7 +456,7 @@ class UpstreamEngine:
         """Match the shapes the upstream declared: MLServer's NumpyCodec answers a [N] tensor as [N, 1]."""
         for spec in self.outputs:
             array = outputs.get(spec.name)
-            if array is not None and array.ndim == len(spec.shape) + 1 and array.shape[-1] == 1:
+            if array is not None and _is_column(array.shape, len(spec.shape)):
                 outputs[spec.name] = array.reshape(array.shape[:-1])
         return outputs
 
@@ -475,3 +477,8 @@ class UpstreamEngine:
         if code is grpc.StatusCode.CANCELLED:
             return Cancelled(f"{self.label}: the call to {where} was cancelled")
         return EngineError(f"{self.label}: {where} failed: {code.name}: {details}")
+
+
+def _is_column(shape: Sequence[int], rank: int) -> bool:
+    """A declared rank-``rank`` tensor sent as [..., 1] (MLServer's NumpyCodec answers [N] as [N, 1])."""
+    return len(shape) == rank + 1 and shape[-1] == 1
