@@ -28,10 +28,9 @@ from sidecar.engine.metadata import VersionMetadata, load_metadata
 from sidecar.engine.semver import SemVer
 from sidecar.engine.statistics import VersionStatistics
 from sidecar.engine.upstream import UpstreamEngine, UpstreamSettings
-from sidecar.engine.validation import validate_inputs, validate_outputs
+from sidecar.engine.validation import check_request
 from sidecar.errors import (
     InvalidArgument,
-    InvalidTensor,
     ModelLoadError,
     ModelNotFound,
     ModelNotReady,
@@ -113,13 +112,10 @@ class ModelVersion:
                 if started is not None:
                     await asyncio.sleep(0)  # the call's own task sends it
             engine = self.engine
-            try:
-                rows = validate_inputs(self.label, request.inputs, engine.inputs, engine.max_batch_size)
-            except InvalidTensor:
-                if self.observer is not None:
-                    self.observer.rejected()
-                raise
-            outputs = validate_outputs(self.label, request.requested_outputs, engine.outputs)
+            observer = self.observer
+            rows, outputs = check_request(
+                self.label, request.inputs, request.requested_outputs, engine, observer.rejected if observer else None
+            )
             result = await scheduler.submit(WorkItem(request, rows, outputs, arrival, current_span(), started))
             ok = True
         except BaseException:

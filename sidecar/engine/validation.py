@@ -8,15 +8,19 @@ unknown requested outputs.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
-from typing import NoReturn
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 
 from sidecar.errors import InvalidTensor
 from sidecar.types import DATATYPE_TO_DTYPE, TensorSpec, datatype_of
 
+if TYPE_CHECKING:
+    from sidecar.engine.base import Engine
+
 _DTYPES = DATATYPE_TO_DTYPE
+CHECKS_LIMIT = 16  # signatures remembered per request head (one per version its requests reach)
 
 
 def validate_inputs(
@@ -65,6 +69,41 @@ def validate_inputs(
                 raise InvalidTensor(f"{label}: inputs disagree on the batch size ({rows} vs {batch} for '{spec.name}')")
             rows = batch
     return max(rows, 0) if max_batch_size else 1
+
+
+def check_request(
+    label: str,
+    inputs: Mapping[str, np.ndarray],
+    requested: Sequence[str] | None,
+    engine: Engine,
+    rejected: Callable[[], None] | None = None,
+) -> tuple[int, tuple[str, ...]]:
+    """``validate_inputs`` and ``validate_outputs`` against ``engine``'s signature: (rows, output names);
+    ``rejected`` is called when the inputs fail (the monitor counts schema violations).
+
+    Inputs that carry ``checks`` (``sidecar.protocol.request_plans.PlannedInputs``: requests with the
+    same head, hence the same names, datatypes, shapes and requested outputs) are checked once per
+    signature; the answer is kept there, with the signature it is for. A request that fails is checked
+    (and fails) every time."""
+    checks = getattr(inputs, "checks", None)
+    specs = engine.inputs
+    if checks is not None:
+        hit = checks.get(id(specs))
+        if hit is not None and hit[0] is specs and hit[1] is engine.outputs and hit[2] == engine.max_batch_size:
+            return hit[3], hit[4]
+    try:
+        rows = validate_inputs(label, inputs, specs, engine.max_batch_size)
+    except InvalidTensor:
+        if rejected is not None:
+            rejected()
+        raise
+    outputs = validate_outputs(label, requested, engine.outputs)
+    if checks is not None:
+        if len(checks) >= CHECKS_LIMIT:
+            checks.clear()
+        # The specs are held in the entry, so their id is not reused while it is there.
+        checks[id(specs)] = (specs, engine.outputs, engine.max_batch_size, rows, outputs)
+    return rows, outputs
 
 
 def _missing_or_unknown(label: str, inputs: Mapping[str, np.ndarray], specs: Sequence[TensorSpec]) -> NoReturn:

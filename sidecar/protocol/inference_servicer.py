@@ -22,6 +22,7 @@ from sidecar.protocol._generated import grpc_service_pb2 as pb
 from sidecar.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from sidecar.protocol._generated import model_config_pb2 as mc
 from sidecar.protocol.codec import decode_request, encode_response, encode_stream_response, set_parameter
+from sidecar.protocol.request_plans import inputs_for, learn, planned, read_head
 from sidecar.protocol.status import grpc_status
 from sidecar.routing.router import Router
 from sidecar.types import DATATYPE_TO_DTYPE, InferenceRequest, InferenceResponse
@@ -179,25 +180,57 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise ModelNotReady(f"{mv.label} is {mv.state.value}")
 
     # -- inference ------------------------------------------------------------------------------
-    async def _infer(self, msg: pb.ModelInferRequest, context, encoded: bytes | None = None) -> InferenceResponse:
+    async def _infer(self, msg: pb.ModelInferRequest, context) -> InferenceResponse:
         if self._lifecycle.draining:
             raise ServerDraining("the server is draining and accepts no new requests")
-        # The sticky key is read from the call's metadata only where a traffic policy will use it.
-        routed = not msg.model_version and self._router.policy(msg.model_name) is not None
-        key = _routing_key(context) if routed else None
+        return await self._router.dispatch(self._decoded(msg, context))
+
+    def _routing_key(self, model_name: str, model_version: str, context) -> str | None:
+        """The sticky key from the call's metadata, read only where a traffic policy will use it."""
+        if model_version or self._router.policy(model_name) is None:
+            return None
+        return _routing_key(context)
+
+    def _decoded(self, msg: pb.ModelInferRequest, context, encoded: bytes | None = None) -> InferenceRequest:
         # Tensors from the caller's bytes are decoded when first read (the version's signature check),
         # so that a request forwarded to an upstream is on its way first.
-        request: InferenceRequest = decode_request(
-            msg, _deadline_ns(context), key, encoded, lazy_inputs=encoded is not None
+        key = self._routing_key(msg.model_name, msg.model_version, context)
+        return decode_request(msg, _deadline_ns(context), key, encoded, lazy_inputs=encoded is not None)
+
+    def _decode_encoded(self, encoded: bytes, context) -> InferenceRequest:
+        """The request in ``encoded`` (as it came off the wire): read by its head's plan when there is
+        one (``request_plans``), else parsed and decoded, and its head planned for the next ones."""
+        head = read_head(encoded)
+        if head is None:
+            return self._decoded(_parse_infer_request(encoded), context, encoded)
+        found = planned(encoded, head)
+        if found is None:
+            msg = _parse_infer_request(encoded)
+            plan = learn(head, msg)
+            if plan is None:
+                return self._decoded(msg, context, encoded)
+            found = plan, msg.id, inputs_for(encoded, head, plan)
+        plan, request_id, inputs = found
+        return InferenceRequest(
+            model_name=plan.model_name,
+            model_version=plan.model_version,
+            id=request_id,
+            inputs=inputs,
+            requested_outputs=plan.requested,
+            parameters={},
+            deadline_ns=_deadline_ns(context),
+            routing_key=self._routing_key(plan.model_name, plan.model_version, context),
+            encoded=encoded,
         )
-        return await self._router.dispatch(request)
 
     async def ModelInfer(self, request, context):
         """``request``: the serialized message as it came off the wire (see ``add_to_server``), or a message."""
         self._lifecycle.enter()
         try:
             if request.__class__ is bytes:
-                return encode_response(await self._infer(_parse_infer_request(request), context, request))
+                if self._lifecycle.draining:
+                    raise ServerDraining("the server is draining and accepts no new requests")
+                return encode_response(await self._router.dispatch(self._decode_encoded(request, context)))
             return encode_response(await self._infer(request, context))
         except SidecarError as exc:
             await self._abort(context, exc)

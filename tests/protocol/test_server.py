@@ -256,6 +256,44 @@ def test_raw_byte_length_and_raw_plus_typed(stub, client):
     _assert_serving(client)
 
 
+def test_repeated_request_heads_are_planned_and_still_checked(stub, client, server):
+    """Requests that differ only in id and data are read by their head's plan (request_plans); the
+    answers, the errors and their messages are those of the full path."""
+    from sidecar.protocol import request_plans
+
+    rng = np.random.default_rng(7)
+    for i in range(3):
+        x = rng.random((2, 64), dtype=np.float32)
+        req = pb.ModelInferRequest(model_name="mlp", model_version="1.9.0", id=f"plan-{i}")
+        req.inputs.add(name="input", datatype="FP32", shape=[2, 64])
+        req.outputs.add(name="probabilities")
+        req.raw_input_contents.append(x.tobytes())
+        resp = stub.ModelInfer(req)
+        assert (resp.id, resp.model_version, [o.name for o in resp.outputs]) == (
+            f"plan-{i}",
+            "1.9.0",
+            ["probabilities"],
+        )
+        got = np.frombuffer(resp.raw_output_contents[0], np.float32).reshape(2, 10)
+        np.testing.assert_allclose(got, _reference_mlp(server, "1.9.0", x)["probabilities"], rtol=1e-5, atol=1e-6)
+    assert any(p.model_name == "mlp" and p.model_version == "1.9.0" for p in request_plans._PLANS.values())
+    req.raw_input_contents[0] = b"\x00" * 255  # the same head, too few bytes
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(req)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "input 'input': raw contents hold 255 bytes" in err.value.details()
+    wide = pb.ModelInferRequest(model_name="mlp", model_version="1.9.0")
+    wide.inputs.add(name="input", datatype="FP32", shape=[1, 65])
+    wide.raw_input_contents.append(b"\x00" * 260)
+    for i in range(2):  # planned after the first, checked (and refused) every time
+        wide.id = f"wide-{i}"
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(wide)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "dimension 1 must be 64" in err.value.details()
+    _assert_serving(client)
+
+
 def test_statistics_per_version(client):
     before = client.get_inference_statistics("mlp", "1.9.0").model_stats[0]
     for _ in range(3):
