@@ -28,3 +28,18 @@ def length_field(number: int, data: bytes) -> bytes:
 def string_field(number: int, text: str) -> bytes:
     """A string field, written even when empty (so that it overrides an earlier value of the field)."""
     return length_field(number, text.encode("utf-8"))
+
+
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """The base-128 varint at ``data[pos]``: (its value, the position after it). ``IndexError`` when the
+    data ends inside it or it runs past ten bytes (not a varint)."""
+    result = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise IndexError("varint longer than ten bytes")

@@ -28,6 +28,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from sidecar.protobuf_wire import read_varint
 from sidecar.telemetry.histograms import HistogramFamily
 from sidecar.telemetry.lean_tracing import CURRENT_SPAN, reset_current
 from sidecar.telemetry.propagation import remote_span_context
@@ -218,7 +219,7 @@ def model_of(encoded: bytes) -> tuple[str, str]:
             tag = encoded[pos]
             if tag != 0x0A and tag != 0x12:  # model_name (1) or model_version (2), length-delimited
                 return name, version
-            size, start = _read_varint(encoded, pos + 1)
+            size, start = read_varint(encoded, pos + 1)
             pos = start + size
             if pos > len(encoded):
                 return "", ""
@@ -228,19 +229,6 @@ def model_of(encoded: bytes) -> tuple[str, str]:
                 version = encoded[start:pos].decode()
     except (IndexError, UnicodeDecodeError):  # the end of the message, or not a message at all
         return name, version
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise IndexError("varint too long")
 
 
 def _text(value: str | bytes) -> str:

@@ -26,6 +26,7 @@ import math
 
 import numpy as np
 
+from sidecar.protobuf_wire import read_varint
 from sidecar.protocol._generated import grpc_service_pb2 as pb
 from sidecar.protocol.codec import LazyTensors
 from sidecar.types import DATATYPE_TO_DTYPE
@@ -119,7 +120,7 @@ def read_head(encoded: bytes) -> Head | None:
             size = encoded[pos + 1]
             start = pos + 2
             if size & 0x80:
-                size, start = _varint(encoded, pos + 1)
+                size, start = read_varint(encoded, pos + 1)
             end = start + size
             if end > n:
                 return None
@@ -138,19 +139,6 @@ def read_head(encoded: bytes) -> Head | None:
     if id_field < 0:
         return Head(encoded[:raw_from], 0, 0, raws)
     return Head(encoded[:id_field] + encoded[id_end:raw_from], id_start, id_end, raws)
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-        if shift > 35:  # lengths fit in 32 bits
-            raise IndexError("length varint too long")
 
 
 def planned(encoded: bytes, head: Head) -> tuple[RequestPlan, str, PlannedInputs] | None:
