@@ -28,7 +28,7 @@
     .venv/bin/python -m bench.bench_routing                 # about 4 minutes
     .venv/bin/python -m bench.bench_routing --duration 5 --rounds 3 --only shadow-path,shadow
 
-Each mode runs ``--rounds`` times interleaved (off, on, slow, off, on, slow, ...; direct and proxy in
+Each mode runs ``--rounds`` times interleaved (off, on, slow, slow, on, off, ...; direct and proxy in
 alternating order), because the machine is shared and its speed drifts. Changes are computed per round
 against the baseline of the same round (paired), and the median over rounds is reported, next to the
 medians of the raw figures. Results: bench/results/routing.json and routing.md.
@@ -161,7 +161,8 @@ def bench_shadow(
             control = f"127.0.0.1:{control_port}"
 
             def cell(load: str, r: int, **offered: Any) -> None:
-                for mode, (weights, shadows) in modes.items():
+                order = list(modes.items())  # forward in even rounds, backward in odd ones: drift cancels
+                for mode, (weights, shadows) in order if r % 2 == 0 else order[::-1]:
                     _set_policy(control, weights, shadows)  # a new shadow starts fresh statistics
                     result = loadgen.run(
                         server.target,
