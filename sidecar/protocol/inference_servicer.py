@@ -185,7 +185,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise ServerDraining("the server is draining and accepts no new requests")
         return await self._router.dispatch(self._decoded(msg, context))
 
-    def _routing_key(self, model_name: str, model_version: str, context) -> str | None:
+    def _sticky_key(self, model_name: str, model_version: str, context) -> str | None:
         """The sticky key from the call's metadata, read only where a traffic policy will use it."""
         if model_version or self._router.policy(model_name) is None:
             return None
@@ -194,7 +194,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def _decoded(self, msg: pb.ModelInferRequest, context, encoded: bytes | None = None) -> InferenceRequest:
         # Tensors from the caller's bytes are decoded when first read (the version's signature check),
         # so that a request forwarded to an upstream is on its way first.
-        key = self._routing_key(msg.model_name, msg.model_version, context)
+        key = self._sticky_key(msg.model_name, msg.model_version, context)
         return decode_request(msg, _deadline_ns(context), key, encoded, lazy_inputs=encoded is not None)
 
     def _decode_encoded(self, encoded: bytes, context) -> InferenceRequest:
@@ -219,7 +219,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             requested_outputs=plan.requested,
             parameters={},
             deadline_ns=_deadline_ns(context),
-            routing_key=self._routing_key(plan.model_name, plan.model_version, context),
+            routing_key=self._sticky_key(plan.model_name, plan.model_version, context),
             encoded=encoded,
         )
 
