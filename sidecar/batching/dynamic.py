@@ -28,6 +28,9 @@ Rules (each has a unit test in tests/batching/):
 * ``close()`` refuses new requests, runs everything queued without waiting for company, and returns
   when every accepted request has been answered.
 
+A run's statistics and the monitor's look at it are recorded in a callback queued after its callers'
+futures are resolved, so they run after the callers' tasks have passed their answers to gRPC.
+
 Costs on the event loop: per request one future, one queue entry and no task and no timer; per batch
 one task, one engine call and at most one timer. A decision (``_schedule``) runs at most once per
 event-loop turn, on a batch's completion or on the timer; an arrival that cannot change the standing
@@ -384,14 +387,29 @@ class DynamicBatcher:
             merge_ns = merged - start
             self._merge_ns += (merge_ns - self._merge_ns) * _EWMA
             self.cost.observe(rows, ran - merged)
-            stats.record_execution(rows, len(batch), merge_ns, ran - merged, done - ran)
-            if self.observer is not None:  # monitoring: one histogram update per batch, its callers answered
-                self.observer.observe(inputs, outputs, [e.rows for e in batch])
+            # The statistics and the monitor's look at the run wait until the callers have their answers:
+            # a callback queued now runs after the callers' tasks, which _split has just woken (and after
+            # the host's own step, which returns its answer to gRPC).
+            asyncio.get_running_loop().call_soon(
+                self._after_run, batch, inputs, outputs, (rows, merge_ns, ran - merged, done - ran)
+            )
         finally:
             if not released:
                 self._release(finish)
             self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
             self._check_idle()
+
+    def _after_run(
+        self,
+        batch: list[Entry],
+        inputs: dict[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+        times: tuple[int, int, int, int],
+    ) -> None:
+        rows, merge_ns, infer_ns, split_ns = times
+        self._stats.record_execution(rows, len(batch), merge_ns, infer_ns, split_ns)
+        if self.observer is not None:  # monitoring: one histogram update per batch, its callers answered
+            self.observer.observe(inputs, outputs, [e.rows for e in batch])
 
     def _release(self, finish: tuple[int, int]) -> None:
         """Free the batch's slot and start the next batch before this one's outputs are split."""
