@@ -36,7 +36,7 @@ TYPED_FIELD = {
     "BYTES": "bytes_contents",
 }
 _CONTENT_FIELDS = tuple(pb.InferTensorContents.DESCRIPTOR.fields_by_name)
-_ITEMSIZE = {k: v.itemsize for k, v in DATATYPE_TO_DTYPE.items() if k != "BYTES"}
+RAW_ITEMSIZE = {k: v.itemsize for k, v in DATATYPE_TO_DTYPE.items() if k != "BYTES"}  # bytes per element
 _LEN = struct.Struct("<I")
 
 
@@ -134,7 +134,7 @@ def decode_inputs(msg: pb.ModelInferRequest) -> dict[str, np.ndarray]:
                     "use one or the other"
                 )
             raw = raws[i]
-            itemsize = _ITEMSIZE.get(datatype)
+            itemsize = RAW_ITEMSIZE.get(datatype)
             if itemsize is not None and len(raw) == count * itemsize:  # the common case, zero-copy, read-only
                 inputs[name] = np.ndarray(shape, dtype, raw)
             else:
@@ -220,7 +220,7 @@ def _decode_raw(
         array = np.empty(count, dtype=object)
         array[:] = items
         return array.reshape(shape)
-    expected = count * _ITEMSIZE[datatype]
+    expected = count * RAW_ITEMSIZE[datatype]
     if len(raw) != expected:
         raise InvalidTensor(
             f"input '{name}': raw contents hold {len(raw)} bytes, but {datatype} with shape {list(shape)} "

@@ -181,6 +181,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # -- inference ------------------------------------------------------------------------------
     async def _infer(self, msg: pb.ModelInferRequest, context) -> InferenceResponse:
+        """One request of a stream (ModelInfer checks and decodes its own)."""
         if self._lifecycle.draining:
             raise ServerDraining("the server is draining and accepts no new requests")
         return await self._router.dispatch(self._decoded(msg, context))
@@ -227,11 +228,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """``request``: the serialized message as it came off the wire (see ``add_to_server``), or a message."""
         self._lifecycle.enter()
         try:
+            if self._lifecycle.draining:
+                raise ServerDraining("the server is draining and accepts no new requests")
             if request.__class__ is bytes:
-                if self._lifecycle.draining:
-                    raise ServerDraining("the server is draining and accepts no new requests")
-                return encode_response(await self._router.dispatch(self._decode_encoded(request, context)))
-            return encode_response(await self._infer(request, context))
+                decoded = self._decode_encoded(request, context)
+            else:
+                decoded = self._decoded(request, context)
+            return encode_response(await self._router.dispatch(decoded))
         except SidecarError as exc:
             await self._abort(context, exc)
         except asyncio.CancelledError:

@@ -28,11 +28,10 @@ import numpy as np
 
 from sidecar.protobuf_wire import read_varint
 from sidecar.protocol._generated import grpc_service_pb2 as pb
-from sidecar.protocol.codec import LazyTensors
+from sidecar.protocol.codec import RAW_ITEMSIZE, LazyTensors
 from sidecar.types import DATATYPE_TO_DTYPE
 
 PLAN_LIMIT = 1024  # distinct heads kept; a server sees a handful per client kind
-_ITEMSIZE = {k: v.itemsize for k, v in DATATYPE_TO_DTYPE.items() if k != "BYTES"}
 _RAW_FIELD = 7  # ModelInferRequest.raw_input_contents
 _ID_FIELD = 3
 _PARAMETERS_FIELD = 4
@@ -175,7 +174,7 @@ def learn(head: Head, msg: pb.ModelInferRequest) -> RequestPlan | None:
     names = set()
     for tensor, (_, size) in zip(msg.inputs, head.raws, strict=True):
         name = tensor.name
-        itemsize = _ITEMSIZE.get(tensor.datatype)
+        itemsize = RAW_ITEMSIZE.get(tensor.datatype)
         if not name or name in names or itemsize is None or tensor.HasField("contents"):
             return None
         shape = tuple(tensor.shape)
