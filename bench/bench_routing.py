@@ -4,8 +4,9 @@
    shadow sampling: the code ``dispatch`` runs) in-process over a real repository. Target < 5 us.
 2. **shadow**: one ``sidecar serve`` process (MLP 64-256-256-10, versions 1.0.0 and 1.1.0), closed
    loop at concurrency 64 (bench/loadgen.py, one worker process), alternating the policy through the
-   control API on the same warm server: no shadow / 1.1.0 mirrors 100 % / a shadow that sleeps one
-   second per request (a fake upstream, ``sidecar.testing.upstream``) mirrors 100 %. Targets: shadow
+   control API on the same warm server: no shadow / no shadow again (the A/A control) / 1.1.0 mirrors
+   100 % / a shadow that sleeps one second per request (a fake upstream, ``sidecar.testing.upstream``)
+   mirrors 100 %. Targets: shadow
    on costs <= 5 % of p99 and <= 10 % of req/s; the sleeping shadow changes p99 by no more than that.
    Then open loops at 40 % and 10 % of the no-shadow throughput (a busy and a lightly loaded server).
    Each shadow row also shows the *coverage*: the share of offered copies the shadow answered (the
@@ -25,13 +26,20 @@
    gRPC's own default) to show what the choice is worth. ``--upstream mlserver|pytriton`` puts MLServer
    or PyTriton (Triton's C++ server) there instead of a sidecar (their virtualenvs: bench/peers).
 
-    .venv/bin/python -m bench.bench_routing                 # about 4 minutes
-    .venv/bin/python -m bench.bench_routing --duration 5 --rounds 3 --only shadow-path,shadow
+    .venv/bin/python -m bench.bench_routing --duration 5   # about 10 minutes
+    .venv/bin/python -m bench.bench_routing --duration 5 --only shadow --open-loads ""
 
-Each mode runs ``--rounds`` times interleaved (off, on, slow, slow, on, off, ...; direct and proxy in
-alternating order), because the machine is shared and its speed drifts. Changes are computed per round
-against the baseline of the same round (paired), and the median over rounds is reported, next to the
-medians of the raw figures. Results: bench/results/routing.json and routing.md.
+Each mode runs several times interleaved (``--shadow-rounds``, 12, for the closed loop of the shadow
+part, whose p99 changes are a few percent; ``--open-rounds`` for its open loops; ``--rounds`` for the
+proxy part, direct and proxy in alternating order), because the
+machine is shared and its speed drifts. The shadow part rotates its modes' order by one place each
+round, so that over a multiple of four rounds every mode runs as often in every place and after every
+other mode (reversing the order every other round, as it once did, left the shadow always in the
+middle and the baseline always at the ends). Changes are computed per round against the baseline of
+the same round (paired), and the median over rounds is reported, next to the medians of the raw
+figures and the standard error of the mean change. A second no-shadow mode, the **A/A control**,
+measures the baseline against itself: its changes are what noise alone gives in the same run.
+Results: bench/results/routing.json and routing.md.
 """
 
 from __future__ import annotations
@@ -125,8 +133,21 @@ def _shadow_report(control: str) -> dict[str, Any]:
         }
 
 
+CONTROL = "no shadow (A/A control)"
+
+
+def _se(values: list[float]) -> float:
+    """The standard error of the mean of ``values`` (nan for fewer than two)."""
+    return statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
+
+
 def bench_shadow(
-    workdir: Path, duration_s: float, rounds: int, concurrency: int, open_shares: tuple[float, ...] = (0.4, 0.1)
+    workdir: Path,
+    duration_s: float,
+    rounds: int,
+    concurrency: int,
+    open_shares: tuple[float, ...] = (0.4, 0.1),
+    open_rounds: int = 3,
 ) -> dict[str, Any]:
     from sidecar.testing.upstream import FakeUpstream
     from sidecar.types import TensorSpec
@@ -149,6 +170,7 @@ def bench_shadow(
     control_port = servers.free_port()
     modes = {
         "no shadow": ([("1.0.0", 100.0)], []),
+        CONTROL: ([("1.0.0", 100.0)], []),
         "shadow 1.1.0 100%": ([("1.0.0", 100.0)], [("1.1.0", 100.0)]),
         "sleeping shadow 100%": ([("1.0.0", 100.0)], [("2.0.0", 100.0)]),
     }
@@ -161,8 +183,9 @@ def bench_shadow(
             control = f"127.0.0.1:{control_port}"
 
             def cell(load: str, r: int, **offered: Any) -> None:
-                order = list(modes.items())  # forward in even rounds, backward in odd ones: drift cancels
-                for mode, (weights, shadows) in order if r % 2 == 0 else order[::-1]:
+                order = list(modes.items())
+                k = r % len(order)  # rotated by one place a round: each mode in each place, after each other
+                for mode, (weights, shadows) in order[k:] + order[:k]:
                     _set_policy(control, weights, shadows)  # a new shadow starts fresh statistics
                     result = loadgen.run(
                         server.target,
@@ -184,7 +207,7 @@ def bench_shadow(
             base_rps = statistics.median(res.rps for res, _ in cells[(closed, "no shadow")])
             for share in open_shares:  # a busy and a lightly loaded server, offered a fixed rate
                 rate = max(20.0, round(base_rps * share, -1))
-                for r in range(rounds):
+                for r in range(open_rounds):
                     cell(f"open {rate:.0f}/s ({share:.0%})", r, rate_per_s=rate)
     finally:
         slow.stop()
@@ -193,6 +216,11 @@ def bench_shadow(
         res = [x for x, _ in results]
         copies = [next(iter(rep.values()), {}) for _, rep in results]
         base = [x for x, _ in cells[(load, "no shadow")]]
+        rps_changes = [_pct(x.rps, b.rps) for x, b in zip(res, base, strict=True)]
+        p99_changes = [
+            _pct(x.latency_ms.get("p99", float("nan")), b.latency_ms.get("p99", float("nan")))
+            for x, b in zip(res, base, strict=True)
+        ]
         coverage = [c for c in (_coverage(c) for c in copies) if c is not None]
         rows.append(
             {
@@ -202,11 +230,11 @@ def bench_shadow(
                 "p50_ms": statistics.median(x.latency_ms.get("p50", float("nan")) for x in res),
                 "p99_ms": statistics.median(x.latency_ms.get("p99", float("nan")) for x in res),
                 # paired: each round against the no-shadow run of the same round, then the median
-                "rps_change_pct": statistics.median(_pct(x.rps, b.rps) for x, b in zip(res, base, strict=True)),
-                "p99_change_pct": statistics.median(
-                    _pct(x.latency_ms.get("p99", float("nan")), b.latency_ms.get("p99", float("nan")))
-                    for x, b in zip(res, base, strict=True)
-                ),
+                "rps_change_pct": statistics.median(rps_changes),
+                "p99_change_pct": statistics.median(p99_changes),
+                "rps_change_se": _se(rps_changes),
+                "p99_change_se": _se(p99_changes),
+                "rounds": len(res),
                 "errors": sum(x.errors for x in res),
                 "server_cpu_us": statistics.median(x.cpu_us_per_request("server") for x in res),
                 "shadow_mirrored": statistics.median(c.get("mirrored", 0) for c in copies) if copies[0] else None,
@@ -364,7 +392,10 @@ def _pct(new: float, base: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per load run")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of each mode")
+    parser.add_argument("--rounds", type=int, default=3, help="proxy part: interleaved repetitions of each mode")
+    parser.add_argument(
+        "--shadow-rounds", type=int, default=12, help="shadow part: rounds of the closed loop (a multiple of 4)"
+    )
     parser.add_argument(
         "--upstream",
         default="sidecar",
@@ -384,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         default="0.4,0.1",
         help="shadow part: open-loop rates as shares of the no-shadow closed-loop req/s ('' for none)",
     )
+    parser.add_argument("--open-rounds", type=int, default=3, help="shadow part: rounds of each open loop")
     parser.add_argument("--name", default="routing", help="results file name under bench/results")
     parser.add_argument("--serve-min-proxy", metavar="UPSTREAM", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -449,19 +481,29 @@ def main(argv: list[str] | None = None) -> int:
         if "shadow" in parts:
             print(f"== shadow mirroring at concurrency {args.concurrency}", flush=True)
             open_shares = tuple(float(x) for x in args.open_loads.split(",") if x.strip())
-            shadow = bench_shadow(workdir, args.duration, args.rounds, args.concurrency, open_shares)
+            shadow = bench_shadow(
+                workdir, args.duration, args.shadow_rounds, args.concurrency, open_shares, args.open_rounds
+            )
             payload["shadow"] = shadow
             rows = shadow["rows"]
             for row in rows:
                 if row["mode"] == "no shadow":
+                    continue
+                if row["mode"] == CONTROL:
+                    print(
+                        f"  {row['load']} {row['mode']}: p99 {row['p99_change_pct']:+.1f} % "
+                        f"(SE {row['p99_change_se']:.1f}), req/s {row['rps_change_pct']:+.1f} % "
+                        f"(SE {row['rps_change_se']:.1f}): what noise alone gives"
+                    )
                     continue
                 verdict = row["p99_change_pct"] <= TARGET_P99_PCT and row["rps_change_pct"] >= -TARGET_RPS_PCT
                 if row["load"].startswith("closed"):
                     ok &= verdict
                 print(
                     f"  {row['load']} {row['mode']}: p99 {row['p99_change_pct']:+.1f} % "
-                    f"(target <= +{TARGET_P99_PCT} %), "
-                    f"req/s {row['rps_change_pct']:+.1f} % (target >= -{TARGET_RPS_PCT} %); shadow answered "
+                    f"(SE {row['p99_change_se']:.1f}; target <= +{TARGET_P99_PCT} %), "
+                    f"req/s {row['rps_change_pct']:+.1f} % "
+                    f"(SE {row['rps_change_se']:.1f}; target >= -{TARGET_RPS_PCT} %); shadow answered "
                     f"{row['shadow_completed']} of {row['shadow_mirrored']} queued, {row['shadow_dropped']} dropped "
                     f"(coverage {row['coverage_pct'] or 0:.0f} %) {'ok' if verdict else 'MISSED'}"
                 )
@@ -470,9 +512,11 @@ def main(argv: list[str] | None = None) -> int:
                 ("mode", "mode"),
                 ("rps", "req/s"),
                 ("rps_change_pct", "req/s change %"),
+                ("rps_change_se", "SE"),
                 ("p50_ms", "p50 ms"),
                 ("p99_ms", "p99 ms"),
                 ("p99_change_pct", "p99 change %"),
+                ("p99_change_se", "SE"),
                 ("server_cpu_us", "server CPU us/req"),
                 ("shadow_completed", "shadow answered"),
                 ("shadow_dropped", "shadow dropped"),
@@ -480,7 +524,11 @@ def main(argv: list[str] | None = None) -> int:
                 ("errors", "errors"),
             ]
             lines += [
-                f"## Shadow mirroring (median of {args.rounds} interleaved rounds; changes paired per round)",
+                f"## Shadow mirroring (median of {args.shadow_rounds} interleaved rounds, {args.open_rounds} for the "
+                "open loops; changes paired per round)",
+                "",
+                "SE: the standard error of the mean change over the rounds. The A/A control is the baseline measured "
+                "against itself: its changes are the noise of this run.",
                 "",
             ]
             lines += [markdown_table(rows, cols), ""]

@@ -218,6 +218,12 @@ class RoutingConfig:
         "start halves (down to shadow_min_share); otherwise it grows back.",
         default=0.05,
     )
+    shadow_max_loop_busy: float = _doc(
+        "Shadows run at the lowest priority: when the event loop's thread was on the CPU for this share of the "
+        "last 100 ms or more (it is the live traffic's bottleneck), the share of time shadows may start halves "
+        "(down to shadow_min_share) at once, whatever the latencies say; 0 = no such check.",
+        default=0.7,
+    )
     shadow_min_share: float = _doc(
         "The least share of time shadow copies may start under load (keeps the comparison and the measurement "
         "going; 0 = none until live traffic pauses). A turn takes this share of its 64 copies too: under load "

@@ -48,7 +48,11 @@ def build_routing(config: SidecarConfig, repository: Repository) -> tuple[Router
         max_loop_lag_ms=rc.shadow_max_loop_lag_ms,
         collect_ms=rc.shadow_collect_ms,
         max_primary_inflight=rc.shadow_max_primary_inflight,
-        gate=ShadowGate(max_slowdown=rc.shadow_max_primary_slowdown, min_share=rc.shadow_min_share),
+        gate=ShadowGate(
+            max_slowdown=rc.shadow_max_primary_slowdown,
+            min_share=rc.shadow_min_share,
+            max_loop_busy=rc.shadow_max_loop_busy,
+        ),
     )
     router = Router(repository, mirror)
     path = state_file_path(config)

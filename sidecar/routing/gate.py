@@ -24,6 +24,15 @@ the CPUs are half idle). The gate runs a small experiment continuously:
   keeps a little shadow work running so the gate keeps measuring); otherwise it grows by 0.1 (additive
   increase, up to 1). Without primary traffic there is nothing to protect and it grows too.
 
+* Before the latency test, a saturation test: the event loop thread's CPU time over the cycle (every
+  judgement reads the thread's clock once). A loop on the CPU for ``max_loop_busy`` (70 %) of the cycle
+  or more is the primary's bottleneck: each microsecond a shadow copy spends on it is taken from live
+  requests, so ``share`` halves (down to ``min_share``) without waiting for latency samples. The latency
+  test alone misses this in a closed loop (a saturated client-server pair): shadow work during an on
+  phase slows every request a little, the ones answered in the next off phase too, so the medians of
+  the two phases differ less than the throughput lost (in the served c=64 benchmark the loop is busy
+  about 85 % of the time, against 40 % at 40 % of that load).
+
 So an idle or lightly loaded sidecar mirrors almost every copy (share 1: copies run 80 % of the time
 and the queue absorbs the rest), while a saturated one, where every shadow copy takes capacity from
 live requests, settles near ``min_share``: most copies are dropped and counted, and the primary keeps
@@ -56,13 +65,20 @@ class ShadowGate:
         cycle_s: float = 0.1,
         max_slowdown: float = 0.05,
         min_share: float = 0.03,
+        max_loop_busy: float = 0.7,
         clock: Callable[[], int] = time.monotonic_ns,
+        cpu_clock: Callable[[], int] = time.thread_time_ns,
     ) -> None:
         self._cycle_ns = max(1, int(cycle_s * 1e9))
         self._max_ratio = 1.0 + max(0.0, max_slowdown)
         self.min_share = min(1.0, max(0.0, min_share))
         self.share = 1.0
         self._clock = clock
+        self._cpu_clock = cpu_clock  # read on the event loop's thread (every caller of _judge runs there)
+        self.max_loop_busy = max_loop_busy if max_loop_busy > 0 else float("inf")
+        self._cycle_cpu = cpu_clock()
+        self.loop_busy = 0.0  # the loop thread's share of the last cycle's wall time on the CPU
+        self.saturated = 0  # judgements that cut the share because the loop was saturated
         self.running = 0  # shadow copies running now
         # primary requests the router lets through untimed before the next sample (it counts down)
         self.skip = 0
@@ -138,8 +154,16 @@ class ShadowGate:
         requests = self._requests  # about as many primary requests started since the cycle began
         elapsed = now - self._cycle_start
         self._requests = 0
+        cpu = self._cpu_clock()
+        self.loop_busy = (cpu - self._cycle_cpu) / max(1, elapsed)
+        self._cycle_cpu = cpu
         if requests < _MIN_SAMPLES and on_n + off_n < _MIN_SAMPLES:
             self.share = min(1.0, self.share + _INCREASE)  # (almost) no primary traffic to protect
+        elif self.loop_busy >= self.max_loop_busy:
+            # The loop is the primary's bottleneck: shadow work there is taken from live requests.
+            self.share = max(self.min_share, self.share * 0.5)
+            self.decreases += 1
+            self.saturated += 1
         elif self._copies and on_n >= _MIN_SAMPLES and off_n >= _MIN_SAMPLES:
             self.cycles += 1
             self.last_ratio = statistics.median(on) / max(1.0, statistics.median(off))

@@ -60,6 +60,39 @@ def test_idle_primary_keeps_shadows_on_most_of_the_time():
     assert 0 < gate.wait_ns() <= 20 * MS
 
 
+def test_a_saturated_event_loop_cuts_the_share_even_when_latencies_look_the_same():
+    """A closed loop hides shadow work from the latency test (every request slows a little); the loop
+    thread's CPU time does not: at ``max_loop_busy`` or more of a cycle the share halves to the floor."""
+    clock = Clock()
+    cpu = Clock()  # the loop thread's CPU clock
+    gate = ShadowGate(cycle_s=0.1, min_share=0.03, max_loop_busy=0.7, clock=clock, cpu_clock=cpu)
+
+    def busy_cycle(busy: float) -> None:
+        for _ in range(100):
+            if gate.wait_ns() == 0:
+                gate.started()
+                gate.finished()
+            sample = gate.primary_start()
+            gate.primary_end(sample, 2 * MS)  # the same latency in both phases
+            clock.now += MS
+            cpu.now += int(busy * MS)
+
+    for _ in range(5):  # a loop on the CPU 40 % of the time: the latency test decides, and lets shadows run
+        busy_cycle(0.4)
+    assert gate.share == 1.0 and gate.saturated == 0 and 0.35 < gate.loop_busy < 0.45
+    for _ in range(10):  # 90 %: halved every cycle down to the floor, no lower
+        busy_cycle(0.9)
+    assert gate.share == 0.03 and gate.saturated >= 5 and gate.loop_busy > 0.85
+    for _ in range(30):  # the load eases: the share grows back
+        busy_cycle(0.3)
+    assert gate.share == 1.0
+    off = ShadowGate(cycle_s=0.1, max_loop_busy=0, clock=clock, cpu_clock=cpu)  # 0: no such check
+    gate = off
+    for _ in range(5):
+        busy_cycle(1.0)
+    assert off.share == 1.0 and off.saturated == 0
+
+
 def test_saturated_primary_pushes_the_share_down_to_the_floor_and_back_up_when_it_recovers():
     clock = Clock()
     gate = ShadowGate(cycle_s=0.1, max_slowdown=0.1, min_share=0.03, clock=clock)
