@@ -6,9 +6,21 @@ import sys
 
 def test_demo_runs_end_to_end(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "sidecar", "demo", "--workdir", str(tmp_path), "--requests", "300",
-         "--concurrency", "8"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "sidecar",
+            "demo",
+            "--workdir",
+            str(tmp_path),
+            "--requests",
+            "300",
+            "--concurrency",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
