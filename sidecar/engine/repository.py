@@ -11,6 +11,7 @@ are serialised by a per-model asyncio lock.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import re
@@ -43,6 +44,9 @@ from sidecar.types import InferenceRequest, InferenceResponse
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# Batches an upstream version sends at once unless its metadata says otherwise (``batching.batches_in_flight``
+# is for local sessions, which share this machine's cores; an upstream runs what it is sent side by side).
+UPSTREAM_BATCHES_IN_FLIGHT = 64
 
 
 class VersionState(enum.Enum):
@@ -293,6 +297,12 @@ class Repository:
             start = getattr(engine, "start", None)  # engines with async set-up (the upstream proxy)
             if start is not None:
                 await start()
+            if isinstance(engine, UpstreamEngine) and "batches_in_flight" not in metadata.batching:
+                # The server's default is for local sessions that share this machine's cores; an upstream
+                # runs the batches it is sent side by side (its own instances, its own batcher).
+                settings = dataclasses.replace(
+                    settings, batches_in_flight=max(settings.batches_in_flight, UPSTREAM_BATCHES_IN_FLIGHT)
+                )
             sizes = metadata.warmup_batch_sizes or self._config.engine.warmup_batch_sizes
             if not sizes:
                 sizes = tuple(sorted({1, engine.max_batch_size or 1}))

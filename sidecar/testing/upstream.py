@@ -67,8 +67,13 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
         up = self.up
         up.calls += 1
         up.last_request = request
-        if up.delay_s:
-            await asyncio.sleep(up.delay_s)
+        up.in_flight += 1
+        up.max_in_flight = max(up.max_in_flight, up.in_flight)
+        try:
+            if up.delay_s:
+                await asyncio.sleep(up.delay_s)
+        finally:
+            up.in_flight -= 1
         if up.fail_with is not None:
             await context.abort(up.fail_with, f"fake upstream failure ({up.fail_with.name})")
         inputs = {}
@@ -107,6 +112,8 @@ class FakeUpstream:
         self.outputs = outputs
         self.ready = True
         self.calls = 0
+        self.in_flight = 0  # inference calls being answered now
+        self.max_in_flight = 0  # the most at once since start (or since a test reset it)
         self.last_request: pb.ModelInferRequest | None = None  # the last inference request received
         self.port = port
         self._loop: asyncio.AbstractEventLoop | None = None

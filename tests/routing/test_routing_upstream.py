@@ -72,6 +72,41 @@ def test_second_sidecar_as_upstream_canary_and_shadow(tmp_path):
         peer.stop()
 
 
+def test_batches_to_an_upstream_go_out_side_by_side(tmp_path):
+    """An upstream runs the batches it is sent concurrently: an upstream version sends up to
+    ``UPSTREAM_BATCHES_IN_FLIGHT`` at once, not the server's default for local sessions (2), unless its
+    metadata sets ``batching.batches_in_flight``. Against a slow upstream that takes 2 rows a batch,
+    12 concurrent callers are 6 batches or more, all in flight together."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sidecar.engine.repository import UPSTREAM_BATCHES_IN_FLIGHT
+
+    with FakeUpstream("fake", delay_s=0.5, max_batch_size=2) as up:
+        write_upstream_version(tmp_path, "m", "1.0.0", target=up.target, model="fake")
+        pinned = write_upstream_version(tmp_path, "m", "2.0.0", target=up.target, model="fake")
+        (pinned / "model.json").write_text('{"batching": {"batches_in_flight": 1}}')
+        with ServerThread(config_for_tests(str(tmp_path))) as srv:
+            repository = srv.app.repository
+            assert repository.get("m", "1.0.0").settings.batches_in_flight == UPSTREAM_BATCHES_IN_FLIGHT
+            assert repository.get("m", "2.0.0").settings.batches_in_flight == 1  # the metadata's word
+            assert srv.app.config.batching.batches_in_flight == 2  # local sessions keep the server's default
+            client = tc.InferenceServerClient(srv.url)
+
+            def one(version: str) -> tuple:
+                return client.infer("m", fake_input(rows=1), model_version=version).as_numpy("label").shape
+
+            for version, most in (("1.0.0", 6), ("2.0.0", 1)):
+                up.max_in_flight = 0
+                calls = up.calls
+                with ThreadPoolExecutor(12) as pool:
+                    assert list(pool.map(one, [version] * 12)) == [(1,)] * 12  # every answer split back
+                assert up.calls - calls >= 6  # at most 2 rows a call
+                if most > 1:
+                    assert up.max_in_flight >= 4  # the server's default would have allowed 2
+                else:
+                    assert up.max_in_flight == 1
+
+
 def test_deadline_is_propagated_and_mapped(tmp_path):
     with FakeUpstream("fake", delay_s=1.0) as up:
         write_upstream_version(tmp_path, "m", "1.0.0", target=up.target, model="fake", timeout_s=30)
