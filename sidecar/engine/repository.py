@@ -298,8 +298,6 @@ class Repository:
             if start is not None:
                 await start()
             if isinstance(engine, UpstreamEngine) and "batches_in_flight" not in metadata.batching:
-                # The server's default is for local sessions that share this machine's cores; an upstream
-                # runs the batches it is sent side by side (its own instances, its own batcher).
                 settings = dataclasses.replace(
                     settings, batches_in_flight=max(settings.batches_in_flight, UPSTREAM_BATCHES_IN_FLIGHT)
                 )

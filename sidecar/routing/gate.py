@@ -76,7 +76,7 @@ class ShadowGate:
         self._clock = clock
         self._cpu_clock = cpu_clock  # read on the event loop's thread (every caller of _judge runs there)
         self.max_loop_busy = max_loop_busy if max_loop_busy > 0 else float("inf")
-        self._cycle_cpu = cpu_clock()
+        self._cycle_cpu: int | None = None  # the loop thread's CPU clock at the last judgement (none yet)
         self.loop_busy = 0.0  # the loop thread's share of the last cycle's wall time on the CPU
         self.saturated = 0  # judgements that cut the share because the loop was saturated
         self.running = 0  # shadow copies running now
@@ -154,9 +154,9 @@ class ShadowGate:
         requests = self._requests  # about as many primary requests started since the cycle began
         elapsed = now - self._cycle_start
         self._requests = 0
-        cpu = self._cpu_clock()
-        self.loop_busy = (cpu - self._cycle_cpu) / max(1, elapsed)
+        cpu, last = self._cpu_clock(), self._cycle_cpu
         self._cycle_cpu = cpu
+        self.loop_busy = 0.0 if last is None else (cpu - last) / max(1, elapsed)
         if requests < _MIN_SAMPLES and on_n + off_n < _MIN_SAMPLES:
             self.share = min(1.0, self.share + _INCREASE)  # (almost) no primary traffic to protect
         elif self.loop_busy >= self.max_loop_busy:
