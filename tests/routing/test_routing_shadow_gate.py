@@ -67,7 +67,7 @@ def test_a_saturated_event_loop_cuts_the_share_even_when_latencies_look_the_same
     cpu = Clock()  # the loop thread's CPU clock
     gate = ShadowGate(cycle_s=0.1, min_share=0.03, max_loop_busy=0.7, clock=clock, cpu_clock=cpu)
 
-    def busy_cycle(busy: float) -> None:
+    def busy_cycle(gate: ShadowGate, busy: float) -> None:
         for _ in range(100):
             if gate.wait_ns() == 0:
                 gate.started()
@@ -78,18 +78,17 @@ def test_a_saturated_event_loop_cuts_the_share_even_when_latencies_look_the_same
             cpu.now += int(busy * MS)
 
     for _ in range(5):  # a loop on the CPU 40 % of the time: the latency test decides, and lets shadows run
-        busy_cycle(0.4)
+        busy_cycle(gate, 0.4)
     assert gate.share == 1.0 and gate.saturated == 0 and 0.35 < gate.loop_busy < 0.45
     for _ in range(10):  # 90 %: halved every cycle down to the floor, no lower
-        busy_cycle(0.9)
+        busy_cycle(gate, 0.9)
     assert gate.share == 0.03 and gate.saturated >= 5 and gate.loop_busy > 0.85
     for _ in range(30):  # the load eases: the share grows back
-        busy_cycle(0.3)
+        busy_cycle(gate, 0.3)
     assert gate.share == 1.0
     off = ShadowGate(cycle_s=0.1, max_loop_busy=0, clock=clock, cpu_clock=cpu)  # 0: no such check
-    gate = off
     for _ in range(5):
-        busy_cycle(1.0)
+        busy_cycle(off, 1.0)
     assert off.share == 1.0 and off.saturated == 0
 
 
