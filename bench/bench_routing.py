@@ -6,8 +6,8 @@
    loop at concurrency 64 (bench/loadgen.py, one worker process), alternating the policy through the
    control API on the same warm server: no shadow / no shadow again (the A/A control) / 1.1.0 mirrors
    100 % / a shadow that sleeps one second per request (a fake upstream, ``sidecar.testing.upstream``)
-   mirrors 100 %. Targets: shadow
-   on costs <= 5 % of p99 and <= 10 % of req/s; the sleeping shadow changes p99 by no more than that.
+   mirrors 100 %. Targets: shadow on costs <= 5 % of p99 and <= 10 % of req/s; the sleeping shadow
+   changes p99 by no more than that.
    Then open loops at 40 % and 10 % of the no-shadow throughput (a busy and a lightly loaded server).
    Each shadow row also shows the *coverage*: the share of offered copies the shadow answered (the
    rest were dropped, counted, because the gate kept them off a busy primary, or still queued).
@@ -31,8 +31,8 @@
 
 Each mode runs several times interleaved (``--shadow-rounds``, 12, for the closed loop of the shadow
 part, whose p99 changes are a few percent; ``--open-rounds`` for its open loops; ``--rounds`` for the
-proxy part, direct and proxy in alternating order), because the
-machine is shared and its speed drifts. The shadow part rotates its modes' order by one place each
+proxy part, direct and proxy in alternating order), because the machine is shared and its speed
+drifts. The shadow part rotates its modes' order by one place each
 round, so that over a multiple of four rounds every mode runs as often in every place and after every
 other mode (reversing the order every other round, as it once did, left the shadow always in the
 middle and the baseline always at the ends). Changes are computed per round against the baseline of

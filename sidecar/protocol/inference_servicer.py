@@ -180,10 +180,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise ModelNotReady(f"{mv.label} is {mv.state.value}")
 
     # -- inference ------------------------------------------------------------------------------
-    async def _infer(self, msg: pb.ModelInferRequest, context) -> InferenceResponse:
-        """One request of a stream (ModelInfer checks and decodes its own)."""
+    def _check_accepting(self) -> None:
         if self._lifecycle.draining:
             raise ServerDraining("the server is draining and accepts no new requests")
+
+    async def _infer(self, msg: pb.ModelInferRequest, context) -> InferenceResponse:
+        """One request of a stream (ModelInfer checks and decodes its own)."""
+        self._check_accepting()
         return await self._router.dispatch(self._decoded(msg, context))
 
     def _sticky_key(self, model_name: str, model_version: str, context) -> str | None:
@@ -228,8 +231,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """``request``: the serialized message as it came off the wire (see ``add_to_server``), or a message."""
         self._lifecycle.enter()
         try:
-            if self._lifecycle.draining:
-                raise ServerDraining("the server is draining and accepts no new requests")
+            self._check_accepting()
             if request.__class__ is bytes:
                 decoded = self._decode_encoded(request, context)
             else:
