@@ -37,14 +37,24 @@ _NUMPY = {
 }
 
 
-def make_session(path: str | os.PathLike[str], providers: Sequence[str], intra_op_threads: int = 0):
+def make_session(
+    path: str | os.PathLike[str],
+    providers: Sequence[str],
+    intra_op_threads: int = 0,
+    cudnn_conv_algo_search: str | None = None,
+):
+    """A session; ``cudnn_conv_algo_search`` sets the CUDA provider's option (None: ONNX Runtime's default)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+    listed: list[Any] = list(providers)
+    if cudnn_conv_algo_search:
+        cuda = {"cudnn_conv_algo_search": cudnn_conv_algo_search}
+        listed = [(p, cuda) if p == "CUDAExecutionProvider" else p for p in listed]
+    return ort.InferenceSession(str(path), sess_options=options, providers=listed)
 
 
 def make_inputs(
@@ -174,9 +184,10 @@ def measure(
     io_binding: bool = False,
     dim_values: Mapping[str, int] | None = None,
     int_high: int = 100,
+    cudnn_conv_algo_search: str | None = None,
 ) -> dict[str, Any]:
     """The whole sweep for one model: ``{"provider": ..., "rows": [per batch size ...]}``."""
-    session = make_session(path, providers, intra_op_threads)
+    session = make_session(path, providers, intra_op_threads, cudnn_conv_algo_search)
     rows = []
     for b in batch_sizes:
         feed = make_inputs(session, b, dim_values, int_high)
@@ -187,6 +198,7 @@ def measure(
         "intra_op_threads": intra_op_threads,
         "callers": callers,
         "io_binding": io_binding,
+        "cudnn_conv_algo_search": cudnn_conv_algo_search or "onnxruntime default",
         "rows": rows,
     }
 
@@ -214,6 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--io-binding", action="store_true", help="inputs and outputs stay on the device")
     parser.add_argument("--dim", action="append", default=[], help="NAME=SIZE for a symbolic non-batch dimension")
     parser.add_argument("--int-high", type=int, default=100, help="integer inputs are drawn from [0, this)")
+    parser.add_argument(
+        "--cudnn-conv-algo-search", choices=("EXHAUSTIVE", "HEURISTIC", "DEFAULT"), help="CUDA provider option"
+    )
     parser.add_argument("--json", help="write the result here")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.batch_sizes.split(",") if s] or batch_sizes_up_to(args.max_batch)
@@ -235,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         io_binding=args.io_binding,
         dim_values=dims,
         int_high=args.int_high,
+        cudnn_conv_algo_search=args.cudnn_conv_algo_search,
     )
     for row in result["rows"]:
         print(

@@ -23,6 +23,7 @@ from sidecar import grpc_io
 from sidecar.errors import ConfigError
 
 ENV_PREFIX = "SIDECAR_"
+CUDNN_CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 
 
 def _doc(text: str, **kw: Any) -> Any:
@@ -97,6 +98,20 @@ class EngineConfig:
         "Batch sizes run before a version reports ready; empty = 1 and the max batch size.", default=()
     )
     warmup_runs: int = _doc("Warm-up inferences per batch size.", default=2)
+    cudnn_conv_algo_search: str = _doc(
+        "How the CUDA provider picks cuDNN convolution algorithms (Triton's onnxruntime backend parameter of the "
+        "same name): EXHAUSTIVE, HEURISTIC or DEFAULT. HEURISTIC by default: EXHAUSTIVE times every candidate "
+        "at each input shape it has not seen, and dynamic batching makes many shapes, so a batch of a new size "
+        "would stall for the search while requests wait.",
+        default="HEURISTIC",
+    )
+
+    def __post_init__(self) -> None:
+        if self.cudnn_conv_algo_search not in CUDNN_CONV_ALGO_SEARCH:
+            raise ValueError(
+                f"engine.cudnn_conv_algo_search must be one of {', '.join(CUDNN_CONV_ALGO_SEARCH)}, "
+                f"not {self.cudnn_conv_algo_search!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,3 +45,52 @@ def test_help_documents_every_key(capsys):
     for key, _default, doc in describe():
         assert key in out
         assert doc.split()[0] in out
+
+
+def test_cudnn_conv_algo_search_is_checked_and_reaches_the_cuda_provider(tmp_path, monkeypatch):
+    """engine.cudnn_conv_algo_search names one of cuDNN's three modes; the engine hands it to the CUDA
+    provider only (a session on a machine without CUDA gets plain provider names)."""
+    from sidecar.engine import onnx_session
+
+    with pytest.raises(ConfigError, match=r"engine\.cudnn_conv_algo_search must be one of EXHAUSTIVE"):
+        SidecarConfig.load(environ={"SIDECAR_ENGINE__CUDNN_CONV_ALGO_SEARCH": "FAST"})
+    config = SidecarConfig.load(environ={"SIDECAR_ENGINE__CUDNN_CONV_ALGO_SEARCH": "EXHAUSTIVE"})
+    assert config.engine.cudnn_conv_algo_search == "EXHAUSTIVE"
+    assert SidecarConfig.load(environ={}).engine.cudnn_conv_algo_search == "HEURISTIC"
+
+    seen = {}
+
+    class FakeSession:
+        def __init__(self, path, sess_options, providers):
+            seen["providers"] = providers
+
+        def get_providers(self):
+            return [p[0] if isinstance(p, tuple) else p for p in seen["providers"]]
+
+        def get_inputs(self):
+            return []
+
+        def get_outputs(self):
+            return []
+
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "InferenceSession", FakeSession)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "preload_dlls", lambda: seen.setdefault("preloaded", True), raising=False)
+    monkeypatch.setattr(onnx_session, "_preloaded", False)
+    engine = onnx_session.OnnxEngine(
+        tmp_path / "m.onnx",
+        providers=["CUDAExecutionProvider"],
+        executor=None,
+        max_batch_size=8,
+        cudnn_conv_algo_search="DEFAULT",
+    )
+    assert seen["providers"] == [
+        ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "DEFAULT"}),
+        "CPUExecutionProvider",
+    ]
+    assert seen["preloaded"] is True and engine.provider == "CUDAExecutionProvider"
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    onnx_session.OnnxEngine(tmp_path / "m.onnx", providers=["CUDAExecutionProvider"], executor=None, max_batch_size=8)
+    assert seen["providers"] == ["CPUExecutionProvider"]

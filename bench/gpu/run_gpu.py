@@ -2,12 +2,19 @@
 
 Meant for one H100 machine (16 cores). For each model, in one session:
 
-1. raw in-process ONNX Runtime on CUDA at batch sizes 1..max, without and with IO binding (the
-   ceiling; "without" is what a server that receives numpy arrays can reach);
+1. raw in-process ONNX Runtime on CUDA at batch sizes 1..max without IO binding, ONNX Runtime's
+   default options (the ceiling: what a server that receives numpy arrays can reach); then the same
+   with the sidecar's cuDNN setting (``--sidecar-conv-search``), and with IO binding, at a few sizes;
 2. the ingest ceiling: a bare grpc.aio server (bench/echo_server.py) receiving the same batch-1
    requests (602 KB each for ResNet-50) and answering with the model's real response bytes;
 3. the sidecar with batching on (and off, unless ``--servers`` says otherwise), batch-1 clients,
-   closed loop at each concurrency (default 1, 16, 64, 256), load generator in several processes.
+   closed loop at each concurrency (default 1, 16, 64, 256; ``--echo-concurrency`` and
+   ``--unbatched-concurrency`` for the other two), load generator in several processes. The unbatched
+   sidecar serves a Prometheus endpoint with GPU metrics on: after its last cell the ``hw_gpu_*`` lines
+   it exports (NVML, sampled on the sidecar's own thread) go into the results.
+
+``--budget-s`` bounds the whole run: once it is spent, the cells left are skipped (and listed), and
+results are written after every model, so a run cut short still leaves its tables.
 
 For every sidecar cell it also records the CPU of the sidecar's threads (the main thread runs the
 event loop: gRPC ingest, decoding, batching), so the report says where the time goes; ``--profile``
@@ -41,6 +48,12 @@ from bench.profiling import profile_cell, render_markdown
 from bench.raw_onnxruntime import batch_sizes_up_to, make_inputs, make_session
 from bench.report import RESULTS_DIR, machine_info, markdown_table, result_row, save_results
 
+RAW_KINDS = {
+    "numpy": "numpy in and out, ONNX Runtime's default cuDNN search",
+    "numpy_sidecar_search": "numpy in and out, the sidecar's cuDNN search setting",
+    "io_binding": "IO binding: inputs copied to the GPU once, outputs left there",
+}
+CONV_MODELS = {"resnet50"}  # where the cuDNN convolution search matters
 MODELS = {
     # name: (input name, description)
     "resnet50": ("input", "ResNet-50, FP32 1x3x224x224 per request (602 KB)"),
@@ -56,15 +69,23 @@ def export(repository: Path, tiny: bool, python: str) -> None:
     subprocess.run(cmd, check=True, cwd=servers.REPO_ROOT)
 
 
-def raw_sweep(model_path: Path, args: argparse.Namespace, io_binding: bool, workdir: Path) -> dict[str, Any]:
-    out = workdir / f"raw-{model_path.parent.parent.name}-{'iob' if io_binding else 'numpy'}.json"
+def raw_sweep(
+    model_path: Path,
+    args: argparse.Namespace,
+    io_binding: bool,
+    workdir: Path,
+    batch_sizes: Sequence[int],
+    conv_search: str | None = None,
+) -> dict[str, Any]:
+    tag = f"{'iob' if io_binding else 'numpy'}-{conv_search or 'default'}"
+    out = workdir / f"raw-{model_path.parent.parent.name}-{tag}.json"
     cmd = [
         sys.executable,
         "-m",
         "bench.raw_onnxruntime",
         str(model_path),
         "--batch-sizes",
-        ",".join(str(b) for b in args.raw_batch_sizes),
+        ",".join(str(b) for b in batch_sizes),
         "--duration",
         str(args.raw_duration),
         "--providers",
@@ -76,7 +97,9 @@ def raw_sweep(model_path: Path, args: argparse.Namespace, io_binding: bool, work
     ]
     if io_binding:
         cmd.append("--io-binding")
-    subprocess.run(cmd, check=True, cwd=servers.REPO_ROOT, timeout=900)
+    if conv_search:
+        cmd += ["--cudnn-conv-algo-search", conv_search]
+    subprocess.run(cmd, check=True, cwd=servers.REPO_ROOT, timeout=300)
     return json.loads(out.read_text())
 
 
@@ -97,10 +120,14 @@ def sidecar_settings(args: argparse.Namespace, batching: bool) -> dict[str, Any]
         "batching.enabled": batching,
         "batching.max_batch_size": args.max_batch_size,
         "batching.max_queue_delay_ms": args.max_queue_delay_ms,
+        "engine.cudnn_conv_algo_search": args.sidecar_conv_search,
         "engine.warmup_batch_sizes": ",".join(
             str(b) for b in sorted({1, 8, 32, args.max_batch_size}) if b <= args.max_batch_size
         ),
     }
+    if not batching:  # the unbatched sidecar also shows the GPU metrics it exports
+        settings["telemetry.gpu_metrics"] = True
+        settings["telemetry.metrics_port"] = servers.free_port()
     for item in args.sidecar_setting:
         key, _, value = item.partition("=")
         settings[key] = value
@@ -114,10 +141,15 @@ def run_cells(
     payload: bytes,
     args: argparse.Namespace,
     cells: list[dict[str, Any]],
+    concurrency: Sequence[int],
+    skipped: dict[str, str],
     profile_dir: Path | None = None,
 ) -> dict[str, Any] | None:
     """Closed loop at each concurrency; with ``profile_dir``, one more top-concurrency cell under py-spy."""
-    for c in args.concurrency:
+    for c in concurrency:
+        if over_budget(args):
+            skipped[f"{key}/{model}/c={c}"] = "over --budget-s"
+            continue
         stats_before = servers.model_statistics(server.target, model) if key != "echo" else None
         # CPU of each of the server's threads (by name) over the measured window, "main" = the event loop.
         probes: dict[str, Any] = {"server": server.cpu_seconds}
@@ -157,9 +189,9 @@ def run_cells(
             f"[{key}] {model} {result.summary()}{extra} event loop busy {row['event_loop_busy']:.0%}",
             flush=True,
         )
-    if profile_dir is None:
+    if profile_dir is None or over_budget(args):
         return None
-    c = max(args.concurrency)
+    c = max(concurrency)
     return profile_cell(
         server,
         payload,
@@ -174,6 +206,40 @@ def run_cells(
         native=args.profile_native,
         executable=args.py_spy,
     )
+
+
+def over_budget(args: argparse.Namespace) -> bool:
+    return time.monotonic() - args.began > args.budget_s
+
+
+def gpu_metric_lines(port: int) -> list[str]:
+    """The ``hw_gpu_*`` samples on the sidecar's Prometheus endpoint (empty when there are none)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError as exc:
+        return [f"# scrape failed: {exc}"]
+    return [line for line in text.splitlines() if line.startswith("hw_gpu_")]
+
+
+def gpu_info() -> dict[str, Any]:
+    """The GPU's name and driver through NVML, or nothing."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            name = pynvml.nvmlDeviceGetName(handle)
+            driver = pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return {}
+    text = [v.decode() if isinstance(v, bytes) else str(v) for v in (name, driver)]
+    return {"gpu": text[0], "gpu_driver": text[1]}
 
 
 def best_raw(raw: dict[str, Any]) -> float:
@@ -221,7 +287,8 @@ def render(meta: dict[str, Any], args: argparse.Namespace, data: dict[str, Any])
     lines += [
         f"Command: `{meta['command']}`",
         "",
-        f"Machine: {meta['machine'].get('cpu_model', '?')}, {meta['machine']['cpus']} CPUs, "
+        f"Machine: {meta['machine'].get('gpu', 'no GPU')} (driver {meta['machine'].get('gpu_driver', '-')}), "
+        f"{meta['machine'].get('cpu_model', '?')}, {meta['machine']['cpus']} CPUs, "
         f"onnxruntime {meta['machine'].get('onnxruntime', '?')}, providers {args.providers}. "
         f"Batch-1 requests, closed loop, {args.duration:g} s per cell after {args.warmup:g} s warm-up, load "
         f"generator in up to {args.processes} processes; sidecar batching max batch {args.max_batch_size}, "
@@ -231,10 +298,10 @@ def render(meta: dict[str, Any], args: argparse.Namespace, data: dict[str, Any])
     for model, entry in data["models"].items():
         lines += [f"## {model}: {MODELS[model][1]}", ""]
         lines += [f"Request {entry['request_bytes']:,} bytes; sidecar provider: {entry.get('provider') or '?'}.", ""]
-        for kind in ("numpy", "io_binding"):
+        for kind, words in RAW_KINDS.items():
             raw = entry["raw"].get(kind)
             if raw:
-                lines += [f"Raw ONNX Runtime ({raw['provider']}, {kind.replace('_', ' ')}):", ""]
+                lines += [f"Raw ONNX Runtime ({raw['provider']}, {words}):", ""]
                 lines.append(
                     markdown_table(
                         raw["rows"],
@@ -267,6 +334,16 @@ def render(meta: dict[str, Any], args: argparse.Namespace, data: dict[str, Any])
             if top is not None:
                 cores = ", ".join(f"{k} {v:.2f}" for k, v in top["thread_cores"].items())
                 lines += [f"Sidecar threads at {top['load']} (cores busy): {cores}.", ""]
+        if entry.get("gpu_metrics"):
+            lines += [
+                "GPU metrics the unbatched sidecar exported on its Prometheus endpoint after its last cell "
+                "(NVML, sampled on the sidecar's own thread):",
+                "",
+                "```",
+                *entry["gpu_metrics"],
+                "```",
+                "",
+            ]
         target = entry.get("target")
         if target:
             lines += [
@@ -300,7 +377,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cpu-check", action="store_true", help="tiny models on the CPU, short cells: pipeline check")
     p.add_argument("--models", default="resnet50,encoder")
     p.add_argument("--servers", default="echo,sidecar-batching,sidecar", help="echo, sidecar-batching, sidecar")
-    p.add_argument("--concurrency", default="1,16,64,256")
+    p.add_argument("--concurrency", default="1,16,64,256", help="for the batched sidecar")
+    p.add_argument("--echo-concurrency", default="64,256")
+    p.add_argument("--unbatched-concurrency", default="256")
+    p.add_argument("--raw-extra-batch-sizes", default="1,32,128", help="for the other two raw sweeps")
+    p.add_argument("--sidecar-conv-search", default="HEURISTIC", help="engine.cudnn_conv_algo_search")
+    p.add_argument("--budget-s", type=float, default=1e9, help="skip what is left after this many seconds")
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--processes", type=int, default=4, help="load generator processes (at most the concurrency)")
@@ -318,7 +400,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.cpu_check:
         args.providers = "CPUExecutionProvider"
-        args.concurrency = "1,16"
+        args.concurrency = args.echo_concurrency = args.unbatched_concurrency = "1,16"
+        args.raw_extra_batch_sizes = "1,8"
         args.duration, args.warmup, args.raw_duration = 1.5, 0.5, 0.3
         args.processes = 1
         args.max_batch_size = 8
@@ -326,7 +409,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.repository = args.repository if args.repository != "bench/.models/gpu-repository" else ""
     args.models = [m for m in args.models.split(",") if m]
     args.servers = [s for s in args.servers.split(",") if s]
-    args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
+    for name in ("concurrency", "echo_concurrency", "unbatched_concurrency", "raw_extra_batch_sizes"):
+        setattr(args, name, [int(c) for c in getattr(args, name).split(",") if c])
     args.raw_batch_sizes = batch_sizes_up_to(args.max_batch_size)
     args.name = args.name or ("gpu-cpu-check" if args.cpu_check else "gpu")
     return args
@@ -347,36 +431,60 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.export:
         export(repository, tiny=args.cpu_check, python=args.torch_python)
     data: dict[str, Any] = {"models": {}, "cells": [], "skipped": {}}
-    began = time.monotonic()
+    args.began = began = time.monotonic()
+
+    def save() -> None:
+        meta = {
+            "started": started,
+            "command": command,
+            "elapsed_s": round(time.monotonic() - began, 1),
+            "machine": {**machine_info(), **gpu_info()},
+            "cpu_check": args.cpu_check,
+        }
+        settings = {k: v for k, v in vars(args).items() if k not in ("out", "began")}
+        json_path, md_path = save_results(
+            args.name, {**meta, "settings": settings, **data}, render(meta, args, data), args.out
+        )
+        print(f"wrote {json_path} and {md_path}", flush=True)
+
     try:
         for model in args.models:
             path = repository / model / "1.0.0" / "model.onnx"
             if not path.exists():
                 data["skipped"][model] = f"{path} not found (run with --export, or bench.gpu.export_models)"
                 continue
+            if over_budget(args):
+                data["skipped"][model] = "over --budget-s"
+                continue
             entry: dict[str, Any] = {"raw": {}}
             data["models"][model] = entry
             print(f"[raw onnxruntime] {model}", flush=True)
-            entry["raw"]["numpy"] = raw_sweep(path, args, False, workdir)
+            entry["raw"]["numpy"] = raw_sweep(path, args, False, workdir, args.raw_batch_sizes)
             if "CUDAExecutionProvider" in providers:
-                entry["raw"]["io_binding"] = raw_sweep(path, args, True, workdir)
+                extra = args.raw_extra_batch_sizes
+                if args.sidecar_conv_search and model in CONV_MODELS:
+                    entry["raw"]["numpy_sidecar_search"] = raw_sweep(
+                        path, args, False, workdir, extra, args.sidecar_conv_search
+                    )
+                entry["raw"]["io_binding"] = raw_sweep(path, args, True, workdir, extra)
             request, response, entry["request_bytes"] = request_and_response(path, model, providers)
             response_file = workdir / f"response-{model}.bin"
             response_file.write_bytes(response)
             if "echo" in args.servers:
                 with servers.start_echo(response_file=response_file, name=f"echo-{model}") as echo:
-                    run_cells(echo, "echo", model, request, args, data["cells"])
+                    run_cells(echo, "echo", model, request, args, data["cells"], args.echo_concurrency, data["skipped"])
             for key in ("sidecar-batching", "sidecar"):
-                if key not in args.servers:
+                if key not in args.servers or over_budget(args):
                     continue
+                settings = sidecar_settings(args, key == "sidecar-batching")
                 try:
                     server = servers.start_sidecar(
                         repository,
                         models=[model],
-                        settings=sidecar_settings(args, key == "sidecar-batching"),
+                        settings=settings,
                         name=key,
                         log_dir=workdir / "logs",
-                        startup_timeout_s=300,
+                        startup_timeout_s=150,
                     )
                 except Exception as exc:
                     data["skipped"][f"{key}/{model}"] = f"{type(exc).__name__}: {str(exc)[:2000]}"
@@ -384,10 +492,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     continue
                 with server:
                     entry["provider"] = servers.model_provider(server.target, model)
-                    profile_dir = workdir if (args.profile and key == "sidecar-batching") else None
-                    prof = run_cells(server, key, model, request, args, data["cells"], profile_dir)
+                    batched = key == "sidecar-batching"
+                    profile_dir = workdir if (args.profile and batched) else None
+                    concurrency = args.concurrency if batched else args.unbatched_concurrency
+                    prof = run_cells(
+                        server, key, model, request, args, data["cells"], concurrency, data["skipped"], profile_dir
+                    )
                     if prof is not None:
                         entry["profile"] = prof
+                    if "telemetry.metrics_port" in settings:
+                        entry["gpu_metrics"] = gpu_metric_lines(settings["telemetry.metrics_port"])
             batched = [c for c in data["cells"] if c["model"] == model and c["server"] == "sidecar-batching"]
             if batched:
                 top = max(batched, key=lambda c: int(c["load"].removeprefix("c=")))
@@ -398,16 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "raw_best_rows_per_s": raw_best,
                     "ratio": top["rows_per_s"] / raw_best if raw_best else math.nan,
                 }
-        meta = {
-            "started": started,
-            "command": command,
-            "elapsed_s": round(time.monotonic() - began, 1),
-            "machine": machine_info(),
-            "cpu_check": args.cpu_check,
-        }
-        payload = {**meta, "settings": {k: v for k, v in vars(args).items() if k != "out"}, **data}
-        json_path, md_path = save_results(args.name, payload, render(meta, args, data), args.out)
-        print(f"wrote {json_path} and {md_path}", flush=True)
+            save()
+        save()
     finally:
         import shutil
 

@@ -3,6 +3,9 @@
 Providers come from configuration in order of preference (CUDA first by default); those the
 installed onnxruntime lacks are skipped, CPU is always appended as the last resort, and the provider
 the session actually uses is reported (``provider``), logged, and shown in model metadata.
+Before the first GPU session, ``onnxruntime.preload_dlls()`` loads the CUDA and cuDNN libraries that
+NVIDIA's pip packages (``nvidia-cublas``, ``nvidia-cudnn``, ...) install, so onnxruntime-gpu finds them
+without ``LD_LIBRARY_PATH``.
 Sessions run in a shared thread pool: ONNX Runtime releases the GIL inside ``run``.
 """
 
@@ -40,6 +43,22 @@ _ORT_TYPES = {
 }
 
 
+_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+_preloaded = False
+
+
+def preload_gpu_libraries(ort) -> None:
+    """Once per process: load CUDA/cuDNN from NVIDIA's pip packages (onnxruntime-gpu >= 1.21), if it can."""
+    global _preloaded
+    if _preloaded or not hasattr(ort, "preload_dlls"):
+        return
+    _preloaded = True
+    try:
+        ort.preload_dlls()
+    except Exception as exc:  # missing packages: the libraries may still be on the loader's path
+        log.info("onnxruntime.preload_dlls() failed (%s); relying on the system's CUDA libraries", exc)
+
+
 def choose_providers(preferred: Sequence[str], available: Sequence[str]) -> list[str]:
     chosen = [p for p in preferred if p in available]
     if "CPUExecutionProvider" not in chosen:
@@ -60,6 +79,7 @@ class OnnxEngine:
         intra_op_threads: int = 0,
         spin_wait: bool = False,
         inline_max_us: float = 0.0,
+        cudnn_conv_algo_search: str = "HEURISTIC",
         label: str = "",
     ) -> None:
         import onnxruntime as ort
@@ -74,8 +94,12 @@ class OnnxEngine:
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         options.log_severity_level = 3
         requested = choose_providers(providers, ort.get_available_providers())
+        if any(p in _GPU_PROVIDERS for p in requested):
+            preload_gpu_libraries(ort)
+        cuda_options = {"cudnn_conv_algo_search": cudnn_conv_algo_search}
+        provider_list = [(p, cuda_options) if p == "CUDAExecutionProvider" else p for p in requested]
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
+            self._session = ort.InferenceSession(str(path), sess_options=options, providers=provider_list)
         except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load the model: {_first_line(exc)}") from exc
         in_use = self._session.get_providers()

@@ -362,6 +362,7 @@ class Repository:
             intra_op_threads=self._config.engine.intra_op_threads,
             spin_wait=self._config.engine.spin_wait,
             inline_max_us=self._config.engine.inline_max_us,
+            cudnn_conv_algo_search=self._config.engine.cudnn_conv_algo_search,
             label=mv.label,
         )
 
