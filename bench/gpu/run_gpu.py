@@ -221,7 +221,7 @@ def gpu_metric_lines(port: int) -> list[str]:
             text = reply.read().decode()
     except OSError as exc:
         return [f"# scrape failed: {exc}"]
-    return [line for line in text.splitlines() if line.startswith("hw_gpu_")]
+    return [line for line in text.splitlines() if line.startswith(("hw_gpu_", "hw_power", "hw_temperature"))]
 
 
 def gpu_info() -> dict[str, Any]:
