@@ -105,8 +105,20 @@ class EngineConfig:
         "would stall for the search while requests wait.",
         default="HEURISTIC",
     )
+    pad_batches: str = _doc(
+        "Pad a batch with zero rows up to the next warm-up batch size, so that the session only ever sees "
+        "the shapes it was warmed with (outputs are cut back to the real rows): auto, always or never. auto "
+        "pads when, after the warm-up, a first run at an unseen batch size took over 5 ms (and twice) more "
+        "than the next one. With padding, empty warmup_batch_sizes means powers of two up to the max batch "
+        "size. Why: a CUDA session plans cuDNN convolutions per input shape, and a batch of a size it has "
+        "not seen stalls for that; on an H200, ResNet-50 behind the batcher served 850 rows/s without "
+        "padding (bench/results/gpu-h200-1.md).",
+        default="auto",
+    )
 
     def __post_init__(self) -> None:
+        if self.pad_batches not in ("auto", "always", "never"):
+            raise ValueError(f"engine.pad_batches must be auto, always or never, not {self.pad_batches!r}")
         if self.cudnn_conv_algo_search not in CUDNN_CONV_ALGO_SEARCH:
             raise ValueError(
                 f"engine.cudnn_conv_algo_search must be one of {', '.join(CUDNN_CONV_ALGO_SEARCH)}, "

@@ -42,6 +42,14 @@ def datatype_of(array: np.ndarray) -> str:
     return datatype
 
 
+def aligned_inputs(inputs: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    """``inputs`` with every array aligned for its type, for an engine or monitor that gets them as they
+    are (not merged into a batch): a request's lazily decoded tensors may be unaligned views of its
+    bytes, and their ``aligned()`` copies those once; any other mapping is returned as it is."""
+    aligned = getattr(inputs, "aligned", None)
+    return aligned() if aligned is not None else inputs
+
+
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
     """One input or output of a model version. ``shape`` uses -1 for a variable dimension."""

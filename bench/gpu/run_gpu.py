@@ -53,6 +53,7 @@ RAW_KINDS = {
     "numpy_sidecar_search": "numpy in and out, the sidecar's cuDNN search setting",
     "io_binding": "IO binding: inputs copied to the GPU once, outputs left there",
 }
+LOG_WORDS = ("warm-up", "unseen batch size", "wanted", "preload_dlls")  # sidecar log lines the results keep
 CONV_MODELS = {"resnet50"}  # where the cuDNN convolution search matters
 MODELS = {
     # name: (input name, description)
@@ -334,6 +335,9 @@ def render(meta: dict[str, Any], args: argparse.Namespace, data: dict[str, Any])
             if top is not None:
                 cores = ", ".join(f"{k} {v:.2f}" for k, v in top["thread_cores"].items())
                 lines += [f"Sidecar threads at {top['load']} (cores busy): {cores}.", ""]
+        for key, log_lines in entry.get("sidecar_log", {}).items():
+            if log_lines:
+                lines += [f"{key} log (loading):", "", "```", *log_lines, "```", ""]
         if entry.get("gpu_metrics"):
             lines += [
                 "GPU metrics the unbatched sidecar exported on its Prometheus endpoint after its last cell "
@@ -380,6 +384,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", default="1,16,64,256", help="for the batched sidecar")
     p.add_argument("--echo-concurrency", default="64,256")
     p.add_argument("--unbatched-concurrency", default="256")
+    p.add_argument("--raw-batch-sizes", default="", help="the raw sweep's (default: powers of two to the max)")
     p.add_argument("--raw-extra-batch-sizes", default="1,32,128", help="for the other two raw sweeps")
     p.add_argument("--sidecar-conv-search", default="HEURISTIC", help="engine.cudnn_conv_algo_search")
     p.add_argument("--budget-s", type=float, default=1e9, help="skip what is left after this many seconds")
@@ -411,7 +416,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.servers = [s for s in args.servers.split(",") if s]
     for name in ("concurrency", "echo_concurrency", "unbatched_concurrency", "raw_extra_batch_sizes"):
         setattr(args, name, [int(c) for c in getattr(args, name).split(",") if c])
-    args.raw_batch_sizes = batch_sizes_up_to(args.max_batch_size)
+    sizes = [int(b) for b in args.raw_batch_sizes.split(",") if b]
+    args.raw_batch_sizes = sizes or batch_sizes_up_to(args.max_batch_size)
     args.name = args.name or ("gpu-cpu-check" if args.cpu_check else "gpu")
     return args
 
@@ -460,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             data["models"][model] = entry
             print(f"[raw onnxruntime] {model}", flush=True)
             entry["raw"]["numpy"] = raw_sweep(path, args, False, workdir, args.raw_batch_sizes)
-            if "CUDAExecutionProvider" in providers:
+            if "CUDAExecutionProvider" in providers and args.raw_extra_batch_sizes:
                 extra = args.raw_extra_batch_sizes
                 if args.sidecar_conv_search and model in CONV_MODELS:
                     entry["raw"]["numpy_sidecar_search"] = raw_sweep(
@@ -485,6 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         name=key,
                         log_dir=workdir / "logs",
                         startup_timeout_s=150,
+                        extra_args=["--log-level", "INFO"],
                     )
                 except Exception as exc:
                     data["skipped"][f"{key}/{model}"] = f"{type(exc).__name__}: {str(exc)[:2000]}"
@@ -502,6 +509,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         entry["profile"] = prof
                     if "telemetry.metrics_port" in settings:
                         entry["gpu_metrics"] = gpu_metric_lines(settings["telemetry.metrics_port"])
+                entry.setdefault("sidecar_log", {})[key] = [
+                    line[:400]
+                    for line in server.log_path.read_text(errors="replace").splitlines()
+                    if any(word in line for word in LOG_WORDS)
+                ]
             batched = [c for c in data["cells"] if c["model"] == model and c["server"] == "sidecar-batching"]
             if batched:
                 top = max(batched, key=lambda c: int(c["load"].removeprefix("c=")))

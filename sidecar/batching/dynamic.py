@@ -6,6 +6,7 @@
                  ClosePolicy: close now, or when?  (Triton's rule or the adaptive rule)
                           │
                  _run(batch): merge (one np.concatenate per input) ─▶ engine.run ─▶ split (views)
+                              (padded to the engine's shape buckets; big merges off the loop)
                           └─▶ every caller's future resolved exactly once
 
 Rules (each has a unit test in tests/batching/):
@@ -27,6 +28,12 @@ Rules (each has a unit test in tests/batching/):
   INTERNAL, for anything that is not already a SidecarError); the next batch runs normally.
 * ``close()`` refuses new requests, runs everything queued without waiting for company, and returns
   when every accepted request has been answered.
+* Shape buckets: an engine whose ``padded_rows(rows)`` says more than ``rows`` (a GPU session that
+  was warmed at a few batch sizes: a new input shape makes cuDNN plan again, which stalls the batch
+  for many times its run) gets its batch padded with zero rows up to that size; outputs are cut
+  back to the real rows before they are split, and the monitor sees only the real rows.
+* A merge of at least ``MERGE_OFF_LOOP_BYTES`` (image-sized requests) is copied on a worker thread
+  (numpy releases the GIL while it copies), not on the event loop, which stays free for ingest.
 
 A run's statistics and the monitor's look at it are recorded in a callback queued after its callers'
 futures are resolved, so they run after the callers' tasks have passed their answers to gRPC.
@@ -46,6 +53,7 @@ end on events instead (the running batch completing, a request arriving).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import numpy as np
@@ -58,6 +66,7 @@ from sidecar.engine.base import Engine
 from sidecar.engine.statistics import VersionStatistics
 from sidecar.errors import Cancelled, DeadlineExceeded, EngineError, QueueFull, ServerDraining, SidecarError
 from sidecar.telemetry.spans import INVALID_SPAN, batch_span, record_queue_time
+from sidecar.types import DATATYPE_TO_DTYPE, aligned_inputs
 
 TIMER_MIN_NS = 1_000_000  # no wake-up is armed closer than this (event-loop timer resolution)
 DUE_SLACK_NS = 100_000  # a close time this close to now counts as now
@@ -67,6 +76,7 @@ LOAD_WINDOW_NS = 50_000_000  # the event loop's CPU share is sampled at most thi
 # inline runs would answer every request alone, and one-by-one answers cost grpc.aio far more per
 # request than answers that leave together (measured: mean batch 6.6 -> 1.0, server CPU +45 %).
 INLINE_LOOP_BUSY = 0.75
+MERGE_OFF_LOOP_BYTES = 1 << 20  # a merge this big is copied on a worker thread
 
 
 class DynamicBatcher:
@@ -117,6 +127,13 @@ class DynamicBatcher:
         self._load_wall_ns = 0
         self._load_cpu_ns = 0
         self.observer: InferenceObserver | None = None  # told of every batch run (the monitoring stage)
+        self._padded_rows = getattr(engine, "padded_rows", None) if self._batched else None
+        # Bytes of one row of all inputs, where every non-batch dimension is fixed (else 0: unknown).
+        self._row_bytes = 0
+        if self._batched and not self._keyed and all(s.datatype != "BYTES" for s in engine.inputs):
+            self._row_bytes = sum(
+                DATATYPE_TO_DTYPE[s.datatype].itemsize * math.prod(s.shape[1:]) for s in engine.inputs
+            )
 
     # -- Scheduler protocol ---------------------------------------------------------------------
     @property
@@ -355,16 +372,23 @@ class DynamicBatcher:
             outputs: dict[str, np.ndarray] = {}
             names = self._output_names(batch)
             try:
-                inputs = self._merge(batch)
+                padded = self._padded_rows(rows) if self._padded_rows is not None else rows
+                if self._row_bytes * rows >= MERGE_OFF_LOOP_BYTES and len(batch) > 1:
+                    feed = await asyncio.to_thread(self._merge, batch, rows, padded)
+                else:
+                    feed = self._merge(batch, rows, padded)
+                inputs = feed if padded == rows else {n: a[:rows] for n, a in feed.items()}
                 merged = time.monotonic_ns()
                 # A lone request of a small model may run on the loop (if the engine measured it cheap).
                 alone = host is not None and len(batch) == 1 and self.loop_busy < INLINE_LOOP_BUSY
                 inline = self._run_inline if alone else None
                 if spans:
                     with batch_span(self._model, self._version, spans, rows, self._engine.provider):
-                        outputs = await run_engine(self._engine, inline, inputs, names)
+                        outputs = await run_engine(self._engine, inline, feed, names)
                 else:
-                    outputs = await run_engine(self._engine, inline, inputs, names)
+                    outputs = await run_engine(self._engine, inline, feed, names)
+                if padded != rows:
+                    outputs = {n: a[:rows] if a.ndim else a for n, a in outputs.items()}
             except SidecarError as exc:
                 error = exc
             except asyncio.CancelledError:
@@ -444,10 +468,21 @@ class DynamicBatcher:
                 return tuple(sorted(wanted, key=self._output_rank.__getitem__))
         return names
 
-    def _merge(self, batch: list[Entry]) -> dict[str, np.ndarray]:
-        if len(batch) == 1:
-            return dict(batch[0].item.request.inputs)
-        return {n: np.concatenate([e.item.request.inputs[n] for e in batch]) for n in self._input_names}
+    def _merge(self, batch: list[Entry], rows: int, padded: int) -> dict[str, np.ndarray]:
+        """One array per input: the batch's rows in order, then ``padded - rows`` zero rows."""
+        if padded == rows:
+            if len(batch) == 1:
+                return dict(aligned_inputs(batch[0].item.request.inputs))
+            return {n: np.concatenate([e.item.request.inputs[n] for e in batch]) for n in self._input_names}
+        out = {}
+        for n in self._input_names:
+            parts = [e.item.request.inputs[n] for e in batch]
+            first = parts[0]
+            merged = np.empty((padded, *first.shape[1:]), first.dtype)
+            np.concatenate(parts, out=merged[:rows])
+            merged[rows:] = 0
+            out[n] = merged
+        return out
 
     def _check_outputs(self, outputs: dict[str, np.ndarray], names: tuple[str, ...], rows: int) -> EngineError | None:
         for name in names:

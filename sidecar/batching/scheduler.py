@@ -20,7 +20,7 @@ from sidecar.engine.base import Engine
 from sidecar.engine.statistics import VersionStatistics
 from sidecar.errors import DeadlineExceeded, ModelLoadError, ServerDraining
 from sidecar.telemetry.spans import INVALID_SPAN, batch_span, record_queue_time
-from sidecar.types import InferenceRequest
+from sidecar.types import InferenceRequest, aligned_inputs
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +175,7 @@ class DirectScheduler:
     def _after_run(self, item: WorkItem, outputs: Mapping[str, np.ndarray], compute_ns: int) -> None:
         self._stats.record_execution(item.rows, 1, 0, compute_ns, 0)
         if self.observer is not None:
-            self.observer.observe(item.request.inputs, outputs, (item.rows,))
+            self.observer.observe(aligned_inputs(item.request.inputs), outputs, (item.rows,))
 
     def _execute(self, item: WorkItem) -> Any:
         """The engine run for one request (an awaitable)."""
@@ -184,7 +184,7 @@ class DirectScheduler:
         encoded = item.request.encoded
         if encoded is not None and self._forward is not None:  # an upstream: the caller's bytes go as they are
             return self._forward(encoded)
-        return run_engine(self._engine, self._run_inline, item.request.inputs, item.output_names)
+        return run_engine(self._engine, self._run_inline, aligned_inputs(item.request.inputs), item.output_names)
 
     async def close(self) -> None:
         self._closed = True

@@ -12,6 +12,7 @@ Sessions run in a shared thread pool: ONNX Runtime releases the GIL inside ``run
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import math
 import time
@@ -43,7 +44,7 @@ _ORT_TYPES = {
 }
 
 
-_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 _preloaded = False
 
 
@@ -94,7 +95,7 @@ class OnnxEngine:
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         options.log_severity_level = 3
         requested = choose_providers(providers, ort.get_available_providers())
-        if any(p in _GPU_PROVIDERS for p in requested):
+        if any(p in GPU_PROVIDERS for p in requested):
             preload_gpu_libraries(ort)
         cuda_options = {"cudnn_conv_algo_search": cudnn_conv_algo_search}
         provider_list = [(p, cuda_options) if p == "CUDAExecutionProvider" else p for p in requested]
@@ -114,6 +115,37 @@ class OnnxEngine:
         self._output_names = [s.name for s in self.outputs]
         self._inline_max_ns = inline_max_us * 1e3
         self._single_ns = math.inf  # EWMA of a one-row run's wall time (unbatched models: any run)
+        self.batch_buckets: tuple[int, ...] = ()  # batch sizes a batch is padded up to (use_batch_buckets)
+        self._seen_rows: set[int] = set()  # batch sizes warmed up
+
+    def use_batch_buckets(self, sizes: Sequence[int]) -> None:
+        """From now on the batcher pads each batch up to the next of ``sizes`` (the max batch size is
+        always one): the session then sees only the shapes it was warmed with. Not for string inputs."""
+        if self.max_batch_size and not self._string_inputs:
+            limit = self.max_batch_size
+            self.batch_buckets = tuple(sorted({s for s in sizes if 0 < s <= limit} | {limit}))
+
+    def probe_new_shape(self) -> tuple[float, float]:
+        """Milliseconds of a first and a second run at a batch size not run before (the smallest from 2
+        up that the warm-up skipped, or 3): how much a batch of a new size stalls. (0, 0) if none is left."""
+        rows = next((b for b in range(2, self.max_batch_size + 1) if b not in self._seen_rows), 0)
+        if not rows:
+            return 0.0, 0.0
+        feed = {s.name: dummy_tensor(s, rows) for s in self.inputs}
+        took = []
+        for _ in range(2):
+            start = time.perf_counter()
+            self.run_sync(feed, self._output_names)
+            took.append((time.perf_counter() - start) * 1e3)
+        return took[0], took[1]
+
+    def padded_rows(self, rows: int) -> int:
+        """The rows a batch of ``rows`` runs at: the next bucket, or ``rows`` (no buckets, or too big)."""
+        buckets = self.batch_buckets
+        if not buckets:
+            return rows
+        i = bisect.bisect_left(buckets, rows)
+        return buckets[i] if i < len(buckets) else rows
 
     def _spec(self, arg, *, is_input: bool) -> TensorSpec:
         kind = "input" if is_input else "output"
@@ -166,6 +198,7 @@ class OnnxEngine:
         """Run dummy inferences at each batch size; returns the seconds it took."""
         start = time.perf_counter()
         sizes = [b for b in batch_sizes if b > 0] if self.max_batch_size else [0]
+        self._seen_rows.update(sizes)
         for b in sizes:
             feed = {s.name: dummy_tensor(s, b) for s in self.inputs}
             for _ in range(runs):

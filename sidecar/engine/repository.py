@@ -66,6 +66,21 @@ def direct_scheduler(
     return DirectScheduler(engine, stats, model, version)
 
 
+# engine.pad_batches = auto pads when a session's first run at a new batch size costs this much more than
+# its second (and more than twice it): a CUDA session plans cuDNN convolutions per input shape, which
+# made ResNet-50 behind the batcher serve 850 rows/s on an H200 instead of thousands.
+SHAPE_STALL_MS = 5.0
+
+
+def powers_of_two_to(limit: int) -> list[int]:
+    """1, 2, 4, ... below ``limit``, then ``limit``."""
+    sizes, b = [], 1
+    while b < limit:
+        sizes.append(b)
+        b *= 2
+    return [*sizes, limit]
+
+
 class ModelVersion:
     """One version of one model: its engine, scheduler, statistics and state."""
 
@@ -278,6 +293,28 @@ class Repository:
             self._fail(name, "", f"{model_dir} holds no version folders (<model>/<semver>/{MODEL_FILE})")
         return found
 
+    async def _pads_batches(self, engine: Engine) -> bool:
+        """``engine.pad_batches`` for this engine: always, never, or auto (a first run at a batch size the
+        session has not seen costs far more than a second one: see ``SHAPE_STALL_MS``)."""
+        mode = self._config.engine.pad_batches
+        if mode == "never" or engine.max_batch_size < 2 or not hasattr(engine, "use_batch_buckets"):
+            return False
+        if mode == "always":
+            return True
+        probe = getattr(engine, "probe_new_shape", None)
+        if probe is None:
+            return False
+        first_ms, second_ms = await asyncio.get_running_loop().run_in_executor(self._executor, probe)
+        stalls = first_ms - second_ms > max(SHAPE_STALL_MS, 2 * second_ms)
+        log.info(
+            "%s: a first run at an unseen batch size took %.1f ms, the next %.1f ms: %s",
+            getattr(engine, "label", "engine"),
+            first_ms,
+            second_ms,
+            "batches will be padded to the warm-up sizes" if stalls else "no padding",
+        )
+        return stalls
+
     def _fail(self, name: str, version: str, reason: str) -> None:
         self._failures[(name, version)] = reason
         log.error("model '%s' version '%s' failed to load: %s", name, version or "-", reason)
@@ -301,21 +338,28 @@ class Repository:
                 settings = dataclasses.replace(
                     settings, batches_in_flight=max(settings.batches_in_flight, UPSTREAM_BATCHES_IN_FLIGHT)
                 )
-            sizes = metadata.warmup_batch_sizes or self._config.engine.warmup_batch_sizes
-            if not sizes:
-                sizes = tuple(sorted({1, engine.max_batch_size or 1}))
+            configured = metadata.warmup_batch_sizes or self._config.engine.warmup_batch_sizes
+            sizes = configured or tuple(sorted({1, engine.max_batch_size or 1}))
             runs = metadata.warmup_runs if metadata.warmup_runs is not None else self._config.engine.warmup_runs
             warm_up = getattr(engine, "warm_up", None)
             if warm_up is not None and runs:
                 mv.warmup_s = await loop.run_in_executor(self._executor, warm_up, sizes, runs)
+            if await self._pads_batches(engine):  # powers of two: a padded batch runs at most twice its rows
+                buckets = configured or tuple(powers_of_two_to(engine.max_batch_size))
+                more = [b for b in buckets if b not in sizes]
+                if more and warm_up is not None:
+                    mv.warmup_s += await loop.run_in_executor(self._executor, warm_up, more, max(1, runs))
+                engine.use_batch_buckets(buckets)
+                sizes = tuple(sorted({*sizes, *buckets}))
             log.info(
-                "%s loaded from %s on %s; warm-up %s x%d took %.1f ms",
+                "%s loaded from %s on %s; warm-up %s x%d took %.1f ms%s",
                 mv.label,
                 path,
                 engine.provider,
                 list(sizes) if engine.max_batch_size else "[unbatched]",
                 runs,
                 mv.warmup_s * 1e3,
+                "; batches padded to those sizes" if getattr(engine, "batch_buckets", ()) else "",
             )
             for prepare in self._preparers:
                 prepare(mv, engine)

@@ -182,6 +182,16 @@ class LazyTensors(Mapping[str, np.ndarray]):
     def values(self):
         return self._tensors().values()
 
+    def aligned(self) -> dict[str, np.ndarray]:
+        """The tensors, each aligned for its type: unaligned views (see ``PlannedInputs``) are copied
+        once, and the copies replace them for every later read."""
+        tensors = self._tensors()
+        for array in tensors.values():
+            if not array.flags.aligned:
+                tensors = self._decoded = {n: a if a.flags.aligned else a.copy() for n, a in tensors.items()}
+                break
+        return tensors
+
 
 class LazyInputs(LazyTensors):
     """A request's input tensors, decoded by ``decode_inputs`` when first read: a malformed tensor raises

@@ -59,7 +59,11 @@ class RequestPlan:
 
 
 class PlannedInputs(LazyTensors):
-    """A planned request's input tensors: read-only views of the caller's bytes, made when first read."""
+    """A planned request's input tensors: read-only views of the caller's bytes, made when first read.
+
+    A view may be unaligned (where the request's header puts its raw contents): merging a batch copies
+    it anyway, so the copy is left to where an array reaches an engine or monitor alone
+    (``LazyTensors.aligned``)."""
 
     __slots__ = ("_encoded", "_offsets", "checks", "plan")
 
@@ -73,11 +77,8 @@ class PlannedInputs(LazyTensors):
     def _decode(self) -> dict[str, np.ndarray]:
         encoded = self._encoded
         out = {}
-        for (name, dtype, shape), offset, size in zip(self.plan.tensors, self._offsets, self.plan.sizes, strict=True):
-            if offset % dtype.alignment:  # keep arrays aligned: copy the few tensors that are not
-                out[name] = np.frombuffer(encoded[offset : offset + size], dtype).reshape(shape)
-            else:
-                out[name] = np.ndarray(shape, dtype, encoded, offset)
+        for (name, dtype, shape), offset in zip(self.plan.tensors, self._offsets, strict=True):
+            out[name] = np.ndarray(shape, dtype, encoded, offset)
         return out
 
     def __len__(self) -> int:

@@ -217,3 +217,66 @@ def wait_until(condition, timeout_s: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() - started < timeout_s, "condition not reached"
         time.sleep(0.0005)
+
+
+def test_padded_batches_run_at_the_warm_up_sizes_and_answer_exactly(tmp_path):
+    """engine.pad_batches = always (what a GPU session gets by default): the session is warmed at powers
+    of two and only ever runs those shapes; every caller still gets its own rows, exactly."""
+    import onnxruntime as ort
+
+    write_version(tmp_path, "mlp", "1.0.0", mlp_model, {"batching": {"max_batch_size": 16, "adaptive": False}})
+    config = config_for_tests(str(tmp_path), engine={"pad_batches": "always"}, batching={"max_queue_delay_ms": 20.0})
+    session = ort.InferenceSession(str(tmp_path / "mlp" / "1.0.0" / "model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(11)
+    xs = [rng.standard_normal((int(rng.integers(1, 4)), 64)).astype(np.float32) for _ in range(64)]
+    with ServerThread(config) as srv:
+        engine = srv.app.repository.get("mlp", "1.0.0").engine
+        assert engine.batch_buckets == (1, 2, 4, 8, 16)
+        shapes = []
+        real = engine._session
+
+        class Recording:
+            def run(self, names, feed):
+                shapes.append(next(iter(feed.values())).shape[0])
+                return real.run(names, feed)
+
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+        engine._session = Recording()
+        client = tc.InferenceServerClient(srv.url)
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            results = list(pool.map(lambda x: infer(client, "mlp", x), xs))
+        for x, result in zip(xs, results, strict=True):
+            probs, labels = session.run(["probabilities", "label"], {"input": x})
+            np.testing.assert_allclose(result.as_numpy("probabilities"), probs, rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(result.as_numpy("label"), labels)
+        sizes = [int(b["batch_size"]) for b in statistics(client, "mlp")["batch_stats"]]
+    assert shapes and set(shapes) <= {1, 2, 4, 8, 16}
+    assert any(s not in (1, 2, 4, 8, 16) for s in sizes)  # real batches of other sizes were padded
+    assert sum(int(b) for b in shapes) >= sum(x.shape[0] for x in xs)
+
+
+@pytest.mark.parametrize(("probe_ms", "padded"), [((80.0, 2.0), True), ((2.5, 2.0), False)])
+def test_auto_pads_only_where_a_new_batch_size_stalls(tmp_path, monkeypatch, probe_ms, padded):
+    """engine.pad_batches = auto (the default) pads when the session's first run at an unseen batch size
+    costs far more than its second (a CUDA session planning cuDNN convolutions), and not otherwise."""
+    from sidecar.engine.onnx_session import OnnxEngine
+
+    real_probe = OnnxEngine.probe_new_shape
+    measured = []
+
+    def probe(self):
+        measured.append(real_probe(self))  # the real probe runs (and picks a size the warm-up skipped)
+        return probe_ms
+
+    monkeypatch.setattr(OnnxEngine, "probe_new_shape", probe)
+    write_version(tmp_path, "mlp", "1.0.0", mlp_model, {"batching": {"max_batch_size": 8}})
+    with ServerThread(config_for_tests(str(tmp_path))) as srv:
+        engine = srv.app.repository.get("mlp", "1.0.0").engine
+        assert engine.batch_buckets == ((1, 2, 4, 8) if padded else ())
+        assert engine.padded_rows(3) == (4 if padded else 3)
+        client = tc.InferenceServerClient(srv.url)
+        x = np.ones((3, 64), np.float32)
+        assert infer(client, "mlp", x).as_numpy("probabilities").shape[0] == 3
+    assert len(measured) == 1 and all(ms > 0 for ms in measured[0])

@@ -498,3 +498,98 @@ async def test_a_batch_of_several_requests_never_runs_inline(make_batcher):
     await asyncio.gather(first, *queued)
     assert engine.inline_runs == 0
     assert [c.rows for c in engine.calls] == [1, 3]
+
+
+# -- shape buckets and big merges -----------------------------------------------------------------
+class Buckets:
+    """An engine's ``padded_rows``: the next of ``sizes`` (like OnnxEngine.use_batch_buckets)."""
+
+    def __init__(self, sizes):
+        self.sizes = sizes
+
+    def __call__(self, rows: int) -> int:
+        return next((s for s in self.sizes if s >= rows), rows)
+
+
+async def test_a_batch_is_padded_to_the_engines_next_bucket_and_cut_back(engine, make_batcher):
+    """The engine sees 8 rows for a batch of 7 (the last one zeros); callers and the monitor see only
+    their own rows."""
+    engine.padded_rows = Buckets((1, 2, 4, 8))
+    batcher, stats = make_batcher(engine)
+    seen = []
+
+    class Monitor:
+        def observe(self, inputs, outputs, rows):
+            seen.append(({n: a.shape for n, a in inputs.items()}, {n: a.shape for n, a in outputs.items()}, rows))
+
+        def rejected(self, *args):
+            pass
+
+    batcher.observer = Monitor()
+    first = await hold_engine(batcher, engine)
+    xs = [rows_of(10.0 * i, rows=r) for i, r in enumerate([1, 3, 2, 1], start=1)]
+    tasks = [submit(batcher, engine, x) for x in xs]
+    await turns()
+    engine.resume()
+    results = await asyncio.gather(first, *tasks)
+    assert [c.rows for c in engine.calls] == [1, 8]
+    ran = engine.calls[1].inputs["INPUT0"]
+    np.testing.assert_array_equal(ran[:7], np.concatenate(xs))
+    np.testing.assert_array_equal(ran[7:], np.zeros((1, 4), np.float32))
+    for x, out in zip(xs, results[1:], strict=True):
+        check_outputs(x, out)
+    await turns()
+    assert seen[1] == ({"INPUT0": (7, 4)}, {"OUTPUT0": (7, 4), "OUTPUT1": (7,)}, [1, 3, 2, 1])
+    assert sorted(stats.batches) == [1, 7]  # statistics count real rows
+
+
+async def test_a_lone_request_is_padded_too_and_a_full_bucket_is_not(engine, make_batcher):
+    engine.padded_rows = Buckets((1, 4, 8))
+    batcher, _ = make_batcher(engine)
+    x = rows_of(5.0, rows=3)
+    check_outputs(x, await batcher.submit(work_item(engine, x)))
+    y = rows_of(6.0, rows=4)
+    check_outputs(y, await batcher.submit(work_item(engine, y)))
+    assert [c.rows for c in engine.calls] == [4, 4]
+    assert engine.calls[1].inputs["INPUT0"] is not None and engine.calls[1].inputs["INPUT0"].shape == (4, 4)
+
+
+async def test_a_big_merge_is_copied_off_the_event_loop(make_batcher, monkeypatch):
+    """Rows of 1 MiB: merging two requests copies on a worker thread; the result is the same."""
+    import threading
+
+    from sidecar.batching import dynamic
+
+    width = 1 << 18  # FP32: 1 MiB a row
+    engine = FakeEngine(
+        max_batch_size=4,
+        inputs=(TensorSpec("INPUT0", "FP32", (-1, width)),),
+        outputs=(TensorSpec("OUTPUT0", "FP32", (-1, width)), TensorSpec("OUTPUT1", "FP32", (-1,))),
+    )
+    threads = []
+    real = np.concatenate
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dynamic.np, "concatenate", spy)
+    batcher, _ = make_batcher(engine)
+    first = await hold_engine_wide(batcher, engine, width)
+    xs = [rows_of(float(i), rows=1, width=width) for i in range(2)]
+    tasks = [submit(batcher, engine, x) for x in xs]
+    await turns()
+    engine.resume()
+    results = await asyncio.gather(first, *tasks)
+    for x, out in zip(xs, results[1:], strict=True):
+        check_outputs(x, out)
+    assert [c.rows for c in engine.calls] == [1, 2]
+    assert threads and all(t is not threading.main_thread() for t in threads)
+    assert 2 * width * 4 >= dynamic.MERGE_OFF_LOOP_BYTES
+
+
+async def hold_engine_wide(batcher, engine, width):
+    engine.pause()
+    first = submit(batcher, engine, rows_of(-1.0, width=width))
+    await engine.wait_started(1)
+    return first

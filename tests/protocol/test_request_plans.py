@@ -13,7 +13,7 @@ from sidecar.protocol import request_plans
 from sidecar.protocol._generated import grpc_service_pb2 as pb
 from sidecar.protocol.codec import decode_request, encode_tensor_bytes
 from sidecar.protocol.request_plans import PlannedInputs, inputs_for, learn, planned, read_head
-from sidecar.types import TensorSpec
+from sidecar.types import TensorSpec, aligned_inputs
 
 
 @pytest.fixture(autouse=True)
@@ -78,16 +78,26 @@ def test_a_request_without_an_id_and_another_shape_get_their_own_plans():
     assert planned(b, read_head(b))[2]["x"].shape == (3, 4)
 
 
-def test_unaligned_raw_contents_are_copied_aligned():
+def test_unaligned_raw_contents_are_views_until_aligned_is_asked_for():
+    """Reading never copies (a batch merge copies anyway); ``aligned()`` copies the unaligned ones
+    once, and later reads see the copies."""
     x = np.arange(8, dtype=np.float64).reshape(2, 4)
     offsets = set()
     for request_id in ("", "a", "ab", "abc"):  # moves the raw contents' offset in the message
         encoded = _request(x, request_id, datatype="FP64")
-        offsets.add(read_head(encoded).raws[0][0] % 8)
+        offset = read_head(encoded).raws[0][0]
+        offsets.add(offset % 8)
         _, _, inputs = _read(encoded)
-        assert inputs["x"].flags.aligned
-        np.testing.assert_array_equal(inputs["x"], x)
+        view = inputs["x"]
+        np.testing.assert_array_equal(view, x)
+        assert view.flags.aligned == (offset % 8 == 0) and not view.flags.writeable
+        aligned = aligned_inputs(inputs)
+        assert aligned["x"].flags.aligned and inputs["x"] is aligned["x"]
+        assert (aligned["x"] is view) == (offset % 8 == 0)  # copied only where it had to be
+        np.testing.assert_array_equal(aligned["x"], x)
     assert len(offsets) > 1  # some were not aligned in the message
+    plain = {"x": x}
+    assert aligned_inputs(plain) is plain
 
 
 def test_a_raw_size_that_does_not_fit_the_plan_takes_the_full_path():
