@@ -122,10 +122,7 @@ def sidecar_settings(args: argparse.Namespace, batching: bool) -> dict[str, Any]
         "batching.max_batch_size": args.max_batch_size,
         "batching.max_queue_delay_ms": args.max_queue_delay_ms,
         "engine.cudnn_conv_algo_search": args.sidecar_conv_search,
-        "engine.warmup_batch_sizes": ",".join(
-            str(b) for b in sorted({1, 8, 32, args.max_batch_size}) if b <= args.max_batch_size
-        ),
-    }
+    }  # warm-up sizes: the sidecar's own choice (powers of two where it pads batches)
     if not batching:  # the unbatched sidecar also shows the GPU metrics it exports
         settings["telemetry.gpu_metrics"] = True
         settings["telemetry.metrics_port"] = servers.free_port()
