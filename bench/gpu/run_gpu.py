@@ -53,7 +53,7 @@ RAW_KINDS = {
     "numpy_sidecar_search": "numpy in and out, the sidecar's cuDNN search setting",
     "io_binding": "IO binding: inputs copied to the GPU once, outputs left there",
 }
-LOG_WORDS = ("warm-up", "unseen batch size", "wanted", "preload_dlls")  # sidecar log lines the results keep
+LOG_WORDS = ("warm-up", "wanted", "preload_dlls")  # sidecar log lines the results keep
 CONV_MODELS = {"resnet50"}  # where the cuDNN convolution search matters
 MODELS = {
     # name: (input name, description)

@@ -99,8 +99,9 @@ class OnnxEngine:
             preload_gpu_libraries(ort)
         cuda_options = {"cudnn_conv_algo_search": cudnn_conv_algo_search}
         provider_list = [(p, cuda_options) if p == "CUDAExecutionProvider" else p for p in requested]
+        self._new_session = lambda: ort.InferenceSession(str(path), sess_options=options, providers=provider_list)
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=options, providers=provider_list)
+            self._session = self._new_session()
         except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load the model: {_first_line(exc)}") from exc
         in_use = self._session.get_providers()
@@ -116,28 +117,45 @@ class OnnxEngine:
         self._inline_max_ns = inline_max_us * 1e3
         self._single_ns = math.inf  # EWMA of a one-row run's wall time (unbatched models: any run)
         self.batch_buckets: tuple[int, ...] = ()  # batch sizes a batch is padded up to (use_batch_buckets)
+        self._by_rows: dict[int, object] = {}  # batch size -> the session that runs only that size
         self._seen_rows: set[int] = set()  # batch sizes warmed up
 
-    def use_batch_buckets(self, sizes: Sequence[int]) -> None:
+    def use_batch_buckets(self, sizes: Sequence[int], own_sessions: bool = False, warmup_runs: int = 1) -> None:
         """From now on the batcher pads each batch up to the next of ``sizes`` (the max batch size is
-        always one): the session then sees only the shapes it was warmed with. Not for string inputs."""
-        if self.max_batch_size and not self._string_inputs:
-            limit = self.max_batch_size
-            self.batch_buckets = tuple(sorted({s for s in sizes if 0 < s <= limit} | {limit}))
+        always one), so the session sees only the shapes it was warmed with. ``own_sessions``: each
+        size also gets a session of its own (warmed here, ``warmup_runs`` runs; the largest size keeps
+        this engine's first session), so no session ever sees two shapes: ONNX Runtime's CUDA
+        convolutions keep one plan, for the last input shape, and plan again whenever it changes.
+        Not for string inputs. Blocking: call it off the event loop."""
+        if not self.max_batch_size or self._string_inputs:
+            return
+        limit = self.max_batch_size
+        buckets = tuple(sorted({s for s in sizes if 0 < s <= limit} | {limit}))
+        if own_sessions:
+            by_rows = {}
+            for rows in buckets[:-1]:
+                session = by_rows[rows] = self._new_session()
+                feed = {s.name: dummy_tensor(s, rows) for s in self.inputs}
+                for _ in range(max(1, warmup_runs)):
+                    session.run(self._output_names, feed)
+            self._by_rows = by_rows
+        self.batch_buckets = buckets
 
-    def probe_new_shape(self) -> tuple[float, float]:
-        """Milliseconds of a first and a second run at a batch size not run before (the smallest from 2
-        up that the warm-up skipped, or 3): how much a batch of a new size stalls. (0, 0) if none is left."""
+    def probe_shapes(self) -> tuple[float, float, float]:
+        """Milliseconds of three runs at a batch size the warm-up skipped (the smallest from 2 up): the
+        first, the next, and one more after a run at another size. A large first says a new shape
+        stalls; a large third, that any change of shape stalls. (0, 0, 0) if no size is left."""
         rows = next((b for b in range(2, self.max_batch_size + 1) if b not in self._seen_rows), 0)
         if not rows:
-            return 0.0, 0.0
+            return 0.0, 0.0, 0.0
         feed = {s.name: dummy_tensor(s, rows) for s in self.inputs}
+        other = {s.name: dummy_tensor(s, 1) for s in self.inputs}
         took = []
-        for _ in range(2):
+        for step in range(4):
             start = time.perf_counter()
-            self.run_sync(feed, self._output_names)
+            self.run_sync(other if step == 2 else feed, self._output_names)
             took.append((time.perf_counter() - start) * 1e3)
-        return took[0], took[1]
+        return took[0], took[1], took[3]
 
     def padded_rows(self, rows: int) -> int:
         """The rows a batch of ``rows`` runs at: the next bucket, or ``rows`` (no buckets, or too big)."""
@@ -184,8 +202,10 @@ class OnnxEngine:
                 feed[name] = _to_str_array(feed[name])
         names = list(output_names) or self._output_names
         start = time.perf_counter_ns()
+        by_rows = self._by_rows
+        session = by_rows.get(_rows(feed), self._session) if by_rows else self._session
         try:
-            results = self._session.run(names, feed)
+            results = session.run(names, feed)
         except Exception as exc:
             raise EngineError(f"{self.label}: model failed while running: {_first_line(exc)}") from exc
         if not self.max_batch_size or _rows(feed) == 1:
@@ -207,6 +227,7 @@ class OnnxEngine:
 
     def close(self) -> None:
         self._session = None  # type: ignore[assignment]
+        self._by_rows = {}
 
 
 def dummy_tensor(spec: TensorSpec, batch: int) -> np.ndarray:

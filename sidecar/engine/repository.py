@@ -66,9 +66,10 @@ def direct_scheduler(
     return DirectScheduler(engine, stats, model, version)
 
 
-# engine.pad_batches = auto pads when a session's first run at a new batch size costs this much more than
-# its second (and more than twice it): a CUDA session plans cuDNN convolutions per input shape, which
-# made ResNet-50 behind the batcher serve 850 rows/s on an H200 instead of thousands.
+# engine.shape_buckets = auto: a run that costs this much more than a repeated run at the same size (and
+# more than twice it) stalls. ONNX Runtime's CUDA convolutions (cuDNN frontend) keep one plan per node,
+# for the last input shape, and plan again (~100-150 ms for ResNet-50 on an H200) whenever it changes:
+# behind a batcher whose batches vary in size, nearly every run.
 SHAPE_STALL_MS = 5.0
 
 
@@ -293,27 +294,35 @@ class Repository:
             self._fail(name, "", f"{model_dir} holds no version folders (<model>/<semver>/{MODEL_FILE})")
         return found
 
-    async def _pads_batches(self, engine: Engine) -> bool:
-        """``engine.pad_batches`` for this engine: always, never, or auto (a first run at a batch size the
-        session has not seen costs far more than a second one: see ``SHAPE_STALL_MS``)."""
-        mode = self._config.engine.pad_batches
-        if mode == "never" or engine.max_batch_size < 2 or not hasattr(engine, "use_batch_buckets"):
-            return False
-        if mode == "always":
-            return True
-        probe = getattr(engine, "probe_new_shape", None)
+    async def _shape_buckets(self, engine: Engine) -> str:
+        """``engine.shape_buckets`` for this engine: off, pad or sessions; auto decides from the engine's
+        ``probe_shapes`` (see ``SHAPE_STALL_MS``)."""
+        mode = self._config.engine.shape_buckets
+        if mode == "off" or engine.max_batch_size < 2 or not hasattr(engine, "use_batch_buckets"):
+            return "off"
+        if mode != "auto":
+            return mode
+        probe = getattr(engine, "probe_shapes", None)
         if probe is None:
-            return False
-        first_ms, second_ms = await asyncio.get_running_loop().run_in_executor(self._executor, probe)
-        stalls = first_ms - second_ms > max(SHAPE_STALL_MS, 2 * second_ms)
+            return "off"
+        first_ms, again_ms, switched_ms = await asyncio.get_running_loop().run_in_executor(self._executor, probe)
+        stall_ms = max(SHAPE_STALL_MS, 2 * again_ms)
+        chosen = "sessions" if switched_ms - again_ms > stall_ms else "pad" if first_ms - again_ms > stall_ms else "off"
         log.info(
-            "%s: a first run at an unseen batch size took %.1f ms, the next %.1f ms: %s",
+            "%s: runs at a batch size the warm-up skipped took %.1f ms (first), %.1f ms (next), %.1f ms (after "
+            "a run at another size): %s",
             getattr(engine, "label", "engine"),
             first_ms,
-            second_ms,
-            "batches will be padded to the warm-up sizes" if stalls else "no padding",
+            again_ms,
+            switched_ms,
+            {
+                "sessions": "a change of shape stalls, so batches are padded to the warm-up sizes, each with a "
+                "session of its own",
+                "pad": "a new shape stalls, so batches are padded to the warm-up sizes",
+                "off": "batches run at their own sizes",
+            }[chosen],
         )
-        return stalls
+        return chosen
 
     def _fail(self, name: str, version: str, reason: str) -> None:
         self._failures[(name, version)] = reason
@@ -344,12 +353,16 @@ class Repository:
             warm_up = getattr(engine, "warm_up", None)
             if warm_up is not None and runs:
                 mv.warmup_s = await loop.run_in_executor(self._executor, warm_up, sizes, runs)
-            if await self._pads_batches(engine):  # powers of two: a padded batch runs at most twice its rows
+            shapes = await self._shape_buckets(engine)
+            if shapes != "off":  # powers of two: a padded batch runs at most twice its rows
                 buckets = configured or tuple(powers_of_two_to(engine.max_batch_size))
                 more = [b for b in buckets if b not in sizes]
+                began = time.perf_counter()
                 if more and warm_up is not None:
-                    mv.warmup_s += await loop.run_in_executor(self._executor, warm_up, more, max(1, runs))
-                engine.use_batch_buckets(buckets)
+                    await loop.run_in_executor(self._executor, warm_up, more, max(1, runs))
+                use = engine.use_batch_buckets
+                await loop.run_in_executor(self._executor, use, buckets, shapes == "sessions", max(1, runs))
+                mv.warmup_s += time.perf_counter() - began
                 sizes = tuple(sorted({*sizes, *buckets}))
             log.info(
                 "%s loaded from %s on %s; warm-up %s x%d took %.1f ms%s",
@@ -359,7 +372,10 @@ class Repository:
                 list(sizes) if engine.max_batch_size else "[unbatched]",
                 runs,
                 mv.warmup_s * 1e3,
-                "; batches padded to those sizes" if getattr(engine, "batch_buckets", ()) else "",
+                {
+                    "pad": "; batches padded to those sizes",
+                    "sessions": "; batches padded to those sizes, a session each",
+                }.get(shapes, ""),
             )
             for prepare in self._preparers:
                 prepare(mv, engine)

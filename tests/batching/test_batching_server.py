@@ -219,64 +219,96 @@ def wait_until(condition, timeout_s: float = 5.0) -> None:
         time.sleep(0.0005)
 
 
-def test_padded_batches_run_at_the_warm_up_sizes_and_answer_exactly(tmp_path):
-    """engine.pad_batches = always (what a GPU session gets by default): the session is warmed at powers
-    of two and only ever runs those shapes; every caller still gets its own rows, exactly."""
+class Recording:
+    """An ONNX Runtime session that notes the batch size of every run."""
+
+    def __init__(self, session):
+        self.session = session
+        self.rows: list[int] = []
+
+    def run(self, names, feed):
+        self.rows.append(next(iter(feed.values())).shape[0])
+        return self.session.run(names, feed)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def serve_concurrently(srv, xs, session) -> list[int]:
+    """Send ``xs`` from CLIENTS threads; check every answer against ``session``; return batch sizes."""
+    client = tc.InferenceServerClient(srv.url)
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        results = list(pool.map(lambda x: infer(client, "mlp", x), xs))
+    for x, result in zip(xs, results, strict=True):
+        probs, labels = session.run(["probabilities", "label"], {"input": x})
+        np.testing.assert_allclose(result.as_numpy("probabilities"), probs, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(result.as_numpy("label"), labels)
+    return [int(b["batch_size"]) for b in statistics(client, "mlp")["batch_stats"]]
+
+
+@pytest.mark.parametrize("mode", ["pad", "sessions"])
+def test_padded_batches_run_at_the_warm_up_sizes_and_answer_exactly(tmp_path, mode):
+    """engine.shape_buckets = pad: the session is warmed at powers of two and only ever runs those
+    shapes; = sessions: each of those sizes has a session of its own that runs only that size. Every
+    caller still gets its own rows, exactly."""
     import onnxruntime as ort
 
     write_version(tmp_path, "mlp", "1.0.0", mlp_model, {"batching": {"max_batch_size": 16, "adaptive": False}})
-    config = config_for_tests(str(tmp_path), engine={"pad_batches": "always"}, batching={"max_queue_delay_ms": 20.0})
+    config = config_for_tests(str(tmp_path), engine={"shape_buckets": mode}, batching={"max_queue_delay_ms": 20.0})
     session = ort.InferenceSession(str(tmp_path / "mlp" / "1.0.0" / "model.onnx"), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(11)
     xs = [rng.standard_normal((int(rng.integers(1, 4)), 64)).astype(np.float32) for _ in range(64)]
     with ServerThread(config) as srv:
         engine = srv.app.repository.get("mlp", "1.0.0").engine
         assert engine.batch_buckets == (1, 2, 4, 8, 16)
-        shapes = []
-        real = engine._session
-
-        class Recording:
-            def run(self, names, feed):
-                shapes.append(next(iter(feed.values())).shape[0])
-                return real.run(names, feed)
-
-            def __getattr__(self, name):
-                return getattr(real, name)
-
-        engine._session = Recording()
+        assert sorted(engine._by_rows) == ([1, 2, 4, 8] if mode == "sessions" else [])
+        main = engine._session = Recording(engine._session)
+        own = {rows: Recording(s) for rows, s in engine._by_rows.items()}
+        engine._by_rows = dict(own)
+        serve_concurrently(srv, xs, session)
+        lone = np.ones((3, 64), np.float32)  # alone, 3 rows run at 4
         client = tc.InferenceServerClient(srv.url)
-        with ThreadPoolExecutor(CLIENTS) as pool:
-            results = list(pool.map(lambda x: infer(client, "mlp", x), xs))
-        for x, result in zip(xs, results, strict=True):
-            probs, labels = session.run(["probabilities", "label"], {"input": x})
-            np.testing.assert_allclose(result.as_numpy("probabilities"), probs, rtol=1e-5, atol=1e-6)
-            np.testing.assert_array_equal(result.as_numpy("label"), labels)
+        np.testing.assert_allclose(
+            infer(client, "mlp", lone).as_numpy("probabilities"),
+            session.run(["probabilities"], {"input": lone})[0],
+            rtol=1e-5,
+            atol=1e-6,
+        )
         sizes = [int(b["batch_size"]) for b in statistics(client, "mlp")["batch_stats"]]
-    assert shapes and set(shapes) <= {1, 2, 4, 8, 16}
+    ran = main.rows + [r for rec in own.values() for r in rec.rows]
+    assert ran and set(ran) <= {1, 2, 4, 8, 16}
     assert any(s not in (1, 2, 4, 8, 16) for s in sizes)  # real batches of other sizes were padded
-    assert sum(int(b) for b in shapes) >= sum(x.shape[0] for x in xs)
+    assert sum(ran) >= sum(x.shape[0] for x in xs)
+    if mode == "sessions":
+        assert set(main.rows) <= {16} and all(set(rec.rows) <= {rows} for rows, rec in own.items())
+        assert own[4].rows
 
 
-@pytest.mark.parametrize(("probe_ms", "padded"), [((80.0, 2.0), True), ((2.5, 2.0), False)])
-def test_auto_pads_only_where_a_new_batch_size_stalls(tmp_path, monkeypatch, probe_ms, padded):
-    """engine.pad_batches = auto (the default) pads when the session's first run at an unseen batch size
-    costs far more than its second (a CUDA session planning cuDNN convolutions), and not otherwise."""
+@pytest.mark.parametrize(
+    ("probe_ms", "chosen"),
+    [((80.0, 2.0, 90.0), "sessions"), ((80.0, 2.0, 2.2), "pad"), ((2.5, 2.0, 2.4), "off")],
+)
+def test_auto_buckets_only_where_a_change_of_batch_size_stalls(tmp_path, monkeypatch, probe_ms, chosen):
+    """engine.shape_buckets = auto (the default): sessions of their own when a run after one at another
+    size stalls (ONNX Runtime's CUDA convolutions), padding when only a first run at a new size does,
+    nothing otherwise."""
     from sidecar.engine.onnx_session import OnnxEngine
 
-    real_probe = OnnxEngine.probe_new_shape
+    real_probe = OnnxEngine.probe_shapes
     measured = []
 
     def probe(self):
-        measured.append(real_probe(self))  # the real probe runs (and picks a size the warm-up skipped)
+        measured.append(real_probe(self))  # the real probe runs (at a size the warm-up skipped)
         return probe_ms
 
-    monkeypatch.setattr(OnnxEngine, "probe_new_shape", probe)
+    monkeypatch.setattr(OnnxEngine, "probe_shapes", probe)
     write_version(tmp_path, "mlp", "1.0.0", mlp_model, {"batching": {"max_batch_size": 8}})
     with ServerThread(config_for_tests(str(tmp_path))) as srv:
         engine = srv.app.repository.get("mlp", "1.0.0").engine
-        assert engine.batch_buckets == ((1, 2, 4, 8) if padded else ())
-        assert engine.padded_rows(3) == (4 if padded else 3)
+        assert engine.batch_buckets == (() if chosen == "off" else (1, 2, 4, 8))
+        assert sorted(engine._by_rows) == ([1, 2, 4] if chosen == "sessions" else [])
+        assert engine.padded_rows(3) == (3 if chosen == "off" else 4)
         client = tc.InferenceServerClient(srv.url)
         x = np.ones((3, 64), np.float32)
         assert infer(client, "mlp", x).as_numpy("probabilities").shape[0] == 3
-    assert len(measured) == 1 and all(ms > 0 for ms in measured[0])
+    assert len(measured) == 1 and len(measured[0]) == 3 and all(ms > 0 for ms in measured[0])

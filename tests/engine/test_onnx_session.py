@@ -79,3 +79,41 @@ def test_pool_and_inline_results_agree(mlp_path, executor):
     assert inline is not None
     np.testing.assert_allclose(inline["probabilities"], pooled["probabilities"])
     assert pooled["probabilities"].shape == (1, 3)
+
+
+class ReplansOnShapeChange:
+    """A session that, like ONNX Runtime's CUDA convolutions, pays ``stall_s`` whenever the batch size
+    differs from its previous run's."""
+
+    def __init__(self, session, stall_s: float) -> None:
+        self.session, self.stall_s, self.last = session, stall_s, None
+
+    def run(self, names, feed):
+        rows = next(iter(feed.values())).shape[0]
+        if rows != self.last:
+            self.last = rows
+            threading.Event().wait(self.stall_s)
+        return self.session.run(names, feed)
+
+
+def test_probe_tells_a_change_of_shape_stall_from_a_steady_run(mlp_path, executor):
+    engine = _engine(mlp_path, executor, inline_max_us=0)
+    engine.warm_up([1, 8], 1)
+    engine._session = ReplansOnShapeChange(engine._session, 0.03)
+    first, again, switched = engine.probe_shapes()  # at 2 rows: the smallest size the warm-up skipped
+    assert first >= 30 and switched >= 30 and again < 30
+
+
+def test_own_sessions_per_size_each_run_one_shape_and_agree_with_the_first(mlp_path, executor):
+    engine = _engine(mlp_path, executor, inline_max_us=0)
+    expected = {n: engine.run_sync(_rows(n), ["probabilities"])["probabilities"] for n in (1, 2, 4, 8)}
+    engine.use_batch_buckets([1, 2, 4], own_sessions=True, warmup_runs=1)
+    assert engine.batch_buckets == (1, 2, 4, 8) and sorted(engine._by_rows) == [1, 2, 4]
+    assert [engine.padded_rows(n) for n in (1, 3, 5, 8)] == [1, 4, 8, 8]
+    assert len({id(s) for s in (*engine._by_rows.values(), engine._session)}) == 4
+    for n in (1, 2, 4, 8):
+        np.testing.assert_allclose(
+            engine.run_sync(_rows(n), ["probabilities"])["probabilities"], expected[n], rtol=1e-6
+        )
+    engine.close()
+    assert engine._by_rows == {}
