@@ -1,0 +1,28 @@
+#!/bin/bash
+# On a lent GPU machine (device tool), in the repository's copy there: gathers what the calls carried
+# and runs a command with onnxruntime-gpu, the sidecar's wheels and the exported models in place.
+# onnxruntime-gpu comes in four parts (../shared/gpu/pack-onnxruntime-gpu.sh .gpuparts, plus
+# unpack-onnxruntime-gpu.sh copied beside them), the rest from bench/gpu/pack_wheels.sh .whl.
+# Four calls back to back (the machine stays warm ~30 s between them):
+#   carry .gpuparts/part03 .gpuparts/SHA256 .gpuparts/unpack-onnxruntime-gpu.sh .whl:  bash bench/gpu/on_device.sh stage
+#   carry .gpuparts/part00, then .gpuparts/part01:                                      bash bench/gpu/on_device.sh stage
+#   carry .gpuparts/part02:   bash bench/gpu/on_device.sh run python3 -m bench.gpu.run_gpu ... --out $OUT
+# The first stage call also exports the models (torch is there) to /tmp/gpurepo.
+set -euo pipefail
+mkdir -p /tmp/parts
+if [ -d .gpuparts ]; then cp .gpuparts/* /tmp/parts/; fi
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  cp .whl/native/*.so /tmp/parts/
+  PYTHONPATH=/tmp/site python3 -m bench.gpu.export_models --out /tmp/gpurepo
+fi
+if [ "${1:-stage}" = stage ]; then
+  ls /tmp/parts
+  exit 0
+fi
+shift
+bash /tmp/parts/unpack-onnxruntime-gpu.sh /tmp/parts /tmp/site
+cp /tmp/parts/*.so sidecar/monitoring/
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+[ -f /tmp/gpurepo/encoder/1.0.0/model.onnx ] || python3 -m bench.gpu.export_models --out /tmp/gpurepo
+"$@"
