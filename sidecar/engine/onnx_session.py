@@ -142,20 +142,26 @@ class OnnxEngine:
         self.batch_buckets = buckets
 
     def probe_shapes(self) -> tuple[float, float, float]:
-        """Milliseconds of three runs at a batch size the warm-up skipped (the smallest from 2 up): the
-        first, the next, and one more after a run at another size. A large first says a new shape
-        stalls; a large third, that any change of shape stalls. (0, 0, 0) if no size is left."""
-        rows = next((b for b in range(2, self.max_batch_size + 1) if b not in self._seen_rows), 0)
-        if not rows:
+        """Milliseconds of runs at batch sizes the warm-up skipped: (first, repeated, switched). ``first``:
+        a first run at an unseen size (the lesser of two such sizes where there are two); ``repeated``:
+        the faster of two runs at the size just run; ``switched``: the faster of two runs each right after
+        a run at another size. A large first says a new shape stalls; a large switched, that any change
+        of shape does. Taking the lesser of two keeps a one-off hiccup from passing for a stall.
+        (0, 0, 0) if the warm-up left no size from 2 up."""
+        unseen = [b for b in range(2, self.max_batch_size + 1) if b not in self._seen_rows][:2]
+        if not unseen:
             return 0.0, 0.0, 0.0
-        feed = {s.name: dummy_tensor(s, rows) for s in self.inputs}
-        other = {s.name: dummy_tensor(s, 1) for s in self.inputs}
-        took = []
-        for step in range(4):
+        a, b = unseen[0], unseen[1] if len(unseen) > 1 else 1
+        feeds = {rows: {s.name: dummy_tensor(s, rows) for s in self.inputs} for rows in (a, b)}
+
+        def timed(rows: int) -> float:
             start = time.perf_counter()
-            self.run_sync(other if step == 2 else feed, self._output_names)
-            took.append((time.perf_counter() - start) * 1e3)
-        return took[0], took[1], took[3]
+            self.run_sync(feeds[rows], self._output_names)
+            return (time.perf_counter() - start) * 1e3
+
+        t = [timed(rows) for rows in (a, a, a, b, a, b, a)]
+        first = min(t[0], t[3]) if len(unseen) > 1 else t[0]
+        return first, min(t[1], t[2]), min(t[4], t[6])
 
     def padded_rows(self, rows: int) -> int:
         """The rows a batch of ``rows`` runs at: the next bucket, or ``rows`` (no buckets, or too big)."""

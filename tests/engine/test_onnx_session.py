@@ -117,3 +117,25 @@ def test_own_sessions_per_size_each_run_one_shape_and_agree_with_the_first(mlp_p
         )
     engine.close()
     assert engine._by_rows == {}
+
+
+class OneHiccup:
+    """A session whose ``at``-th run (counting from 0) takes ``stall_s`` longer, once."""
+
+    def __init__(self, session, at: int, stall_s: float) -> None:
+        self.session, self.at, self.stall_s, self.calls = session, at, stall_s, 0
+
+    def run(self, names, feed):
+        if self.calls == self.at:
+            threading.Event().wait(self.stall_s)
+        self.calls += 1
+        return self.session.run(names, feed)
+
+
+@pytest.mark.parametrize("at", [0, 1, 4, 6])
+def test_probe_does_not_take_a_one_off_hiccup_for_a_stall(mlp_path, executor, at):
+    engine = _engine(mlp_path, executor, inline_max_us=0)
+    engine.warm_up([1, 8], 1)
+    engine._session = OneHiccup(engine._session, at, 0.03)
+    first, again, switched = engine.probe_shapes()
+    assert max(first, again, switched) < 30
