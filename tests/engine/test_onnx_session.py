@@ -11,6 +11,7 @@ import pytest
 
 from sidecar.engine.onnx_session import OnnxEngine
 from sidecar.testing.models import mlp_model
+from sidecar.testing.replanning import ReplanningSession
 
 
 @pytest.fixture(scope="module")
@@ -81,25 +82,10 @@ def test_pool_and_inline_results_agree(mlp_path, executor):
     assert pooled["probabilities"].shape == (1, 3)
 
 
-class ReplansOnShapeChange:
-    """A session that, like ONNX Runtime's CUDA convolutions, pays ``stall_s`` whenever the batch size
-    differs from its previous run's."""
-
-    def __init__(self, session, stall_s: float) -> None:
-        self.session, self.stall_s, self.last = session, stall_s, None
-
-    def run(self, names, feed):
-        rows = next(iter(feed.values())).shape[0]
-        if rows != self.last:
-            self.last = rows
-            threading.Event().wait(self.stall_s)
-        return self.session.run(names, feed)
-
-
 def test_probe_tells_a_change_of_shape_stall_from_a_steady_run(mlp_path, executor):
     engine = _engine(mlp_path, executor, inline_max_us=0)
     engine.warm_up([1, 8], 1)
-    engine._session = ReplansOnShapeChange(engine._session, 0.03)
+    engine._session = ReplanningSession(engine._session, 0.03)
     first, again, switched = engine.probe_shapes()  # at 2 rows: the smallest size the warm-up skipped
     assert first >= 30 and switched >= 30 and again < 30
 
