@@ -3,8 +3,8 @@
 ONNX Runtime's CUDA convolutions build a new plan whenever a node's input shape differs from its
 previous run's (101-154 ms per change for ResNet-50 on an H200; microsoft/onnxruntime#23006), and a
 batcher's batches change size from run to run. No GPU here, so each of the sidecar's ONNX Runtime
-sessions is wrapped in ``sidecar.testing.replanning.ReplanningSession``, which stalls ``--stall-ms``
-whenever its batch size changes, and the real server (in this process; the load generator in its
+sessions is wrapped (``sidecar.testing.replanning.ReplanningEngines``) in a session that stalls
+``--stall-ms`` whenever its batch size changes, and the real server (in this process; the load generator in its
 own) serves the MLP at concurrency ``--concurrency`` with each ``shape_buckets`` mode:
 
 - ``off``: batches run at their own sizes (the behaviour before the setting existed);
@@ -32,44 +32,11 @@ from typing import Any
 from bench import loadgen
 from bench.bench_routing import _mlp_payload
 from bench.report import machine_info, markdown_table, save_results
-from sidecar.engine.onnx_session import OnnxEngine
 from sidecar.testing.models import mlp_model, write_version
-from sidecar.testing.replanning import ReplanningSession
+from sidecar.testing.replanning import ReplanningEngines
 from sidecar.testing.server import ServerThread, config_for_tests
 
 MODES = ("no stall", "off", "pad", "sessions", "auto")
-
-
-class Stalling:
-    """Wraps every session an OnnxEngine makes (its first and any per-size ones) while active."""
-
-    def __init__(self, stall_s: float) -> None:
-        self.stall_s = stall_s
-        self.sessions: list[ReplanningSession] = []
-        self._init = OnnxEngine.__init__
-
-    def __enter__(self) -> Stalling:
-        stalling = self
-        init = self._init
-
-        def patched(engine: OnnxEngine, *args: Any, **kwargs: Any) -> None:
-            init(engine, *args, **kwargs)
-            make = engine._new_session
-
-            def new_session() -> ReplanningSession:
-                wrapped = ReplanningSession(make(), stalling.stall_s)
-                stalling.sessions.append(wrapped)
-                return wrapped
-
-            engine._new_session = new_session
-            engine._session = ReplanningSession(engine._session, stalling.stall_s)
-            stalling.sessions.append(engine._session)
-
-        OnnxEngine.__init__ = patched  # type: ignore[method-assign]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        OnnxEngine.__init__ = self._init  # type: ignore[method-assign]
 
 
 def measure(repo: Path, mode: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -81,18 +48,18 @@ def measure(repo: Path, mode: str, args: argparse.Namespace) -> dict[str, Any]:
         monitoring={"enabled": False},
         telemetry={"enabled": False},
     )
-    stall = Stalling(args.stall_ms / 1e3) if mode != "no stall" else None
+    stall = ReplanningEngines(args.stall_ms / 1e3) if mode != "no stall" else None
     if stall is not None:
         stall.__enter__()
     try:
         with ServerThread(config) as srv:
             engine = srv.app.repository.get("mlp", "1.0.0").engine
             chose = "sessions" if engine._by_rows else "pad" if engine.batch_buckets else "off"
-            before = sum(s.replans for s in stall.sessions) if stall else 0
+            before = stall.replans if stall else 0
             result = loadgen.run(
                 srv.url, _mlp_payload(), concurrency=args.concurrency, duration_s=args.duration, warmup_s=1.0
             )
-            replans = (sum(s.replans for s in stall.sessions) - before) if stall else 0
+            replans = (stall.replans - before) if stall else 0
             stats = srv.app.repository.get("mlp", "1.0.0").stats
             mean_batch = stats.inference_count / stats.execution_count if stats.execution_count else 0.0
     finally:

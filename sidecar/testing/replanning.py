@@ -7,6 +7,7 @@ for ResNet-50 on an H200. ``ReplanningSession`` reproduces that behaviour around
 batcher's answer to it (``engine.shape_buckets``) can be tested and benchmarked without a GPU.
 
     engine._session = ReplanningSession(engine._session, stall_s=0.02)
+    with ReplanningEngines(stall_s=0.02) as made: ...   # every OnnxEngine made meanwhile, every session
 """
 
 from __future__ import annotations
@@ -37,3 +38,40 @@ class ReplanningSession:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.session, name)
+
+
+class ReplanningEngines:
+    """While active, every ``OnnxEngine`` made wraps each of its sessions (its first and any per-size
+    ones) in a ``ReplanningSession``; ``sessions`` lists them all."""
+
+    def __init__(self, stall_s: float) -> None:
+        from sidecar.engine.onnx_session import OnnxEngine
+
+        self.stall_s = stall_s
+        self.sessions: list[ReplanningSession] = []
+        self._cls = OnnxEngine
+        self._init = OnnxEngine.__init__
+
+    @property
+    def replans(self) -> int:
+        return sum(s.replans for s in self.sessions)
+
+    def _wrap(self, session: Any) -> ReplanningSession:
+        wrapped = ReplanningSession(session, self.stall_s)
+        self.sessions.append(wrapped)
+        return wrapped
+
+    def __enter__(self) -> ReplanningEngines:
+        init, wrap = self._init, self._wrap
+
+        def patched(engine: Any, *args: Any, **kwargs: Any) -> None:
+            init(engine, *args, **kwargs)
+            make = engine._new_session
+            engine._new_session = lambda: wrap(make())
+            engine._session = wrap(engine._session)
+
+        self._cls.__init__ = patched
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._cls.__init__ = self._init

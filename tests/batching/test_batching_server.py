@@ -312,3 +312,24 @@ def test_auto_buckets_only_where_a_change_of_batch_size_stalls(tmp_path, monkeyp
         x = np.ones((3, 64), np.float32)
         assert infer(client, "mlp", x).as_numpy("probabilities").shape[0] == 3
     assert len(measured) == 1 and len(measured[0]) == 3 and all(ms > 0 for ms in measured[0])
+
+
+def test_auto_gives_sessions_of_their_own_to_a_model_that_replans_on_every_shape_change(tmp_path):
+    """With every session stalling 30 ms whenever its batch size changes (ONNX Runtime's CUDA
+    convolutions, simulated), auto's probe picks one session per size, and serving concurrent requests
+    of mixed sizes then re-plans no more: each session only ever sees its own size."""
+    from sidecar.testing.replanning import ReplanningEngines
+
+    write_version(tmp_path, "mlp", "1.0.0", mlp_model, {"batching": {"max_batch_size": 8}})
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "mlp" / "1.0.0" / "model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal((int(rng.integers(1, 3)), 64)).astype(np.float32) for _ in range(48)]
+    with ReplanningEngines(stall_s=0.03) as made, ServerThread(config_for_tests(str(tmp_path))) as srv:
+        engine = srv.app.repository.get("mlp", "1.0.0").engine
+        assert engine.batch_buckets == (1, 2, 4, 8) and sorted(engine._by_rows) == [1, 2, 4]
+        before = made.replans
+        serve_concurrently(srv, xs, session)
+        # At most one re-plan per session (its first run at its own size, if the warm-up left it elsewhere).
+        assert made.replans - before <= len(made.sessions)
