@@ -28,10 +28,11 @@ Rules (each has a unit test in tests/batching/):
   INTERNAL, for anything that is not already a SidecarError); the next batch runs normally.
 * ``close()`` refuses new requests, runs everything queued without waiting for company, and returns
   when every accepted request has been answered.
-* Shape buckets: an engine whose ``padded_rows(rows)`` says more than ``rows`` (a GPU session that
-  was warmed at a few batch sizes: a new input shape makes cuDNN plan again, which stalls the batch
-  for many times its run) gets its batch padded with zero rows up to that size; outputs are cut
-  back to the real rows before they are split, and the monitor sees only the real rows.
+* Shape buckets: an engine whose ``padded_rows(rows)`` says more than ``rows`` (a GPU session whose
+  convolutions plan again whenever their input shape changes, which stalls a run for many times its
+  length; see ``engine.shape_buckets``) gets its batch padded with zero rows up to that size;
+  outputs are cut back to the real rows before they are split, and the monitor sees only the real
+  rows.
 * A merge of at least ``MERGE_OFF_LOOP_BYTES`` (image-sized requests) is copied on a worker thread
   (numpy releases the GIL while it copies), not on the event loop, which stays free for ingest.
 

@@ -133,12 +133,20 @@ class OnnxEngine:
         buckets = tuple(sorted({s for s in sizes if 0 < s <= limit} | {limit}))
         if own_sessions:
             by_rows = {}
-            for rows in buckets[:-1]:
-                session = by_rows[rows] = self._new_session()
-                feed = {s.name: dummy_tensor(s, rows) for s in self.inputs}
-                for _ in range(max(1, warmup_runs)):
-                    session.run(self._output_names, feed)
-            self._by_rows = by_rows
+            try:
+                for rows in buckets[:-1]:
+                    session = by_rows[rows] = self._new_session()
+                    feed = {s.name: dummy_tensor(s, rows) for s in self.inputs}
+                    for _ in range(max(1, warmup_runs)):
+                        session.run(self._output_names, feed)
+            except Exception as exc:  # out of device memory, say: padding alone still avoids new shapes
+                log.warning(
+                    "%s: cannot make a session per batch size (%s); batches are padded, on one session",
+                    self.label,
+                    _first_line(exc),
+                )
+            else:
+                self._by_rows = by_rows
         self.batch_buckets = buckets
 
     def probe_shapes(self) -> tuple[float, float, float]:

@@ -294,11 +294,13 @@ class Repository:
             self._fail(name, "", f"{model_dir} holds no version folders (<model>/<semver>/{MODEL_FILE})")
         return found
 
-    async def _shape_buckets(self, engine: Engine) -> str:
+    async def _shape_buckets(self, engine: Engine, warmup_runs: int) -> str:
         """``engine.shape_buckets`` for this engine: off, pad or sessions; auto decides from the engine's
-        ``probe_shapes`` (see ``SHAPE_STALL_MS``)."""
+        ``probe_shapes`` (see ``SHAPE_STALL_MS``), unless the version's warm-up is switched off."""
         mode = self._config.engine.shape_buckets
         if mode == "off" or engine.max_batch_size < 2 or not hasattr(engine, "use_batch_buckets"):
+            return "off"
+        if mode == "auto" and not warmup_runs:  # no warm-up wanted: no probing runs either
             return "off"
         if mode != "auto":
             return mode
@@ -353,7 +355,7 @@ class Repository:
             warm_up = getattr(engine, "warm_up", None)
             if warm_up is not None and runs:
                 mv.warmup_s = await loop.run_in_executor(self._executor, warm_up, sizes, runs)
-            shapes = await self._shape_buckets(engine)
+            shapes = await self._shape_buckets(engine, runs)
             if shapes != "off":  # powers of two: a padded batch runs at most twice its rows
                 buckets = configured or tuple(powers_of_two_to(engine.max_batch_size))
                 more = [b for b in buckets if b not in sizes]

@@ -333,3 +333,12 @@ def test_auto_gives_sessions_of_their_own_to_a_model_that_replans_on_every_shape
         serve_concurrently(srv, xs, session)
         # At most one re-plan per session (its first run at its own size, if the warm-up left it elsewhere).
         assert made.replans - before <= len(made.sessions)
+
+
+def test_auto_does_not_probe_a_version_whose_warm_up_is_switched_off(tmp_path):
+    from sidecar.testing.replanning import ReplanningEngines
+
+    write_version(tmp_path, "mlp", "1.0.0", mlp_model, {"batching": {"max_batch_size": 8}, "warmup": {"runs": 0}})
+    with ReplanningEngines(stall_s=0.03) as made, ServerThread(config_for_tests(str(tmp_path))) as srv:
+        engine = srv.app.repository.get("mlp", "1.0.0").engine
+        assert engine.batch_buckets == () and made.replans == 0  # not a single run at load

@@ -125,3 +125,16 @@ def test_probe_does_not_take_a_one_off_hiccup_for_a_stall(mlp_path, executor, at
     engine._session = OneHiccup(engine._session, at, 0.03)
     first, again, switched = engine.probe_shapes()
     assert max(first, again, switched) < 30
+
+
+def test_sessions_per_size_that_cannot_be_made_leave_padding_on_one_session(mlp_path, executor, caplog):
+    engine = _engine(mlp_path, executor, inline_max_us=0)
+
+    def out_of_memory():
+        raise RuntimeError("CUDA failure 2: out of memory")
+
+    engine._new_session = out_of_memory
+    engine.use_batch_buckets([1, 2, 4], own_sessions=True)
+    assert engine.batch_buckets == (1, 2, 4, 8) and engine._by_rows == {}
+    assert "cannot make a session per batch size (CUDA failure 2: out of memory)" in caplog.text
+    np.testing.assert_allclose(engine.run_sync(_rows(4), ["probabilities"])["probabilities"].shape, (4, 3))
