@@ -54,7 +54,7 @@ def measure(repo: Path, mode: str, args: argparse.Namespace) -> dict[str, Any]:
     try:
         with ServerThread(config) as srv:
             engine = srv.app.repository.get("mlp", "1.0.0").engine
-            chose = "sessions" if engine._by_rows else "pad" if engine.batch_buckets else "off"
+            chose = engine.shape_buckets
             before = stall.replans if stall else 0
             result = loadgen.run(
                 srv.url, _mlp_payload(), concurrency=args.concurrency, duration_s=args.duration, warmup_s=1.0

@@ -149,6 +149,11 @@ class OnnxEngine:
                 self._by_rows = by_rows
         self.batch_buckets = buckets
 
+    @property
+    def shape_buckets(self) -> str:
+        """What ``use_batch_buckets`` put in place: off, pad or sessions."""
+        return "sessions" if self._by_rows else "pad" if self.batch_buckets else "off"
+
     def probe_shapes(self) -> tuple[float, float, float]:
         """Milliseconds of runs at batch sizes the warm-up skipped: (first, repeated, switched). ``first``:
         a first run at an unseen size (the lesser of two such sizes where there are two); ``repeated``:

@@ -366,6 +366,7 @@ class Repository:
                 await loop.run_in_executor(self._executor, use, buckets, shapes == "sessions", max(1, runs))
                 mv.warmup_s += time.perf_counter() - began
                 sizes = tuple(sorted({*sizes, *buckets}))
+                shapes = engine.shape_buckets  # what it could do: string inputs, memory for the sessions
             log.info(
                 "%s loaded from %s on %s; warm-up %s x%d took %.1f ms%s",
                 mv.label,

@@ -95,6 +95,7 @@ def test_own_sessions_per_size_each_run_one_shape_and_agree_with_the_first(mlp_p
     expected = {n: engine.run_sync(_rows(n), ["probabilities"])["probabilities"] for n in (1, 2, 4, 8)}
     engine.use_batch_buckets([1, 2, 4], own_sessions=True, warmup_runs=1)
     assert engine.batch_buckets == (1, 2, 4, 8) and sorted(engine._by_rows) == [1, 2, 4]
+    assert engine.shape_buckets == "sessions"
     assert [engine.padded_rows(n) for n in (1, 3, 5, 8)] == [1, 4, 8, 8]
     assert len({id(s) for s in (*engine._by_rows.values(), engine._session)}) == 4
     for n in (1, 2, 4, 8):
@@ -135,6 +136,6 @@ def test_sessions_per_size_that_cannot_be_made_leave_padding_on_one_session(mlp_
 
     engine._new_session = out_of_memory
     engine.use_batch_buckets([1, 2, 4], own_sessions=True)
-    assert engine.batch_buckets == (1, 2, 4, 8) and engine._by_rows == {}
+    assert engine.batch_buckets == (1, 2, 4, 8) and engine._by_rows == {} and engine.shape_buckets == "pad"
     assert "cannot make a session per batch size (CUDA failure 2: out of memory)" in caplog.text
     np.testing.assert_allclose(engine.run_sync(_rows(4), ["probabilities"])["probabilities"].shape, (4, 3))
