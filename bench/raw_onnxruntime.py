@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from sidecar.engine.onnx_session import powers_of_two_to
+
 _NUMPY = {
     "tensor(float)": np.float32,
     "tensor(double)": np.float64,
@@ -204,13 +206,8 @@ def measure(
 
 
 def batch_sizes_up_to(max_batch: int) -> list[int]:
-    """1, 2, 4, ... up to and including ``max_batch``."""
-    sizes, b = [], 1
-    while b < max_batch:
-        sizes.append(b)
-        b *= 2
-    sizes.append(max_batch)
-    return sizes
+    """1, 2, 4, ... up to and including ``max_batch`` (the sizes the sidecar pads batches to)."""
+    return powers_of_two_to(max_batch)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

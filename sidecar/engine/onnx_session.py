@@ -60,6 +60,16 @@ def preload_gpu_libraries(ort) -> None:
         log.info("onnxruntime.preload_dlls() failed (%s); relying on the system's CUDA libraries", exc)
 
 
+def powers_of_two_to(limit: int) -> list[int]:
+    """1, 2, 4, ... below ``limit``, then ``limit``: the batch sizes a padded batch runs at by default
+    (at most twice its rows), and the benchmarks' sweep."""
+    sizes, b = [], 1
+    while b < limit:
+        sizes.append(b)
+        b *= 2
+    return [*sizes, limit]
+
+
 def choose_providers(preferred: Sequence[str], available: Sequence[str]) -> list[str]:
     chosen = [p for p in preferred if p in available]
     if "CPUExecutionProvider" not in chosen:

@@ -26,6 +26,7 @@ from sidecar.config import SidecarConfig
 from sidecar.engine.base import Engine
 from sidecar.engine.layout import MODEL_FILE, UPSTREAM_FILES, find_upstream_file
 from sidecar.engine.metadata import VersionMetadata, load_metadata
+from sidecar.engine.onnx_session import powers_of_two_to
 from sidecar.engine.semver import SemVer
 from sidecar.engine.statistics import VersionStatistics
 from sidecar.engine.upstream import UpstreamEngine, UpstreamSettings
@@ -71,15 +72,6 @@ def direct_scheduler(
 # for the last input shape, and plan again (~100-150 ms for ResNet-50 on an H200) whenever it changes:
 # behind a batcher whose batches vary in size, nearly every run.
 SHAPE_STALL_MS = 5.0
-
-
-def powers_of_two_to(limit: int) -> list[int]:
-    """1, 2, 4, ... below ``limit``, then ``limit``."""
-    sizes, b = [], 1
-    while b < limit:
-        sizes.append(b)
-        b *= 2
-    return [*sizes, limit]
 
 
 class ModelVersion:
