@@ -96,7 +96,9 @@ class EngineConfig:
         "Threads that run model sessions off the event loop (shared by all versions).", default=4
     )
     warmup_batch_sizes: tuple[int, ...] = _doc(
-        "Batch sizes run before a version reports ready; empty = 1 and the max batch size.", default=()
+        "Batch sizes run before a version reports ready; empty = 1 and the max batch size (powers of two up to "
+        "it where shape_buckets pads batches).",
+        default=(),
     )
     warmup_runs: int = _doc("Warm-up inferences per batch size.", default=2)
     cudnn_conv_algo_search: str = _doc(
