@@ -16,6 +16,8 @@ ServerLive, ServerReady and ModelReady answer ``true`` so the usual readiness ch
 
     python -m bench.echo_server --port 8001 [--response-file resp.bin] [--parse]
     python -m bench.echo_server --port 8001 --batch-model model.onnx [--max-batch-size 64 --max-queue-delay-ms 1]
+
+``--reuse-port`` lets several of them share one port (``SO_REUSEPORT``; bench/gpu/ingest_scaling.py).
 """
 
 from __future__ import annotations
@@ -140,11 +142,11 @@ def _service(infer) -> grpc.GenericRpcHandler:
     )
 
 
-async def serve(port: int, host: str, handlers: grpc.GenericRpcHandler) -> None:
+async def serve(port: int, host: str, handlers: grpc.GenericRpcHandler, reuse_port: bool = False) -> None:
     options = [
         ("grpc.max_receive_message_length", 256 * 1024 * 1024),
         ("grpc.max_send_message_length", 256 * 1024 * 1024),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(reuse_port)),  # off unless asked: a port clash must fail, not share
     ]
     server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers((handlers,))
@@ -172,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--max-queue-delay-ms", type=float, default=1.0)
     parser.add_argument("--intra-op-threads", type=int, default=1)
+    parser.add_argument("--reuse-port", action="store_true", help="SO_REUSEPORT: share the port with others")
     args = parser.parse_args(argv)
     if args.batch_model:
         handlers = _batching_handlers(
@@ -180,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         response = Path(args.response_file).read_bytes() if args.response_file else None
         handlers = _handlers(response, args.parse)
-    coro = serve(args.port, args.host, handlers)
+    coro = serve(args.port, args.host, handlers, args.reuse_port)
     if args.no_uvloop:
         asyncio.run(coro)
     else:

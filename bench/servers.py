@@ -310,10 +310,12 @@ def start_echo(
     max_batch_size: int = 64,
     max_queue_delay_ms: float = 1.0,
     intra_op_threads: int = 1,
+    reuse_port: bool = False,
 ) -> ServerProcess:
     """Start ``bench.echo_server`` (the bare grpc.aio ceiling) on a free port and return it once ready.
 
-    With ``batch_model`` it is the floor of batching on grpc.aio instead (see the module)."""
+    With ``batch_model`` it is the floor of batching on grpc.aio instead (see the module); with
+    ``reuse_port`` it shares ``port`` with other echo servers started so (``SO_REUSEPORT``)."""
     port = port or free_port()
     argv = [python, "-m", "bench.echo_server", "--port", str(port)]
     if response_file is not None:
@@ -323,6 +325,8 @@ def start_echo(
     if batch_model is not None:
         argv += ["--batch-model", str(batch_model), "--max-batch-size", str(max_batch_size)]
         argv += ["--max-queue-delay-ms", str(max_queue_delay_ms), "--intra-op-threads", str(intra_op_threads)]
+    if reuse_port:
+        argv.append("--reuse-port")
     return ServerProcess(name, argv, port=port, cwd=REPO_ROOT, log_dir=log_dir).start()
 
 
