@@ -14,9 +14,6 @@ common=(--repository /tmp/gpurepo --processes 8 --duration 5 --warmup 1.5 --raw-
   --raw-extra-batch-sizes "" --out "$out")
 python3 -m bench.gpu.run_gpu "${common[@]}" --models resnet50,encoder --servers echo,sidecar-batching \
   --raw-batch-sizes 64,128 --echo-concurrency 256 --concurrency 256 --profile --profile-native \
-  --profile-top 25 --py-spy /tmp/site/bin/py-spy --budget-s 150 --name "$name-native"
-for f in /tmp/sidecar-gpu-bench-*/sidecar-batching-*-c256.txt; do
-  [ -f "$f" ] && cp "$f" "$out/$name-native-$(basename "$f")"
-done
+  --profile-top 25 --py-spy /tmp/site/bin/py-spy --profile-raw-dir "$out" --budget-s 150 --name "$name-native"
 python3 -m bench.gpu.run_gpu "${common[@]}" --models resnet50 --servers sidecar-batching --raw-batch-sizes 128 \
   --concurrency 256 --max-queue-delay-ms 5 --budget-s 60 --name "$name-delay5"

@@ -10,8 +10,8 @@
 # The first stage call also exports the models (torch is there) to /tmp/gpurepo.
 set -euo pipefail
 mkdir -p /tmp/parts
-if [ -d .gpuparts ]; then cp .gpuparts/* /tmp/parts/; fi
-if [ -d .whl ]; then
+if compgen -G '.gpuparts/*' >/dev/null; then cp .gpuparts/* /tmp/parts/; fi
+if compgen -G '.whl/*.whl' >/dev/null; then  # carried in this call (an uncarried .whl is left empty)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   cp .whl/native/*.so /tmp/parts/
   PYTHONPATH=/tmp/site python3 -m bench.gpu.export_models --out /tmp/gpurepo

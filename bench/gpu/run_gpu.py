@@ -193,7 +193,7 @@ def run_cells(
     return profile_cell(
         server,
         payload,
-        profile_dir / f"{key}-{model}-c{c}.txt",
+        profile_dir / f"{args.name}-pyspy-{model}-c{c}.txt",
         concurrency=c,
         duration_s=args.duration,
         warmup_s=args.warmup,
@@ -396,6 +396,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="py-spy the batched sidecar at the top concurrency")
     p.add_argument("--profile-native", action="store_true", help="py-spy --native (C/C++ frames too)")
     p.add_argument("--profile-top", type=int, default=15)
+    p.add_argument("--profile-raw-dir", help="keep py-spy's raw samples here (default: dropped with the work folder)")
     p.add_argument("--py-spy", help="path of the py-spy executable (default: PATH, then beside this Python)")
     p.add_argument("--name", default=None, help="results file stem (default gpu, or gpu-cpu-check)")
     p.add_argument("--out", default=str(RESULTS_DIR))
@@ -497,7 +498,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 with server:
                     entry["provider"] = servers.model_provider(server.target, model)
                     batched = key == "sidecar-batching"
-                    profile_dir = workdir if (args.profile and batched) else None
+                    kept = Path(args.profile_raw_dir) if args.profile_raw_dir else workdir
+                    kept.mkdir(parents=True, exist_ok=True)
+                    profile_dir = kept if (args.profile and batched) else None
                     concurrency = args.concurrency if batched else args.unbatched_concurrency
                     prof = run_cells(
                         server, key, model, request, args, data["cells"], concurrency, data["skipped"], profile_dir
