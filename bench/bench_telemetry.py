@@ -414,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="wrapper,serving", help="comma list of wrapper, serving")
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--gpu", action="store_true", help="also time NVML sampling")
+    p.add_argument("--name", help="results file stem (default telemetry; telemetry-gpu for --gpu alone)")
     args = p.parse_args(argv)
     only = set(args.only.split(","))
     results: dict[str, Any] = {"machine": machine_info()}
@@ -475,7 +476,17 @@ def main(argv: list[str] | None = None) -> int:
         heading += " and encoder, lean = the sidecar's):"
         wrapper_table = markdown_table(rows, [("what", "what"), ("sdk", "SDK us"), ("lean", "lean us")])
         markdown = f"{markdown}\n\n{heading}\n\n{wrapper_table}" if markdown else f"{heading}\n\n{wrapper_table}"
-    save_results("telemetry", results, markdown)
+    if "gpu" in results:
+        g = results["gpu"]
+        if g.get("gpus"):
+            line = f"NVML sampling: {g['gpus']} GPU(s) ({', '.join(g['names'])}), "
+            line += f"{g['us_per_sample_all_gpus']} us per sample of all"
+        else:
+            line = f"NVML sampling: {g.get('note', 'no GPU')}"
+        markdown = f"{markdown}\n\n{line}" if markdown else line
+    # A GPU-only run must not overwrite the serving and wrapper results of a full run.
+    name = args.name or ("telemetry" if only & {"wrapper", "serving"} else "telemetry-gpu")
+    save_results(name, results, markdown)
     return 0
 
 
