@@ -27,6 +27,7 @@ from sidecar.config import SidecarConfig
 from sidecar.engine.base import Engine
 from sidecar.engine.repository import ModelVersion, Repository
 from sidecar.engine.statistics import VersionStatistics
+from sidecar.ingest.relay import IngestWorkers
 from sidecar.lifecycle import Lifecycle
 from sidecar.monitoring.monitor import Monitoring
 from sidecar.protocol.inference_servicer import SERVICE as INFERENCE_SERVICE
@@ -66,6 +67,7 @@ class Sidecar:
         self.repository.on_change(self._on_version_change)
         self._server: grpc.aio.Server | None = None
         self._control: grpc.aio.Server | None = None
+        self.ingest: IngestWorkers | None = None  # server.ingest_workers > 0
         self._control_registrations: list[Callable[[grpc.aio.Server], str]] = []
         self._background: set[asyncio.Future] = set()
         self.grpc_port = 0
@@ -89,16 +91,22 @@ class Sidecar:
             ("grpc.max_send_message_length", cfg.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        server = grpc.aio.server(options=options)
+        # With ingest workers the port is shared with them; otherwise a port clash must fail.
+        reuse = [*options[:2], ("grpc.so_reuseport", 1)] if cfg.ingest_workers else options
+        server = grpc.aio.server(options=reuse)
         self.telemetry = Telemetry(resolve_telemetry(self.config.telemetry, self._environ))
         self.telemetry.start(self.repository)
         self.telemetry.observe_monitoring(self.monitoring)  # drift, data-quality and alert metrics
         servicer = InferenceServicer(self.router, self.repository, self.lifecycle)
+        inference = observed(servicer, INFERENCE_SERVICE, self.telemetry.tracer, self.telemetry.rpc_durations)
+
+        def register(target: object) -> None:  # the inference port's services (relayed ones too)
+            add_inference_servicer(inference, target)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, target)
+
+        self.register_inference = register  # what ingest workers relay to (sidecar.ingest)
         registrar = generic_only(server)  # every registered method would cost every call (see registration)
-        add_inference_servicer(
-            observed(servicer, INFERENCE_SERVICE, self.telemetry.tracer, self.telemetry.rpc_durations), registrar
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
+        register(registrar)
         if cfg.reflection:
             enable_reflection(registrar, (INFERENCE_SERVICE, HEALTH_SERVICE))
         self.grpc_port = server.add_insecure_port(f"{_host(cfg.grpc_host)}:{cfg.grpc_port}")
@@ -108,6 +116,9 @@ class Sidecar:
         await server.start()
         self._server = server
         log.info("Open Inference Protocol gRPC API listening on %s:%d", cfg.grpc_host, self.grpc_port)
+        if cfg.ingest_workers:
+            self.ingest = IngestWorkers(cfg.ingest_workers, register, cfg.grpc_host, cfg.max_message_bytes)
+            await self.ingest.start(self.grpc_port)
         if self._control_registrations and cfg.control_port >= 0:
             control = grpc.aio.server(options=options)
             control_registrar = generic_only(control)
@@ -160,6 +171,8 @@ class Sidecar:
         return done
 
     async def stop(self, grace_s: float = 1.0) -> None:
+        if self.ingest is not None:  # first: they finish the calls they hold, relayed to this process
+            await self.ingest.stop()
         if self._server is not None:
             await self._server.stop(grace_s)
         if self._control is not None:

@@ -54,9 +54,18 @@ class ServerConfig:
         "GRPC_EXPERIMENTS when that is set (sidecar/grpc_io.py).",
         default="auto",
     )
+    ingest_workers: int = _doc(
+        "Extra processes that take gRPC calls on the inference port beside this one (SO_REUSEPORT: the kernel "
+        "spreads client connections over them) and relay each call to it over a Unix socket, so that gRPC's "
+        "per-call work (HTTP/2, copying each message) spreads over cores while models, batching, routing and "
+        "monitoring stay in this process. For large tensors on a many-core machine; 0 = off (sidecar/ingest).",
+        default=0,
+    )
 
     def __post_init__(self) -> None:
         grpc_io.check(self.grpc_io)
+        if self.ingest_workers < 0:
+            raise ValueError(f"server.ingest_workers must be 0 or more, not {self.ingest_workers}")
 
 
 DEFAULT_CONTROL = f"{ServerConfig().control_host}:{ServerConfig().control_port}"  # where the CLI's clients look

@@ -1,0 +1,244 @@
+"""An ingest worker: a grpc.aio server on the sidecar's port that relays every call to the sidecar.
+
+Started by the serving process (``sidecar.ingest.relay.IngestWorkers``), never by hand::
+
+    python -m sidecar.ingest.worker --socket RELAY.sock --host 0.0.0.0 --port 8001 [--max-message-bytes N]
+
+It binds the port with ``SO_REUSEPORT`` beside the serving process, connects to the relay socket, and
+for each call sends the request's bytes, the caller's metadata and time remaining, and answers with
+what comes back: the response's bytes or the gRPC status and message the sidecar gave. It parses
+nothing but stream messages' framing. A caller that cancels is cancelled in the sidecar too. When the
+relay connection closes (the sidecar stopped), calls still waiting fail UNAVAILABLE and the worker
+exits; on SIGTERM it stops taking calls, finishes those it holds, and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+
+from sidecar.ingest import wire
+
+log = logging.getLogger("sidecar.ingest.worker")
+
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+SHARED_MIN_BYTES = 64 * 1024  # messages this large go through shared memory, smaller ones through the socket
+RING_BYTES = 64 * 1024 * 1024  # each worker's shared memory
+_STREAM_WINDOW = 1024  # a stream's messages in flight before the reader waits (as the sidecar's own)
+STREAM_METHOD = wire.INFERENCE + "ModelStreamInfer"
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    size, out = len(payload), bytearray()
+    out.append(number << 3 | 2)
+    while True:
+        byte = size & 0x7F
+        size >>= 7
+        if size:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out) + payload
+
+
+class Relay(asyncio.Protocol):
+    """The connection to the serving process: calls out, replies back, matched by call id. Large
+    request messages travel through ``ring`` (shared memory) when given."""
+
+    def __init__(self, max_body: int, ring: wire.SharedRing | None = None) -> None:
+        self._reader = wire.FrameReader(max_body)
+        self._transport: asyncio.Transport | None = None
+        self._pending: dict[int, tuple[asyncio.Future, int]] = {}  # call id -> (answer, ring offset or -1)
+        self._ids = itertools.count(1)
+        self._ring = ring
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        transport.write(wire.hello_frame(self._ring.path if self._ring is not None else ""))  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._reader.feed(data)
+        except wire.WireError as exc:
+            log.error("relay: %s", exc)
+            if self._transport is not None:
+                self._transport.close()
+            return
+        for kind, call_id, body in frames:
+            entry = self._pending.pop(call_id, None) if kind == wire.REPLY else None
+            if entry is None:
+                continue
+            future, offset = entry
+            if offset >= 0:
+                self._ring.free(offset)  # type: ignore[union-attr]
+            if not future.done():
+                future.set_result(body)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for future, offset in self._pending.values():
+            if offset >= 0:
+                self._ring.free(offset)  # type: ignore[union-attr]
+            if not future.done():
+                future.set_exception(ConnectionError("the sidecar's serving process closed the relay"))
+        self._pending.clear()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    async def call(self, method: int, request: bytes, context: Any) -> tuple[int, str, bytes]:
+        """(status code, details, response bytes) of one relayed call."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return grpc.StatusCode.UNAVAILABLE.value[0], "the sidecar's serving process is not reachable", b""
+        call_id = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        shared = None
+        if self._ring is not None and len(request) >= SHARED_MIN_BYTES:
+            shared = self._ring.put(request)  # None when the ring is full: the socket takes it
+        self._pending[call_id] = (future, shared[0] if shared is not None else -1)
+        metadata = context.invocation_metadata() or ()
+        transport.writelines(wire.call_frame(call_id, method, context.time_remaining(), metadata, request, shared))
+        try:
+            body = await future
+        except asyncio.CancelledError:
+            # The entry stays until the REPLY (which every CALL gets): the ring's space is reused only
+            # after the serving process has copied the message out.
+            if not transport.is_closing():
+                transport.write(wire.cancel_frame(call_id))
+            raise
+        except ConnectionError as exc:
+            return grpc.StatusCode.UNAVAILABLE.value[0], str(exc), b""
+        return wire.parse_reply(body)
+
+
+def _unary(relay: Relay, method: int):
+    async def behaviour(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        code, details, response = await relay.call(method, request, context)
+        if code:
+            await context.abort(_CODES.get(code, grpc.StatusCode.UNKNOWN), details)
+        return response
+
+    return behaviour
+
+
+def _stream(relay: Relay):
+    """ModelStreamInfer: each message relayed as a ModelInfer; answers (or error messages) in order."""
+
+    async def behaviour(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        pending: asyncio.Queue = asyncio.Queue(maxsize=_STREAM_WINDOW)
+
+        async def reader() -> None:
+            try:
+                async for message in requests:
+                    await pending.put(asyncio.ensure_future(relay.call(wire.MODEL_INFER, message, context)))
+            finally:
+                await pending.put(None)
+
+        feeding = asyncio.ensure_future(reader())
+        try:
+            while True:
+                call = await pending.get()
+                if call is None:
+                    break
+                code, details, response = await call
+                # ModelStreamInferResponse: error_message (1) or infer_response (2)
+                yield _field(1, details.encode()) if code else _field(2, response)
+            await feeding
+        finally:
+            feeding.cancel()
+
+    return behaviour
+
+
+class Handlers(grpc.GenericRpcHandler):
+    """Every relayed method (``wire.METHODS``) and the stream, bytes in and out."""
+
+    def __init__(self, relay: Relay) -> None:
+        self._handlers = {m: grpc.unary_unary_rpc_method_handler(_unary(relay, i)) for i, m in enumerate(wire.METHODS)}
+        self._handlers[STREAM_METHOD] = grpc.stream_stream_rpc_method_handler(_stream(relay))
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        return self._handlers.get(handler_call_details.method)
+
+
+def _ring(name: str) -> wire.SharedRing | None:
+    """This worker's shared memory under /dev/shm; None where there is none (messages then all go
+    through the socket)."""
+    if not os.path.isdir("/dev/shm"):
+        return None
+    try:
+        return wire.SharedRing(f"/dev/shm/sidecar-{name}-{os.getpid()}", RING_BYTES)
+    except OSError as exc:
+        log.warning("%s: no shared memory (%s); messages go through the relay socket", name, exc)
+        return None
+
+
+async def serve(socket_path: str, host: str, port: int, max_message_bytes: int, name: str) -> int:
+    ring = _ring(name)
+    try:
+        return await _serve(socket_path, host, port, max_message_bytes, name, ring)
+    finally:
+        if ring is not None:
+            ring.close()
+
+
+async def _serve(
+    socket_path: str, host: str, port: int, max_message_bytes: int, name: str, ring: wire.SharedRing | None
+) -> int:
+    loop = asyncio.get_running_loop()
+    _, relay = await loop.create_unix_connection(lambda: Relay(max_message_bytes + 64 * 1024, ring), socket_path)
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 1),  # beside the serving process and the other workers
+    ]
+    server = grpc.aio.server(options=options)
+    server.add_generic_rpc_handlers((Handlers(relay),))
+    from sidecar.protocol.reflection import HEALTH_SERVICE, enable_reflection
+
+    enable_reflection(server, (wire.INFERENCE.strip("/"), HEALTH_SERVICE))
+    address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+    if server.add_insecure_port(address) == 0:
+        log.error("%s: cannot bind %s", name, address)
+        return 1
+    await server.start()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("%s: taking calls on %s, relaying to %s", name, address, socket_path)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((stopped, relay.closed), return_when=asyncio.FIRST_COMPLETED)
+    await server.stop(5.0 if stop.is_set() else 0.5)
+    stopped.cancel()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sidecar.ingest.worker", description=__doc__.splitlines()[0])
+    p.add_argument("--socket", required=True, help="the serving process's relay socket")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024)
+    p.add_argument("--name", default="ingest")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    coro = serve(args.socket, args.host, args.port, args.max_message_bytes, args.name)
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
