@@ -160,6 +160,7 @@ def run_cells(
             duration_s=args.duration,
             warmup_s=args.warmup,
             processes=min(args.processes, c),
+            channels=args.channels or None,
             cpu_probes=probes,
             timeout_s=60,
             labels={"server": key, "model": model},
@@ -388,6 +389,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--processes", type=int, default=4, help="load generator processes (at most the concurrency)")
+    p.add_argument("--channels", type=int, default=0, help="connections per load generator process (0: one per 64)")
     p.add_argument("--providers", default=GPU_PROVIDERS)
     p.add_argument("--max-batch-size", type=int, default=128)
     p.add_argument("--max-queue-delay-ms", type=float, default=2.0)
