@@ -43,7 +43,7 @@ from sidecar.ingest import wire
 log = logging.getLogger(__name__)
 
 RESTART_DELAY_S = 1.0
-STOP_TIMEOUT_S = 5.0
+STOP_TIMEOUT_S = 8.0  # a worker's own grace for the calls it holds is 5 s (worker.py)
 
 
 class RelayAbort(grpc.aio.AbortError):
@@ -138,6 +138,7 @@ class _Connection(asyncio.Protocol):
         self._calls: dict[int, asyncio.Task] = {}
         self._ring: memoryview | None = None  # the worker's shared memory (after its HELLO)
         self._mapping: Any = None
+        self._ring_path = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -158,7 +159,8 @@ class _Connection(asyncio.Protocol):
                     if task is not None:
                         task.cancel()
                 elif kind == wire.HELLO and body:
-                    self._mapping, self._ring = wire.map_ring(body.decode())
+                    self._ring_path = body.decode()
+                    self._mapping, self._ring = wire.map_ring(self._ring_path)
         except (wire.WireError, OSError, ValueError) as exc:
             log.error("ingest relay: %s; closing the worker's connection", exc)
             if self._transport is not None:
@@ -173,6 +175,9 @@ class _Connection(asyncio.Protocol):
             self._ring.release()
             self._mapping.close()
             self._ring = self._mapping = None
+        if self._ring_path:  # a worker killed outright leaves its ring behind
+            with contextlib.suppress(OSError):
+                os.unlink(self._ring_path)
 
     async def _run(self, body: bytes, ring: memoryview | None) -> tuple[int, str, bytes]:
         """(status code, details, response bytes) of one relayed call. Copies a shared payload out of

@@ -224,15 +224,18 @@ def test_the_sidecar_starts_supervises_and_stops_its_workers(repo: Path) -> None
             finally:
                 client.close()
         assert ingest.relayed > 0
+        assert all(list(Path("/dev/shm").glob(f"sidecar-ingest-*-{pid}")) for pid in pids)  # their rings
         os.kill(pids[0], signal.SIGKILL)  # a worker dies: it is started again
         deadline = time.monotonic() + 20
         while (pids[0] in ingest.pids or len(ingest.pids) < 2) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert len(ingest.pids) == 2 and pids[0] not in ingest.pids and ingest.started == 3
+        assert not list(Path("/dev/shm").glob(f"sidecar-ingest-*-{pids[0]}"))  # its ring is removed
         last = ingest.pids
-    for pid in last:  # the sidecar's stop ended them
+    for pid in last:  # the sidecar's stop ended them, and their rings are gone
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+        assert not list(Path("/dev/shm").glob(f"sidecar-ingest-*-{pid}"))
 
 
 def test_ingest_workers_cannot_be_negative() -> None:
