@@ -119,6 +119,7 @@ class Sidecar:
         if cfg.ingest_workers:
             self.ingest = IngestWorkers(cfg.ingest_workers, register, cfg.grpc_host, cfg.max_message_bytes)
             await self.ingest.start(self.grpc_port)
+            self.telemetry.observe_ingest(self.ingest)
         if self._control_registrations and cfg.control_port >= 0:
             control = grpc.aio.server(options=options)
             control_registrar = generic_only(control)

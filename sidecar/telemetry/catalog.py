@@ -177,6 +177,17 @@ TELEMETRY_DROPPED = Instrument(
     "Spans or metric points the sidecar could not deliver (queue full, export failed, shutdown).",
     ("signal", "reason"),
 )
+INGEST_RELAYED = Instrument(
+    "sidecar.ingest.relayed",
+    "counter",
+    "{call}",
+    "Calls ingest workers took and relayed to this process (server.ingest_workers), by how the request "
+    "came: through shared memory or the relay socket.",
+    ("transport",),
+)
+INGEST_WORKERS = Instrument(
+    "sidecar.ingest.workers", "updowncounter", "{process}", "Ingest worker processes running.", ()
+)
 PROCESS_CPU_TIME = Instrument(
     "process.cpu.time", "counter", "s", "CPU seconds used by the sidecar process.", ("cpu.mode",)
 )

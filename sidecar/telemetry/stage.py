@@ -167,6 +167,22 @@ class Telemetry:
 
             DriftMetrics(self.histograms, monitoring.snapshot)
 
+    def observe_ingest(self, ingest: Any) -> None:
+        """Export how many calls ingest workers relayed and how many run (``sidecar.ingest``)."""
+        if self.meter is None or ingest is None:
+            return
+        from opentelemetry.metrics import Observation
+
+        def relayed(options: Any) -> list[Observation]:
+            shared = ingest.shared
+            return [
+                Observation(shared, {"transport": "shared_memory"}),
+                Observation(ingest.relayed - shared, {"transport": "socket"}),
+            ]
+
+        create_observable(self.meter, catalog.INGEST_RELAYED, relayed)
+        create_observable(self.meter, catalog.INGEST_WORKERS, lambda options: [Observation(len(ingest.pids))])
+
     def destinations(self) -> list[str]:
         lines = self.settings.destinations()
         if self.settings.prometheus_port >= 0 and self.prometheus_port is None and self.settings.enabled:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -207,7 +209,9 @@ def test_streams_and_health_work_through_a_worker(relayed) -> None:
 
 
 def test_the_sidecar_starts_supervises_and_stops_its_workers(repo: Path) -> None:
-    cfg = config_for_tests(str(repo), server={"ingest_workers": 2})
+    cfg = config_for_tests(
+        str(repo), server={"ingest_workers": 2}, telemetry={"metrics_port": 0, "metrics_host": "127.0.0.1"}
+    )
     with ServerThread(cfg) as srv:
         ingest = srv.app.ingest
         deadline = time.monotonic() + 20
@@ -224,6 +228,10 @@ def test_the_sidecar_starts_supervises_and_stops_its_workers(repo: Path) -> None
             finally:
                 client.close()
         assert ingest.relayed > 0
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{srv.app.telemetry.prometheus_port}/metrics").read()
+        assert re.search(rb"sidecar_ingest_workers\{[^}]*\} 2\.0", metrics)
+        relayed = re.search(rb'sidecar_ingest_relayed_total\{[^}]*transport="socket"[^}]*\} ([0-9.e+]+)', metrics)
+        assert relayed is not None and float(relayed.group(1)) == ingest.relayed - ingest.shared
         assert all(list(Path("/dev/shm").glob(f"sidecar-ingest-*-{pid}")) for pid in pids)  # their rings
         os.kill(pids[0], signal.SIGKILL)  # a worker dies: it is started again
         deadline = time.monotonic() + 20
