@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 
 from sidecar.ingest import wire
+from sidecar.protobuf_wire import length_field, string_field
 
 log = logging.getLogger("sidecar.ingest.worker")
 
@@ -35,20 +36,6 @@ SHARED_MIN_BYTES = 64 * 1024  # messages this large go through shared memory, sm
 RING_BYTES = 64 * 1024 * 1024  # each worker's shared memory
 _STREAM_WINDOW = 1024  # a stream's messages in flight before the reader waits (as the sidecar's own)
 STREAM_METHOD = wire.INFERENCE + "ModelStreamInfer"
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field."""
-    size, out = len(payload), bytearray()
-    out.append(number << 3 | 2)
-    while True:
-        byte = size & 0x7F
-        size >>= 7
-        if size:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out) + payload
 
 
 class Relay(asyncio.Protocol):
@@ -152,7 +139,7 @@ def _stream(relay: Relay):
                     break
                 code, details, response = await call
                 # ModelStreamInferResponse: error_message (1) or infer_response (2)
-                yield _field(1, details.encode()) if code else _field(2, response)
+                yield string_field(1, details) if code else length_field(2, response)
             await feeding
         finally:
             feeding.cancel()
