@@ -129,6 +129,7 @@ class DynamicBatcher:
         self._load_cpu_ns = 0
         self.observer: InferenceObserver | None = None  # told of every batch run (the monitoring stage)
         self._padded_rows = getattr(engine, "padded_rows", None) if self._batched else None
+        self._bucket_set: tuple[tuple[int, ...], frozenset[int]] = ((), frozenset())  # engine.batch_buckets, as a set
         # Bytes of one row of all inputs, where every non-batch dimension is fixed (else 0: unknown).
         self._row_bytes = 0
         if self._batched and not self._keyed and all(s.datatype != "BYTES" for s in engine.inputs):
@@ -274,8 +275,39 @@ class DynamicBatcher:
             return limit, 0
         close_at = self._close_at(now, fresh, turn_ns)
         if close_at != NEXT_TURN and close_at <= now + DUE_SLACK_NS:
-            return limit, 0
+            return self._aligned(now, limit), 0
         return 0, close_at
+
+    def _aligned(self, now: int, limit: int) -> int:
+        """Where batches are padded to the engine's buckets (``engine.batch_buckets``, see
+        ``engine.shape_buckets``): a batch that takes the last free slot is cut to the largest bucket the
+        queue fills exactly when that serves more rows per second by the cost model than running all its
+        rows padded up (a GPU's 44 rows run as 64 take about as long as 64; 32 of them, half as long),
+        and the rest waits for the next free slot with whatever arrives meanwhile. Not before the cost
+        model has runs to go by, nor when a queued deadline could not wait for one more run. Otherwise
+        ``limit``."""
+        buckets = getattr(self._engine, "batch_buckets", ())
+        if not buckets or self._running + 1 < self._slots or self._padded_rows is None or not self.cost.runs:
+            return limit
+        queue = self._queue
+        rows = min(queue.rows, limit)
+        known, bucket_set = self._bucket_set
+        if known is not buckets:
+            bucket_set = frozenset(buckets)
+            self._bucket_set = (buckets, bucket_set)
+        if rows in bucket_set:
+            return limit
+        target = queue.preferred_target(bucket_set, rows)
+        if not target:
+            return limit
+        predict = self.cost.predict_ns
+        whole_ns, part_ns = predict(self._padded_rows(rows)), predict(target)
+        if target * whole_ns <= rows * part_ns:  # the padded whole serves at least as many rows a second
+            return limit
+        deadline = queue.earliest_deadline()
+        if deadline is not None and deadline - now < part_ns + whole_ns + self._deadline_guard_ns:
+            return limit
+        return target
 
     def _close_at(self, now: int, fresh: int, turn_ns: int) -> int:
         queue = self._queue

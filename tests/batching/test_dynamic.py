@@ -554,6 +554,71 @@ async def test_a_lone_request_is_padded_too_and_a_full_bucket_is_not(engine, mak
     assert engine.calls[1].inputs["INPUT0"] is not None and engine.calls[1].inputs["INPUT0"].shape == (4, 4)
 
 
+class LinearCost:
+    """A cost model fixed at ``fixed_ms`` + ``per_row_ms`` per row (the batcher's learns one such line)."""
+
+    runs = 10
+
+    def __init__(self, fixed_ms: float, per_row_ms: float) -> None:
+        self.fixed_ns, self.per_row_ns = fixed_ms * 1e6, per_row_ms * 1e6
+
+    def predict_ns(self, rows: float) -> float:
+        return self.fixed_ns + self.per_row_ns * rows
+
+    def observe(self, rows: int, ns: float) -> None:
+        pass
+
+
+async def _cut_runs(engine, make_batcher, cost: LinearCost, rows=(1, 3, 2, 1), **item) -> list[int]:
+    """The rows of each run when requests of ``rows`` queue behind a held run, the engine padding to
+    buckets 1, 2, 4, 8 and one batch in flight (each launch takes the last free slot)."""
+    engine.padded_rows = Buckets((1, 2, 4, 8))
+    engine.batch_buckets = (1, 2, 4, 8)
+    batcher, _ = make_batcher(engine)
+    batcher.cost = cost
+    first = await hold_engine(batcher, engine)
+    xs = [rows_of(10.0 * i, rows=r) for i, r in enumerate(rows, start=1)]
+    tasks = [submit(batcher, engine, x, **item) for x in xs]
+    await turns()
+    engine.resume()
+    results = await asyncio.gather(first, *tasks)
+    for x, out in zip(xs, results[1:], strict=True):
+        check_outputs(x, out)
+    return [c.rows for c in engine.calls]
+
+
+async def test_where_rows_cost_most_a_batch_is_cut_to_a_bucket_instead_of_padded(engine, make_batcher):
+    """Per row 1 ms, per run 0.1 ms (a GPU's big model): 7 queued rows run as 4 + 2 + 1, no padding,
+    rather than as 8 (7 and a row of zeros)."""
+    assert await _cut_runs(engine, make_batcher, LinearCost(0.1, 1.0)) == [1, 4, 2, 1]
+
+
+async def test_where_runs_cost_most_a_batch_is_padded_whole(engine, make_batcher):
+    assert await _cut_runs(engine, make_batcher, LinearCost(5.0, 0.1)) == [1, 8]
+
+
+async def test_a_batch_is_not_cut_when_a_deadline_could_not_wait(engine, make_batcher):
+    soon = time.monotonic_ns() + 5_000_000_000  # 5 s: more than two runs of up to 8 rows at 1 s a row
+    assert await _cut_runs(engine, make_batcher, LinearCost(0.1, 1000.0), deadline_ns=soon) == [1, 8]
+
+
+async def test_batches_are_not_cut_without_buckets_or_with_another_slot_free(engine, make_batcher):
+    engine.padded_rows = Buckets((1, 2, 4, 8))  # padding, but no bucket list: as before
+    batcher, _ = make_batcher(engine)
+    batcher.cost = LinearCost(0.1, 1.0)
+    first = await hold_engine(batcher, engine)
+    tasks = [submit(batcher, engine, rows_of(float(i), rows=r)) for i, r in enumerate((1, 3, 2, 1))]
+    await turns()
+    engine.resume()
+    await asyncio.gather(first, *tasks)
+    assert [c.rows for c in engine.calls] == [1, 8]
+    engine.batch_buckets = (1, 2, 4, 8)
+    engine.calls.clear()
+    two, _ = make_batcher(engine, batches_in_flight=2)
+    two.cost = LinearCost(0.1, 1.0)
+    assert two._aligned(time.monotonic_ns(), 8) == 8  # two slots free: nothing queued waits for a slot
+
+
 async def test_a_big_merge_is_copied_off_the_event_loop(make_batcher, monkeypatch):
     """Rows of 1 MiB: merging two requests copies on a worker thread; the result is the same."""
     import threading
