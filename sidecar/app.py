@@ -164,6 +164,8 @@ class Sidecar:
         """Refuse new requests, report NOT_SERVING, wait for in-flight requests. True if all finished."""
         timeout = self.config.server.drain_timeout_s if timeout_s is None else timeout_s
         self.lifecycle.draining = True
+        if self.ingest is not None:
+            self.ingest.draining = True
         await self.health.enter_graceful_shutdown()
         log.info("draining: %d request(s) in flight", self.lifecycle.inflight)
         done = await self.lifecycle.wait_idle(timeout)

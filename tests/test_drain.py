@@ -13,6 +13,7 @@ import time
 
 import grpc
 import numpy as np
+import pytest
 import tritonclient.grpc as tc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -25,11 +26,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_sigterm_drains_without_losing_in_flight_requests(tmp_path):
+@pytest.mark.parametrize("ingest_workers", [0, 2])
+def test_sigterm_drains_without_losing_in_flight_requests(tmp_path, ingest_workers):
+    """Also with ingest workers (server.ingest_workers): calls they hold are relayed and answered."""
     # A deliberately heavy model so requests are in flight when the signal lands.
     write_version(tmp_path, "heavy", "1.0.0", mlp_model, {"batching": {"enabled": False}}, hidden=4096)
     port = _free_port()
-    env = {**os.environ, "SIDECAR_ENGINE__PROVIDERS": "CPUExecutionProvider", "SIDECAR_ENGINE__EXECUTOR_THREADS": "2"}
+    env = {
+        **os.environ,
+        "SIDECAR_ENGINE__PROVIDERS": "CPUExecutionProvider",
+        "SIDECAR_ENGINE__EXECUTOR_THREADS": "2",
+        "SIDECAR_SERVER__INGEST_WORKERS": str(ingest_workers),
+    }
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -66,7 +74,8 @@ def test_sigterm_drains_without_losing_in_flight_requests(tmp_path):
         started = threading.Barrier(17)
 
         def send(i: int) -> None:
-            c = tc.InferenceServerClient(url)
+            # A connection each (no shared subchannel): with workers, the kernel spreads them.
+            c = tc.InferenceServerClient(url, channel_args=[("grpc.use_local_subchannel_pool", 1)])
             inp = tc.InferInput("input", [64, 64], "FP32")
             inp.set_data_from_numpy(np.full((64, 64), i, np.float32))
             assert c.is_server_live()  # connect first, so the request below reaches the server at once
@@ -104,3 +113,6 @@ def test_sigterm_drains_without_losing_in_flight_requests(tmp_path):
     assert "sidecar stopped" in output
     in_flight = int(re.search(r"draining: (\d+) request\(s\) in flight", output).group(1))
     assert in_flight > 0, "the signal must land while requests are in flight for this test to mean anything"
+    if ingest_workers:
+        relayed = int(re.search(r"ingest workers stopped; they relayed (\d+) call", output).group(1))
+        assert relayed > 0, output  # some of the 16 connections went to a worker

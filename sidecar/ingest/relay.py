@@ -241,6 +241,7 @@ class IngestWorkers:
         self._procs: list[subprocess.Popen | None] = [None] * count
         self._watch: asyncio.Task | None = None
         self._stopping = False
+        self.draining = False  # set by the sidecar's drain: workers that exit are not started again
         self.relayed = 0  # calls relayed so far (all workers)
         self.shared = 0  # ... of which the request came through a worker's shared memory
         self.started = 0  # worker processes started so far (restarts included)
@@ -278,6 +279,8 @@ class IngestWorkers:
             str(self._max_message_bytes),
             "--name",
             f"ingest-{index}",
+            "--log-level",
+            logging.getLevelName(logging.getLogger().getEffectiveLevel()),
         ]
 
     def _spawn(self, index: int) -> subprocess.Popen:
@@ -290,9 +293,13 @@ class IngestWorkers:
             for i, proc in enumerate(self._procs):
                 if self._stopping or proc is None or proc.poll() is None:
                     continue
+                if self.draining:  # shutting down: a worker that stopped (SIGTERM to the group) stays stopped
+                    log.info("ingest worker %d exited with code %s while draining", i, proc.returncode)
+                    self._procs[i] = None
+                    continue
                 log.warning("ingest worker %d exited with code %s; starting it again", i, proc.returncode)
                 await asyncio.sleep(RESTART_DELAY_S)
-                if not self._stopping:
+                if not self._stopping and not self.draining:
                     self._procs[i] = self._spawn(i)
 
     @property
@@ -319,6 +326,7 @@ class IngestWorkers:
             await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
+        log.info("ingest workers stopped; they relayed %d call(s), %d through shared memory", self.relayed, self.shared)
         if self._dir:
             with contextlib.suppress(OSError):
                 os.rmdir(self._dir)

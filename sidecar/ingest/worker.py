@@ -217,8 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024)
     p.add_argument("--name", default="ingest")
+    p.add_argument("--log-level", default="INFO", help="the serving process's (DEBUG, INFO, WARNING, ERROR)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     coro = serve(args.socket, args.host, args.port, args.max_message_bytes, args.name)
     try:
         import uvloop
