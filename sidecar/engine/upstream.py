@@ -351,7 +351,7 @@ class UpstreamEngine:
         version rewritten to the upstream's. The answer's outputs are decoded when first read
         (``ForwardedOutputs``): a caller who only needs the upstream's bytes back gets them as they came,
         unless they need reshaping to the declared shapes (then they are decoded at once)."""
-        return self._answer(await self._call(encoded + self._target_fields))
+        return self._answer(await self._call(b"".join((encoded, self._target_fields))))
 
     def start_forward(self, encoded: bytes, deadline_ns: int | None) -> StartedForward | None:
         """``forward``'s call put on its way now, before the caller has checked the request: its answer
@@ -362,7 +362,7 @@ class UpstreamEngine:
         remaining = (deadline - time.monotonic_ns()) / 1e9
         if not calls or remaining <= 0:
             return None
-        payload = encoded + self._target_fields
+        payload = b"".join((encoded, self._target_fields))  # a relayed request's may be a memoryview
         return StartedForward(payload, deadline, self._send(calls, payload, remaining), remaining)
 
     async def finish_forward(self, started: StartedForward) -> Mapping[str, np.ndarray]:

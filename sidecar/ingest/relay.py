@@ -24,6 +24,7 @@ servicer sees instead of a ``grpc.aio.ServicerContext``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -136,9 +137,11 @@ class _Connection(asyncio.Protocol):
         self._reader = wire.FrameReader(owner.max_body)
         self._transport: asyncio.Transport | None = None
         self._calls: dict[int, asyncio.Task] = {}
-        self._ring: memoryview | None = None  # the worker's shared memory (after its HELLO)
-        self._mapping: Any = None
+        self._ring: wire.SharedSlots | None = None  # the worker's shared memory (after its HELLO)
         self._ring_path = ""
+        self._loop = asyncio.get_running_loop()
+        self._frees: collections.deque[int] = collections.deque()  # payloads let go of, to tell the worker
+        self._flush_asked = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -160,7 +163,7 @@ class _Connection(asyncio.Protocol):
                         task.cancel()
                 elif kind == wire.HELLO and body:
                     self._ring_path = body.decode()
-                    self._mapping, self._ring = wire.map_ring(self._ring_path)
+                    self._ring = wire.SharedSlots(self._ring_path, self._freed)
         except (wire.WireError, OSError, ValueError) as exc:
             log.error("ingest relay: %s; closing the worker's connection", exc)
             if self._transport is not None:
@@ -172,16 +175,32 @@ class _Connection(asyncio.Protocol):
         self._calls.clear()
         self._transport = None
         if self._ring is not None:
-            self._ring.release()
-            self._mapping.close()
-            self._ring = self._mapping = None
+            self._ring.close()
+            self._ring = None
         if self._ring_path:  # a worker killed outright leaves its ring behind
             with contextlib.suppress(OSError):
                 os.unlink(self._ring_path)
 
-    async def _run(self, body: bytes, ring: memoryview | None) -> tuple[int, str, bytes]:
-        """(status code, details, response bytes) of one relayed call. Copies a shared payload out of
-        the ring in its first step, before anything can run that would let the worker reuse it."""
+    def _freed(self, offset: int) -> None:
+        """A shared payload nothing refers to any more (called from any thread): tell the worker, in
+        one FREE frame for all that went in the same loop turn."""
+        self._frees.append(offset)
+        if not self._flush_asked:
+            self._flush_asked = True
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the worker is going too
+                self._loop.call_soon_threadsafe(self._flush_frees)
+
+    def _flush_frees(self) -> None:
+        self._flush_asked = False
+        frees = self._frees
+        offsets = [frees.popleft() for _ in range(len(frees))]
+        transport = self._transport
+        if offsets and transport is not None and not transport.is_closing():
+            transport.write(wire.free_frame(offsets))
+
+    async def _run(self, body: bytes, ring: wire.SharedSlots | None) -> tuple[int, str, Any]:
+        """(status code, details, response bytes) of one relayed call. A shared payload is read in
+        place (a view of the worker's ring, given back when nothing refers to it any more)."""
         try:
             method, remaining, metadata, request = wire.parse_call(body, ring)
         except wire.WireError as exc:

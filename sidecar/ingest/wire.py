@@ -9,6 +9,9 @@ Every frame is a 9-byte header, ``!IBI`` (body length, kind, call id), then the 
   shared-memory ring (``SharedRing``) and the body ends with their offset and length (``!QQ``)
   instead: a large message is copied once in user space instead of through the socket.
 - ``HELLO`` (worker -> server, first): the path of the worker's shared-memory ring (empty: none).
+- ``FREE`` (server -> worker): offsets (``!Q`` each) of shared payloads nothing refers to any more:
+  the serving process reads a shared request in place (``SharedSlots``), for as long as any part of
+  it is alive (its tensors, a shadow copy, the monitor's held batches), then gives its space back.
 - ``CANCEL`` (worker -> server): the caller went away; no body.
 - ``REPLY`` (server -> worker): the gRPC status code (u8, 0 = OK), details length (u32), details
   (UTF-8); then the response message's bytes (nothing unless OK).
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 HEADER = struct.Struct("!IBI")  # body length, kind, call id
 CALL_HEAD = struct.Struct("!BdH")  # method index, time remaining (s; < 0: none), metadata entries
@@ -30,8 +34,10 @@ _VALUE = struct.Struct("!I")
 
 _SPAN = struct.Struct("!QQ")  # offset, length in the shared ring
 
-CALL, CANCEL, REPLY, CALL_SHARED, HELLO = 1, 2, 3, 4, 5
-KINDS = frozenset((CALL, CANCEL, REPLY, CALL_SHARED, HELLO))
+_OFFSET = struct.Struct("!Q")
+
+CALL, CANCEL, REPLY, CALL_SHARED, HELLO, FREE = 1, 2, 3, 4, 5, 6
+KINDS = frozenset((CALL, CANCEL, REPLY, CALL_SHARED, HELLO, FREE))
 
 # What a worker relays, by index: the inference service's unary methods, then health checking's Check.
 INFERENCE = "/inference.GRPCInferenceService/"
@@ -84,10 +90,11 @@ def call_frame(
 
 
 def parse_call(
-    body: bytes | memoryview, ring: memoryview | None = None
-) -> tuple[int, float | None, tuple[tuple[str, str | bytes], ...], bytes]:
+    body: bytes | memoryview, ring: Any = None
+) -> tuple[int, float | None, tuple[tuple[str, str | bytes], ...], Any]:
     """(method index, time remaining or None, metadata, payload) of a CALL frame's body; of a
-    CALL_SHARED frame's with ``ring`` (the worker's shared memory: the payload is copied out of it)."""
+    CALL_SHARED frame's with ``ring``: a memoryview of the worker's shared memory (the payload is
+    copied out of it) or a ``SharedSlots`` (the payload is a read-only view of it, no copy)."""
     try:
         method, remaining, count = CALL_HEAD.unpack_from(body, 0)
         pos = CALL_HEAD.size
@@ -108,7 +115,9 @@ def parse_call(
             offset, length = _SPAN.unpack_from(body, pos)
             if offset + length > len(ring):
                 raise WireError(f"a CALL frame's payload [{offset}, +{length}) is outside the shared ring")
-            payload = bytes(ring[offset : offset + length])
+            payload = (
+                ring.view(offset, length) if isinstance(ring, SharedSlots) else bytes(ring[offset : offset + length])
+            )
     except (struct.error, UnicodeDecodeError) as exc:
         raise WireError(f"a CALL frame does not parse: {exc}") from None
     return method, (None if remaining < 0 else remaining), tuple(metadata), payload
@@ -133,6 +142,17 @@ def parse_reply(body: bytes | memoryview) -> tuple[int, str, bytes]:
 
 def cancel_frame(call_id: int) -> bytes:
     return HEADER.pack(0, CANCEL, call_id)
+
+
+def free_frame(offsets: Sequence[int]) -> bytes:
+    body = b"".join(_OFFSET.pack(o) for o in offsets)
+    return HEADER.pack(len(body), FREE, 0) + body
+
+
+def parse_free(body: bytes) -> list[int]:
+    if len(body) % _OFFSET.size:
+        raise WireError(f"a FREE frame of {len(body)} bytes")
+    return [o for (o,) in _OFFSET.iter_unpack(body)]
 
 
 def hello_frame(ring_path: str) -> bytes:
@@ -198,6 +218,38 @@ class SharedRing:
         self._map.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+
+class SharedSlots:
+    """The serving process's side of a worker's ring when requests are read in place: ``view(offset,
+    length)`` is a read-only memoryview of one payload, over a numpy array of its own (so every array,
+    slice and view made from it keeps it alive); when the last of them goes, ``on_free(offset)`` is
+    called (from whichever thread let go of it), and the worker may reuse the space."""
+
+    def __init__(self, path: str, on_free: Any) -> None:
+        import numpy as np
+
+        self._np = np
+        self.mapping, self._ring = map_ring(path)
+        self._on_free = on_free
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    def view(self, offset: int, length: int) -> memoryview:
+        import weakref
+
+        slot = self._np.frombuffer(self.mapping, self._np.uint8, length, offset)
+        weakref.finalize(slot, self._on_free, offset)
+        return memoryview(slot)
+
+    def close(self) -> None:
+        """Unmap now if nothing refers to a payload any more, else when the last reference goes."""
+        import contextlib
+
+        self._ring.release()
+        with contextlib.suppress(BufferError):
+            self.mapping.close()
 
 
 def map_ring(path: str) -> tuple[object, memoryview]:

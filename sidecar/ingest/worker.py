@@ -40,12 +40,13 @@ STREAM_METHOD = wire.INFERENCE + "ModelStreamInfer"
 
 class Relay(asyncio.Protocol):
     """The connection to the serving process: calls out, replies back, matched by call id. Large
-    request messages travel through ``ring`` (shared memory) when given."""
+    request messages travel through ``ring`` (shared memory) when given; their space is reused once
+    the serving process says (FREE) that nothing refers to them any more."""
 
     def __init__(self, max_body: int, ring: wire.SharedRing | None = None) -> None:
         self._reader = wire.FrameReader(max_body)
         self._transport: asyncio.Transport | None = None
-        self._pending: dict[int, tuple[asyncio.Future, int]] = {}  # call id -> (answer, ring offset or -1)
+        self._pending: dict[int, asyncio.Future] = {}  # call id -> its answer
         self._ids = itertools.count(1)
         self._ring = ring
         self.closed = asyncio.get_running_loop().create_future()
@@ -63,19 +64,16 @@ class Relay(asyncio.Protocol):
                 self._transport.close()
             return
         for kind, call_id, body in frames:
-            entry = self._pending.pop(call_id, None) if kind == wire.REPLY else None
-            if entry is None:
+            if kind == wire.FREE:  # the serving process is done with these payloads
+                for offset in wire.parse_free(body):
+                    self._ring.free(offset)  # type: ignore[union-attr]
                 continue
-            future, offset = entry
-            if offset >= 0:
-                self._ring.free(offset)  # type: ignore[union-attr]
-            if not future.done():
+            future = self._pending.pop(call_id, None) if kind == wire.REPLY else None
+            if future is not None and not future.done():
                 future.set_result(body)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for future, offset in self._pending.values():
-            if offset >= 0:
-                self._ring.free(offset)  # type: ignore[union-attr]
+        for future in self._pending.values():
             if not future.done():
                 future.set_exception(ConnectionError("the sidecar's serving process closed the relay"))
         self._pending.clear()
@@ -92,14 +90,14 @@ class Relay(asyncio.Protocol):
         shared = None
         if self._ring is not None and len(request) >= SHARED_MIN_BYTES:
             shared = self._ring.put(request)  # None when the ring is full: the socket takes it
-        self._pending[call_id] = (future, shared[0] if shared is not None else -1)
+        self._pending[call_id] = future
         metadata = context.invocation_metadata() or ()
         transport.writelines(wire.call_frame(call_id, method, context.time_remaining(), metadata, request, shared))
         try:
             body = await future
         except asyncio.CancelledError:
-            # The entry stays until the REPLY (which every CALL gets): the ring's space is reused only
-            # after the serving process has copied the message out.
+            # A shared payload's space stays taken until the serving process sends FREE for it.
+            self._pending.pop(call_id, None)
             if not transport.is_closing():
                 transport.write(wire.cancel_frame(call_id))
             raise

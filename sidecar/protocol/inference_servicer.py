@@ -232,7 +232,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._lifecycle.enter()
         try:
             self._check_accepting()
-            if request.__class__ is bytes:
+            if request.__class__ is bytes or request.__class__ is memoryview:  # (a relayed one's: a view)
                 decoded = self._decode_encoded(request, context)
             else:
                 decoded = self._decoded(request, context)

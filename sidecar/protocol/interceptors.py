@@ -109,7 +109,7 @@ class _Call:
         context = _MetadataRead(context, metadata)
         if span is None:
             return None, None, context
-        if request.__class__ is bytes:  # ModelInfer's serialized request (the servicer parses it)
+        if request.__class__ is bytes or request.__class__ is memoryview:  # ModelInfer's, serialized
             name, version = model_of(request)
         else:
             name = getattr(request, "model_name", None)
@@ -224,9 +224,9 @@ def model_of(encoded: bytes) -> tuple[str, str]:
             if pos > len(encoded):
                 return "", ""
             if tag == 0x0A:
-                name = encoded[start:pos].decode()
+                name = str(encoded[start:pos], "utf-8")
             else:
-                version = encoded[start:pos].decode()
+                version = str(encoded[start:pos], "utf-8")
     except (IndexError, UnicodeDecodeError):  # the end of the message, or not a message at all
         return name, version
 

@@ -137,8 +137,8 @@ def read_head(encoded: bytes) -> Head | None:
     if raw_from < 0:
         return None
     if id_field < 0:
-        return Head(encoded[:raw_from], 0, 0, raws)
-    return Head(encoded[:id_field] + encoded[id_end:raw_from], id_start, id_end, raws)
+        return Head(bytes(encoded[:raw_from]), 0, 0, raws)  # bytes(): a plan key, also from a memoryview
+    return Head(bytes(encoded[:id_field]) + bytes(encoded[id_end:raw_from]), id_start, id_end, raws)
 
 
 def planned(encoded: bytes, head: Head) -> tuple[RequestPlan, str, PlannedInputs] | None:
@@ -157,7 +157,7 @@ def planned(encoded: bytes, head: Head) -> tuple[RequestPlan, str, PlannedInputs
         offsets.append(offset)
     if head.id_end > head.id_start:
         try:
-            request_id = encoded[head.id_start : head.id_end].decode()
+            request_id = str(encoded[head.id_start : head.id_end], "utf-8")
         except UnicodeDecodeError:
             return None
     else:

@@ -93,3 +93,39 @@ def test_a_shared_call_is_copied_out_of_the_ring(ring_path: str) -> None:
         mapping.close()
     finally:
         ring.close()
+
+
+def test_a_payload_read_in_place_is_given_back_when_nothing_refers_to_it(ring_path: str) -> None:
+    """``SharedSlots.view``: the serving process's zero-copy read of a worker's payload. The request's
+    tensors are views of it (as ``PlannedInputs`` makes them); its space is freed only after the last."""
+    import gc
+
+    import numpy as np
+
+    ring = wire.SharedRing(ring_path, 1 << 16)
+    freed: list[int] = []
+    try:
+        span = ring.put(np.arange(8, dtype=np.float32).tobytes())
+        slots = wire.SharedSlots(ring_path, freed.append)
+        view = slots.view(*span)
+        assert view.readonly and bytes(view[:4]) == np.float32(0).tobytes()
+        tensor = np.ndarray((2, 4), np.float32, view, 0)  # how a planned request's input is made
+        head = view[:8]
+        del view
+        gc.collect()
+        assert freed == []
+        np.testing.assert_array_equal(tensor, np.arange(8, dtype=np.float32).reshape(2, 4))
+        del tensor
+        gc.collect()
+        assert freed == []  # a slice of the view is still alive
+        del head
+        gc.collect()
+        assert freed == [span[0]]
+        slots.close()
+    finally:
+        ring.close()
+
+
+def test_free_frames_round_trip() -> None:
+    frames = wire.FrameReader(1 << 10).feed(wire.free_frame([0, 4096, 1 << 40]))
+    assert frames[0][0] == wire.FREE and wire.parse_free(frames[0][2]) == [0, 4096, 1 << 40]
