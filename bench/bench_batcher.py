@@ -31,13 +31,13 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench.report import machine_info, markdown_table, save_results
+from bench.sim_device import device_engine, poisson_arrivals
 
 FIXED_MS = 2.0
 PER_ROW_MS = 0.25
@@ -62,18 +62,9 @@ async def _simulate(
     from sidecar.batching.scheduler import DirectScheduler
     from sidecar.engine.statistics import VersionStatistics
     from sidecar.errors import SidecarError
-    from sidecar.testing.fake_engine import FakeEngine, batch_settings, work_item
-    from sidecar.types import TensorSpec
+    from sidecar.testing.fake_engine import batch_settings, work_item
 
-    device = ThreadPoolExecutor(1, thread_name_prefix="device")
-    engine = FakeEngine(
-        inputs=(TensorSpec("input", "FP32", (-1, 8)),),
-        outputs=(TensorSpec("output", "FP32", (-1, 8)),),
-        max_batch_size=64,
-        latency_s=lambda rows: (FIXED_MS + PER_ROW_MS * rows) / 1e3,
-        compute=lambda feed, names: {"output": feed["input"]},
-        executor=device,
-    )
+    engine, device = device_engine(FIXED_MS, PER_ROW_MS)
     stats = VersionStatistics()
     if mode == "off":
         scheduler: Any = DirectScheduler(engine, stats)
@@ -82,7 +73,6 @@ async def _simulate(
         settings = batch_settings(**knobs, adaptive=mode == "adaptive", max_queue_size=100_000)
         scheduler = DynamicBatcher(engine, settings, stats, "sim", "1")
     x = np.zeros((1, 8), np.float32)
-    rng = np.random.default_rng(seed)
     latencies: list[float] = []
     outcome = {"met": 0, "late": 0, "expired": 0, "failed": 0}
 
@@ -97,21 +87,10 @@ async def _simulate(
         latencies.append(latency_ms)
         outcome["met" if latency_ms <= deadline_ms else "late"] += 1
 
-    tasks = []
-    start = time.monotonic_ns()
-    next_ns = float(start)
-    end = start + int(duration_s * 1e9)
-    while next_ns < end:
-        now = time.monotonic_ns()
-        while next_ns <= now:  # everything due by now (sleep granularity is ~1 ms)
-            tasks.append(asyncio.ensure_future(one(int(next_ns))))
-            next_ns += rng.exponential(1e9 / rate)
-        await asyncio.sleep(max(0.0, (next_ns - time.monotonic_ns()) / 1e9))
-    await asyncio.wait_for(asyncio.gather(*tasks), 120)
+    sent = await poisson_arrivals(rate, duration_s, seed, one)
     await scheduler.close()
     device.shutdown()
     lat = np.array(latencies) if latencies else np.array([np.nan])
-    sent = len(tasks)
     return {
         "mode": mode,
         "rate": rate,

@@ -29,12 +29,12 @@ import asyncio
 import shlex
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from bench.report import machine_info, markdown_table, save_results
+from bench.sim_device import device_engine, poisson_arrivals
 
 FIXED_MS = 2.0
 PER_ROW_MS = 0.25
@@ -52,18 +52,9 @@ async def _simulate(mode: str, rate: float, duration_s: float, seed: int) -> dic
     from sidecar.batching.dynamic import DynamicBatcher
     from sidecar.engine.statistics import VersionStatistics
     from sidecar.errors import SidecarError
-    from sidecar.testing.fake_engine import FakeEngine, batch_settings, work_item
-    from sidecar.types import TensorSpec
+    from sidecar.testing.fake_engine import batch_settings, work_item
 
-    device = ThreadPoolExecutor(1, thread_name_prefix="device")
-    engine = FakeEngine(
-        inputs=(TensorSpec("input", "FP32", (-1, 8)),),
-        outputs=(TensorSpec("output", "FP32", (-1, 8)),),
-        max_batch_size=64,
-        latency_s=lambda rows: (FIXED_MS + PER_ROW_MS * rows) / 1e3,
-        compute=lambda feed, names: {"output": feed["input"]},
-        executor=device,
-    )
+    engine, device = device_engine(FIXED_MS, PER_ROW_MS)
     if mode != "unpadded":
         engine.padded_rows = _padded  # type: ignore[attr-defined]
     if mode == "padded + cut":
@@ -74,7 +65,6 @@ async def _simulate(mode: str, rate: float, duration_s: float, seed: int) -> dic
     )
     batcher = DynamicBatcher(engine, settings, stats, "sim", "1")
     x = np.zeros((1, 8), np.float32)
-    rng = np.random.default_rng(seed)
     latencies: list[float] = []
     met = 0
 
@@ -89,17 +79,7 @@ async def _simulate(mode: str, rate: float, duration_s: float, seed: int) -> dic
         latencies.append(latency_ms)
         met += latency_ms <= DEADLINE_MS
 
-    tasks = []
-    start = time.monotonic_ns()
-    next_ns = float(start)
-    end = start + int(duration_s * 1e9)
-    while next_ns < end:
-        now = time.monotonic_ns()
-        while next_ns <= now:
-            tasks.append(asyncio.ensure_future(one(int(next_ns))))
-            next_ns += rng.exponential(1e9 / rate)
-        await asyncio.sleep(max(0.0, (next_ns - time.monotonic_ns()) / 1e9))
-    await asyncio.wait_for(asyncio.gather(*tasks), 120)
+    await poisson_arrivals(rate, duration_s, seed, one)
     await batcher.close()
     device.shutdown()
     lat = np.array(latencies) if latencies else np.array([np.nan])
