@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--metrics-port", type=int, help="Prometheus /metrics port (telemetry.metrics_port, default 8002; -1 = off)"
     )
+    serve.add_argument(
+        "--ingest-workers",
+        type=int,
+        help="extra processes taking gRPC calls on the same port, relayed here (server.ingest_workers, default 0)",
+    )
     serve.add_argument("--config", help="configuration file (TOML or YAML)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (log_level)")
 
@@ -113,6 +118,7 @@ def _serve(args: argparse.Namespace) -> int:
         "server.grpc_host": args.grpc_address,
         "server.control_port": args.control_port,
         "telemetry.metrics_port": args.metrics_port,
+        "server.ingest_workers": args.ingest_workers,
         "log_level": args.log_level,
     }
     config = SidecarConfig.load(args.config, overrides=overrides)

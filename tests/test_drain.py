@@ -36,7 +36,6 @@ def test_sigterm_drains_without_losing_in_flight_requests(tmp_path, ingest_worke
         **os.environ,
         "SIDECAR_ENGINE__PROVIDERS": "CPUExecutionProvider",
         "SIDECAR_ENGINE__EXECUTOR_THREADS": "2",
-        "SIDECAR_SERVER__INGEST_WORKERS": str(ingest_workers),
     }
     proc = subprocess.Popen(
         [
@@ -52,6 +51,8 @@ def test_sigterm_drains_without_losing_in_flight_requests(tmp_path, ingest_worke
             "127.0.0.1",
             "--control-port",
             "0",
+            "--ingest-workers",  # `sidecar serve`'s flag for server.ingest_workers
+            str(ingest_workers),
         ],
         env=env,
         stdout=subprocess.PIPE,

@@ -265,8 +265,9 @@ def diagnosis(rows: Sequence[dict[str, Any]], target: dict[str, Any], request_by
             "no single-process Python server can reach it whatever its batcher does. The sidecar's event loop "
             f"was busy {side['event_loop_busy']:.2f} cores at {side['load']} ({side['event_loop_us']:,.0f} us "
             "per request). Design change: several ingest processes (SO_REUSEPORT on the same port, one event "
-            "loop each) decoding requests into shared memory, feeding one engine process that owns the GPU "
-            "session and the batcher, so ingest scales with cores while batches still form in one place."
+            "loop each) passing requests through shared memory to the one process that owns the GPU session "
+            "and the batcher, so ingest scales with cores while batches still form in one place: the sidecar's "
+            "server.ingest_workers (measure it with --sidecar-setting server.ingest_workers=N --channels 4)."
         )
     return (
         f"Diagnosis: the sidecar itself is the limit. {ingest}, enough for the target, but the sidecar served "
