@@ -6,6 +6,7 @@ they make is known to go through the relay (on the shared port the kernel picks 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -27,6 +28,7 @@ from tritonclient.utils import InferenceServerException
 from bench.servers import free_port
 from sidecar.errors import ConfigError
 from sidecar.ingest.relay import IngestWorkers
+from sidecar.routing.policy import TrafficPolicy
 from sidecar.testing.models import identity_model, mlp_model, write_version
 from sidecar.testing.server import ServerThread, config_for_tests
 
@@ -56,10 +58,10 @@ def _wait_serving(target: str, limit_s: float = 30.0) -> None:
             time.sleep(0.1)
 
 
-@pytest.fixture(scope="module")
-def relayed(repo: Path):
+@contextlib.contextmanager
+def _sidecar_with_worker(config):
     """(sidecar, relay, the worker's own target): a sidecar, its relay socket, one worker on another port."""
-    with ServerThread(config_for_tests(str(repo), batching={"batches_in_flight": 1})) as srv:
+    with ServerThread(config) as srv:
         relay = IngestWorkers(0, srv.app.register_inference, "127.0.0.1", srv.config.server.max_message_bytes)
         srv.call(relay.start(srv.app.grpc_port))
         port = free_port()
@@ -73,6 +75,12 @@ def relayed(repo: Path):
             worker.terminate()
             worker.wait(10)
             srv.call(relay.stop())
+
+
+@pytest.fixture(scope="module")
+def relayed(repo: Path):
+    with _sidecar_with_worker(config_for_tests(str(repo), batching={"batches_in_flight": 1})) as running:
+        yield running
 
 
 def _mlp_input(rows: int, seed: int = 0) -> tuple[tc.InferInput, np.ndarray]:
@@ -118,6 +126,51 @@ def test_large_requests_come_through_shared_memory_and_give_it_back(relayed) -> 
     finally:
         client.close()
     assert relay.shared - before == 400
+
+
+def test_a_shadow_reads_the_request_it_was_given_after_the_caller_had_its_answer(tmp_path: Path) -> None:
+    """A request read in place from a worker's shared memory is mirrored to a shadow, which runs after
+    the caller's answer went back (here 20 ms later): its space must not be reused meanwhile. Two
+    identical versions, every request different, 8 callers at once: the shadow's answers equal the
+    primary's (no difference, no mismatch)."""
+    write_version(tmp_path, "image", "1.0.0", identity_model, dims=BIG)
+    write_version(tmp_path, "image", "1.1.0", identity_model, dims=BIG)
+    with _sidecar_with_worker(config_for_tests(str(tmp_path))) as (srv, relay, target):
+        shadow = srv.app.repository.get("image", "1.1.0").engine
+        run = shadow.run_sync
+
+        def late_run(inputs, output_names):  # the shadow reads its inputs 20 ms after it was given them
+            time.sleep(0.02)
+            return run(inputs, output_names)
+
+        shadow.run_sync = late_run
+        policy = TrafficPolicy.build("image", {"1.0.0": 1000}, {"1.1.0": 1000})
+        srv.call(srv.app.routing.set_policy(policy, "test"))
+
+        def caller(k: int) -> None:
+            client = tc.InferenceServerClient(target, channel_args=[("grpc.use_local_subchannel_pool", 1)])
+            try:
+                for i in range(40):
+                    x = np.full((2, *BIG), 100 * k + i, np.float32)
+                    inp = tc.InferInput("INPUT0", list(x.shape), "FP32")
+                    inp.set_data_from_numpy(x)
+                    np.testing.assert_array_equal(client.infer("image", [inp]).as_numpy("OUTPUT0"), x)
+            finally:
+                client.close()
+
+        with ThreadPoolExecutor(8) as pool:
+            for done in [pool.submit(caller, k) for k in range(8)]:
+                done.result(60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            (report,) = srv.app.routing.shadow_report("image")
+            if report.total.completed + report.total.dropped + report.total.errors >= 320 and not report.queue_depth:
+                break
+            time.sleep(0.1)
+        assert relay.shared >= 320
+    total = report.total
+    assert total.completed > 0 and total.errors == 0 and total.mismatches == 0, total
+    assert total.max_abs_diff == 0.0, total
 
 
 def _code(exc: InferenceServerException) -> str:
