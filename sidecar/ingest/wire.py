@@ -178,10 +178,18 @@ class SharedRing:
         self.size = size
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
-            os.ftruncate(fd, size)
+            # Reserve the memory now: a tmpfs too small for it (a container's /dev/shm is often 64 MB)
+            # fails here with ENOSPC, instead of killing the worker with SIGBUS on a later write.
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fd, 0, size)
+            else:  # pragma: no cover - not Linux
+                os.ftruncate(fd, size)
             self._map = mmap.mmap(fd, size)
-        finally:
+        except OSError:
             os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
         self._view = memoryview(self._map)
         self._head = 0
         self._live: dict[int, int] = {}  # offset -> end, in the order given out (dicts keep it)

@@ -129,3 +129,20 @@ def test_a_payload_read_in_place_is_given_back_when_nothing_refers_to_it(ring_pa
 def test_free_frames_round_trip() -> None:
     frames = wire.FrameReader(1 << 10).feed(wire.free_frame([0, 4096, 1 << 40]))
     assert frames[0][0] == wire.FREE and wire.parse_free(frames[0][2]) == [0, 4096, 1 << 40]
+
+
+def test_a_ring_the_memory_cannot_hold_is_refused_at_once(ring_path: str, monkeypatch) -> None:
+    """No space for the ring (a container's small /dev/shm): refused when it is made, its file removed,
+    and the worker then sends every message through the socket."""
+    import errno
+
+    from sidecar.ingest import worker
+
+    def full(fd: int, offset: int, size: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(OSError, match="No space"):
+        wire.SharedRing(ring_path, 1 << 20)
+    assert not os.path.exists(ring_path)
+    assert worker._ring("ingest-test") is None
