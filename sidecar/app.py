@@ -117,7 +117,13 @@ class Sidecar:
         self._server = server
         log.info("Open Inference Protocol gRPC API listening on %s:%d", cfg.grpc_host, self.grpc_port)
         if cfg.ingest_workers:
-            self.ingest = IngestWorkers(cfg.ingest_workers, register, cfg.grpc_host, cfg.max_message_bytes)
+            self.ingest = IngestWorkers(
+                cfg.ingest_workers,
+                register,
+                cfg.grpc_host,
+                cfg.max_message_bytes,
+                shared_memory_bytes=cfg.ingest_shared_memory_bytes,
+            )
             await self.ingest.start(self.grpc_port)
             self.telemetry.observe_ingest(self.ingest)
         if self._control_registrations and cfg.control_port >= 0:

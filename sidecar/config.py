@@ -61,9 +61,19 @@ class ServerConfig:
         "monitoring stay in this process. For large tensors on a many-core machine; 0 = off (sidecar/ingest).",
         default=0,
     )
+    ingest_shared_memory_bytes: int = _doc(
+        "Each ingest worker's shared memory under /dev/shm (reserved at start), through which requests of "
+        "64 KiB or more reach this process without a copy through the socket; 0 = socket only. A worker "
+        "whose /dev/shm cannot hold it uses the socket alone.",
+        default=64 * 1024 * 1024,
+    )
 
     def __post_init__(self) -> None:
         grpc_io.check(self.grpc_io)
+        if self.ingest_shared_memory_bytes < 0:
+            raise ValueError(
+                f"server.ingest_shared_memory_bytes must be 0 or more, not {self.ingest_shared_memory_bytes}"
+            )
         if self.ingest_workers < 0:
             raise ValueError(f"server.ingest_workers must be 0 or more, not {self.ingest_workers}")
 

@@ -248,12 +248,14 @@ class IngestWorkers:
         host: str,
         max_message_bytes: int,
         socket_path: str = "",
+        shared_memory_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.count = count
         self.table = method_table(register)
         self.max_body = max_message_bytes + 64 * 1024  # the message plus the frame's own fields
         self._host = host
         self._max_message_bytes = max_message_bytes
+        self._shared_memory_bytes = shared_memory_bytes
         self._dir = "" if socket_path else tempfile.mkdtemp(prefix="sidecar-ingest-")
         self.socket_path = socket_path or str(Path(self._dir) / "relay.sock")
         self._server: asyncio.AbstractServer | None = None
@@ -300,6 +302,8 @@ class IngestWorkers:
             f"ingest-{index}",
             "--log-level",
             logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+            "--shared-memory-bytes",
+            str(self._shared_memory_bytes),
         ]
 
     def _spawn(self, index: int) -> subprocess.Popen:

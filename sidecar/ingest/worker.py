@@ -33,7 +33,7 @@ log = logging.getLogger("sidecar.ingest.worker")
 
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 SHARED_MIN_BYTES = 64 * 1024  # messages this large go through shared memory, smaller ones through the socket
-RING_BYTES = 64 * 1024 * 1024  # each worker's shared memory
+RING_BYTES = 64 * 1024 * 1024  # each worker's shared memory, unless --shared-memory-bytes says otherwise
 _STREAM_WINDOW = 1024  # a stream's messages in flight before the reader waits (as the sidecar's own)
 STREAM_METHOD = wire.INFERENCE + "ModelStreamInfer"
 
@@ -156,20 +156,22 @@ class Handlers(grpc.GenericRpcHandler):
         return self._handlers.get(handler_call_details.method)
 
 
-def _ring(name: str) -> wire.SharedRing | None:
-    """This worker's shared memory under /dev/shm; None where there is none (messages then all go
-    through the socket)."""
-    if not os.path.isdir("/dev/shm"):
+def _ring(name: str, size: int = RING_BYTES) -> wire.SharedRing | None:
+    """This worker's shared memory under /dev/shm; None where there is none or ``size`` is 0 (messages
+    then all go through the socket)."""
+    if size <= 0 or not os.path.isdir("/dev/shm"):
         return None
     try:
-        return wire.SharedRing(f"/dev/shm/sidecar-{name}-{os.getpid()}", RING_BYTES)
+        return wire.SharedRing(f"/dev/shm/sidecar-{name}-{os.getpid()}", size)
     except OSError as exc:
         log.warning("%s: no shared memory (%s); messages go through the relay socket", name, exc)
         return None
 
 
-async def serve(socket_path: str, host: str, port: int, max_message_bytes: int, name: str) -> int:
-    ring = _ring(name)
+async def serve(
+    socket_path: str, host: str, port: int, max_message_bytes: int, name: str, ring_bytes: int = RING_BYTES
+) -> int:
+    ring = _ring(name, ring_bytes)
     try:
         return await _serve(socket_path, host, port, max_message_bytes, name, ring)
     finally:
@@ -215,10 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024)
     p.add_argument("--name", default="ingest")
+    p.add_argument("--shared-memory-bytes", type=int, default=RING_BYTES, help="the ring's size (0: socket only)")
     p.add_argument("--log-level", default="INFO", help="the serving process's (DEBUG, INFO, WARNING, ERROR)")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    coro = serve(args.socket, args.host, args.port, args.max_message_bytes, args.name)
+    coro = serve(args.socket, args.host, args.port, args.max_message_bytes, args.name, args.shared_memory_bytes)
     try:
         import uvloop
     except ImportError:
