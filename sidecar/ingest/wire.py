@@ -202,9 +202,9 @@ class SharedRing:
         head = self._head
         if live:
             tail = next(iter(live))  # the oldest still held
-            if head >= tail:  # free: [head, size) and [0, tail)
+            if next(reversed(live)) >= tail:  # the newest lies after it: free are [head, size) and [0, tail)
                 pos = head if self.size - head >= n else (0 if tail >= n else -1)
-            else:  # wrapped: free is [head, tail)
+            else:  # the newest wrapped round to before it: free is [head, tail) alone (empty when head == tail)
                 pos = head if tail - head >= n else -1
         else:
             pos = 0 if self.size >= n else -1

@@ -78,6 +78,23 @@ def test_the_ring_hands_out_space_in_order_and_reuses_it_behind_the_oldest(ring_
     assert not os.path.exists(ring_path)
 
 
+def test_a_wrapped_ring_full_up_to_its_oldest_gives_nothing_more(ring_path: str) -> None:
+    """After wrapping round, the space ends at the oldest allocation still held, also when the newest
+    ends exactly there (head == tail): nothing may be handed out over a payload still in use."""
+    ring = wire.SharedRing(ring_path, 450)
+    try:
+        a, b, c, d = (ring.put(bytes([i]) * 100) for i in range(4))
+        assert [a, b, c, d] == [(0, 100), (100, 100), (200, 100), (300, 100)]
+        ring.free(0)
+        assert ring.put(b"e" * 100) == (0, 100)  # wraps round into a's space, up to b
+        assert ring.put(b"f" * 100) is None  # [100, 200) is b's, still held
+        assert ring.put(b"g" * 40) is None
+        ring.free(100)
+        assert ring.put(b"f" * 100) == (100, 100)
+    finally:
+        ring.close()
+
+
 def test_a_shared_call_is_copied_out_of_the_ring(ring_path: str) -> None:
     ring = wire.SharedRing(ring_path, 1 << 16)
     try:
