@@ -191,20 +191,18 @@ class SharedRing:
             raise
         os.close(fd)
         self._view = memoryview(self._map)
-        self._head = 0
         self._live: dict[int, int] = {}  # offset -> end, in the order given out (dicts keep it)
 
     def put(self, payload: bytes) -> tuple[int, int] | None:
         n = len(payload)
         live = self._live
-        if not live:
-            self._head = 0
-        head = self._head
         if live:
             tail = next(iter(live))  # the oldest still held
-            if next(reversed(live)) >= tail:  # the newest lies after it: free are [head, size) and [0, tail)
+            newest = next(reversed(live))
+            head = live[newest]  # where the newest ends (a newer one may have been freed already)
+            if newest >= tail:  # the newest lies after the oldest: free are [head, size) and [0, tail)
                 pos = head if self.size - head >= n else (0 if tail >= n else -1)
-            else:  # the newest wrapped round to before it: free is [head, tail) alone (empty when head == tail)
+            else:  # the newest wrapped round to before it: free is [head, tail) alone
                 pos = head if tail - head >= n else -1
         else:
             pos = 0 if self.size >= n else -1
@@ -212,7 +210,6 @@ class SharedRing:
             return None
         self._view[pos : pos + n] = payload
         live[pos] = pos + n
-        self._head = pos + n
         return pos, n
 
     def free(self, offset: int) -> None:

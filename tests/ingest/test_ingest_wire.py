@@ -163,3 +163,33 @@ def test_a_ring_the_memory_cannot_hold_is_refused_at_once(ring_path: str, monkey
         wire.SharedRing(ring_path, 1 << 20)
     assert not os.path.exists(ring_path)
     assert worker._ring("ingest-test") is None
+
+
+def test_the_ring_never_hands_out_space_in_use(ring_path: str) -> None:
+    """Random payload sizes, freed in random order: every payload handed out lies inside the ring and
+    clear of every payload still held, and its bytes are still there when it is freed."""
+    import random
+
+    rng = random.Random(7)
+    ring = wire.SharedRing(ring_path, 10_000)
+    _, view = wire.map_ring(ring_path)
+    held: dict[int, tuple[int, bytes]] = {}
+    try:
+        for step in range(20_000):
+            if held and (rng.random() < 0.45 or len(held) > 12):
+                offset = rng.choice(list(held))
+                length, data = held.pop(offset)
+                assert bytes(view[offset : offset + length]) == data, step
+                ring.free(offset)
+                continue
+            data = bytes([step % 251]) * rng.randint(1, 3_000)
+            span = ring.put(data)
+            if span is None:
+                continue
+            offset, length = span
+            assert 0 <= offset and offset + length <= 10_000
+            assert all(offset + length <= o or o + n <= offset for o, (n, _) in held.items()), step
+            held[offset] = (length, data)
+    finally:
+        view.release()
+        ring.close()
