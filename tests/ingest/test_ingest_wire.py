@@ -187,7 +187,7 @@ def test_the_ring_never_hands_out_space_in_use(ring_path: str) -> None:
             if span is None:
                 continue
             offset, length = span
-            assert 0 <= offset and offset + length <= 10_000
+            assert offset >= 0 and offset + length <= 10_000
             assert all(offset + length <= o or o + n <= offset for o, (n, _) in held.items()), step
             held[offset] = (length, data)
     finally:
