@@ -89,11 +89,10 @@ class Sidecar:
         options = [
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 0),  # a port clash must fail...
         ]
-        # With ingest workers the port is shared with them; otherwise a port clash must fail.
-        reuse = [*options[:2], ("grpc.so_reuseport", 1)] if cfg.ingest_workers else options
-        server = grpc.aio.server(options=reuse)
+        # ... except where ingest workers share the inference port with this process.
+        server = grpc.aio.server(options=[*options[:2], ("grpc.so_reuseport", int(cfg.ingest_workers > 0))])
         self.telemetry = Telemetry(resolve_telemetry(self.config.telemetry, self._environ))
         self.telemetry.start(self.repository)
         self.telemetry.observe_monitoring(self.monitoring)  # drift, data-quality and alert metrics

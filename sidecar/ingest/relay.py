@@ -33,13 +33,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from sidecar.ingest import wire
+from sidecar.protocol.registration import generic_only
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class _Details:
 
 
 class _Capture:
-    """Stands in for a server at registration: keeps the generic handlers it is given."""
+    """Stands in for a server: keeps the generic handlers it is given."""
 
     def __init__(self) -> None:
         self.handlers: list[grpc.GenericRpcHandler] = []
@@ -107,15 +108,12 @@ class _Capture:
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
         self.handlers.extend(handlers)
 
-    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, Any]) -> None:
-        """Generated code registers every method twice; the generic handler serves them all."""
-
 
 def method_table(register: Callable[[Any], None]) -> list[tuple[Any, Any, Any]]:
     """(behaviour, request deserializer, response serializer) for each of ``wire.METHODS``, from the
-    handlers ``register(server)`` adds (the same functions the gRPC server registers)."""
+    handlers ``register(registrar)`` adds (the same functions the gRPC server registers)."""
     capture = _Capture()
-    register(capture)
+    register(generic_only(capture))
     table = []
     for method in wire.METHODS:
         found = None
