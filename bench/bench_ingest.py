@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     cells: dict[tuple[str, str], list[dict[str, float]]] = {}
     with ServerThread(config) as srv:
-        relay = IngestWorkers(0, srv.app.register_inference, "127.0.0.1", config.server.max_message_bytes)
+        relay = IngestWorkers(
+            0, srv.app.register_inference, srv.app.stream_message, "127.0.0.1", config.server.max_message_bytes
+        )
         srv.call(relay.start(srv.app.grpc_port))
         port = free_port()
         argv_ = relay.argv(0)

@@ -104,6 +104,7 @@ class Sidecar:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, target)
 
         self.register_inference = register  # what ingest workers relay to (sidecar.ingest)
+        self.stream_message = servicer.stream_message  # ... and each message of their streams
         registrar = generic_only(server)  # every registered method would cost every call (see registration)
         register(registrar)
         if cfg.reflection:
@@ -119,6 +120,7 @@ class Sidecar:
             self.ingest = IngestWorkers(
                 cfg.ingest_workers,
                 register,
+                servicer.stream_message,
                 cfg.grpc_host,
                 cfg.max_message_bytes,
                 shared_memory_bytes=cfg.ingest_shared_memory_bytes,

@@ -12,7 +12,8 @@ routing, batching, models and monitoring, all still in one place. Its answer (or
 goes back the same way.
 
 What a worker serves: every unary method of the inference service, ``ModelStreamInfer`` (each
-message relayed as a ``ModelInfer``, answers in order), health checking's ``Check``, and reflection.
+message relayed and answered by the servicer's own per-message code, answers in order), health
+checking's ``Check``, and reflection.
 Not ``Health/Watch`` (a watch stays on a connection the serving process took).
 
 ``IngestWorkers`` is the serving process's side: the Unix socket server that runs relayed calls,
@@ -109,13 +110,19 @@ class _Capture:
         self.handlers.extend(handlers)
 
 
-def method_table(register: Callable[[Any], None]) -> list[tuple[Any, Any, Any]]:
+def method_table(
+    register: Callable[[Any], None], stream_message: Callable[[bytes, Any], Any]
+) -> list[tuple[Any, Any, Any]]:
     """(behaviour, request deserializer, response serializer) for each of ``wire.METHODS``, from the
-    handlers ``register(registrar)`` adds (the same functions the gRPC server registers)."""
+    handlers ``register(registrar)`` adds (the same functions the gRPC server registers), and
+    ``stream_message`` for one ModelStreamInfer message (``InferenceServicer.stream_message``)."""
     capture = _Capture()
     register(generic_only(capture))
     table = []
     for method in wire.METHODS:
+        if method == wire.METHODS[wire.STREAM_MESSAGE]:
+            table.append((stream_message, None, None))
+            continue
         found = None
         for generic in capture.handlers:
             found = generic.service(_Details(method))
@@ -243,13 +250,14 @@ class IngestWorkers:
         self,
         count: int,
         register: Callable[[Any], None],
+        stream_message: Callable[[bytes, Any], Any],
         host: str,
         max_message_bytes: int,
         socket_path: str = "",
         shared_memory_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.count = count
-        self.table = method_table(register)
+        self.table = method_table(register, stream_message)
         self.max_body = max_message_bytes + 64 * 1024  # the message plus the frame's own fields
         self._host = host
         self._max_message_bytes = max_message_bytes

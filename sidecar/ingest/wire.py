@@ -39,7 +39,8 @@ _OFFSET = struct.Struct("!Q")
 CALL, CANCEL, REPLY, CALL_SHARED, HELLO, FREE = 1, 2, 3, 4, 5, 6
 KINDS = frozenset((CALL, CANCEL, REPLY, CALL_SHARED, HELLO, FREE))
 
-# What a worker relays, by index: the inference service's unary methods, then health checking's Check.
+# What a worker relays, by index: the inference service's unary methods, health checking's Check, and
+# each message of a ModelStreamInfer stream.
 INFERENCE = "/inference.GRPCInferenceService/"
 METHODS: tuple[str, ...] = (
     INFERENCE + "ServerLive",
@@ -54,9 +55,11 @@ METHODS: tuple[str, ...] = (
     INFERENCE + "RepositoryModelLoad",
     INFERENCE + "RepositoryModelUnload",
     "/grpc.health.v1.Health/Check",
+    "/sidecar.ingest/StreamMessage",  # one ModelStreamInfer message (not a gRPC method of its own)
 )
 METHOD_INDEX = {m: i for i, m in enumerate(METHODS)}
 MODEL_INFER = METHOD_INDEX[INFERENCE + "ModelInfer"]
+STREAM_MESSAGE = len(METHODS) - 1
 
 
 class WireError(Exception):

@@ -27,14 +27,14 @@ from typing import Any
 import grpc
 
 from sidecar.ingest import wire
-from sidecar.protobuf_wire import length_field, string_field
+from sidecar.protobuf_wire import string_field
+from sidecar.protocol.streams import answer_in_order
 
 log = logging.getLogger("sidecar.ingest.worker")
 
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 SHARED_MIN_BYTES = 64 * 1024  # messages this large go through shared memory, smaller ones through the socket
 RING_BYTES = 64 * 1024 * 1024  # each worker's shared memory, unless --shared-memory-bytes says otherwise
-_STREAM_WINDOW = 1024  # a stream's messages in flight before the reader waits (as the sidecar's own)
 STREAM_METHOD = wire.INFERENCE + "ModelStreamInfer"
 
 
@@ -117,30 +117,17 @@ def _unary(relay: Relay, method: int):
 
 
 def _stream(relay: Relay):
-    """ModelStreamInfer: each message relayed as a ModelInfer; answers (or error messages) in order."""
+    """ModelStreamInfer: each message relayed; its answer is the serving process's, in request order."""
+
+    async def one(message: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        code, details, response = await relay.call(wire.STREAM_MESSAGE, message, context)
+        if code:  # the relay itself failed (the serving process is gone): the stream's error message (1)
+            return string_field(1, f"[{_CODES.get(code, grpc.StatusCode.UNKNOWN).name}] {details}")
+        return response
 
     async def behaviour(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        pending: asyncio.Queue = asyncio.Queue(maxsize=_STREAM_WINDOW)
-
-        async def reader() -> None:
-            try:
-                async for message in requests:
-                    await pending.put(asyncio.ensure_future(relay.call(wire.MODEL_INFER, message, context)))
-            finally:
-                await pending.put(None)
-
-        feeding = asyncio.ensure_future(reader())
-        try:
-            while True:
-                call = await pending.get()
-                if call is None:
-                    break
-                code, details, response = await call
-                # ModelStreamInferResponse: error_message (1) or infer_response (2)
-                yield string_field(1, details) if code else length_field(2, response)
-            await feeding
-        finally:
-            feeding.cancel()
+        async for answer in answer_in_order(requests, lambda message: one(message, context)):
+            yield answer
 
     return behaviour
 

@@ -24,6 +24,7 @@ from sidecar.protocol._generated import model_config_pb2 as mc
 from sidecar.protocol.codec import decode_request, encode_response, encode_stream_response, set_parameter
 from sidecar.protocol.request_plans import inputs_for, learn, planned, read_head
 from sidecar.protocol.status import grpc_status
+from sidecar.protocol.streams import answer_in_order
 from sidecar.routing.router import Router
 from sidecar.types import DATATYPE_TO_DTYPE, InferenceRequest, InferenceResponse
 
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 _SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 SERVICE = _SERVICE.full_name  # "inference.GRPCInferenceService"
 EXTENSIONS = ("model_repository", "statistics", "model_configuration", "binary_tensor_data", "parameters")
-_STREAM_WINDOW = 1024  # requests of one stream in flight before the reader waits
 
 
 def _deadline_ns(context: grpc.aio.ServicerContext) -> int | None:
@@ -251,45 +251,33 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Requests of one stream run concurrently; responses come back in request order."""
-        pending: asyncio.Queue = asyncio.Queue(maxsize=_STREAM_WINDOW)
+        async for answer in answer_in_order(request_iterator, lambda msg: self._stream_answer(msg, context)):
+            yield answer
 
-        async def one(msg: pb.ModelInferRequest) -> pb.ModelStreamInferResponse | bytes:
-            self._lifecycle.enter()
-            try:
-                return encode_stream_response(await self._infer(msg, context))
-            except SidecarError as exc:
-                return pb.ModelStreamInferResponse(
-                    error_message=f"[{exc.status}] {exc.message}",
-                    infer_response=pb.ModelInferResponse(id=msg.id, model_name=msg.model_name),
-                )
-            except Exception as exc:
-                log.exception("stream inference failed unexpectedly")
-                return pb.ModelStreamInferResponse(error_message=f"[INTERNAL] {type(exc).__name__}: {exc}")
-            finally:
-                self._lifecycle.leave()
-
-        async def reader() -> None:
-            try:
-                async for msg in request_iterator:
-                    await pending.put(asyncio.ensure_future(one(msg)))
-            finally:
-                await pending.put(None)
-
-        reader_task = asyncio.ensure_future(reader())
+    async def stream_message(self, encoded: bytes, context) -> bytes:
+        """One ``ModelStreamInfer`` message as its bytes came to an ingest worker (``sidecar.ingest``),
+        answered as ``ModelStreamInfer`` answers it: the serialized ``ModelStreamInferResponse``."""
         try:
-            while True:
-                fut = await pending.get()
-                if fut is None:
-                    break
-                yield await fut
-            await reader_task
+            msg = _parse_infer_request(encoded)
+        except InvalidArgument as exc:
+            return pb.ModelStreamInferResponse(error_message=f"[{exc.status}] {exc.message}").SerializeToString()
+        return _serialize(await self._stream_answer(msg, context))
+
+    async def _stream_answer(self, msg: pb.ModelInferRequest, context) -> pb.ModelStreamInferResponse | bytes:
+        """One stream message's answer; a failure is its error message (the stream goes on)."""
+        self._lifecycle.enter()
+        try:
+            return encode_stream_response(await self._infer(msg, context))
+        except SidecarError as exc:
+            return pb.ModelStreamInferResponse(
+                error_message=f"[{exc.status}] {exc.message}",
+                infer_response=pb.ModelInferResponse(id=msg.id, model_name=msg.model_name),
+            )
+        except Exception as exc:
+            log.exception("stream inference failed unexpectedly")
+            return pb.ModelStreamInferResponse(error_message=f"[INTERNAL] {type(exc).__name__}: {exc}")
         finally:
-            if not reader_task.done():
-                reader_task.cancel()
-            while not pending.empty():
-                fut = pending.get_nowait()
-                if fut is not None:
-                    fut.cancel()
+            self._lifecycle.leave()
 
     # -- statistics -----------------------------------------------------------------------------
     async def ModelStatistics(self, request, context):

@@ -64,7 +64,12 @@ def _sidecar_with_worker(config, ring: int = RING):
     """(sidecar, relay, the worker's own target): a sidecar, its relay socket, one worker on another port."""
     with ServerThread(config) as srv:
         relay = IngestWorkers(
-            0, srv.app.register_inference, "127.0.0.1", srv.config.server.max_message_bytes, shared_memory_bytes=ring
+            0,
+            srv.app.register_inference,
+            srv.app.stream_message,
+            "127.0.0.1",
+            srv.config.server.max_message_bytes,
+            shared_memory_bytes=ring,
         )
         srv.call(relay.start(srv.app.grpc_port))
         port = free_port()
@@ -242,8 +247,8 @@ def _until(condition, limit_s: float = 10.0) -> None:
         time.sleep(0.002)
 
 
-def test_streams_and_health_work_through_a_worker(relayed) -> None:
-    _, _, target = relayed
+def _stream(target: str) -> list:
+    """20 stream requests (the sixth to a model that does not exist): (result, error) of each."""
     client = tc.InferenceServerClient(target)
     responses: queue.Queue = queue.Queue()
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
@@ -251,13 +256,23 @@ def test_streams_and_health_work_through_a_worker(relayed) -> None:
         for i in range(20):
             inp, _ = _mlp_input(1 + i % 2, seed=i)
             client.async_stream_infer("mlp" if i != 5 else "nope", [inp], request_id=str(i))
-        got = [responses.get(timeout=30) for _ in range(20)]
+        return [responses.get(timeout=30) for _ in range(20)]
     finally:
         client.stop_stream()
         client.close()
+
+
+def test_streams_and_health_work_through_a_worker(relayed) -> None:
+    """A stream through a worker answers as one to the sidecar itself, its error message included."""
+    srv, _, target = relayed
+    got, direct = _stream(target), _stream(srv.url)
     assert [r.get_response().id for r, e in got if e is None] == [str(i) for i in range(20) if i != 5]
-    errors = [e for _, e in got if e is not None]
-    assert len(errors) == 1 and "nope" in str(errors[0])
+    for (r, e), (d, _) in zip(got, direct, strict=True):
+        if e is None:
+            np.testing.assert_array_equal(r.as_numpy("probabilities"), d.as_numpy("probabilities"))
+    errors = [str(e) for _, e in got if e is not None]
+    assert len(errors) == 1 and "nope" in errors[0]
+    assert errors == [str(e) for _, e in direct if e is not None]  # the same status and message
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         assert stub.Check(health_pb2.HealthCheckRequest(service="mlp"), timeout=5).status == 1
