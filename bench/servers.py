@@ -362,6 +362,49 @@ def model_statistics(target: str, model: str, timeout_s: float = 5.0) -> tuple[i
     )
 
 
+def model_timings(target: str, model: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
+    """Triton's ModelStatistics of ``model`` summed over its versions: counts, cumulative nanoseconds and the
+    executions per batch size (``batches``); None if absent. ``timings_between`` turns two into means."""
+    from sidecar.protocol._generated import grpc_service_pb2 as pb
+
+    resp = _unary(
+        target, "ModelStatistics", pb.ModelStatisticsRequest(name=model), pb.ModelStatisticsResponse, timeout_s
+    )
+    if resp is None or not resp.model_stats:
+        return None
+    out: dict[str, Any] = {"inferences": 0, "executions": 0, "batches": {}}
+    for s in resp.model_stats:
+        out["inferences"] += s.inference_count
+        out["executions"] += s.execution_count
+        st = s.inference_stats
+        for name in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
+            d = getattr(st, name)
+            out[f"{name}_ns"] = out.get(f"{name}_ns", 0) + d.ns
+            out[f"{name}_count"] = out.get(f"{name}_count", 0) + d.count
+        for b in s.batch_stats:
+            out["batches"][b.batch_size] = out["batches"].get(b.batch_size, 0) + b.compute_infer.count
+    return out
+
+
+def timings_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Means over the window between two ``model_timings``: server-side request time and queue time per
+    request, merge (compute_input) and engine (compute_infer) time per execution, and the executions per
+    batch size."""
+
+    def d(key: str) -> float:
+        return after.get(key, 0) - before.get(key, 0)
+
+    executions = d("executions") or float("nan")
+    sizes = {k: v - before["batches"].get(k, 0) for k, v in after["batches"].items()}
+    return {
+        "request_ms": d("success_ns") / (d("success_count") or float("nan")) / 1e6,
+        "queue_ms": d("queue_ns") / (d("queue_count") or float("nan")) / 1e6,
+        "merge_ms_per_batch": d("compute_input_ns") / executions / 1e6,
+        "engine_ms_per_batch": d("compute_infer_ns") / executions / 1e6,
+        "batch_sizes": dict(sorted(((k, v) for k, v in sizes.items() if v), key=lambda kv: -kv[1])[:8]),
+    }
+
+
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds of one process's threads, grouped by OS thread name; the main thread is "main".
 

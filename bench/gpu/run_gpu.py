@@ -149,6 +149,7 @@ def run_cells(
             skipped[f"{key}/{model}/c={c}"] = "over --budget-s"
             continue
         stats_before = servers.model_statistics(server.target, model) if key != "echo" else None
+        timings_before = servers.model_timings(server.target, model) if key != "echo" else None
         # CPU of each of the server's threads (by name) over the measured window, "main" = the event loop.
         probes: dict[str, Any] = {"server": server.cpu_seconds}
         for name in servers.thread_cpu(server.pid):
@@ -166,6 +167,7 @@ def run_cells(
             labels={"server": key, "model": model},
         )
         stats_after = servers.model_statistics(server.target, model) if stats_before else None
+        timings_after = servers.model_timings(server.target, model) if timings_before else None
         mean_batch = None
         if stats_before and stats_after and stats_after[1] > stats_before[1]:
             mean_batch = (stats_after[0] - stats_before[0]) / (stats_after[1] - stats_before[1])
@@ -184,6 +186,12 @@ def run_cells(
         )
         cells.append(row)
         extra = f" mean batch {mean_batch:.1f}" if mean_batch else ""
+        if timings_before and timings_after:
+            t = row["timings"] = servers.timings_between(timings_before, timings_after)
+            extra += (
+                f" | in server {t['request_ms']:.1f} ms (queue {t['queue_ms']:.1f}), per batch merge "
+                f"{t['merge_ms_per_batch']:.1f} ms engine {t['engine_ms_per_batch']:.1f} ms, sizes {t['batch_sizes']}"
+            )
         print(
             f"[{key}] {model} {result.summary()}{extra} event loop busy {row['event_loop_busy']:.0%}",
             flush=True,
