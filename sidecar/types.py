@@ -67,7 +67,8 @@ class InferenceRequest:
     ``deadline_ns`` is on the ``time.monotonic_ns`` clock, or None for no deadline. ``encoded``: the
     request exactly as the caller sent it (a serialized Open Inference Protocol ``ModelInferRequest``),
     when the transport has it; an upstream engine forwards these bytes instead of encoding the tensors
-    again.
+    again. ``names_end``: where ``encoded``'s model name and version fields end when they come first and
+    nowhere else (the usual field order, ``request_plans.read_head``), else -1.
     """
 
     model_name: str
@@ -80,6 +81,7 @@ class InferenceRequest:
     priority: int = 0
     routing_key: str | None = None
     encoded: bytes | None = None
+    names_end: int = -1
 
 
 @dataclass(frozen=True, slots=True)

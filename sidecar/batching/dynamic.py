@@ -59,6 +59,7 @@ import time
 
 import numpy as np
 
+from sidecar.batching.buffers import MergeBuffers
 from sidecar.batching.cost_model import CostModel
 from sidecar.batching.policy import DEADLINE_MARGIN_NS, DEADLINE_SAFETY, NEXT_TURN, ArrivalStats, ClosePolicy
 from sidecar.batching.queue import Entry, RequestQueue, priority_level
@@ -136,6 +137,8 @@ class DynamicBatcher:
             self._row_bytes = sum(
                 DATATYPE_TO_DTYPE[s.datatype].itemsize * math.prod(s.shape[1:]) for s in engine.inputs
             )
+        # Big merges go into kept buffers (one per batch in flight, one being merged, one the monitor holds).
+        self._buffers = MergeBuffers(self._slots + 2, self._max_rows)
 
     # -- Scheduler protocol ---------------------------------------------------------------------
     @property
@@ -502,18 +505,24 @@ class DynamicBatcher:
         return names
 
     def _merge(self, batch: list[Entry], rows: int, padded: int) -> dict[str, np.ndarray]:
-        """One array per input: the batch's rows in order, then ``padded - rows`` zero rows."""
-        if padded == rows:
-            if len(batch) == 1:
-                return dict(aligned_inputs(batch[0].item.request.inputs))
+        """One array per input: the batch's rows in order, then ``padded - rows`` zero rows. A big merge
+        (``MERGE_OFF_LOOP_BYTES``) is written into a kept buffer (``sidecar.batching.buffers``)."""
+        if padded == rows and len(batch) == 1:
+            return dict(aligned_inputs(batch[0].item.request.inputs))
+        pool = self._buffers if self._row_bytes * padded >= MERGE_OFF_LOOP_BYTES else None
+        if padded == rows and pool is None:
             return {n: np.concatenate([e.item.request.inputs[n] for e in batch]) for n in self._input_names}
         out = {}
         for n in self._input_names:
             parts = [e.item.request.inputs[n] for e in batch]
             first = parts[0]
-            merged = np.empty((padded, *first.shape[1:]), first.dtype)
+            if pool is not None:
+                merged = pool.take(padded, first.shape[1:], first.dtype)
+            else:
+                merged = np.empty((padded, *first.shape[1:]), first.dtype)
             np.concatenate(parts, out=merged[:rows])
-            merged[rows:] = 0
+            if padded > rows:
+                merged[rows:] = 0
             out[n] = merged
         return out
 

@@ -114,7 +114,7 @@ class Scheduler(Protocol):
     observer: InferenceObserver | None  # told of every run (set when the version loads)
     # Starts a request's engine work before it is checked, returning the handle for WorkItem.started
     # (or None); None where the scheduler never does (DirectScheduler.begin).
-    begin: Callable[[bytes, int | None], Any] | None
+    begin: Callable[[InferenceRequest], Any] | None
 
     async def submit(self, item: WorkItem) -> dict[str, np.ndarray]: ...
 
@@ -141,15 +141,15 @@ class DirectScheduler:
         # ``begin`` where the engine can start a forwarded call early; None otherwise (nothing to ask).
         self.begin = self._begin if self._start_forward is not None else None
 
-    def _begin(self, encoded: bytes, deadline_ns: int | None) -> Any:
-        """Put a request (``encoded``: as the caller encoded it) on its way to the upstream before it is
-        decoded and checked against the signature: that then runs while the upstream works. The handle
-        goes into the work item (``WorkItem.started``); whoever fails the request before ``submit``
-        awaits it calls its ``cancel()``. None if no call starts (closed, expired): ``submit`` forwards
-        as usual."""
+    def _begin(self, request: InferenceRequest) -> Any:
+        """Put a request (its ``encoded`` bytes: as the caller encoded it) on its way to the upstream
+        before it is decoded and checked against the signature: that then runs while the upstream works.
+        The handle goes into the work item (``WorkItem.started``); whoever fails the request before
+        ``submit`` awaits it calls its ``cancel()``. None if no call starts (closed, expired): ``submit``
+        forwards as usual."""
         if self._closed:
             return None
-        return self._start_forward(encoded, deadline_ns)
+        return self._start_forward(request.encoded, request.deadline_ns, request.names_end)
 
     async def submit(self, item: WorkItem) -> dict[str, np.ndarray]:
         if self._closed:
@@ -181,9 +181,9 @@ class DirectScheduler:
         """The engine run for one request (an awaitable)."""
         if item.started is not None:
             return self._finish_forward(item.started)
-        encoded = item.request.encoded
-        if encoded is not None and self._forward is not None:  # an upstream: the caller's bytes go as they are
-            return self._forward(encoded)
+        request = item.request
+        if request.encoded is not None and self._forward is not None:  # an upstream: the caller's bytes go on
+            return self._forward(request.encoded, request.names_end)
         return run_engine(self._engine, self._run_inline, aligned_inputs(item.request.inputs), item.output_names)
 
     async def close(self) -> None:

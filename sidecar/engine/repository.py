@@ -120,7 +120,7 @@ class ModelVersion:
             # the upstream works, and abandoned if the check fails (see DirectScheduler.begin).
             begin = scheduler.begin
             if begin is not None and request.encoded is not None:
-                started = begin(request.encoded, request.deadline_ns)
+                started = begin(request)
                 if started is not None:
                     await asyncio.sleep(0)  # the call's own task sends it
             engine = self.engine

@@ -32,11 +32,11 @@ going away), and inference has no side effects, so sending it again is safe; nev
 DEADLINE_EXCEEDED (the upstream may still be working on it) and never past the caller's deadline.
 Requests go out as bytes on a pooled raw channel (identity serialisers). A caller's request that
 runs alone (``forward``: the version's scheduler does not batch) is passed through as the caller
-encoded it, with the upstream's model name and version written after it (the last value of a protobuf
-field wins), and the answer comes back as the upstream's bytes (``ForwardedOutputs``: tensors decoded
-on first read). Such a call can be started before the caller has checked the request
-(``start_forward``, then ``finish_forward``; ``StartedForward.cancel`` abandons it), and an answer is
-parsed to check its shapes unless its head is that of the last answer checked (``_answer``).
+encoded it, with the upstream's model name and version written in (``upstream_wire.Retarget``), and
+the answer comes back as the upstream's bytes (``ForwardedOutputs``: tensors decoded on first read).
+Such a call can be started before the caller has checked the request (``start_forward``, then
+``finish_forward``; ``StartedForward.cancel`` abandons it), and an answer is parsed to check its shapes
+unless its head is that of the last answer checked (``_answer``).
 A merged batch (``run``) is written directly from the input tensors
 (``RequestEncoder``); only the response is parsed. The bytes themselves are
 ``sidecar.engine.upstream_wire``'s: this module holds the settings and the connection.
@@ -66,11 +66,11 @@ from sidecar.engine.metadata import read_table
 from sidecar.engine.upstream_wire import (
     ForwardedOutputs,
     RequestEncoder,
+    Retarget,
     answer_head,
     decode_outputs,
     has_head,
     parse_response,
-    target_fields,
 )
 from sidecar.errors import (
     Cancelled,
@@ -210,8 +210,7 @@ class UpstreamEngine:
         self._calls: list[Any] = []  # raw ModelInfer callables, bytes in and out, one per channel
         self._next = itertools.count()
         self._encode = RequestEncoder(settings.model, settings.version).encode
-        # Written after a forwarded request's own fields: the last value of a field wins.
-        self._target_fields = target_fields(settings.model, settings.version)
+        self._retarget = Retarget(settings.model, settings.version)  # a forwarded request's names
         self._output_ranks: dict[str, int] = {}  # output -> declared rank: an answer that differs is reshaped
         # The head of the last answer checked (see _answer), and the head it goes back with: the same
         # bytes, or with the shapes conformed to the declared ones.
@@ -346,14 +345,15 @@ class UpstreamEngine:
         raw = await self._call(self._encode(inputs, output_names))
         return self._conform(decode_outputs(self._parse(raw), self.label))
 
-    async def forward(self, encoded: bytes) -> Mapping[str, np.ndarray]:
+    async def forward(self, encoded: bytes, names_end: int = -1) -> Mapping[str, np.ndarray]:
         """One caller's request, as the caller encoded it, passed through with only the model name and
-        version rewritten to the upstream's. The answer's outputs are decoded when first read
-        (``ForwardedOutputs``): a caller who only needs the upstream's bytes back gets them as they came,
-        unless they need reshaping to the declared shapes (then they are decoded at once)."""
-        return self._answer(await self._call(b"".join((encoded, self._target_fields))))
+        version rewritten to the upstream's (``Retarget``; ``names_end``: ``InferenceRequest``'s). The
+        answer's outputs are decoded when first read (``ForwardedOutputs``): a caller who only needs the
+        upstream's bytes back gets them as they came, unless they need reshaping to the declared shapes
+        (then they are decoded at once)."""
+        return self._answer(await self._call(self._retarget(encoded, names_end)))
 
-    def start_forward(self, encoded: bytes, deadline_ns: int | None) -> StartedForward | None:
+    def start_forward(self, encoded: bytes, deadline_ns: int | None, names_end: int = -1) -> StartedForward | None:
         """``forward``'s call put on its way now, before the caller has checked the request: its answer
         is ``finish_forward``'s, and ``cancel()`` abandons it. ``deadline_ns``: the caller's (or None).
         None when no call can start here (closed, or past the deadline): ``forward`` then reports why."""
@@ -362,7 +362,7 @@ class UpstreamEngine:
         remaining = (deadline - time.monotonic_ns()) / 1e9
         if not calls or remaining <= 0:
             return None
-        payload = b"".join((encoded, self._target_fields))  # a relayed request's may be a memoryview
+        payload = self._retarget(encoded, names_end)
         return StartedForward(payload, deadline, self._send(calls, payload, remaining), remaining)
 
     async def finish_forward(self, started: StartedForward) -> Mapping[str, np.ndarray]:

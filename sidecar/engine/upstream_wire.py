@@ -4,8 +4,10 @@ the upstream's ``ModelInferResponse`` read back as tensors (``sidecar.engine.ups
 * ``RequestEncoder``: a merged batch written directly from the input tensors (a header cached per
   upstream model, each tensor description cached per (name, datatype, shape), the tensors' buffers
   joined once), never built as a protobuf object and serialised again.
-* ``target_fields``: the model name and version appended to a caller's own request bytes when it is
-  passed through (the last value of a protobuf field wins).
+* ``Retarget``: a caller's own request bytes, passed through, made to name the upstream's model and
+  version: as they are when they already do, with their leading name and version fields replaced (the
+  usual field order, which an upstream sidecar's request plans read without parsing), else with the
+  upstream's appended (``target_fields``: the last value of a protobuf field wins).
 * ``decode_outputs``: an upstream's response (raw or typed contents) as arrays;
   ``ForwardedOutputs``: a passed-through answer kept as the upstream's bytes, its tensors decoded on
   first read.
@@ -32,6 +34,27 @@ def target_fields(model: str, version: str) -> bytes:
     """The ``model_name`` and ``model_version`` fields written after a forwarded request's own: the last
     value of a field wins, so the upstream sees its own names (an empty version too)."""
     return string_field(1, model) + string_field(2, version)
+
+
+class Retarget:
+    """``retarget(encoded, names_end)``: the request ``encoded`` naming the upstream's ``model`` and
+    ``version`` (see the module). ``names_end``: where ``encoded``'s model name and version fields end
+    when they come first and nowhere else (``InferenceRequest.names_end``), else -1."""
+
+    __slots__ = ("_as_is", "_prefix", "_suffix")
+
+    def __init__(self, model: str, version: str) -> None:
+        name = string_field(1, model)
+        self._prefix = name + string_field(2, version) if version else name  # as protobuf writes them
+        self._as_is = frozenset((self._prefix, name + string_field(2, version)))  # (an empty version too)
+        self._suffix = target_fields(model, version)
+
+    def __call__(self, encoded: bytes, names_end: int) -> bytes:
+        if names_end < 0:
+            return b"".join((encoded, self._suffix))  # (a relayed request's may be a memoryview)
+        if bytes(encoded[:names_end]) in self._as_is:
+            return encoded if encoded.__class__ is bytes else bytes(encoded)
+        return b"".join((self._prefix, memoryview(encoded)[names_end:]))
 
 
 class ForwardedOutputs(LazyTensors):

@@ -225,6 +225,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             deadline_ns=_deadline_ns(context),
             routing_key=self._sticky_key(plan.model_name, plan.model_version, context),
             encoded=encoded,
+            names_end=head.names_end,
         )
 
     async def ModelInfer(self, request, context):

@@ -33,6 +33,7 @@ from sidecar.types import DATATYPE_TO_DTYPE
 
 PLAN_LIMIT = 1024  # distinct heads kept; a server sees a handful per client kind
 _RAW_FIELD = 7  # ModelInferRequest.raw_input_contents
+_VERSION_FIELD = 2
 _ID_FIELD = 3
 _PARAMETERS_FIELD = 4
 
@@ -86,15 +87,17 @@ class PlannedInputs(LazyTensors):
 
 
 class Head:
-    """Where a serialized request's parts are: its plan key, its id, its raw contents."""
+    """Where a serialized request's parts are: its plan key, its id, its raw contents, and where its
+    model name and version fields end (they come first, each at most once: ``names_end``)."""
 
-    __slots__ = ("id_end", "id_start", "key", "raws")
+    __slots__ = ("id_end", "id_start", "key", "names_end", "raws")
 
-    def __init__(self, key: bytes, id_start: int, id_end: int, raws: list[tuple[int, int]]) -> None:
+    def __init__(self, key: bytes, id_start: int, id_end: int, raws: list[tuple[int, int]], names_end: int) -> None:
         self.key = key
         self.id_start = id_start  # the id's value (not its tag and length); id_start == id_end: no id
         self.id_end = id_end
         self.raws = raws  # (offset, size) of each raw_input_contents entry, in order
+        self.names_end = names_end  # the offset of the first field after model_name and model_version
 
 
 _PLANS: dict[bytes, RequestPlan] = {}
@@ -106,7 +109,7 @@ def read_head(encoded: bytes) -> Head | None:
     or None for anything else (which then takes the full path). Reads tags and lengths only."""
     n = len(encoded)
     pos = last = 0
-    id_field = id_start = id_end = raw_from = -1
+    id_field = id_start = id_end = raw_from = names_end = -1
     raws: list[tuple[int, int]] = []
     try:
         while pos < n:
@@ -117,6 +120,8 @@ def read_head(encoded: bytes) -> Head | None:
                 return None
             if field == last and field <= _ID_FIELD:  # a scalar field twice: leave it to the parser
                 return None
+            if names_end < 0 and field > _VERSION_FIELD:
+                names_end = pos
             size = encoded[pos + 1]
             start = pos + 2
             if size & 0x80:
@@ -137,8 +142,8 @@ def read_head(encoded: bytes) -> Head | None:
     if raw_from < 0:
         return None
     if id_field < 0:
-        return Head(bytes(encoded[:raw_from]), 0, 0, raws)  # bytes(): a plan key, also from a memoryview
-    return Head(bytes(encoded[:id_field]) + bytes(encoded[id_end:raw_from]), id_start, id_end, raws)
+        return Head(bytes(encoded[:raw_from]), 0, 0, raws, names_end)  # bytes(): a plan key, also from a view
+    return Head(bytes(encoded[:id_field]) + bytes(encoded[id_end:raw_from]), id_start, id_end, raws, names_end)
 
 
 def planned(encoded: bytes, head: Head) -> tuple[RequestPlan, str, PlannedInputs] | None:

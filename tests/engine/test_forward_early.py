@@ -43,7 +43,7 @@ class ForwardingEngine:
         self.started: list[Started] = []
         self.finished: list[Started] = []
 
-    def start_forward(self, encoded: bytes, deadline_ns: int | None) -> Started:
+    def start_forward(self, encoded: bytes, deadline_ns: int | None, names_end: int = -1) -> Started:
         handle = Started(encoded, deadline_ns)
         self.started.append(handle)
         return handle
@@ -54,7 +54,7 @@ class ForwardingEngine:
         x = np.frombuffer(msg.raw_input_contents[0], np.float32).reshape(-1, 4)
         return {"sum": x.sum(axis=1)}
 
-    async def forward(self, encoded: bytes) -> dict[str, np.ndarray]:
+    async def forward(self, encoded: bytes, names_end: int = -1) -> dict[str, np.ndarray]:
         raise AssertionError("a started request must be finished, not forwarded again")
 
     async def run(self, inputs, output_names):
