@@ -89,7 +89,9 @@ class InferenceObserver(Protocol):
     def observe(
         self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], request_rows: Sequence[int]
     ) -> None:
-        """One run: its (merged) inputs and outputs, and the rows of each request in it, in order."""
+        """One run: its (merged) inputs and outputs, and the rows of each request in it, in order. An
+        unbatched run's inputs are the request's own, possibly decoded only when first read and then
+        unaligned views of its bytes (``LazyTensors``: ``aligned()`` where an array is used alone)."""
         ...
 
     def rejected(self) -> None: ...
@@ -175,7 +177,7 @@ class DirectScheduler:
     def _after_run(self, item: WorkItem, outputs: Mapping[str, np.ndarray], compute_ns: int) -> None:
         self._stats.record_execution(item.rows, 1, 0, compute_ns, 0)
         if self.observer is not None:
-            self.observer.observe(aligned_inputs(item.request.inputs), outputs, (item.rows,))
+            self.observer.observe(item.request.inputs, outputs, (item.rows,))  # (decoded when counted)
 
     def _execute(self, item: WorkItem) -> Any:
         """The engine run for one request (an awaitable)."""

@@ -4,8 +4,9 @@ loaded version and runs the periodic evaluation is ``sidecar.monitoring.monitor.
 
 Counting is per engine run, not per request: the scheduler that ran a batch (``DynamicBatcher`` after
 it answered the batch's callers, ``DirectScheduler`` after one unbatched run) calls
-``observer.observe(inputs, outputs, request_rows)`` once, with the batch's merged input arrays, its
-output arrays and the rows of each request in it. ``VersionMonitor.observe`` holds the batch (a
+``observer.observe(inputs, outputs, request_rows)`` once, with the batch's merged input arrays (an
+unbatched run's: the request's own tensors, decoded from its bytes only when counted), its output
+arrays and the rows of each request in it. ``VersionMonitor.observe`` holds the batch (a
 reference to its arrays, no copy) and, once the held batches reach ``HOLD_ROWS`` rows, counts them all
 together on the event loop: per source one concatenation and one vectorized update (the histogram
 kernel), about 1 us per batch amortized. Held batches are also counted at every window boundary and
@@ -47,6 +48,7 @@ from sidecar.monitoring.drift import Thresholds
 from sidecar.monitoring.profile import NUMERIC
 from sidecar.monitoring.report import FeatureCounts, VersionReport, VersionSnapshot, WindowReport
 from sidecar.monitoring.window import Accumulator, evaluate
+from sidecar.types import aligned_inputs
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +189,7 @@ class VersionMonitor:
                         self._count_held()
                     return
                 self._count_held()
+                inputs = aligned_inputs(inputs)  # (its slices reach the kernel alone)
                 room = self._window_requests - self._count.requests - self._open_requests
                 i = offset = 0
                 while i < n:
@@ -239,7 +242,8 @@ class VersionMonitor:
         self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], requests: int, rows: int
     ) -> None:
         try:
-            self._count_batch((inputs,), (outputs,))  # counted whole or, when it raises, not at all
+            # One batch alone reaches the kernel as it is: a request's tensors may be unaligned views.
+            self._count_batch((aligned_inputs(inputs),), (outputs,))  # counted whole or, when it raises, not at all
         except Exception:
             self.dropped_total += requests
             self._open_dropped += requests

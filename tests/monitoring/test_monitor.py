@@ -15,6 +15,7 @@ from sidecar.monitoring.binning import ProfileCounter
 from sidecar.monitoring.build import build_profile
 from sidecar.monitoring.profile import CategoricalFeature, NumericFeature
 from sidecar.monitoring.version_monitor import VersionMonitor
+from sidecar.protocol.codec import LazyTensors
 from sidecar.types import TensorSpec
 
 INPUTS = (
@@ -355,3 +356,66 @@ def test_unbatched_tensors_held_together_are_counted_like_one_by_one():
     assert together._held and together.report().errors_total == 0
     np.testing.assert_array_equal(together.cumulative_counts(), alone.cumulative_counts())
     assert together.report().rows_total == 40 and together.cumulative_counts().sum() == 40 * 4
+
+
+class UnalignedLazy(LazyTensors):
+    """A request's tensors as ``PlannedInputs`` gives them: decoded on first read, numeric ones as
+    unaligned views of the request's bytes (``aligned()`` copies those)."""
+
+    __slots__ = ("decodes", "rows")
+
+    def __init__(self, rows: dict[str, np.ndarray]) -> None:
+        super().__init__()
+        self.rows = rows
+        self.decodes = 0
+
+    def _decode(self) -> dict[str, np.ndarray]:
+        self.decodes += 1
+        out = {}
+        for name, array in self.rows.items():
+            if array.dtype == object:
+                out[name] = array
+                continue
+            raw = bytearray(1) + array.tobytes()
+            out[name] = np.ndarray(array.shape, array.dtype, bytes(raw), 1)  # one byte in: unaligned
+        return out
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@pytest.mark.parametrize("count", [1, 5])
+def test_a_request_s_tensors_are_decoded_only_when_counted_and_unaligned_ones_count_alike(profile, count):
+    """The unbatched scheduler hands the monitor a request's lazy tensors: nothing is decoded when it is
+    observed; held together they are merged (which aligns), held alone (or split at a window's end)
+    they are aligned first: the counts are those of plain arrays."""
+    rng = np.random.default_rng(11)
+    rows = [make_rows(rng, 3) for _ in range(count)]
+    lazy = [UnalignedLazy(r) for r in rows]
+    assert not lazy[0]["x"].flags.aligned
+    lazy = [UnalignedLazy(r) for r in rows]  # (fresh: none decoded yet)
+    m, plain = monitor(profile), monitor(profile)
+    seen = []  # what reached the counter: one batch's arrays must be aligned (the kernel reads them)
+    count_batch = m._count_batch
+
+    def recording(inputs, outputs):
+        if len(inputs) == 1:
+            seen.extend(a.flags.aligned for a in inputs[0].values() if a.dtype != object)
+        return count_batch(inputs, outputs)
+
+    m._count_batch = recording
+    for x, r in zip(lazy, rows, strict=True):
+        m.observe(x, answer(r), (3,))
+        plain.observe(r, answer(r), (3,))
+    assert all(x.decodes == 0 for x in lazy)  # held, not read
+    assert m.report().rows_total == 3 * count  # reading counts the held ones
+    assert all(x.decodes == 1 for x in lazy)
+    assert all(seen) and (len(seen) > 0) == (count == 1)
+    np.testing.assert_array_equal(m.cumulative_counts(), plain.cumulative_counts())
+    # A batch of lazy tensors that crosses the count window's boundary is split after aligning.
+    crossing = monitor(profile, window_requests=2)
+    big = make_rows(rng, 3)
+    crossing.observe(UnalignedLazy(big), answer(big), (1, 1, 1))
+    reference = monitor(profile, window_requests=2)
+    reference.observe(big, answer(big), (1, 1, 1))
+    np.testing.assert_array_equal(crossing.cumulative_counts(), reference.cumulative_counts())
