@@ -7,8 +7,9 @@ it answered the batch's callers, ``DirectScheduler`` after one unbatched run) ca
 ``observer.observe(inputs, outputs, request_rows)`` once, with the batch's merged input arrays (an
 unbatched run's: the request's own tensors, decoded from its bytes only when counted), its output
 arrays and the rows of each request in it. ``VersionMonitor.observe`` holds the batch (a
-reference to its arrays, no copy) and, once the held batches reach ``HOLD_ROWS`` rows, counts them all
-together on the event loop: per source one concatenation and one vectorized update (the histogram
+reference to its arrays, no copy) and, once the held batches reach ``HOLD_ROWS`` rows (fewer for
+image-sized rows: at most ``HOLD_BYTES`` of inputs, ``hold_rows``), counts them all together on the
+event loop: per source one concatenation and one vectorized update (the histogram
 kernel), about 1 us per batch amortized. Held batches are also counted at every window boundary and
 before anything is read, so reports never lag. Nothing is queued to a thread, and memory is fixed by
 the profile plus the held rows.
@@ -53,6 +54,16 @@ from sidecar.types import aligned_inputs
 log = logging.getLogger(__name__)
 
 HOLD_ROWS = 512  # rows of answered batches held (referenced, not copied) before they are counted together
+HOLD_BYTES = 1 << 20  # ... at most this many bytes of inputs: image-sized rows are counted batch by batch
+
+
+def hold_rows(row_bytes: int) -> int:
+    """Rows held before counting, for inputs of ``row_bytes`` bytes a row (0: unknown, variable shapes):
+    ``HOLD_ROWS``, fewer where that many rows would hold more than ``HOLD_BYTES`` (at least 1). Held rows
+    keep their batch's memory alive: a kept merge buffer, an ingest worker's shared memory."""
+    if row_bytes <= 0:
+        return HOLD_ROWS
+    return max(1, min(HOLD_ROWS, HOLD_BYTES // row_bytes))
 
 
 def thresholds_from(cfg: MonitoringConfig) -> Thresholds:
@@ -109,8 +120,10 @@ class VersionMonitor:
         profile_path: str = "",
         kernel: str = "",
         wake: Callable[[], None] = lambda: None,
+        hold: int = HOLD_ROWS,
     ) -> None:
         self.model = model
+        self._hold_rows = max(1, hold)  # see hold_rows()
         self.version = version
         self.counter = counter
         self.has_reference = has_reference
@@ -185,7 +198,7 @@ class VersionMonitor:
                     self._held.append((inputs, outputs, n, rows))
                     self._held_requests += n
                     self._held_rows += rows
-                    if self._held_rows >= HOLD_ROWS:
+                    if self._held_rows >= self._hold_rows:
                         self._count_held()
                     return
                 self._count_held()

@@ -419,3 +419,36 @@ def test_a_request_s_tensors_are_decoded_only_when_counted_and_unaligned_ones_co
     reference = monitor(profile, window_requests=2)
     reference.observe(big, answer(big), (1, 1, 1))
     np.testing.assert_array_equal(crossing.cumulative_counts(), reference.cumulative_counts())
+
+
+def test_image_sized_rows_are_counted_batch_by_batch_and_small_ones_held_together(profile):
+    """Held rows keep their batch's memory alive (a kept merge buffer, an ingest worker's shared memory):
+    at most HOLD_BYTES of inputs are held; a version's hold comes from its input signature."""
+    from sidecar.monitoring.monitor import _row_bytes
+    from sidecar.monitoring.version_monitor import HOLD_BYTES, HOLD_ROWS, hold_rows
+
+    image = (TensorSpec("image", "FP32", (-1, 3, 224, 224)),)
+    assert _row_bytes(image) == 3 * 224 * 224 * 4 and hold_rows(_row_bytes(image)) == 1
+    assert hold_rows(_row_bytes((TensorSpec("x", "FP32", (-1, 64)),))) == HOLD_ROWS
+    assert hold_rows(_row_bytes((TensorSpec("x", "FP32", (-1, -1)),))) == HOLD_ROWS  # variable: unknown
+    assert hold_rows(_row_bytes(INPUTS)) == HOLD_ROWS  # a BYTES input: unknown
+    assert hold_rows(HOLD_BYTES // 8) == 8
+    rng = np.random.default_rng(5)
+    batches = [make_rows(rng, 4) for _ in range(3)]
+    held, at_once = (
+        monitor(profile),
+        VersionMonitor(
+            "m",
+            "1.0.0",
+            ProfileCounter(profile),
+            MonitoringConfig(window_requests=100, window_s=3600.0),
+            has_reference=True,
+            hold=4,
+        ),
+    )
+    for rows in batches:
+        held.observe(rows, answer(rows), (4,))
+        at_once.observe(rows, answer(rows), (4,))
+        assert not at_once._held  # 4 rows reach its hold: counted at once, nothing kept
+    assert len(held._held) == 3
+    np.testing.assert_array_equal(held.cumulative_counts(), at_once.cumulative_counts())
