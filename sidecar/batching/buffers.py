@@ -10,8 +10,8 @@ on this project's machines, and on the H100 machine a 64-image merge took 26 ms.
 kept buffer with room for at least that many (capacities are powers of two, up to the batch limit).
 A buffer is free again when nothing but the pool refers to it: numpy views, memoryviews and the
 monitor's kept rows all hold a reference to it, so a buffer in use is never handed out twice. At most
-``per_shape`` buffers are kept per row shape and type (the batches in flight, one being merged and one
-the monitor may still hold); beyond that a take allocates a fresh array, as before. Thread-safe: merges
+``per_shape`` buffers are kept per row shape and type (the batches in flight, one being merged and a
+spare); beyond that a take allocates a fresh array, as before. Thread-safe: merges
 run on worker threads.
 """
 

@@ -137,7 +137,8 @@ class DynamicBatcher:
             self._row_bytes = sum(
                 DATATYPE_TO_DTYPE[s.datatype].itemsize * math.prod(s.shape[1:]) for s in engine.inputs
             )
-        # Big merges go into kept buffers (one per batch in flight, one being merged, one the monitor holds).
+        # Big merges go into kept buffers: one per batch in flight, one being merged, one spare (the monitor
+        # counts image-sized batches at once, sidecar.monitoring.version_monitor.hold_rows).
         self._buffers = MergeBuffers(self._slots + 2, self._max_rows)
 
     # -- Scheduler protocol ---------------------------------------------------------------------
