@@ -452,3 +452,23 @@ def test_image_sized_rows_are_counted_batch_by_batch_and_small_ones_held_togethe
         assert not at_once._held  # 4 rows reach its hold: counted at once, nothing kept
     assert len(held._held) == 3
     np.testing.assert_array_equal(held.cumulative_counts(), at_once.cumulative_counts())
+
+
+def test_a_loaded_version_s_monitor_holds_by_its_input_signature(tmp_path):
+    from types import SimpleNamespace
+
+    from sidecar.monitoring.monitor import Monitoring
+    from sidecar.monitoring.version_monitor import HOLD_ROWS
+
+    stage = Monitoring(MonitoringConfig())
+    holds = {}
+    for name, shape in (("image", (-1, 3, 224, 224)), ("tabular", (-1, 64))):
+        mv = SimpleNamespace(name=name, version_str="1.0.0", path=str(tmp_path), observer=None)
+        engine = SimpleNamespace(
+            max_batch_size=8,
+            inputs=(TensorSpec("x", "FP32", shape),),
+            outputs=(TensorSpec("y", "FP32", (-1, 2)),),
+        )
+        stage.prepare(mv, engine)
+        holds[name] = mv.observer._hold_rows
+    assert holds == {"image": 1, "tabular": HOLD_ROWS}
