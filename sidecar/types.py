@@ -7,7 +7,8 @@ may write into them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,6 +58,19 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
+
+
+def row_bytes(inputs: Sequence[TensorSpec]) -> int:
+    """Bytes of one row of all ``inputs`` (a leading -1, the batch dimension, left out); 0 where that is
+    unknown: a variable dimension, or a BYTES tensor."""
+    total = 0
+    for spec in inputs:
+        dims = spec.shape[1:] if spec.shape and spec.shape[0] == -1 else spec.shape
+        dtype = DATATYPE_TO_DTYPE.get(spec.datatype)
+        if dtype is None or spec.datatype == "BYTES" or any(d < 0 for d in dims):
+            return 0
+        total += dtype.itemsize * math.prod(dims)
+    return total
 
 
 @dataclass(frozen=True, slots=True)

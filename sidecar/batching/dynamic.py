@@ -54,7 +54,6 @@ end on events instead (the running batch completing, a request arriving).
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 
 import numpy as np
@@ -68,7 +67,7 @@ from sidecar.engine.base import Engine
 from sidecar.engine.statistics import VersionStatistics
 from sidecar.errors import Cancelled, DeadlineExceeded, EngineError, QueueFull, ServerDraining, SidecarError
 from sidecar.telemetry.spans import INVALID_SPAN, batch_span, record_queue_time
-from sidecar.types import DATATYPE_TO_DTYPE, aligned_inputs
+from sidecar.types import aligned_inputs, row_bytes
 
 TIMER_MIN_NS = 1_000_000  # no wake-up is armed closer than this (event-loop timer resolution)
 DUE_SLACK_NS = 100_000  # a close time this close to now counts as now
@@ -132,11 +131,7 @@ class DynamicBatcher:
         self._padded_rows = getattr(engine, "padded_rows", None) if self._batched else None
         self._bucket_set: tuple[tuple[int, ...], frozenset[int]] = ((), frozenset())  # engine.batch_buckets, as a set
         # Bytes of one row of all inputs, where every non-batch dimension is fixed (else 0: unknown).
-        self._row_bytes = 0
-        if self._batched and not self._keyed and all(s.datatype != "BYTES" for s in engine.inputs):
-            self._row_bytes = sum(
-                DATATYPE_TO_DTYPE[s.datatype].itemsize * math.prod(s.shape[1:]) for s in engine.inputs
-            )
+        self._row_bytes = row_bytes(engine.inputs) if self._batched else 0
         # Big merges go into kept buffers: one per batch in flight, one being merged, one spare (the monitor
         # counts image-sized batches at once, sidecar.monitoring.version_monitor.hold_rows).
         self._buffers = MergeBuffers(self._slots + 2, self._max_rows)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,22 +37,9 @@ from sidecar.monitoring.profile import (
 )
 from sidecar.monitoring.report import MonitoringSnapshot, VersionReport
 from sidecar.monitoring.version_monitor import VersionMonitor, hold_rows
-from sidecar.types import DATATYPE_TO_DTYPE, TensorSpec
+from sidecar.types import TensorSpec, row_bytes
 
 log = logging.getLogger(__name__)
-
-
-def _row_bytes(inputs: Sequence[TensorSpec]) -> int:
-    """Bytes of one row of all inputs (the batch dimension left out); 0 where a shape is variable or a
-    tensor holds BYTES."""
-    total = 0
-    for spec in inputs:
-        dtype = DATATYPE_TO_DTYPE.get(spec.datatype)
-        dims = spec.shape[1:] if spec.shape and spec.shape[0] == -1 else spec.shape
-        if dtype is None or spec.datatype == "BYTES" or any(d < 0 for d in dims):
-            return 0
-        total += dtype.itemsize * math.prod(dims)
-    return total
 
 
 def quality_only_profile(model: str, version: str, inputs: Sequence[TensorSpec], batched: bool) -> ReferenceProfile:
@@ -114,7 +100,7 @@ class Monitoring:
             profile_path=str(path) if has_reference else "",
             kernel=KERNEL,
             wake=self._event.set,
-            hold=hold_rows(_row_bytes(engine.inputs)),
+            hold=hold_rows(row_bytes(engine.inputs)),
         )
         mv.observer = monitor
         self._monitors = {**self._monitors, (mv.name, mv.version_str): monitor}

@@ -424,8 +424,8 @@ def test_a_request_s_tensors_are_decoded_only_when_counted_and_unaligned_ones_co
 def test_image_sized_rows_are_counted_batch_by_batch_and_small_ones_held_together(profile):
     """Held rows keep their batch's memory alive (a kept merge buffer, an ingest worker's shared memory):
     at most HOLD_BYTES of inputs are held; a version's hold comes from its input signature."""
-    from sidecar.monitoring.monitor import _row_bytes
     from sidecar.monitoring.version_monitor import HOLD_BYTES, HOLD_ROWS, hold_rows
+    from sidecar.types import row_bytes as _row_bytes
 
     image = (TensorSpec("image", "FP32", (-1, 3, 224, 224)),)
     assert _row_bytes(image) == 3 * 224 * 224 * 4 and hold_rows(_row_bytes(image)) == 1
