@@ -97,11 +97,20 @@ def test_sigterm_drains_without_losing_in_flight_requests(tmp_path, ingest_worke
         proc.send_signal(signal.SIGTERM)
         with grpc.insecure_channel(url) as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            try:
-                status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
-                assert status == health_pb2.HealthCheckResponse.NOT_SERVING
-            except grpc.RpcError as exc:  # the server may already be gone once drained
-                assert exc.code() == grpc.StatusCode.UNAVAILABLE
+            # The server handles the signal on its event loop: health turns NOT_SERVING soon, not at once
+            # (a Check that an ingest worker relays can get there first).
+            turned_by = time.monotonic() + 10
+            while True:
+                try:
+                    status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
+                except grpc.RpcError as exc:  # the server may already be gone once drained
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                    break
+                if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    break
+                assert status == health_pb2.HealthCheckResponse.SERVING, status
+                assert time.monotonic() < turned_by, "health still SERVING 10 s after SIGTERM"
+                time.sleep(0.005)
         for t in threads:
             t.join(60)
         assert proc.wait(60) == 0
