@@ -60,12 +60,12 @@ class TensorSpec:
     shape: tuple[int, ...]
 
 
-def row_bytes(inputs: Sequence[TensorSpec]) -> int:
-    """Bytes of one row of all ``inputs`` (a leading -1, the batch dimension, left out); 0 where that is
-    unknown: a variable dimension, or a BYTES tensor."""
+def row_bytes(inputs: Sequence[TensorSpec], batched: bool = True) -> int:
+    """Bytes of one row of all ``inputs`` (``batched``: their first dimension, the batch, left out; else
+    a row is a whole tensor); 0 where that is unknown: a variable dimension, or a BYTES tensor."""
     total = 0
     for spec in inputs:
-        dims = spec.shape[1:] if spec.shape and spec.shape[0] == -1 else spec.shape
+        dims = spec.shape[1:] if batched else spec.shape
         dtype = DATATYPE_TO_DTYPE.get(spec.datatype)
         if dtype is None or spec.datatype == "BYTES" or any(d < 0 for d in dims):
             return 0

@@ -100,7 +100,7 @@ class Monitoring:
             profile_path=str(path) if has_reference else "",
             kernel=KERNEL,
             wake=self._event.set,
-            hold=hold_rows(row_bytes(engine.inputs)),
+            hold=hold_rows(row_bytes(engine.inputs, batched)),
         )
         mv.observer = monitor
         self._monitors = {**self._monitors, (mv.name, mv.version_str): monitor}

@@ -425,13 +425,13 @@ def test_image_sized_rows_are_counted_batch_by_batch_and_small_ones_held_togethe
     """Held rows keep their batch's memory alive (a kept merge buffer, an ingest worker's shared memory):
     at most HOLD_BYTES of inputs are held; a version's hold comes from its input signature."""
     from sidecar.monitoring.version_monitor import HOLD_BYTES, HOLD_ROWS, hold_rows
-    from sidecar.types import row_bytes as _row_bytes
+    from sidecar.types import row_bytes
 
     image = (TensorSpec("image", "FP32", (-1, 3, 224, 224)),)
-    assert _row_bytes(image) == 3 * 224 * 224 * 4 and hold_rows(_row_bytes(image)) == 1
-    assert hold_rows(_row_bytes((TensorSpec("x", "FP32", (-1, 64)),))) == HOLD_ROWS
-    assert hold_rows(_row_bytes((TensorSpec("x", "FP32", (-1, -1)),))) == HOLD_ROWS  # variable: unknown
-    assert hold_rows(_row_bytes(INPUTS)) == HOLD_ROWS  # a BYTES input: unknown
+    assert row_bytes(image) == 3 * 224 * 224 * 4 and hold_rows(row_bytes(image)) == 1
+    assert hold_rows(row_bytes((TensorSpec("x", "FP32", (-1, 64)),))) == HOLD_ROWS
+    assert hold_rows(row_bytes((TensorSpec("x", "FP32", (-1, -1)),))) == HOLD_ROWS  # variable: unknown
+    assert hold_rows(row_bytes(INPUTS)) == HOLD_ROWS  # a BYTES input: unknown
     assert hold_rows(HOLD_BYTES // 8) == 8
     rng = np.random.default_rng(5)
     batches = [make_rows(rng, 4) for _ in range(3)]
