@@ -186,7 +186,7 @@ class DirectScheduler:
         request = item.request
         if request.encoded is not None and self._forward is not None:  # an upstream: the caller's bytes go on
             return self._forward(request.encoded, request.names_end)
-        return run_engine(self._engine, self._run_inline, aligned_inputs(item.request.inputs), item.output_names)
+        return run_engine(self._engine, self._run_inline, aligned_inputs(request.inputs), item.output_names)
 
     async def close(self) -> None:
         self._closed = True
