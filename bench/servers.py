@@ -349,17 +349,8 @@ def model_statistics(target: str, model: str, timeout_s: float = 5.0) -> tuple[i
 
     inference_count / execution_count is the mean batch size the server formed (Triton, PyTriton, sidecar).
     """
-    from sidecar.protocol._generated import grpc_service_pb2 as pb
-
-    resp = _unary(
-        target, "ModelStatistics", pb.ModelStatisticsRequest(name=model), pb.ModelStatisticsResponse, timeout_s
-    )
-    if resp is None or not resp.model_stats:
-        return None
-    return (
-        sum(s.inference_count for s in resp.model_stats),
-        sum(s.execution_count for s in resp.model_stats),
-    )
+    timings = model_timings(target, model, timeout_s)
+    return None if timings is None else (timings["inferences"], timings["executions"])
 
 
 def model_timings(target: str, model: str, timeout_s: float = 5.0) -> dict[str, Any] | None:

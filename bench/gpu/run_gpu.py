@@ -148,7 +148,6 @@ def run_cells(
         if over_budget(args):
             skipped[f"{key}/{model}/c={c}"] = "over --budget-s"
             continue
-        stats_before = servers.model_statistics(server.target, model) if key != "echo" else None
         timings_before = servers.model_timings(server.target, model) if key != "echo" else None
         # CPU of each of the server's threads (by name) over the measured window, "main" = the event loop.
         probes: dict[str, Any] = {"server": server.cpu_seconds}
@@ -166,11 +165,12 @@ def run_cells(
             timeout_s=60,
             labels={"server": key, "model": model},
         )
-        stats_after = servers.model_statistics(server.target, model) if stats_before else None
         timings_after = servers.model_timings(server.target, model) if timings_before else None
         mean_batch = None
-        if stats_before and stats_after and stats_after[1] > stats_before[1]:
-            mean_batch = (stats_after[0] - stats_before[0]) / (stats_after[1] - stats_before[1])
+        if timings_before and timings_after and timings_after["executions"] > timings_before["executions"]:
+            mean_batch = (timings_after["inferences"] - timings_before["inferences"]) / (
+                timings_after["executions"] - timings_before["executions"]
+            )
         busy = {
             k.removeprefix("thread:"): round(v / args.duration, 3) for k, v in result.cpu_s.items() if k != "server"
         }
