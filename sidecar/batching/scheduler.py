@@ -147,8 +147,9 @@ class DirectScheduler:
         """Put a request (its ``encoded`` bytes: as the caller encoded it) on its way to the upstream
         before it is decoded and checked against the signature: that then runs while the upstream works.
         The handle goes into the work item (``WorkItem.started``); whoever fails the request before
-        ``submit`` awaits it calls its ``cancel()``. None if no call starts (closed, expired): ``submit``
-        forwards as usual."""
+        ``submit`` awaits it calls its ``cancel()``; its ``sent`` says whether the request has left
+        already (False: it leaves when the event loop next turns). None if no call starts (closed,
+        expired): ``submit`` forwards as usual."""
         if self._closed:
             return None
         return self._start_forward(request.encoded, request.deadline_ns, request.names_end)

@@ -116,12 +116,13 @@ class ModelVersion:
         rows = 1
         started = None
         try:
-            # A request forwarded as it came (an unbatched upstream) goes out first; it is checked while
-            # the upstream works, and abandoned if the check fails (see DirectScheduler.begin).
+            # A request forwarded as it came (an unbatched upstream) goes out first (``begin`` sends it:
+            # engine.upstream_call); it is checked while the upstream works, and abandoned if the check
+            # fails (see DirectScheduler.begin).
             begin = scheduler.begin
             if begin is not None and request.encoded is not None:
                 started = begin(request)
-                if started is not None:
+                if started is not None and not started.sent:
                     await asyncio.sleep(0)  # the call's own task sends it
             engine = self.engine
             observer = self.observer

@@ -35,8 +35,9 @@ runs alone (``forward``: the version's scheduler does not batch) is passed throu
 encoded it, with the upstream's model name and version written in (``upstream_wire.Retarget``), and
 the answer comes back as the upstream's bytes (``ForwardedOutputs``: tensors decoded on first read).
 Such a call can be started before the caller has checked the request (``start_forward``, then
-``finish_forward``; ``StartedForward.cancel`` abandons it), and an answer is parsed to check its shapes
-unless its head is that of the last answer checked (``_answer``).
+``finish_forward``; ``StartedForward.cancel`` abandons it): ``upstream_call`` sends it before
+``start_forward`` returns. An answer is parsed to check its shapes unless its head and size are those
+of the last answer checked (``_answer``).
 A merged batch (``run``) is written directly from the input tensors
 (``RequestEncoder``); only the response is parsed. The bytes themselves are
 ``sidecar.engine.upstream_wire``'s: this module holds the settings and the connection.
@@ -63,6 +64,7 @@ import numpy as np
 
 from sidecar.engine.base import DEADLINE_NS
 from sidecar.engine.metadata import read_table
+from sidecar.engine.upstream_call import RawUnary
 from sidecar.engine.upstream_wire import (
     ForwardedOutputs,
     RequestEncoder,
@@ -175,12 +177,13 @@ class UpstreamSettings:
 class StartedForward:
     """A forwarded request already on its way (``UpstreamEngine.start_forward``)."""
 
-    __slots__ = ("call", "deadline_ns", "payload", "timeout_s")
+    __slots__ = ("call", "deadline_ns", "payload", "sent", "timeout_s")
 
     def __init__(self, payload: bytes, deadline_ns: int, call: Any, timeout_s: float) -> None:
         self.payload = payload
         self.deadline_ns = deadline_ns
-        self.call = call  # the grpc.aio call of the first attempt
+        self.call = call  # the first attempt (``RawUnary.start``'s: usually sent already)
+        self.sent = call.sent  # False: it goes out when the loop next turns
         self.timeout_s = timeout_s
 
     def cancel(self) -> None:
@@ -207,15 +210,16 @@ class UpstreamEngine:
         self._metadata = tuple((k.lower(), v) for k, v in settings.headers.items()) or None
         self._channels: list[grpc.aio.Channel] = []
         self._stubs: list[pb_grpc.GRPCInferenceServiceStub] = []
-        self._calls: list[Any] = []  # raw ModelInfer callables, bytes in and out, one per channel
+        self._calls: list[RawUnary] = []  # ModelInfer, bytes in and out, one per channel
         self._next = itertools.count()
         self._encode = RequestEncoder(settings.model, settings.version).encode
         self._retarget = Retarget(settings.model, settings.version)  # a forwarded request's names
         self._output_ranks: dict[str, int] = {}  # output -> declared rank: an answer that differs is reshaped
         # The head of the last answer checked (see _answer), and the head it goes back with: the same
-        # bytes, or with the shapes conformed to the declared ones.
+        # bytes, or with the shapes conformed to the declared ones; and that answer's size in bytes.
         self._checked_head = b""
         self._conformed_head = b""
+        self._checked_size = -1
         self._probe: asyncio.Task | None = None
         self._where = f"upstream {settings.target} model '{settings.model}'" + (
             f" version '{settings.version}'" if settings.version else ""
@@ -233,7 +237,8 @@ class UpstreamEngine:
                 channel = grpc.aio.insecure_channel(self.settings.target, options=self._options)
             self._channels.append(channel)
             self._stubs.append(pb_grpc.GRPCInferenceServiceStub(channel))
-            self._calls.append(channel.unary_unary(INFER_METHOD, request_serializer=None, response_deserializer=None))
+            raw = channel.unary_unary(INFER_METHOD, None, None, _registered_method=True)  # bytes in and out
+            self._calls.append(RawUnary(raw, self._metadata))
         try:
             await self._load_metadata()
         except BaseException:
@@ -374,21 +379,24 @@ class UpstreamEngine:
         shapes is reshaped (MLServer's [N] as [N, 1]: only the shapes in its head are rewritten, the
         tensors' bytes stay as they are). An answer that starts with the same bytes up to its raw
         contents as the last one checked (``answer_head``: same names, id and output descriptions)
-        is not parsed again: it goes back as it came, or with that answer's rewritten head."""
+        and the same size (same descriptions, so the same contents' sizes: a cut or padded answer is
+        parsed, and refused) is not parsed again: it goes back as it came, or with that answer's
+        rewritten head."""
         head = self._checked_head
-        if has_head(raw, head):
+        if len(raw) == self._checked_size and has_head(raw, head):
             conformed = self._conformed_head
             return ForwardedOutputs(raw if conformed is head else conformed + raw[len(head) :], self.label)
         response = self._parse(raw)
         ranks = self._output_ranks
         if all(len(t.shape) == ranks.get(t.name, -1) for t in response.outputs):
             self._checked_head = self._conformed_head = answer_head(raw, response)
+            self._checked_size = len(raw)
             return ForwardedOutputs(raw, self.label, response)
         head = answer_head(raw, response)
         conformed = self._conformed_head_of(response) if head else None
         if conformed is None:  # not a [N, 1] for [N], or not raw contents last: decoded and reshaped
             return self._conform(decode_outputs(response, self.label))
-        self._checked_head, self._conformed_head = head, conformed
+        self._checked_head, self._conformed_head, self._checked_size = head, conformed, len(raw)
         return ForwardedOutputs(conformed + raw[len(head) :], self.label)
 
     def _conformed_head_of(self, response: pb.ModelInferResponse) -> bytes | None:
@@ -446,8 +454,8 @@ class UpstreamEngine:
                 raise self._error(exc, remaining, attempt + 1) from None
 
     def _send(self, calls: list[Any], payload: bytes, timeout_s: float) -> Any:
-        """One call of ``payload`` on the next pooled channel (the grpc.aio call, not yet awaited)."""
-        return calls[next(self._next) % len(calls)](payload, timeout=timeout_s, metadata=self._metadata)
+        """One call of ``payload`` on the next pooled channel, on its way (``RawUnary.start``), not awaited."""
+        return calls[next(self._next) % len(calls)].start(payload, timeout_s)
 
     def _parse(self, raw: bytes) -> pb.ModelInferResponse:
         return parse_response(raw, self.label, self._where)

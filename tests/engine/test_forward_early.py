@@ -22,6 +22,8 @@ from sidecar.types import TensorSpec
 
 
 class Started:
+    sent = True  # on its way when start_forward returns, as UpstreamEngine's (engine.upstream_call)
+
     def __init__(self, encoded: bytes, deadline_ns: int | None) -> None:
         self.encoded = encoded
         self.deadline_ns = deadline_ns

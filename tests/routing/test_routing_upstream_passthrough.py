@@ -6,10 +6,12 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 import tritonclient.grpc as tc
 from conftest import Control, write_upstream_version
 
 from sidecar.engine.upstream_wire import ForwardedOutputs
+from sidecar.errors import EngineError
 from sidecar.protocol._generated import grpc_service_pb2 as pb
 from sidecar.protocol.codec import encode_response
 from sidecar.testing.server import ServerThread, config_for_tests
@@ -155,3 +157,8 @@ def test_an_answer_with_the_checked_head_goes_back_unparsed_and_any_other_is_che
     # Any other rank difference is decoded (and passed on as it is: the caller sees what the upstream sent).
     odd = engine._answer(answer(3, rank=1))
     assert isinstance(odd, dict) and odd["p"].shape == (6,)
+    # An answer cut short after the checked head is parsed, not passed on: refused, naming the upstream.
+    assert engine._answer(answer(3)).encoded == answer(3)
+    with pytest.raises(EngineError, match="malformed response"):
+        engine._answer(answer(3)[:-5])
+    assert engine._answer(answer(3)).encoded == answer(3)  # and the next whole one goes through
