@@ -161,9 +161,8 @@ class BatchingConfig:
     preferred_batch_sizes: tuple[int, ...] = _doc("Batch sizes to close a batch at, if reached.", default=())
     max_queue_size: int = _doc("Queued requests per version before load shedding.", default=2048)
     batches_in_flight: int = _doc(
-        "Batches a version may run at once (unless its metadata sets it: at least 64 for a version served by an "
-        "upstream, which runs them side by side, and 4 for a session on a GPU, whose next batches are merged while "
-        "one runs).",
+        "Batches a version may run at once (a version served by an upstream: at least 64, unless its metadata sets "
+        "it; the upstream runs them side by side).",
         default=2,
     )
     adaptive: bool = _doc(

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sidecar.batching.scheduler import BatchSettings, DirectScheduler, InferenceObserver, Scheduler, WorkItem
 from sidecar.config import SidecarConfig
@@ -49,10 +48,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 # Batches an upstream version sends at once unless its metadata says otherwise (``batching.batches_in_flight``
 # is for local sessions, which share this machine's cores; an upstream runs what it is sent side by side).
 UPSTREAM_BATCHES_IN_FLIGHT = 64
-# Likewise for a session on a GPU (any provider but the CPU's): while the GPU runs one batch, the next
-# ones are merged and copied in on the CPU. Measured on an H100 (README, GPU): ResNet-50 behind ingest
-# workers served 53-58 % of raw ONNX Runtime's rows/s with 2 in flight and 75-79 % with 4.
-GPU_BATCHES_IN_FLIGHT = 4
 
 
 class VersionState(enum.Enum):
@@ -166,14 +161,6 @@ class ModelVersion:
             self.engine.close()
         self.state = VersionState.UNAVAILABLE
         self.reason = self.reason or "unloaded"
-
-
-def _least_in_flight(engine: Any) -> int:
-    """The fewest batches a version of ``engine`` runs at once unless its metadata sets a number."""
-    if isinstance(engine, UpstreamEngine):
-        return UPSTREAM_BATCHES_IN_FLIGHT
-    provider = getattr(engine, "provider", "CPUExecutionProvider")
-    return GPU_BATCHES_IN_FLIGHT if provider != "CPUExecutionProvider" else 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,10 +338,10 @@ class Repository:
             start = getattr(engine, "start", None)  # engines with async set-up (the upstream proxy)
             if start is not None:
                 await start()
-            if "batches_in_flight" not in metadata.batching:
-                at_least = _least_in_flight(engine)
-                if at_least > settings.batches_in_flight:
-                    settings = dataclasses.replace(settings, batches_in_flight=at_least)
+            if isinstance(engine, UpstreamEngine) and "batches_in_flight" not in metadata.batching:
+                settings = dataclasses.replace(
+                    settings, batches_in_flight=max(settings.batches_in_flight, UPSTREAM_BATCHES_IN_FLIGHT)
+                )
             configured = metadata.warmup_batch_sizes or self._config.engine.warmup_batch_sizes
             sizes = configured or tuple(sorted({1, engine.max_batch_size or 1}))
             runs = metadata.warmup_runs if metadata.warmup_runs is not None else self._config.engine.warmup_runs

@@ -198,32 +198,3 @@ def test_message_above_limit_is_resource_exhausted(tmp_path):
         assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
         assert "larger than max" in err.value.message()
         assert client.infer("mlp", [inp]).as_numpy("label").shape == (64,)
-
-
-def test_a_session_on_a_gpu_runs_four_batches_at_once_unless_its_metadata_says(tmp_path, monkeypatch):
-    """A version whose session runs on a GPU provider gets GPU_BATCHES_IN_FLIGHT batches at once (its next
-    batches are merged while one runs); one whose metadata sets the number keeps it; CPU sessions keep the
-    server's. The provider is the one ONNX Runtime reports, here set by hand (no GPU on CI)."""
-    from sidecar.engine.repository import GPU_BATCHES_IN_FLIGHT, Repository
-
-    write_version(tmp_path, "gpu", "1.0.0", identity_model)
-    pinned = write_version(tmp_path, "gpu", "2.0.0", identity_model)
-    (pinned / "model.json").write_text(json.dumps({"batching": {"batches_in_flight": 1}}))
-    write_version(tmp_path, "cpu", "1.0.0", identity_model)
-    build = Repository._build_engine
-
-    def on_a_gpu(self, mv, settings):
-        engine = build(self, mv, settings)
-        if mv.name == "gpu":
-            engine.provider = "CUDAExecutionProvider"
-        return engine
-
-    monkeypatch.setattr(Repository, "_build_engine", on_a_gpu)
-    with ServerThread(config_for_tests(str(tmp_path))) as srv:
-        repository = srv.app.repository
-        assert srv.app.config.batching.batches_in_flight == 2 < GPU_BATCHES_IN_FLIGHT == 4
-        assert repository.get("gpu", "1.0.0").settings.batches_in_flight == GPU_BATCHES_IN_FLIGHT
-        assert repository.get("gpu", "2.0.0").settings.batches_in_flight == 1  # the metadata's word
-        assert repository.get("cpu", "1.0.0").settings.batches_in_flight == 2  # the server's
-        client = tc.InferenceServerClient(srv.url)
-        assert client.infer("gpu", [_fp32(3)], model_version="1.0.0").as_numpy("OUTPUT0").shape == (3, 4)
