@@ -168,6 +168,11 @@ class BatchingConfig:
     adaptive: bool = _doc(
         "Use the learned cost model and callers' deadlines to decide when to close a batch.", default=True
     )
+    kept_merge_mb: float = _doc(
+        "Memory (MiB) a version may keep for merging big batches (a merge of 1 MiB or more goes into a kept "
+        "buffer, reused once nothing refers to it); a merge with no room left gets a fresh array. 0: keep none.",
+        default=512.0,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,8 @@ kept buffer with room for at least that many (capacities are powers of two, up t
 A buffer is free again when nothing but the pool refers to it: numpy views, memoryviews and the
 monitor's kept rows all hold a reference to it, so a buffer in use is never handed out twice. At most
 ``per_shape`` buffers are kept per row shape and type (the batches in flight, one being merged and a
-spare); beyond that a take allocates a fresh array, as before. Thread-safe: merges
-run on worker threads.
+spare), and at most ``max_bytes`` in all (``batching.kept_merge_mb``); beyond that a take allocates a
+fresh array, as before. Thread-safe: merges run on worker threads.
 """
 
 from __future__ import annotations
@@ -31,11 +31,16 @@ _FREE = _refs([object()], 0)  # what _refs says of an object only a list refers 
 
 
 class MergeBuffers:
-    def __init__(self, per_shape: int, max_rows: int) -> None:
+    def __init__(self, per_shape: int, max_rows: int, max_bytes: int | None = None) -> None:
         self._per_shape = max(1, per_shape)
         self._max_rows = max(1, max_rows)
+        self._max_bytes = max_bytes  # None: no limit
+        self._bytes = 0  # kept, in all
         self._kept: dict[tuple, list[np.ndarray]] = {}
         self._lock = threading.Lock()
+
+    def _room(self, more: int) -> bool:
+        return self._max_bytes is None or self._bytes + more <= self._max_bytes
 
     def take(self, rows: int, row_shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """An array of shape ``(rows, *row_shape)`` that nothing else refers to; its contents are
@@ -51,16 +56,18 @@ class MergeBuffers:
             if best >= 0:
                 return kept[best][:rows]
             buffer = np.empty((max(rows, min(1 << (rows - 1).bit_length(), self._max_rows)), *row_shape), dtype)
-            if len(kept) < self._per_shape:
+            if len(kept) < self._per_shape and self._room(buffer.nbytes):
                 kept.append(buffer)
-            else:  # full: it replaces a smaller free one, if there is one
+                self._bytes += buffer.nbytes
+            else:  # full (or no room): it replaces a smaller free one, if there is one and room for it
                 for i in range(len(kept)):
-                    if len(kept[i]) < len(buffer) and _refs(kept, i) <= _FREE:
+                    old = kept[i].nbytes
+                    if len(kept[i]) < len(buffer) and _refs(kept, i) <= _FREE and self._room(buffer.nbytes - old):
                         kept[i] = buffer
+                        self._bytes += buffer.nbytes - old
                         break
             return buffer[:rows]
 
     @property
     def kept_bytes(self) -> int:
-        with self._lock:
-            return sum(b.nbytes for kept in self._kept.values() for b in kept)
+        return self._bytes

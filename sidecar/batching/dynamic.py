@@ -134,7 +134,7 @@ class DynamicBatcher:
         self._row_bytes = row_bytes(engine.inputs) if self._batched else 0
         # Big merges go into kept buffers: one per batch in flight, one being merged, one spare (the monitor
         # counts image-sized batches at once, sidecar.monitoring.version_monitor.hold_rows).
-        self._buffers = MergeBuffers(self._slots + 2, self._max_rows)
+        self._buffers = MergeBuffers(self._slots + 2, self._max_rows, int(settings.kept_merge_mb * (1 << 20)))
 
     # -- Scheduler protocol ---------------------------------------------------------------------
     @property

@@ -46,6 +46,7 @@ class BatchSettings:
     max_queue_size: int
     batches_in_flight: int
     adaptive: bool
+    kept_merge_mb: float
 
     @classmethod
     def resolve(cls, defaults: BatchingConfig, overrides: Mapping[str, object]) -> BatchSettings:
@@ -57,6 +58,7 @@ class BatchSettings:
             "max_queue_size": defaults.max_queue_size,
             "batches_in_flight": defaults.batches_in_flight,
             "adaptive": defaults.adaptive,
+            "kept_merge_mb": defaults.kept_merge_mb,
         }
         for key, value in overrides.items():
             values[key] = tuple(value) if key == "preferred_batch_sizes" else value  # type: ignore[arg-type]
@@ -75,6 +77,8 @@ class BatchSettings:
             problems.append(f"max_queue_size must be at least 1 (queues are always bounded), not {self.max_queue_size}")
         if self.batches_in_flight < 1:
             problems.append(f"batches_in_flight must be at least 1, not {self.batches_in_flight}")
+        if self.kept_merge_mb < 0:
+            problems.append(f"kept_merge_mb must not be negative, not {self.kept_merge_mb}")
         bad = [s for s in self.preferred_batch_sizes if not isinstance(s, int) or not 1 <= s <= self.max_batch_size]
         if bad:
             problems.append(f"preferred_batch_sizes must lie in [1, max_batch_size={self.max_batch_size}], not {bad}")

@@ -38,6 +38,7 @@ _BATCHING_KEYS = {
     "max_queue_size": int,
     "batches_in_flight": int,
     "adaptive": bool,
+    "kept_merge_mb": float,
 }
 
 

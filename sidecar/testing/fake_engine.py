@@ -229,6 +229,7 @@ def batch_settings(**overrides: object) -> BatchSettings:
         "max_queue_size": 1000,
         "batches_in_flight": 1,
         "adaptive": False,
+        "kept_merge_mb": 512.0,
     }
     values.update(overrides)
     settings = BatchSettings(**values)  # type: ignore[arg-type]

@@ -619,8 +619,10 @@ async def test_batches_are_not_cut_without_buckets_or_with_another_slot_free(eng
     assert two._aligned(time.monotonic_ns(), 8) == 8  # two slots free: nothing queued waits for a slot
 
 
-async def test_a_big_merge_is_copied_off_the_event_loop(make_batcher, monkeypatch):
-    """Rows of 1 MiB: merging two requests copies on a worker thread; the result is the same."""
+@pytest.mark.parametrize("kept_merge_mb", [512.0, 0.0])
+async def test_a_big_merge_is_copied_off_the_event_loop(make_batcher, monkeypatch, kept_merge_mb):
+    """Rows of 1 MiB: merging two requests copies on a worker thread, into a kept buffer unless
+    ``kept_merge_mb`` leaves no room; the result is the same."""
     import threading
 
     from sidecar.batching import dynamic
@@ -639,7 +641,7 @@ async def test_a_big_merge_is_copied_off_the_event_loop(make_batcher, monkeypatc
         return real(*args, **kwargs)
 
     monkeypatch.setattr(dynamic.np, "concatenate", spy)
-    batcher, _ = make_batcher(engine)
+    batcher, _ = make_batcher(engine, kept_merge_mb=kept_merge_mb)
     first = await hold_engine_wide(batcher, engine, width)
     xs = [rows_of(float(i), rows=1, width=width) for i in range(2)]
     tasks = [submit(batcher, engine, x) for x in xs]
@@ -651,6 +653,7 @@ async def test_a_big_merge_is_copied_off_the_event_loop(make_batcher, monkeypatc
     assert [c.rows for c in engine.calls] == [1, 2]
     assert threads and all(t is not threading.main_thread() for t in threads)
     assert 2 * width * 4 >= dynamic.MERGE_OFF_LOOP_BYTES
+    assert batcher._buffers.kept_bytes == (2 * width * 4 if kept_merge_mb else 0)  # two rows' buffer, or none
 
 
 async def hold_engine_wide(batcher, engine, width):

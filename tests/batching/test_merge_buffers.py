@@ -31,6 +31,23 @@ def test_a_buffer_is_reused_only_when_nothing_refers_to_it():
     assert pool.take(64, (4,), np.float64).dtype == np.float64
 
 
+def test_no_more_than_max_bytes_are_kept():
+    row = (256,)  # 1 KiB per float32 row
+    pool = MergeBuffers(per_shape=4, max_rows=64, max_bytes=80 << 10)  # room for one 64-row buffer (64 KiB), not two
+    a = pool.take(64, row, np.float32)
+    assert pool.kept_bytes == 64 << 10
+    b = pool.take(32, row, np.float32)  # 32 KiB more would pass the limit: a fresh array, not kept
+    assert pool.kept_bytes == 64 << 10
+    del a, b
+    c = pool.take(16, row, np.float32)
+    assert c.base.shape == (64, 256) and pool.kept_bytes == 64 << 10  # the kept one, free again
+    none = MergeBuffers(per_shape=4, max_rows=64, max_bytes=0)  # batching.kept_merge_mb = 0: keep nothing
+    first = none.take(64, row, np.float32)
+    assert none.kept_bytes == 0 and first.shape == (64, 256)  # a fresh array, not kept
+    del first
+    assert none.take(64, row, np.float32).shape == (64, 256) and none.kept_bytes == 0
+
+
 def test_the_smallest_free_buffer_that_fits_is_taken_and_at_most_per_shape_are_kept():
     pool = MergeBuffers(per_shape=2, max_rows=128)
     a, b = pool.take(10, (2,), np.float32), pool.take(100, (2,), np.float32)

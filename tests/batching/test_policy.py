@@ -281,6 +281,8 @@ def test_batch_settings_overlay_metadata_on_server_defaults():
     s = BatchSettings.resolve(BatchingConfig(), {"max_batch_size": 16, "preferred_batch_sizes": [4, 8]})
     assert s.max_batch_size == 16 and s.preferred_batch_sizes == (4, 8)
     assert s.max_queue_delay_ms == BatchingConfig().max_queue_delay_ms and s.adaptive is True
+    assert s.kept_merge_mb == 512.0
+    assert BatchSettings.resolve(BatchingConfig(), {"kept_merge_mb": 0}).kept_merge_mb == 0
 
 
 @pytest.mark.parametrize(
@@ -290,6 +292,7 @@ def test_batch_settings_overlay_metadata_on_server_defaults():
         ({"max_queue_delay_ms": -1.0}, "max_queue_delay_ms must not be negative"),
         ({"max_queue_size": 0}, "max_queue_size must be at least 1"),
         ({"batches_in_flight": 0}, "batches_in_flight must be at least 1"),
+        ({"kept_merge_mb": -1.0}, "kept_merge_mb must not be negative"),
         (
             {"max_batch_size": 8, "preferred_batch_sizes": [4, 16]},
             r"preferred_batch_sizes .*=8\], not \[16\]",
