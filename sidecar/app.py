@@ -96,6 +96,7 @@ class Sidecar:
         self.telemetry = Telemetry(resolve_telemetry(self.config.telemetry, self._environ))
         self.telemetry.start(self.repository)
         self.telemetry.observe_monitoring(self.monitoring)  # drift, data-quality and alert metrics
+        self.telemetry.observe_shadows(self.router.shadows)  # shadow versions against their primaries
         servicer = InferenceServicer(self.router, self.repository, self.lifecycle)
         inference = observed(servicer, INFERENCE_SERVICE, self.telemetry.tracer, self.telemetry.rpc_durations)
 

@@ -15,10 +15,13 @@ Only the shadow workers and the request path update these (on the event loop), s
 readers take ``snapshot()`` values, which are immutable. The request path only bumps two integers
 (``count_mirrored``, ``count_dropped``: no clock read); they are added to the window open at the next
 update or read (a worker's result, a report), so near a window's end a copy may be counted in the next.
+Beside the windows, ``cumulative()`` holds every figure since the shadow was configured, only ever
+added to: metric collections read it from their own threads (``sidecar.telemetry.shadow_metrics``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import deque
@@ -48,6 +51,7 @@ class ShadowSnapshot:
     mean_latency_diff_ms: float  # shadow minus primary; NaN when no shadow answered
     max_latency_diff_ms: float
     mean_shadow_latency_ms: float
+    agreed_rows: int = 0  # of class_rows, those whose predicted class agreed
 
     @property
     def ran(self) -> int:
@@ -127,6 +131,7 @@ class _Window:
             mean_latency_diff_ms=self.latency_diff_sum_ns / self.completed / 1e6 if self.completed else nan,
             max_latency_diff_ms=self.latency_diff_max_ns / 1e6 if self.completed else nan,
             mean_shadow_latency_ms=self.shadow_latency_sum_ns / self.completed / 1e6 if self.completed else nan,
+            agreed_rows=self.agree,
         )
 
 
@@ -141,17 +146,22 @@ class ShadowStats:
         now = time.time()
         self._total = _Window(now)
         self._current = _Window(now)
-        # counted on the request path, not yet added to a window (see the module docstring)
-        self.pending_mirrored = 0
-        self.pending_dropped = 0
+        self._cum = _Window(now)  # since configured, only added to (the windows' figures, mirrored and dropped aside)
+        # Counted on the request path (never reset), added to the windows at their next update: the
+        # windows have ``_synced_*`` of them (see the module docstring).
+        self.mirrored_count = 0
+        self.dropped_count = 0
+        self._synced_mirrored = 0
+        self._synced_dropped = 0
 
     def _window(self) -> _Window:
         now = time.time()
         current = self._current
-        if self.pending_mirrored or self.pending_dropped:
-            current.mirrored += self.pending_mirrored
-            current.dropped += self.pending_dropped
-            self.pending_mirrored = self.pending_dropped = 0
+        mirrored, dropped = self.mirrored_count, self.dropped_count
+        if mirrored != self._synced_mirrored or dropped != self._synced_dropped:
+            current.mirrored += mirrored - self._synced_mirrored
+            current.dropped += dropped - self._synced_dropped
+            self._synced_mirrored, self._synced_dropped = mirrored, dropped
         if now - current.start >= self.window_s:
             # Close the finished window (and skip empty ones the clock jumped over).
             self._closed.append(current.snapshot(current.start + self.window_s))
@@ -163,24 +173,28 @@ class ShadowStats:
     # -- recording (shadow workers and the mirror, on the event loop) -----------------------------
     def record_mirrored(self) -> None:
         self._window().mirrored += 1
+        self.mirrored_count += 1
+        self._synced_mirrored += 1
 
     def record_dropped(self) -> None:
         self._window().dropped += 1
+        self.dropped_count += 1
+        self._synced_dropped += 1
 
     def count_mirrored(self) -> None:
         """``record_mirrored`` for the request path: no clock read (the window gets it at its next update)."""
-        self.pending_mirrored += 1
+        self.mirrored_count += 1
 
     def count_dropped(self) -> None:
         """``record_dropped`` for the request path: no clock read (the window gets it at its next update)."""
-        self.pending_dropped += 1
+        self.dropped_count += 1
 
     def record_error(self, timeout: bool = False) -> None:
-        w = self._window()
-        if timeout:
-            w.timeouts += 1
-        else:
-            w.errors += 1
+        for w in (self._window(), self._cum):
+            if timeout:
+                w.timeouts += 1
+            else:
+                w.errors += 1
 
     def record_result(
         self,
@@ -189,13 +203,14 @@ class ShadowStats:
         primary_latency_ns: int,
         shadow_latency_ns: int,
     ) -> None:
-        w = self._window()
-        w.completed += 1
+        result = compare_outputs(primary, shadow)
         diff = shadow_latency_ns - primary_latency_ns
-        w.latency_diff_sum_ns += diff
-        w.latency_diff_max_ns = max(w.latency_diff_max_ns, diff)
-        w.shadow_latency_sum_ns += shadow_latency_ns
-        _add(w, compare_outputs(primary, shadow))
+        for w in (self._window(), self._cum):
+            w.completed += 1
+            w.latency_diff_sum_ns += diff
+            w.latency_diff_max_ns = max(w.latency_diff_max_ns, diff)
+            w.shadow_latency_sum_ns += shadow_latency_ns
+            _add(w, result)
 
     def record_batch(
         self,
@@ -210,24 +225,28 @@ class ShadowStats:
         The figures are those of ``record_result`` per copy (each copy's shadow latency is the batch's),
         computed on the joined arrays in one pass when every copy's outputs line up; otherwise (a
         mismatch somewhere) copy by copy, so mismatches are still counted per copy."""
-        w = self._window()
-        w.completed += len(primaries)
-        for primary_ns in primary_latency_ns:
-            diff = shadow_latency_ns - primary_ns
-            w.latency_diff_sum_ns += diff
-            w.latency_diff_max_ns = max(w.latency_diff_max_ns, diff)
-        w.shadow_latency_sum_ns += shadow_latency_ns * len(primaries)
+        windows = (self._window(), self._cum)
+        for w in windows:
+            w.completed += len(primaries)
+            for primary_ns in primary_latency_ns:
+                diff = shadow_latency_ns - primary_ns
+                w.latency_diff_sum_ns += diff
+                w.latency_diff_max_ns = max(w.latency_diff_max_ns, diff)
+            w.shadow_latency_sum_ns += shadow_latency_ns * len(primaries)
         joined = _join(primaries)
         if joined is not None:
             result = compare_outputs(joined, shadow)
             if not result.mismatch:
-                _add(w, result)
+                for w in windows:
+                    _add(w, result)
                 return
         total = sum(rows)
         offset = 0
         for primary, n in zip(primaries, rows, strict=True):
             part = {k: v[offset : offset + n] if v.ndim and v.shape[0] == total else v for k, v in shadow.items()}
-            _add(w, compare_outputs(primary, part))
+            result = compare_outputs(primary, part)
+            for w in windows:
+                _add(w, result)
             offset += n
 
     # -- reading -------------------------------------------------------------------------------
@@ -238,6 +257,12 @@ class ShadowStats:
         """Closed windows, oldest first, then the current (open) one."""
         self._window()
         return (*self._closed, self._current.snapshot(time.time()))
+
+    def cumulative(self) -> ShadowSnapshot:
+        """Every figure since the shadow was configured, safe to read from any thread: made from totals
+        that are only ever added to (a collection may miss the last few updates, never count one twice)."""
+        snap = self._cum.snapshot(time.time())
+        return dataclasses.replace(snap, mirrored=self.mirrored_count, dropped=self.dropped_count)
 
     def total(self) -> ShadowSnapshot:
         current = self._window()

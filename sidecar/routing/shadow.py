@@ -263,15 +263,15 @@ class ShadowMirror:
         for stats in targets:
             if self.room:
                 self._put((request, stats.version, primary, latency_ns, stats, span))
-                stats.pending_mirrored += 1  # ShadowStats.count_mirrored, without the call
+                stats.mirrored_count += 1  # ShadowStats.count_mirrored, without the call
             else:
-                stats.pending_dropped += 1
+                stats.dropped_count += 1
                 self.dropped_total += 1
 
     def drop_planned(self, targets: Any) -> None:
         """Count the copies of a request that found the queue full (the router checked ``room``)."""
         for stats in targets:
-            stats.pending_dropped += 1  # ShadowStats.count_dropped, without the call
+            stats.dropped_count += 1  # ShadowStats.count_dropped, without the call
         self.dropped_total += len(targets)
 
     def _put(self, job: _Queued) -> None:

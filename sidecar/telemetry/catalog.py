@@ -170,6 +170,45 @@ DRIFT_ALERT = Instrument(
     "1 for each (feature, statistic) whose alert is firing now.",
     (*MODEL, "feature", "statistic"),
 )
+SHADOW_COPIES = Instrument(
+    "sidecar.shadow.copies",
+    "counter",
+    "{copy}",
+    "Requests mirrored to a shadow version (model.version is the shadow's), by outcome: mirrored (queued), "
+    "dropped (the shadow queue was full), answered, error, timeout; mismatch counts answers whose outputs "
+    "did not line up with the primary's.",
+    (*MODEL, "outcome"),
+)
+SHADOW_ROWS = Instrument(
+    "sidecar.shadow.rows",
+    "counter",
+    "{row}",
+    "Rows of shadow answers compared with the primary's: compared, class_compared (rows whose predicted "
+    "class was compared), class_agreed (of those, the same class); agreement = class_agreed / class_compared.",
+    (*MODEL, "comparison"),
+)
+SHADOW_AGREEMENT = Instrument(
+    "sidecar.shadow.agreement",
+    "gauge",
+    "1",
+    "Share of compared rows whose predicted class agrees with the primary's, since the shadow was configured.",
+    MODEL,
+)
+SHADOW_OUTPUT_DIFFERENCE = Instrument(
+    "sidecar.shadow.output.difference",
+    "gauge",
+    "1",
+    "Absolute difference of the shadow's numeric outputs from the primary's, element-wise, since the shadow "
+    "was configured: statistic mean or max.",
+    (*MODEL, "statistic"),
+)
+SHADOW_LATENCY_DIFFERENCE = Instrument(
+    "sidecar.shadow.latency.difference",
+    "gauge",
+    "s",
+    "Mean latency of the shadow minus the primary's, over the copies it answered since it was configured.",
+    MODEL,
+)
 TELEMETRY_DROPPED = Instrument(
     "sidecar.telemetry.dropped",
     "counter",

@@ -167,6 +167,13 @@ class Telemetry:
 
             DriftMetrics(self.histograms, monitoring.snapshot)
 
+    def observe_shadows(self, mirror: Any) -> None:
+        """Export each shadow version's comparison with its primary (the router's ``ShadowMirror``)."""
+        if self.histograms is not None and mirror is not None:
+            from sidecar.telemetry.shadow_metrics import ShadowMetrics
+
+            ShadowMetrics(self.histograms, mirror)
+
     def observe_ingest(self, ingest: Any) -> None:
         """Export how many calls ingest workers relayed and how many run (``sidecar.ingest``)."""
         if self.meter is None or ingest is None:

@@ -192,6 +192,44 @@ def test_shadow_comparison_is_reported(server):
     assert full.windows[-1].mirrored == 60
 
 
+def test_shadow_comparison_is_exported_as_metrics(mlp_repo):
+    """The figures of the control API's report, as Prometheus scrapes them (model.version: the shadow's)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    telemetry = {"metrics_port": 0, "metrics_host": "127.0.0.1"}
+    with ServerThread(config_for_tests(str(mlp_repo), telemetry=telemetry)) as srv:
+        control = Control(srv.control_url)
+        control.set("mlp", {"1.0.0": 100}, {"1.1.0": 100})
+        client = tc.InferenceServerClient(srv.url)
+        for i in range(40):
+            assert served_by(client, headers={"x-routing-key": f"u{i}"}) == "1.0.0"
+        assert wait_for(lambda: control.report("mlp")[0].total.completed == 40)
+        total = control.report("mlp")[0].total
+        text = urllib.request.urlopen(f"http://127.0.0.1:{srv.app.telemetry.prometheus_port}/metrics", timeout=5)
+        samples = {}
+        for family in text_string_to_metric_families(text.read().decode()):
+            for sample in family.samples:
+                if sample.labels.get("model_version") == "1.1.0":
+                    key = (sample.name, sample.labels.get("outcome") or sample.labels.get("comparison") or "")
+                    samples[(*key, sample.labels.get("statistic", ""))] = sample.value
+
+    def value(name: str, kind: str = "", statistic: str = "") -> float:
+        return samples[(name, kind, statistic)]
+
+    assert value("sidecar_shadow_copies_total", "mirrored") == total.mirrored == 40
+    assert value("sidecar_shadow_copies_total", "answered") == 40
+    assert value("sidecar_shadow_copies_total", "dropped") == value("sidecar_shadow_copies_total", "error") == 0
+    assert value("sidecar_shadow_rows_total", "class_compared") == total.class_rows == 40
+    agreed = value("sidecar_shadow_rows_total", "class_agreed")
+    assert agreed == round(total.agreement * 40) and value("sidecar_shadow_agreement") == agreed / 40
+    assert value("sidecar_shadow_output_difference", "", "mean") == pytest.approx(total.mean_abs_diff)
+    assert value("sidecar_shadow_output_difference", "", "max") == pytest.approx(total.max_abs_diff)
+    latency = value("sidecar_shadow_latency_difference_seconds")
+    assert latency == pytest.approx(total.mean_latency_diff_ms / 1e3)
+
+
 def test_failing_hanging_or_garbage_shadows_never_touch_the_primary(tmp_path):
     repo = tmp_path / "repo"
     from sidecar.testing.models import mlp_model, write_version

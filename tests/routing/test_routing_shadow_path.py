@@ -126,3 +126,25 @@ def test_counts_from_the_request_path_reach_the_current_window_and_the_total():
     stats.count_dropped()
     assert (stats.total().mirrored, stats.total().dropped) == (3, 2)
     assert stats.windows()[-1].dropped == 2
+
+
+def test_cumulative_figures_only_grow_across_windows():
+    """``cumulative()`` (what metric collections read, from their own threads) never loses a count when
+    a window closes, and holds request-path counts before any window has taken them."""
+    import time
+
+    stats = ShadowStats("m", "2.0.0", window_s=0.05)
+    stats.count_mirrored()
+    stats.count_dropped()
+    out = {"label": np.array([1, 2], np.int64), "p": np.array([[0.1, 0.9], [0.8, 0.2]], np.float32)}
+    other = {"label": np.array([1, 0], np.int64), "p": np.array([[0.2, 0.8], [0.8, 0.2]], np.float32)}
+    stats.record_result(out, other, 1_000_000, 3_000_000)
+    first = stats.cumulative()
+    assert (first.mirrored, first.dropped, first.completed, first.class_rows, first.agreed_rows) == (1, 1, 1, 2, 1)
+    assert first.agreement == 0.5 and first.mean_latency_diff_ms == 2.0
+    time.sleep(0.06)
+    stats.count_mirrored()
+    stats.record_error()  # the window of the first copy closes here
+    later = stats.cumulative()
+    assert (later.mirrored, later.dropped, later.completed, later.errors, later.agreed_rows) == (2, 1, 1, 1, 1)
+    assert stats.total().mirrored == 2 and sum(w.mirrored for w in stats.windows()) == 2  # the windows agree
