@@ -194,9 +194,13 @@ def test_shadow_comparison_is_reported(server):
 
 def test_shadow_comparison_is_exported_as_metrics(mlp_repo):
     """The figures of the control API's report, as Prometheus scrapes them (model.version: the shadow's)."""
+    import argparse
+    import io
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
+
+    from sidecar.monitoring.commands import run_status
 
     telemetry = {"metrics_port": 0, "metrics_host": "127.0.0.1"}
     with ServerThread(config_for_tests(str(mlp_repo), telemetry=telemetry)) as srv:
@@ -207,6 +211,11 @@ def test_shadow_comparison_is_exported_as_metrics(mlp_repo):
             assert served_by(client, headers={"x-routing-key": f"u{i}"}) == "1.0.0"
         assert wait_for(lambda: control.report("mlp")[0].total.completed == 40)
         total = control.report("mlp")[0].total
+        # ... and as `sidecar status` shows them.
+        out = io.StringIO()
+        args = argparse.Namespace(control=srv.control_url, token="", model="", version="", all=False)
+        assert run_status(args, out) == 0
+        assert "shadow mlp 1.1.0: mirrored 40, dropped 0, answered 40, errors 0" in out.getvalue()
         text = urllib.request.urlopen(f"http://127.0.0.1:{srv.app.telemetry.prometheus_port}/metrics", timeout=5)
         samples = {}
         for family in text_string_to_metric_families(text.read().decode()):
