@@ -14,7 +14,13 @@ repo=${REPO:-/tmp/gpurepo}
 common=(--repository "$repo" --models resnet50,encoder --processes 8 --channels 4 --duration 5 --warmup 1.5
   --raw-duration 1.5 --raw-batch-sizes 64,128 --raw-extra-batch-sizes "" --concurrency 256 --echo-concurrency 256
   --out "$out" ${EXTRA:-})
-tuned=(--sidecar-setting server.ingest_workers=6 --sidecar-setting batching.batches_in_flight=4)
+# TUNED / CONTROL: the settings of the tuned cells and of the control (space-separated KEY=VALUE);
+# CONTROL_NAME: the control's name suffix (bench/gpu/defaults_session.sh sets all three).
+tuned=()
+for setting in ${TUNED-server.ingest_workers=6 batching.batches_in_flight=4}; do tuned+=(--sidecar-setting "$setting"); done
+control=()
+for setting in ${CONTROL-}; do control+=(--sidecar-setting "$setting"); done
 python3 -m bench.gpu.run_gpu "${common[@]}" --servers echo,sidecar-batching "${tuned[@]}" --budget-s 110 --name "$name-1"
 python3 -m bench.gpu.run_gpu "${common[@]}" --servers sidecar-batching "${tuned[@]}" --budget-s 90 --name "$name-2"
-python3 -m bench.gpu.run_gpu "${common[@]}" --servers sidecar-batching --budget-s 90 --name "$name-control"
+python3 -m bench.gpu.run_gpu "${common[@]}" --servers sidecar-batching "${control[@]}" --budget-s 90 \
+  --name "$name-${CONTROL_NAME:-control}"
