@@ -92,26 +92,6 @@ class _Window:
         self.latency_diff_max_ns = -(1 << 62)
         self.shadow_latency_sum_ns = 0
 
-    def merge_into(self, total: _Window) -> None:
-        for name in (
-            "mirrored",
-            "dropped",
-            "completed",
-            "errors",
-            "timeouts",
-            "mismatches",
-            "compared_rows",
-            "class_rows",
-            "agree",
-            "diff_elements",
-            "diff_sum",
-            "latency_diff_sum_ns",
-            "shadow_latency_sum_ns",
-        ):
-            setattr(total, name, getattr(total, name) + getattr(self, name))
-        total.max_abs_diff = max(total.max_abs_diff, self.max_abs_diff)
-        total.latency_diff_max_ns = max(total.latency_diff_max_ns, self.latency_diff_max_ns)
-
     def snapshot(self, end: float) -> ShadowSnapshot:
         nan = math.nan
         return ShadowSnapshot(
@@ -144,7 +124,6 @@ class ShadowStats:
         self.window_s = window_s
         self._closed: deque[ShadowSnapshot] = deque(maxlen=max(1, keep))
         now = time.time()
-        self._total = _Window(now)
         self._current = _Window(now)
         self._cum = _Window(now)  # since configured, only added to (the windows' figures, mirrored and dropped aside)
         # Counted on the request path (never reset), added to the windows at their next update: the
@@ -165,7 +144,6 @@ class ShadowStats:
         if now - current.start >= self.window_s:
             # Close the finished window (and skip empty ones the clock jumped over).
             self._closed.append(current.snapshot(current.start + self.window_s))
-            current.merge_into(self._total)
             elapsed = int((now - current.start) // self.window_s)
             current = self._current = _Window(current.start + elapsed * self.window_s)
         return current
@@ -265,11 +243,9 @@ class ShadowStats:
         return dataclasses.replace(snap, mirrored=self.mirrored_count, dropped=self.dropped_count)
 
     def total(self) -> ShadowSnapshot:
-        current = self._window()
-        total = _Window(self._total.start)
-        self._total.merge_into(total)
-        current.merge_into(total)
-        return total.snapshot(time.time())
+        """Since the shadow was configured (``cumulative()``, with the request path's counts up to now)."""
+        self._window()
+        return self.cumulative()
 
 
 def _add(w: _Window, result: Comparison) -> None:
