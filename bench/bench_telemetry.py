@@ -1,11 +1,13 @@
 """What telemetry costs the serving path, measured against the issue's targets.
 
-1. **serving**: one ``sidecar serve`` process per mode (MLP 64-256-256-10, dynamic batching on), all
-   running at once; closed loop at concurrency 64 (bench/loadgen.py in one worker process) on one
-   server at a time, the modes visited in turn round by round (shuffled order, a settling pause before
-   each); the costs are medians of the per-round ratios against ``off``:
+1. **serving**: one ``sidecar serve`` process per mode (MLP 64-256-256-10, dynamic batching on), new
+   processes every round, all running at once; closed loop at concurrency 64 (bench/loadgen.py in one
+   worker process) on one server at a time, the modes visited in turn round by round (shuffled order,
+   a settling pause before each); the costs are medians of the per-round ratios against ``off``, with
+   the interquartile range of those ratios:
 
    - ``off``: ``telemetry.enabled = false`` (the baseline);
+   - ``control``: ``off`` again, a process of its own: its "cost" is the run's noise floor;
    - ``metrics``: the default: metrics on, Prometheus endpoint, no traces;
    - ``full``: traces sampled at 100 % and metrics, both exported over OTLP/gRPC every second to a
      null collector in this process (it accepts the OTLP Export calls without decoding them: a real
@@ -27,11 +29,11 @@
 3. **gpu** (``--gpu``): time of one NVML sample of every GPU (``GpuSampler.sample``), on the sampler's
    own thread in production; reports that there is no GPU where there is none.
 
-    .venv/bin/python -m bench.bench_telemetry                      # about 5 minutes
+    .venv/bin/python -m bench.bench_telemetry                      # about 10 minutes
     .venv/bin/python -m bench.bench_telemetry --duration 2 --rounds 4 --only wrapper,serving --gpu
 
 Results: bench/results/telemetry.json and telemetry.md. On a shared 2-core machine the serving numbers
-are noisy: compare modes within one run only.
+are noisy: compare modes within one run only, and read a cost against ``control``'s.
 """
 
 from __future__ import annotations
@@ -57,12 +59,12 @@ from sidecar.testing.models import mlp_model, write_version
 
 TARGET_FULL_PCT = 10.0
 TARGET_SAMPLED_PCT = 3.0
-MODES = ("off", "metrics", "full", "sampled1", "sampled1_pull", "collector_down")
+MODES = ("off", "control", "metrics", "full", "sampled1", "sampled1_pull", "collector_down")
 
 
 def mode_settings(mode: str, otlp_endpoint: str, dead_endpoint: str) -> dict[str, Any]:
     base: dict[str, Any] = {"telemetry.gpu_metrics": True, "telemetry.metrics_port": servers.free_port()}
-    if mode == "off":
+    if mode in ("off", "control"):
         return {"telemetry.enabled": False}
     if mode == "metrics":
         return base
@@ -118,51 +120,77 @@ class NullCollector:
 
 
 def bench_serving(
-    workdir: Path, duration_s: float, rounds: int, concurrency: int, modes: list[str], settle_s: float = 1.0
+    workdir: Path,
+    duration_s: float,
+    rounds: int,
+    concurrency: int,
+    modes: list[str],
+    settle_s: float = 1.0,
+    fresh: bool = True,
 ) -> dict:
-    """Every mode's server runs for the whole benchmark (idle while another is measured); the load
-    visits them in turn, round by round, in a shuffled order after a settling pause (a traced server
-    goes on exporting for a moment after its load stops: always measuring one mode right after another
-    would charge it to that one), so each round compares the modes under the same machine conditions.
-    Costs are medians of the per-round ratios against ``off`` (paired), which hold up under a shared
-    machine's noise far better than ratios of medians of separate runs."""
+    """Each round starts one server per mode (``fresh``: new processes every round; else the first
+    round's serve them all), all running at once (idle while another is measured); the load visits them
+    in a shuffled order after a settling pause (a traced server goes on exporting for a moment after its
+    load stops: always measuring one mode right after another would charge it to that one). Costs are
+    medians of the per-round ratios against ``off`` (paired), which hold up under a shared machine's
+    noise far better than ratios of medians of separate runs.
+
+    Fresh processes every round, because two processes of one configuration differ by themselves: in
+    one run here, two ``off`` processes served 4,180 and 4,032 req/s and two ``sampled1`` ones 3,866 and
+    3,459 (12 % apart), each steady over six rounds. With one process per mode for the whole run, that
+    difference is part of every round's ratio and no number of rounds averages it out; with fresh ones
+    it is noise between rounds, and the median goes through it. ``control`` (an ``off`` server of its
+    own, costed like the others) shows what is left of it: its cost is the noise floor of the run."""
     repo = workdir / "repo"
     write_version(repo, "mlp", "1.0.0", mlp_model)
     payload = loadgen.make_infer_request("mlp", {"input": np.random.default_rng(0).random((1, 64), np.float32)})
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
-    with NullCollector() as otlp, contextlib.ExitStack() as stack:
+    order = random.Random(0)
+    with NullCollector() as otlp, contextlib.ExitStack() as kept:
         dead = f"http://127.0.0.1:{servers.free_port()}"
-        started = {
-            mode: stack.enter_context(
-                servers.start_sidecar(
-                    repo, models=["mlp"], settings=mode_settings(mode, otlp.endpoint, dead), name=f"sidecar-{mode}"
-                )
-            )
-            for mode in modes
-        }
-        order = random.Random(0)
+        started: dict[str, Any] = {}
         for r in range(rounds):
-            for mode in order.sample(modes, len(modes)):
-                srv = started[mode]
-                time.sleep(settle_s)  # the previous server's export thread drains what its load left
-                before = servers.model_statistics(srv.target, "mlp")
-                result = loadgen.run(
-                    srv.target,
-                    payload,
-                    concurrency=concurrency,
-                    duration_s=duration_s,
-                    warmup_s=0.5,
-                    cpu_probes={"server": srv.cpu_seconds, "loop": functools.partial(loop_cpu_s, srv.pid)},
-                    labels={"mode": mode, "round": r},
-                )
-                after = servers.model_statistics(srv.target, "mlp")
-                run = result.to_dict()
-                if before and after and after[1] > before[1]:  # (requests, engine runs): the mean batch formed
-                    run["batch_rows"] = round((after[0] - before[0]) / (after[1] - before[1]), 2)
-                runs[mode].append(run)
-                print(f"round {r} {mode:15s} {result.summary()}", flush=True)
+            with contextlib.ExitStack() as round_stack:
+                stack = round_stack if fresh else kept
+                if fresh or not started:
+                    started = {
+                        mode: stack.enter_context(
+                            servers.start_sidecar(
+                                repo,
+                                models=["mlp"],
+                                settings=mode_settings(mode, otlp.endpoint, dead),
+                                name=f"sidecar-{mode}",
+                            )
+                        )
+                        for mode in modes
+                    }
+                for mode in order.sample(modes, len(modes)):
+                    srv = started[mode]
+                    time.sleep(settle_s)  # the previous server's export thread drains what its load left
+                    before = servers.model_statistics(srv.target, "mlp")
+                    result = loadgen.run(
+                        srv.target,
+                        payload,
+                        concurrency=concurrency,
+                        duration_s=duration_s,
+                        warmup_s=0.5,
+                        cpu_probes={"server": srv.cpu_seconds, "loop": functools.partial(loop_cpu_s, srv.pid)},
+                        labels={"mode": mode, "round": r},
+                    )
+                    after = servers.model_statistics(srv.target, "mlp")
+                    run = result.to_dict()
+                    if before and after and after[1] > before[1]:  # (requests, engine runs): the mean batch formed
+                        run["batch_rows"] = round((after[0] - before[0]) / (after[1] - before[1]), 2)
+                    runs[mode].append(run)
+                    print(f"round {r} {mode:15s} {result.summary()}", flush=True)
         received = {"export_calls": otlp.requests, "bytes": otlp.bytes}
-    summary = {}
+    return {"modes": summarise(runs), "runs": runs, "collector": received, "fresh_processes": fresh}
+
+
+def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per mode: medians over the rounds, and the cost against ``off`` as the median of the per-round
+    ratios with the interquartile range of those ratios (``rps_cost_iqr``: how far the rounds spread)."""
+    summary: dict[str, dict[str, Any]] = {}
     base = runs.get("off")
     for mode, results in runs.items():
         cpu = [x["cpu_us_per_request"].get("server") or float("nan") for x in results]
@@ -175,13 +203,19 @@ def bench_serving(
             "errors": sum(x["errors"] for x in results),
         }
         if base:
-            ratios = [x["rps"] / b["rps"] for x, b in zip(results, base, strict=True) if b["rps"]]
+            costs = [100.0 * (1 - x["rps"] / b["rps"]) for x, b in zip(results, base, strict=True) if b["rps"]]
             base_cpu = [b["cpu_us_per_request"].get("server") or float("nan") for b in base]
-            summary[mode]["rps_cost_pct"] = round(100.0 * (1 - statistics.median(ratios)), 2) if ratios else None
+            summary[mode]["rps_cost_pct"] = round(statistics.median(costs), 2) if costs else None
+            summary[mode]["rps_cost_iqr"] = _iqr(costs) if len(costs) >= 4 else ""
             summary[mode]["cpu_cost_pct"] = round(
                 100.0 * (statistics.median(c / b for c, b in zip(cpu, base_cpu, strict=True)) - 1), 2
             )
-    return {"modes": summary, "runs": runs, "collector": received}
+    return summary
+
+
+def _iqr(values: list[float]) -> str:
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return f"{q1:.1f} .. {q3:.1f}"
 
 
 def loop_cpu_s(pid: int) -> float:
@@ -412,7 +446,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--only", default="wrapper,serving", help="comma list of wrapper, serving")
-    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--modes", default=",".join(MODES), help="comma list; off (the baseline) is always measured")
+    p.add_argument(
+        "--same-processes",
+        action="store_true",
+        help="serve every round from the first round's processes (the method before fresh processes)",
+    )
     p.add_argument("--gpu", action="store_true", help="also time NVML sampling")
     p.add_argument("--name", help="results file stem (default telemetry; telemetry-gpu for --gpu alone)")
     args = p.parse_args(argv)
@@ -426,8 +465,14 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu:", json.dumps(results["gpu"]), flush=True)
     if "serving" in only:
         with tempfile.TemporaryDirectory() as tmp:
+            modes = [m for m in args.modes.split(",") if m]
+            if "off" not in modes:
+                modes.insert(0, "off")
+            unknown = sorted(set(modes) - set(MODES))
+            if unknown:
+                p.error(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
             results["serving"] = bench_serving(
-                Path(tmp), args.duration, args.rounds, args.concurrency, args.modes.split(",")
+                Path(tmp), args.duration, args.rounds, args.concurrency, modes, fresh=not args.same_processes
             )
         rows = []
         for mode, m in results["serving"]["modes"].items():
@@ -440,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
             ("mode", "mode"),
             ("rps", "req/s"),
             ("rps_cost_pct", "req/s cost % vs off"),
+            ("rps_cost_iqr", "per-round cost, IQR %"),
             ("p99_ms", "p99 ms"),
             ("server_us_per_req", "server CPU us/req"),
             ("cpu_cost_pct", "CPU/req cost % vs off"),
