@@ -1,8 +1,9 @@
-"""Build hook for the native histogram kernel; all project metadata lives in pyproject.toml.
+"""Build hook for the native extensions; all project metadata lives in pyproject.toml.
 
-The extension is optional: without a working C compiler `pip install` still succeeds, prints a warning,
-and ``sidecar.monitoring.histogram`` uses its numpy twin (it logs which kernel is active, and
-``sidecar.monitoring.histogram.KERNEL`` says so). The kernel is portable C: no ``-march=native``; it
+Both are optional: without a working C compiler `pip install` still succeeds, prints a warning, and
+``sidecar.monitoring.histogram`` uses its numpy twin (it logs which kernel is active, and
+``sidecar.monitoring.histogram.KERNEL`` says so), ``sidecar.telemetry.otlp`` its Python span encoder
+(``sidecar.telemetry.otlp.ENCODER``). The histogram kernel is portable C: no ``-march=native``; it
 carries AVX2 and AVX-512 variants chosen at run time (native/histogram.c).
 """
 
@@ -41,8 +42,8 @@ class OptionalBuildExt(build_ext):
     @staticmethod
     def _warn(exc: BaseException) -> None:
         print(
-            f"WARNING: the native histogram kernel was not built ({type(exc).__name__}: {exc}); "
-            "sidecar.monitoring.histogram will use its numpy twin",
+            f"WARNING: a native extension was not built ({type(exc).__name__}: {exc}); "
+            "sidecar.monitoring.histogram uses its numpy twin, sidecar.telemetry.otlp its Python encoder",
             file=sys.stderr,
         )
 
@@ -55,7 +56,8 @@ setup(
             depends=KERNEL_HEADERS,
             include_dirs=["native"],
             libraries=["m"] if sys.platform != "win32" else [],
-        )
+        ),
+        Extension("sidecar.telemetry._otlp_native", sources=["sidecar/telemetry/_otlp_native.c"]),
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -365,7 +365,7 @@ def bench_wrapper(n: int = 48_000, batch: int = 8, impls: tuple[str, ...] = ("sd
         sink.request(True, 1_000_000, 1)
         sink.queue(200_000)
     out["sink_per_request_us"] = (time.process_time() - t) / n * 1e6
-    return {k: round(v, 2) for k, v in out.items()}
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}
 
 
 def bench_encoding(spans: int = 512, repeat: int = 20) -> dict[str, float]:
@@ -374,6 +374,7 @@ def bench_encoding(spans: int = 512, repeat: int = 20) -> dict[str, float]:
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
+    from sidecar.telemetry import otlp
     from sidecar.telemetry.lean_tracing import LeanTracerProvider
     from sidecar.telemetry.otlp import TraceEncoder
     from sidecar.telemetry.sampling import decision
@@ -402,7 +403,8 @@ def bench_encoding(spans: int = 512, repeat: int = 20) -> dict[str, float]:
             self.spans.append(span)
 
     out = {}
-    for impl in ("sdk", "lean"):
+    native = otlp.native_span_field
+    for impl in ("sdk", "lean", "lean_python"):
         keep = Keep()
         if impl == "sdk":
             provider: Any = TracerProvider(shutdown_on_exit=False)
@@ -412,10 +414,15 @@ def bench_encoding(spans: int = 512, repeat: int = 20) -> dict[str, float]:
             encode = TraceEncoder({"service.name": "bench"}).encode
         provider.add_span_processor(keep)
         make(provider)
-        t = time.process_time()
-        for _ in range(repeat):
-            encode(keep.spans)
-        out[f"{impl}_encode_us_per_span"] = (time.process_time() - t) / (repeat * spans) * 1e6
+        otlp.native_span_field = None if impl == "lean_python" else native  # lean: C where it is built
+        try:
+            t = time.process_time()
+            for _ in range(repeat):
+                encode(keep.spans)
+            out[f"{impl}_encode_us_per_span"] = (time.process_time() - t) / (repeat * spans) * 1e6
+        finally:
+            otlp.native_span_field = native
+    out["lean_encoder"] = otlp.ENCODER
     return out
 
 
@@ -513,9 +520,14 @@ def main(argv: list[str] | None = None) -> int:
                 "lean": w["lean_traces_1pct_us"],
             },
             {
-                "what": "OTLP encoding alone, per span",
+                "what": f"OTLP encoding alone, per span (lean: the {w.get('lean_encoder', 'native')} encoder)",
                 "sdk": w["sdk_encode_us_per_span"],
                 "lean": w["lean_encode_us_per_span"],
+            },
+            {
+                "what": "OTLP encoding alone, per span, Python encoder",
+                "sdk": None,
+                "lean": w.get("lean_python_encode_us_per_span"),
             },
         ]
         heading = "In-process CPU per request, us (one batch span per 8 requests; SDK = the OpenTelemetry SDK's tracer"

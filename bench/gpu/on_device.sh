@@ -22,7 +22,8 @@ if [ "${1:-stage}" = stage ]; then
 fi
 shift
 bash /tmp/parts/unpack-onnxruntime-gpu.sh /tmp/parts /tmp/site
-cp /tmp/parts/*.so sidecar/monitoring/
+cp /tmp/parts/_histogram_native.*.so sidecar/monitoring/
+cp /tmp/parts/_otlp_native.*.so sidecar/telemetry/ 2>/dev/null || true  # (older .whl packs lack it)
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 [ -f /tmp/gpurepo/encoder/1.0.0/model.onnx ] || python3 -m bench.gpu.export_models --out /tmp/gpurepo
 "$@"

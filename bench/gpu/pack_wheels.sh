@@ -1,10 +1,11 @@
 #!/bin/bash
 # Prepares, on this machine, what the GPU machine (Python 3.12, no package index; grpcio 1.84 and no
 # OpenTelemetry there) needs to run the sidecar and bench/gpu: the sidecar's missing dependencies as
-# cp312 wheels, py-spy, and the native histogram kernel built for CPython 3.12, all under DEST
+# cp312 wheels, py-spy, and the native extensions built for CPython 3.12, all under DEST
 # (default .whl, which .git/info/exclude should ignore). On the GPU machine, with DEST carried:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site DEST/*.whl
-#   cp DEST/native/*.so sidecar/monitoring/ && export PYTHONPATH=/tmp/site
+#   cp DEST/native/_histogram_native.*.so sidecar/monitoring/ && cp DEST/native/_otlp_native.*.so sidecar/telemetry/
+#   export PYTHONPATH=/tmp/site
 # onnxruntime-gpu travels separately (../shared/gpu/pack-onnxruntime-gpu.sh: it is too big for one call).
 # Usage: bench/gpu/pack_wheels.sh [DEST] [PYTHON3.12]
 set -euo pipefail
@@ -27,5 +28,6 @@ trap 'rm -rf "$work"' EXIT
 "$work/venv/bin/pip" install -q setuptools numpy
 git -C "$root" archive HEAD | tar -x -C "$work"
 (cd "$work" && "$work/venv/bin/python" setup.py -q build_ext --inplace)
-cp "$work"/sidecar/monitoring/_histogram_native.cpython-312-*.so "$dest/native/"
+cp "$work"/sidecar/monitoring/_histogram_native.cpython-312-*.so "$work"/sidecar/telemetry/_otlp_native.cpython-312-*.so \
+  "$dest/native/"
 du -sh "$dest"

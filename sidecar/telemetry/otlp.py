@@ -20,6 +20,7 @@ import datetime as dt
 import gzip
 import json
 import logging
+import os
 import random
 import struct
 import sys
@@ -224,15 +225,48 @@ def encode_scope(scope: Scope) -> bytes:
     return _field(b"\x0a", body)
 
 
+def _native_encoder() -> Any:
+    """``_otlp_native.span_field`` (C: the common request span's field), or None where it is not built
+    or ``SIDECAR_OTLP_ENCODER=python`` (read once, at import) asks for Python alone."""
+    if os.environ.get(ENCODER_ENV, "auto").strip().lower() == "python":
+        return None
+    try:
+        from sidecar.telemetry import _otlp_native
+    except ImportError:
+        return None
+    kinds = (SpanKind.INTERNAL, SpanKind.SERVER, SpanKind.CLIENT, SpanKind.PRODUCER, SpanKind.CONSUMER)
+    _otlp_native.configure(kinds, StatusCode.UNSET, DEFAULT_TRACE_STATE)
+    return _otlp_native.span_field
+
+
+ENCODER_ENV = "SIDECAR_OTLP_ENCODER"
+native_span_field = _native_encoder()
+ENCODER = "native" if native_span_field is not None else "python"  # which encoder TraceEncoder uses
+
+
+def span_field(span: LeanSpan) -> bytes:
+    """The ``ScopeSpans.spans`` field (2) of one span: the C encoder's where it takes the span's shape,
+    else ``encode_span``'s (the same bytes)."""
+    if native_span_field is not None:
+        field = native_span_field(span)
+        if field is not None:
+            return field
+    body = encode_span(span)
+    return b"\x12" + varint(len(body)) + body
+
+
 class TraceEncoder:
     """``ExportTraceServiceRequest`` bytes for a batch of spans of one resource.
 
-    Encoding runs on the export thread; every ``YIELD_EVERY`` spans it lets go of the GIL for a moment
+    Encoding runs on the export thread. Request spans take the C encoder (``_otlp_native``, ~0.3 us a
+    span) where it is built; the rest, and every span without it, Python's (~2.5 us). About every
+    ``YIELD_EVERY`` Python-encoded spans' worth of work it lets go of the GIL for a moment
     (``time.sleep(0)``), so an event loop waiting for it waits ~0.2 ms, not the whole batch (~1.5 ms
-    for 512 spans: CPython hands the GIL over only after a 5 ms switch interval otherwise).
+    for 512 spans in Python: CPython hands the GIL over only after a 5 ms switch interval otherwise).
     """
 
     YIELD_EVERY = 64
+    NATIVE_WEIGHT = 16  # a span the C encoder took counts this share (1/16) of a Python-encoded one
 
     def __init__(self, resource: Mapping[str, Any]) -> None:
         self._resource = encode_resource(resource)
@@ -240,12 +274,20 @@ class TraceEncoder:
 
     def encode(self, spans: Iterable[LeanSpan]) -> bytes:
         by_scope: dict[Scope, list[bytes]] = {}
-        every = self.YIELD_EVERY
-        for i, span in enumerate(spans, 1):
-            if not i % every:
+        native = native_span_field
+        budget = self.YIELD_EVERY * self.NATIVE_WEIGHT
+        spent = 0
+        for span in spans:
+            encoded = native(span) if native is not None else None
+            if encoded is None:
+                body = encode_span(span)
+                encoded = b"\x12" + varint(len(body)) + body  # ScopeSpans.spans (2)
+                spent += self.NATIVE_WEIGHT
+            else:
+                spent += 1
+            if spent >= budget:
+                spent = 0
                 time.sleep(0)  # releases the GIL: a waiting thread takes it
-            body = encode_span(span)
-            encoded = b"\x12" + varint(len(body)) + body  # ScopeSpans.spans (2)
             group = by_scope.get(span.scope)
             if group is None:
                 by_scope[span.scope] = [encoded]

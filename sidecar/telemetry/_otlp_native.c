@@ -1,0 +1,531 @@
+/*
+ * The OTLP encoding of one common lean span in C, for the span export thread (sidecar/telemetry/otlp.py).
+ *
+ * A request span's encoding in Python takes ~2.5 us of the export thread, all of it holding the GIL the
+ * event loop needs; here it takes a fraction of that. Only the common shapes are encoded: no events, no
+ * status, no trace state, a str name, attribute values that are exact str, bool, int or float (None
+ * skipped), and links (a batch span's) without attributes or trace state. Anything else, or any value Python's encoder would treat differently (a str
+ * subclass, a string that is not valid UTF-8, an id out of range), returns None and the caller encodes
+ * the span in Python, so the bytes are always the ones otlp.encode_span + its field head would write
+ * (tests/telemetry/test_otlp_native.py compares them).
+ *
+ *   configure(kinds, unset_status, no_state)   kinds: the SpanKind members in OTLP order (INTERNAL ...
+ *                                              CONSUMER); unset_status: StatusCode.UNSET; no_state: the
+ *                                              API's DEFAULT_TRACE_STATE. Must be called before span_field.
+ *   span_field(span) -> bytes | None           ScopeSpans.spans (field 2): tag, length, Span message body
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+static PyObject *kind_members[5];
+static PyObject *unset_status;
+static PyObject *no_state;
+static int configured;
+
+/* interned attribute names of LeanSpan's slots */
+static PyObject *s_context, *s_parent, *s_name, *s_kind, *s_attributes, *s_start_ns, *s_end_ns, *s_events,
+    *s_links, *s_status_code, *s_link_context;
+
+typedef struct {
+    unsigned char *data;
+    Py_ssize_t len;
+    Py_ssize_t cap;
+    unsigned char inline_buf[512];
+} Buf;
+
+static void buf_init(Buf *b)
+{
+    b->data = b->inline_buf;
+    b->len = 0;
+    b->cap = (Py_ssize_t)sizeof(b->inline_buf);
+}
+
+static void buf_free(Buf *b)
+{
+    if (b->data != b->inline_buf) {
+        PyMem_Free(b->data);
+    }
+}
+
+static int buf_reserve(Buf *b, Py_ssize_t extra)
+{
+    if (b->len + extra <= b->cap) {
+        return 0;
+    }
+    Py_ssize_t cap = b->cap * 2;
+    while (cap < b->len + extra) {
+        cap *= 2;
+    }
+    unsigned char *data;
+    if (b->data == b->inline_buf) {
+        data = PyMem_Malloc((size_t)cap);
+        if (data != NULL) {
+            memcpy(data, b->inline_buf, (size_t)b->len);
+        }
+    } else {
+        data = PyMem_Realloc(b->data, (size_t)cap);
+    }
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = data;
+    b->cap = cap;
+    return 0;
+}
+
+static int put(Buf *b, const void *src, Py_ssize_t n)
+{
+    if (buf_reserve(b, n) < 0) {
+        return -1;
+    }
+    memcpy(b->data + b->len, src, (size_t)n);
+    b->len += n;
+    return 0;
+}
+
+static int put_byte(Buf *b, unsigned char c)
+{
+    return put(b, &c, 1);
+}
+
+static int varint_size(uint64_t v)
+{
+    int n = 1;
+    while (v > 127) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static int put_varint(Buf *b, uint64_t v)
+{
+    unsigned char tmp[10];
+    int n = 0;
+    while (v > 127) {
+        tmp[n++] = (unsigned char)((v & 127) | 128);
+        v >>= 7;
+    }
+    tmp[n++] = (unsigned char)v;
+    return put(b, tmp, n);
+}
+
+static int put_fixed64(Buf *b, uint64_t v)
+{
+    unsigned char tmp[8];
+    for (int i = 0; i < 8; i++) {
+        tmp[i] = (unsigned char)(v >> (8 * i));
+    }
+    return put(b, tmp, 8);
+}
+
+static int put_be64(Buf *b, uint64_t v)
+{
+    unsigned char tmp[8];
+    for (int i = 0; i < 8; i++) {
+        tmp[i] = (unsigned char)(v >> (56 - 8 * i));
+    }
+    return put(b, tmp, 8);
+}
+
+/* 1: ok (*out set); 0: not encodable here (no Python error left set); -1: a real error (set). */
+#define FALLBACK 0
+
+/* An exact, non-negative int below 2**64. */
+static int as_u64(PyObject *v, uint64_t *out)
+{
+    if (!PyLong_CheckExact(v)) {
+        return FALLBACK;
+    }
+    unsigned long long x = PyLong_AsUnsignedLongLong(v);
+    if (x == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            return -1;
+        }
+        PyErr_Clear();
+        return FALLBACK;
+    }
+    *out = (uint64_t)x;
+    return 1;
+}
+
+/* A 128-bit id as (high, low): an exact, non-negative int below 2**128. */
+static int as_u128(PyObject *v, uint64_t *hi, uint64_t *lo)
+{
+    if (!PyLong_CheckExact(v)) {
+        return FALLBACK;
+    }
+    PyObject *sixty_four = PyLong_FromLong(64);
+    if (sixty_four == NULL) {
+        return -1;
+    }
+    PyObject *high = PyNumber_Rshift(v, sixty_four);
+    Py_DECREF(sixty_four);
+    if (high == NULL) {
+        return -1;
+    }
+    int r = as_u64(high, hi);
+    Py_DECREF(high);
+    if (r != 1) {
+        return r;
+    }
+    unsigned long long low = PyLong_AsUnsignedLongLongMask(v);
+    if (low == (unsigned long long)-1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *lo = (uint64_t)low;
+    return 1;
+}
+
+/* UTF-8 of an exact str; FALLBACK for a subclass or a string that does not encode strictly. */
+static int utf8_of(PyObject *s, const char **data, Py_ssize_t *size)
+{
+    if (!PyUnicode_CheckExact(s)) {
+        return FALLBACK;
+    }
+    *data = PyUnicode_AsUTF8AndSize(s, size);
+    if (*data == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+            return -1;
+        }
+        PyErr_Clear();  /* lone surrogates: Python writes them with surrogatepass */
+        return FALLBACK;
+    }
+    return 1;
+}
+
+/* One Span.attributes (9) KeyValue field. */
+static int put_attribute(Buf *b, PyObject *key, PyObject *value)
+{
+    const char *k;
+    Py_ssize_t klen;
+    int r = utf8_of(key, &k, &klen);
+    if (r != 1) {
+        return r;
+    }
+    /* the AnyValue message body, built in a small scratch buffer */
+    unsigned char any_head[11];
+    int any_head_len = 0;
+    const char *payload = NULL;
+    Py_ssize_t payload_len = 0;
+    unsigned char scalar[10];
+    if (PyUnicode_CheckExact(value)) {
+        r = utf8_of(value, &payload, &payload_len);
+        if (r != 1) {
+            return r;
+        }
+        any_head[any_head_len++] = 0x0a; /* string_value (1) */
+        uint64_t n = (uint64_t)payload_len;
+        while (n > 127) {
+            any_head[any_head_len++] = (unsigned char)((n & 127) | 128);
+            n >>= 7;
+        }
+        any_head[any_head_len++] = (unsigned char)n;
+    } else if (PyBool_Check(value)) {
+        any_head[any_head_len++] = 0x10; /* bool_value (2) */
+        any_head[any_head_len++] = value == Py_True ? 1 : 0;
+    } else if (PyLong_CheckExact(value)) {
+        unsigned long long x = PyLong_AsUnsignedLongLongMask(value); /* int64 two's complement, as Python's & */
+        if (x == (unsigned long long)-1 && PyErr_Occurred()) {
+            return -1;
+        }
+        any_head[any_head_len++] = 0x18; /* int_value (3) */
+        uint64_t n = (uint64_t)x;
+        while (n > 127) {
+            any_head[any_head_len++] = (unsigned char)((n & 127) | 128);
+            n >>= 7;
+        }
+        any_head[any_head_len++] = (unsigned char)n;
+    } else if (PyFloat_CheckExact(value)) {
+        double d = PyFloat_AS_DOUBLE(value);
+        uint64_t bits;
+        memcpy(&bits, &d, 8);
+        any_head[any_head_len++] = 0x21; /* double_value (4) */
+        for (int i = 0; i < 8; i++) {
+            scalar[i] = (unsigned char)(bits >> (8 * i));
+        }
+        payload = (const char *)scalar;
+        payload_len = 8;
+    } else {
+        return FALLBACK;
+    }
+    Py_ssize_t any_len = any_head_len + payload_len;
+    Py_ssize_t kv_len = 1 + varint_size((uint64_t)klen) + klen + 1 + varint_size((uint64_t)any_len) + any_len;
+    if (put_byte(b, 0x4a) < 0 || put_varint(b, (uint64_t)kv_len) < 0 || put_byte(b, 0x0a) < 0 ||
+        put_varint(b, (uint64_t)klen) < 0 || put(b, k, klen) < 0 || put_byte(b, 0x12) < 0 ||
+        put_varint(b, (uint64_t)any_len) < 0 || put(b, any_head, any_head_len) < 0 ||
+        (payload_len && put(b, payload, payload_len) < 0)) {
+        return -1;
+    }
+    return 1;
+}
+
+/* One Span.links (13) field for a link with no attributes and no trace state (a batch span's):
+ * trace id, span id, flags (sampled | CONTEXT_HAS_IS_REMOTE [| IS_REMOTE]), 35 bytes in all. */
+static int put_bare_link(Buf *b, PyObject *link)
+{
+    PyObject *attrs = PyObject_GetAttr(link, s_attributes);
+    if (attrs == NULL) {
+        return -1;
+    }
+    int has_attrs = attrs == Py_None ? 0 : PyObject_IsTrue(attrs);
+    Py_DECREF(attrs);
+    if (has_attrs != 0) {
+        return has_attrs < 0 ? -1 : FALLBACK;
+    }
+    PyObject *ctx = PyObject_GetAttr(link, s_link_context);
+    if (ctx == NULL) {
+        return -1;
+    }
+    int r = FALLBACK;
+    uint64_t hi, lo, span_id;
+    int remote = 0;
+    if (!PyTuple_Check(ctx) || PyTuple_GET_SIZE(ctx) < 5) {
+        goto done;
+    }
+    PyObject *state = PyTuple_GET_ITEM(ctx, 4);
+    if (state != no_state) {
+        int truth = PyObject_IsTrue(state);
+        if (truth != 0) {
+            r = truth < 0 ? -1 : FALLBACK;
+            goto done;
+        }
+    }
+    if ((r = as_u128(PyTuple_GET_ITEM(ctx, 0), &hi, &lo)) != 1 || (r = as_u64(PyTuple_GET_ITEM(ctx, 1), &span_id)) != 1) {
+        goto done;
+    }
+    remote = PyObject_IsTrue(PyTuple_GET_ITEM(ctx, 2));
+    if (remote < 0) {
+        r = -1;
+        goto done;
+    }
+    unsigned char flags[5] = {0x35, 0x01, (unsigned char)(remote ? 0x03 : 0x01), 0x00, 0x00};
+    r = -1;
+    if (put(b, "\x6a\x21\x0a\x10", 4) < 0 || put_be64(b, hi) < 0 || put_be64(b, lo) < 0 || put(b, "\x12\x08", 2) < 0 ||
+        put_be64(b, span_id) < 0 || put(b, flags, 5) < 0) {
+        goto done;
+    }
+    r = 1;
+done:
+    Py_DECREF(ctx);
+    return r;
+}
+
+static int is_empty_sequence(PyObject *v)
+{
+    if (PyTuple_CheckExact(v)) {
+        return PyTuple_GET_SIZE(v) == 0;
+    }
+    if (PyList_CheckExact(v)) {
+        return PyList_GET_SIZE(v) == 0;
+    }
+    return 0;
+}
+
+/* The Span message body into b: 1, FALLBACK or -1. */
+static int encode_body(Buf *b, PyObject *span)
+{
+    int r = FALLBACK;
+    PyObject *ctx = NULL, *parent = NULL, *name = NULL, *kind = NULL, *attributes = NULL, *start = NULL,
+             *end = NULL, *events = NULL, *links = NULL, *status = NULL;
+    if ((ctx = PyObject_GetAttr(span, s_context)) == NULL || (parent = PyObject_GetAttr(span, s_parent)) == NULL ||
+        (name = PyObject_GetAttr(span, s_name)) == NULL || (kind = PyObject_GetAttr(span, s_kind)) == NULL ||
+        (attributes = PyObject_GetAttr(span, s_attributes)) == NULL ||
+        (start = PyObject_GetAttr(span, s_start_ns)) == NULL || (end = PyObject_GetAttr(span, s_end_ns)) == NULL ||
+        (events = PyObject_GetAttr(span, s_events)) == NULL || (links = PyObject_GetAttr(span, s_links)) == NULL ||
+        (status = PyObject_GetAttr(span, s_status_code)) == NULL) {
+        r = -1;
+        goto done;
+    }
+    r = FALLBACK;
+    if (!PyTuple_Check(ctx) || PyTuple_GET_SIZE(ctx) < 5 || !is_empty_sequence(events) ||
+        !(PyList_CheckExact(links) || PyTuple_CheckExact(links)) || status != unset_status ||
+        !PyDict_CheckExact(attributes)) {
+        goto done;
+    }
+    PyObject *state = PyTuple_GET_ITEM(ctx, 4);
+    if (state != no_state) {
+        int truth = PyObject_IsTrue(state);
+        if (truth != 0) {
+            r = truth < 0 ? -1 : FALLBACK;
+            goto done;
+        }
+    }
+    uint64_t trace_hi, trace_lo, span_id, parent_id = 0, start_ns, end_ns;
+    int parent_remote = 0;
+    if ((r = as_u128(PyTuple_GET_ITEM(ctx, 0), &trace_hi, &trace_lo)) != 1 ||
+        (r = as_u64(PyTuple_GET_ITEM(ctx, 1), &span_id)) != 1 || (r = as_u64(start, &start_ns)) != 1 ||
+        (r = as_u64(end, &end_ns)) != 1) {
+        goto done;
+    }
+    if (parent != Py_None) {
+        if (!PyTuple_Check(parent) || PyTuple_GET_SIZE(parent) < 3) {
+            r = FALLBACK;
+            goto done;
+        }
+        if ((r = as_u64(PyTuple_GET_ITEM(parent, 1), &parent_id)) != 1) {
+            goto done;
+        }
+        parent_remote = PyObject_IsTrue(PyTuple_GET_ITEM(parent, 2));
+        if (parent_remote < 0) {
+            r = -1;
+            goto done;
+        }
+    }
+    const char *name_utf8;
+    Py_ssize_t name_len;
+    if ((r = utf8_of(name, &name_utf8, &name_len)) != 1) {
+        goto done;
+    }
+    unsigned char kind_code = 1; /* as Python's _KIND.get(kind, INTERNAL) */
+    for (int i = 0; i < 5; i++) {
+        if (kind == kind_members[i]) {
+            kind_code = (unsigned char)(i + 1);
+            break;
+        }
+    }
+    r = -1;
+    if (put(b, "\x0a\x10", 2) < 0 || put_be64(b, trace_hi) < 0 || put_be64(b, trace_lo) < 0 ||
+        put(b, "\x12\x08", 2) < 0 || put_be64(b, span_id) < 0) {
+        goto done;
+    }
+    if (parent != Py_None && (put(b, "\x22\x08", 2) < 0 || put_be64(b, parent_id) < 0)) {
+        goto done;
+    }
+    if (put_byte(b, 0x2a) < 0 || put_varint(b, (uint64_t)name_len) < 0 || put(b, name_utf8, name_len) < 0 ||
+        put_byte(b, 0x30) < 0 || put_byte(b, kind_code) < 0) {
+        goto done;
+    }
+    if (put_byte(b, 0x39) < 0 || put_fixed64(b, start_ns) < 0 || put_byte(b, 0x41) < 0 ||
+        put_fixed64(b, end_ns) < 0) {
+        goto done;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(attributes, &pos, &key, &value)) {
+        if (value == Py_None) {
+            continue;
+        }
+        int a = put_attribute(b, key, value);
+        if (a != 1) {
+            r = a;
+            goto done;
+        }
+    }
+    Py_ssize_t n_links = PySequence_Fast_GET_SIZE(links);
+    for (Py_ssize_t i = 0; i < n_links; i++) {
+        int l = put_bare_link(b, PySequence_Fast_GET_ITEM(links, i));
+        if (l != 1) {
+            r = l;
+            goto done;
+        }
+    }
+    /* Span.flags (16, fixed32): sampled | CONTEXT_HAS_IS_REMOTE [| IS_REMOTE] */
+    unsigned char flags[6] = {0x85, 0x01, 0x01, (unsigned char)(parent_remote ? 0x03 : 0x01), 0x00, 0x00};
+    if (put(b, flags, 6) < 0) {
+        goto done;
+    }
+    r = 1;
+done:
+    Py_XDECREF(ctx);
+    Py_XDECREF(parent);
+    Py_XDECREF(name);
+    Py_XDECREF(kind);
+    Py_XDECREF(attributes);
+    Py_XDECREF(start);
+    Py_XDECREF(end);
+    Py_XDECREF(events);
+    Py_XDECREF(links);
+    Py_XDECREF(status);
+    return r;
+}
+
+static PyObject *span_field(PyObject *module, PyObject *span)
+{
+    if (!configured) {
+        PyErr_SetString(PyExc_RuntimeError, "_otlp_native.configure() was not called");
+        return NULL;
+    }
+    Buf body;
+    buf_init(&body);
+    int r = encode_body(&body, span);
+    if (r != 1) {
+        buf_free(&body);
+        if (r < 0) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    int head_len = 1 + varint_size((uint64_t)body.len);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, head_len + body.len);
+    if (out != NULL) {
+        unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
+        *p++ = 0x12; /* ScopeSpans.spans (2) */
+        uint64_t n = (uint64_t)body.len;
+        while (n > 127) {
+            *p++ = (unsigned char)((n & 127) | 128);
+            n >>= 7;
+        }
+        *p++ = (unsigned char)n;
+        memcpy(p, body.data, (size_t)body.len);
+    }
+    buf_free(&body);
+    return out;
+}
+
+static PyObject *configure(PyObject *module, PyObject *args)
+{
+    PyObject *kinds, *unset, *state;
+    if (!PyArg_ParseTuple(args, "OOO", &kinds, &unset, &state)) {
+        return NULL;
+    }
+    if (!PyTuple_Check(kinds) || PyTuple_GET_SIZE(kinds) != 5) {
+        PyErr_SetString(PyExc_ValueError, "kinds: a tuple of the five SpanKind members in OTLP order");
+        return NULL;
+    }
+    for (int i = 0; i < 5; i++) {
+        PyObject *k = PyTuple_GET_ITEM(kinds, i);
+        Py_INCREF(k);
+        Py_XSETREF(kind_members[i], k);
+    }
+    Py_INCREF(unset);
+    Py_XSETREF(unset_status, unset);
+    Py_INCREF(state);
+    Py_XSETREF(no_state, state);
+    configured = 1;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"configure", configure, METH_VARARGS, "configure(kinds, unset_status, no_state): the API's constants"},
+    {"span_field", span_field, METH_O, "span_field(span) -> the ScopeSpans.spans field, or None: encode in Python"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_otlp_native", "OTLP encoding of common lean spans (see otlp.py)", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__otlp_native(void)
+{
+#define INTERN(var, text)                                                                                    \
+    if ((var = PyUnicode_InternFromString(text)) == NULL) {                                                  \
+        return NULL;                                                                                         \
+    }
+    INTERN(s_context, "_context");
+    INTERN(s_parent, "parent");
+    INTERN(s_name, "name");
+    INTERN(s_kind, "kind");
+    INTERN(s_attributes, "attributes");
+    INTERN(s_start_ns, "start_ns");
+    INTERN(s_end_ns, "end_ns");
+    INTERN(s_events, "events");
+    INTERN(s_links, "links");
+    INTERN(s_status_code, "status_code");
+    INTERN(s_link_context, "context");
+#undef INTERN
+    return PyModule_Create(&module_def);
+}
