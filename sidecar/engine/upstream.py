@@ -61,10 +61,11 @@ from typing import Any
 
 import grpc
 import numpy as np
+from opentelemetry import trace
 
 from sidecar.engine.base import DEADLINE_NS
 from sidecar.engine.metadata import read_table
-from sidecar.engine.upstream_call import RawUnary
+from sidecar.engine.upstream_call import RawUnary, TracedCall
 from sidecar.engine.upstream_wire import (
     ForwardedOutputs,
     RequestEncoder,
@@ -85,9 +86,14 @@ from sidecar.errors import (
 )
 from sidecar.protocol._generated import grpc_service_pb2 as pb
 from sidecar.protocol._generated import grpc_service_pb2_grpc as pb_grpc
+from sidecar.telemetry import tracing
+from sidecar.telemetry.propagation import trace_context_metadata
+from sidecar.telemetry.spans import INVALID_SPAN, current_span
 from sidecar.types import DATATYPE_TO_DTYPE, TensorSpec
 
 log = logging.getLogger(__name__)
+MODEL_INFER_METHOD = "inference.GRPCInferenceService/ModelInfer"
+_tracer = tracing.SWITCH.get_tracer("sidecar.engine.upstream")  # CLIENT spans of traced upstream calls
 
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 _PROBE_TIMEOUT_S = 2.0
@@ -224,6 +230,15 @@ class UpstreamEngine:
         self._where = f"upstream {settings.target} model '{settings.model}'" + (
             f" version '{settings.version}'" if settings.version else ""
         )
+        host, _, port = settings.target.rpartition(":")
+        self._client_attributes = {  # an upstream call's CLIENT span (OpenTelemetry's gRPC conventions)
+            "rpc.system.name": "grpc",
+            "rpc.method": MODEL_INFER_METHOD,
+            "server.address": host.strip("[]"),
+            "server.port": int(port) if port.isdigit() else port,
+            "model.name": settings.model,
+            **({"model.version": settings.version} if settings.version else {}),
+        }
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -454,8 +469,21 @@ class UpstreamEngine:
                 raise self._error(exc, remaining, attempt + 1) from None
 
     def _send(self, calls: list[Any], payload: bytes, timeout_s: float) -> Any:
-        """One call of ``payload`` on the next pooled channel, on its way (``RawUnary.start``), not awaited."""
-        return calls[next(self._next) % len(calls)].start(payload, timeout_s)
+        """One call of ``payload`` on the next pooled channel, on its way (``RawUnary.start``), not awaited.
+        Inside a traced request (or its batch's span) the call gets a CLIENT span, and its trace context
+        goes with it (``traceparent``/``tracestate``), so the upstream's spans continue the trace."""
+        unary = calls[next(self._next) % len(calls)]
+        parent = current_span()
+        if parent is INVALID_SPAN:  # not traced: nothing more
+            return unary.start(payload, timeout_s)
+        span = _tracer.start_span(
+            MODEL_INFER_METHOD,
+            context=trace.set_span_in_context(parent),
+            kind=trace.SpanKind.CLIENT,
+            attributes=self._client_attributes,
+        )
+        carrier = trace_context_metadata(span.get_span_context())
+        return TracedCall(unary.start(payload, timeout_s, carrier), span)
 
     def _parse(self, raw: bytes) -> pb.ModelInferResponse:
         return parse_response(raw, self.label, self._where)

@@ -20,6 +20,9 @@ grpc.aio's: a non-OK call raises ``grpc.aio.AioRpcError`` with the upstream's co
 trailing metadata; a call cancelled here (``cancel()``, or the awaiting task cancelled) is cancelled
 in gRPC and raises ``asyncio.CancelledError``. One difference: ``channel.close(grace)`` does not wait
 for these calls (grpc.aio only tracks its own call objects); closing the channel cancels them.
+
+A traced call (``TracedCall``) carries a CLIENT span whose W3C trace context goes with the call
+(``start``'s ``extra_metadata``), so the upstream's own spans join the caller's trace.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from collections.abc import Generator
 from typing import Any
 
 import grpc
+from opentelemetry.trace import StatusCode
 
 _CANCELLED = "Locally cancelled by application!"  # grpc.aio's words for a call its caller cancelled
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -56,12 +60,16 @@ class RawUnary:
         """Whether calls go out from ``start`` itself (False: grpc.aio's public call, sent by its task)."""
         return self._channel is not None
 
-    def start(self, payload: bytes, timeout_s: float) -> SentCall | PublicCall:
-        """``payload`` on its way with ``timeout_s`` to go; await the result for the answer's bytes."""
+    def start(
+        self, payload: bytes, timeout_s: float, extra_metadata: tuple[tuple[str, str], ...] = ()
+    ) -> SentCall | PublicCall:
+        """``payload`` on its way with ``timeout_s`` to go; await the result for the answer's bytes.
+        ``extra_metadata``: sent on this call after the channel's own (a trace context)."""
+        metadata = self._metadata + extra_metadata if extra_metadata else self._metadata
         if self._channel is None:
-            return PublicCall(self._public(payload, timeout=timeout_s, metadata=self._metadata or None))
+            return PublicCall(self._public(payload, timeout=timeout_s, metadata=metadata or None))
         call = self._channel.call(self._method, time.time() + timeout_s, None, None, self._handle)
-        return SentCall(call, call.unary_unary(payload, self._metadata, None))
+        return SentCall(call, call.unary_unary(payload, metadata, None))
 
 
 class SentCall:
@@ -145,6 +153,52 @@ class PublicCall:
 
     def cancel(self) -> bool:
         return self._call.cancel()
+
+
+class TracedCall:
+    """A ``SentCall`` or ``PublicCall`` with its CLIENT span (``sidecar.engine.upstream``), ended with the
+    call's outcome: ``rpc.status_code``, and for any code but OK the ERROR status and ``error.type``
+    (OpenTelemetry's gRPC conventions for client spans). A call abandoned with ``cancel()`` ends CANCELLED."""
+
+    __slots__ = ("_call", "_span")
+
+    def __init__(self, call: SentCall | PublicCall, span: Any) -> None:
+        self._call = call
+        self._span = span
+
+    @property
+    def sent(self) -> bool:
+        return self._call.sent
+
+    def __await__(self) -> Generator[Any, None, bytes]:
+        try:
+            result = yield from self._call.__await__()
+        except grpc.aio.AioRpcError as exc:
+            self._end(exc.code().name, exc.details() or "")
+            raise
+        except asyncio.CancelledError:
+            self._end("CANCELLED", "")
+            raise
+        except BaseException as exc:
+            self._end("UNKNOWN", f"{type(exc).__name__}: {exc}")
+            raise
+        self._end("OK", "")
+        return result
+
+    def cancel(self) -> bool:
+        cancelled = self._call.cancel()
+        self._end("CANCELLED", "")
+        return cancelled
+
+    def _end(self, code: str, details: str) -> None:
+        span = self._span
+        if not span.is_recording():
+            return
+        span.set_attribute("rpc.status_code", code)
+        if code != "OK":
+            span.set_attribute("error.type", code)
+            span.set_status(StatusCode.ERROR, details or code)
+        span.end()
 
 
 async def _raise_status(call: Any) -> bytes:

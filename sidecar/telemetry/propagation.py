@@ -48,3 +48,14 @@ def remote_span_context(traceparent: str, tracestate: str | None = None) -> Span
         return None
     state = TraceState.from_header([tracestate]) if tracestate else None
     return SpanContext(trace_id, span_id, is_remote=True, trace_flags=_FLAGS[int(flags_hex, 16)], trace_state=state)
+
+
+def trace_context_metadata(ctx: SpanContext) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata carrying ``ctx`` to the next hop (``traceparent``, and ``tracestate`` when it has
+    one), as the API's ``TraceContextTextMapPropagator.inject`` writes them; () for an invalid context."""
+    if not ctx.is_valid:
+        return ()
+    carried = (("traceparent", f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"),)
+    if ctx.trace_state:
+        carried += (("tracestate", ctx.trace_state.to_header()),)
+    return carried

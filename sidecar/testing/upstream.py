@@ -67,6 +67,7 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
         up = self.up
         up.calls += 1
         up.last_request = request
+        up.last_metadata = dict(context.invocation_metadata() or ())
         up.in_flight += 1
         up.max_in_flight = max(up.max_in_flight, up.in_flight)
         try:
@@ -115,6 +116,7 @@ class FakeUpstream:
         self.in_flight = 0  # inference calls being answered now
         self.max_in_flight = 0  # the most at once since start (or since a test reset it)
         self.last_request: pb.ModelInferRequest | None = None  # the last inference request received
+        self.last_metadata: dict[str, str] = {}  # and the gRPC metadata it came with
         self.port = port
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Any = None

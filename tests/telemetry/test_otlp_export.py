@@ -294,3 +294,95 @@ def test_unbatched_requests_get_their_run_span_too(model_repository, otlp):
     spans = otlp.spans()
     assert not [s for s in spans if s.span.trace_id.hex() == unsampled]
     assert not [s for s in spans if any(link.trace_id.hex() == unsampled for link in s.span.links)]
+
+
+def _upstream_repo(path, target: str, **settings) -> str:
+    import json
+
+    vdir = path / "m" / "2.0.0"
+    vdir.mkdir(parents=True)
+    (vdir / "upstream.json").write_text(json.dumps({"target": target, "model": "fake", **settings}))
+    return str(path)
+
+
+def _fake_input(rows: int = 2) -> tc.InferInput:
+    inp = tc.InferInput("input", [rows, 4], "FP32")
+    inp.set_data_from_numpy(np.arange(rows * 4, dtype=np.float32).reshape(rows, 4))
+    return inp
+
+
+def test_an_upstream_call_carries_the_trace_to_the_upstream(tmp_path, otlp):
+    """A forwarded request's upstream call is a CLIENT span, child of the request's server span, and its
+    W3C trace context goes with the call: the upstream's own spans continue the caller's trace."""
+    from sidecar.testing.upstream import FakeUpstream
+
+    trace_id = "6bf92f3577b34da6a3ce929d0e0e4736"
+    with FakeUpstream("fake") as up:
+        cfg = config_for_tests(
+            _upstream_repo(tmp_path, up.target),
+            telemetry={"otlp_endpoint": otlp.grpc_endpoint, "span_schedule_delay_ms": 50},
+            batching={"enabled": False},
+        )
+        with ServerThread(cfg) as srv:
+            client = tc.InferenceServerClient(srv.url)
+            client.infer("m", [_fake_input()], headers={"traceparent": f"00-{trace_id}-{CALLER_SPAN}-01"})
+            sent = dict(up.last_metadata)
+            client.infer("m", [_fake_input()])  # no caller context: the sidecar's own trace goes upstream
+            root_sent = dict(up.last_metadata)
+            assert srv.app.telemetry.force_flush(5.0)
+    server = otlp.wait_for_span(lambda s: s.span.trace_id.hex() == trace_id and s.span.kind == 2)  # SERVER
+    call = otlp.wait_for_span(lambda s: s.span.trace_id.hex() == trace_id and s.span.kind == 3)  # CLIENT
+    assert call.name == MODEL_INFER and call.span.parent_span_id == server.span.span_id
+    assert sent["traceparent"] == f"00-{trace_id}-{call.span.span_id.hex()}-01"
+    host, port = up.target.rsplit(":", 1)
+    assert call.attributes == {
+        "rpc.system.name": "grpc",
+        "rpc.method": MODEL_INFER,
+        "server.address": host,
+        "server.port": int(port),
+        "model.name": "fake",
+        "rpc.status_code": "OK",
+    }
+    assert call.span.status.code == call.span.status.STATUS_CODE_UNSET
+    assert call.span.start_time_unix_nano >= server.span.start_time_unix_nano
+    assert call.span.end_time_unix_nano <= server.span.end_time_unix_nano
+    root_trace = root_sent["traceparent"].split("-")[1]
+    root_call = otlp.wait_for_span(lambda s: s.span.trace_id.hex() == root_trace and s.span.kind == 3)
+    root_server = otlp.wait_for_span(lambda s: s.span.trace_id.hex() == root_trace and s.span.kind == 2)
+    assert root_call.span.parent_span_id == root_server.span.span_id and not root_server.span.parent_span_id
+
+
+def test_a_batched_upstream_call_is_a_child_of_its_batch_span_and_errors_are_recorded(tmp_path, otlp):
+    import grpc
+
+    from sidecar.testing.upstream import FakeUpstream
+
+    trace_id = "7bf92f3577b34da6a3ce929d0e0e4736"
+    with FakeUpstream("fake") as up:
+        cfg = config_for_tests(
+            _upstream_repo(tmp_path, up.target, retries=0),
+            telemetry={"otlp_endpoint": otlp.grpc_endpoint, "span_schedule_delay_ms": 50},
+            batching={"max_queue_delay_ms": 1},
+        )
+        with ServerThread(cfg) as srv:
+            client = tc.InferenceServerClient(srv.url)
+            headers = {"traceparent": f"00-{trace_id}-{CALLER_SPAN}-01"}
+            client.infer("m", [_fake_input()], headers=headers)
+            batch_context = up.last_metadata["traceparent"]
+            up.fail_with = grpc.StatusCode.INTERNAL
+            with pytest.raises(tc.InferenceServerException):
+                client.infer("m", [_fake_input()], headers=headers)
+            assert srv.app.telemetry.force_flush(5.0)
+    request = otlp.wait_for_span(
+        lambda s: s.span.trace_id.hex() == trace_id and s.span.kind == 2 and s.attributes["rpc.status_code"] == "OK"
+    )
+    batch = otlp.wait_for_span(
+        lambda s: s.name == "sidecar.batch" and s.span.span_id.hex() == request.attributes["sidecar.batch.span_id"]
+    )
+    call = otlp.wait_for_span(lambda s: s.span.kind == 3 and s.span.parent_span_id == batch.span.span_id)
+    assert batch_context == f"00-{batch.span.trace_id.hex()}-{call.span.span_id.hex()}-01"
+    assert call.attributes["rpc.status_code"] == "OK"
+    failed = otlp.wait_for_span(lambda s: s.span.kind == 3 and s.attributes.get("rpc.status_code") == "INTERNAL")
+    assert failed.attributes["error.type"] == "INTERNAL"
+    assert failed.span.status.code == failed.span.status.STATUS_CODE_ERROR
+    assert "fake upstream failure" in failed.span.status.message
