@@ -39,7 +39,7 @@ from sidecar.errors import (
     SidecarError,
     VersionNotFound,
 )
-from sidecar.telemetry.spans import current_span
+from sidecar.telemetry.spans import INVALID_SPAN, current_span
 from sidecar.types import InferenceRequest, InferenceResponse
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,10 @@ class ModelVersion:
             rows, outputs = check_request(
                 self.label, request.inputs, request.requested_outputs, engine, observer.rejected if observer else None
             )
-            result = await scheduler.submit(WorkItem(request, rows, outputs, arrival, current_span(), started))
+            span = current_span()
+            if span is not INVALID_SPAN and not span.is_recording():  # (a caller's unsampled context)
+                span = INVALID_SPAN
+            result = await scheduler.submit(WorkItem(request, rows, outputs, arrival, span, started))
             ok = True
         except BaseException:
             if started is not None:

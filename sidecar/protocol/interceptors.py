@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode
 
 from sidecar.protobuf_wire import read_varint
 from sidecar.telemetry.histograms import HistogramFamily
@@ -90,10 +90,12 @@ class _Call:
         return series
 
     def _start(self, context: Any, request: Any) -> tuple[Any, Any, Any]:
-        """(span, context tokens, context for the servicer); (None, None, ...) for an unsampled call.
+        """(span, context tokens, context for the servicer); (None, None or tokens, ...) for an unsampled call.
 
         A recording span is the current span of the OpenTelemetry context and of the sidecar's
         ``lean_tracing.CURRENT_SPAN`` (``spans.current_span()``: one context variable, read per request).
+        An unsampled call from a caller with a trace context has no span; the caller's context, as a
+        non-recording span, is ``CURRENT_SPAN`` only, so that an upstream call carries the decision on.
         """
         metadata = context.invocation_metadata() or ()
         traceparent = tracestate = None
@@ -108,6 +110,8 @@ class _Call:
         span = self._start_span(self.method, parent, _SERVER, self.attributes)
         context = _MetadataRead(context, metadata)
         if span is None:
+            if parent is not None:  # the caller's decision, "not sampled", goes on to an upstream call
+                return None, (None, _set_current(NonRecordingSpan(parent))), context
             return None, None, context
         if request.__class__ is bytes or request.__class__ is memoryview:  # ModelInfer's, serialized
             name, version = model_of(request)
@@ -126,9 +130,11 @@ class _Call:
         return span, (otel_context.attach(trace.set_span_in_context(span)), _set_current(span)), context
 
     def _finish(self, span: Any, tokens: Any, start_ns: int, code: str, exc: BaseException | None, ctx: Any) -> None:
-        if span is not None:
+        if tokens is not None:
             reset_current(tokens[1])
-            otel_context.detach(tokens[0])
+            if tokens[0] is not None:
+                otel_context.detach(tokens[0])
+        if span is not None:
             if code == "OK" and self._lean:
                 span.attributes["rpc.status_code"] = "OK"
             else:

@@ -329,6 +329,9 @@ def test_an_upstream_call_carries_the_trace_to_the_upstream(tmp_path, otlp):
             sent = dict(up.last_metadata)
             client.infer("m", [_fake_input()])  # no caller context: the sidecar's own trace goes upstream
             root_sent = dict(up.last_metadata)
+            unsampled = "1bf92f3577b34da6a3ce929d0e0e4738"
+            client.infer("m", [_fake_input()], headers={"traceparent": f"00-{unsampled}-{CALLER_SPAN}-00"})
+            unsampled_sent = dict(up.last_metadata)
             assert srv.app.telemetry.force_flush(5.0)
     server = otlp.wait_for_span(lambda s: s.span.trace_id.hex() == trace_id and s.span.kind == 2)  # SERVER
     call = otlp.wait_for_span(lambda s: s.span.trace_id.hex() == trace_id and s.span.kind == 3)  # CLIENT
@@ -350,6 +353,11 @@ def test_an_upstream_call_carries_the_trace_to_the_upstream(tmp_path, otlp):
     root_call = otlp.wait_for_span(lambda s: s.span.trace_id.hex() == root_trace and s.span.kind == 3)
     root_server = otlp.wait_for_span(lambda s: s.span.trace_id.hex() == root_trace and s.span.kind == 2)
     assert root_call.span.parent_span_id == root_server.span.span_id and not root_server.span.parent_span_id
+    # the caller's "not sampled" goes on too (in the same trace, from a span of the sidecar's), and
+    # nothing of that trace is recorded
+    version, sent_trace, sent_span, flags = unsampled_sent["traceparent"].split("-")
+    assert (version, sent_trace, flags) == ("00", unsampled, "00") and sent_span not in (CALLER_SPAN, "0" * 16)
+    assert not [s for s in otlp.spans() if s.span.trace_id.hex() == unsampled]
 
 
 def test_a_batched_upstream_call_is_a_child_of_its_batch_span_and_errors_are_recorded(tmp_path, otlp):
