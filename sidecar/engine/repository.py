@@ -39,6 +39,7 @@ from sidecar.errors import (
     SidecarError,
     VersionNotFound,
 )
+from sidecar.telemetry.lean_tracing import LeanSpan
 from sidecar.telemetry.spans import INVALID_SPAN, current_span
 from sidecar.types import InferenceRequest, InferenceResponse
 
@@ -130,8 +131,12 @@ class ModelVersion:
                 self.label, request.inputs, request.requested_outputs, engine, observer.rejected if observer else None
             )
             span = current_span()
-            if span is not INVALID_SPAN and not span.is_recording():  # (a caller's unsampled context)
-                span = INVALID_SPAN
+            if span is not INVALID_SPAN:
+                if type(span) is LeanSpan:  # the request's span names the version that served it
+                    if not span.end_ns:
+                        span.attributes["model.version"] = self.version_str
+                elif not span.is_recording():  # (a caller's unsampled context)
+                    span = INVALID_SPAN
             result = await scheduler.submit(WorkItem(request, rows, outputs, arrival, span, started))
             ok = True
         except BaseException:

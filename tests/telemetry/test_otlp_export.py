@@ -253,6 +253,8 @@ def test_shadow_span_links_to_the_primary_request_span(model_repository, otlp):
             lambda s: s.name == "sidecar.shadow" and any(link.trace_id.hex() == trace_id for link in s.span.links)
         )
     assert [link.span_id.hex() for link in shadow.span.links] == [request.span.span_id.hex()]
+    # the caller named no version: the request span names the one the policy routed it to
+    assert request.attributes["model.version"] == "1.0.0"
     assert shadow.span.trace_id.hex() != trace_id and not shadow.span.parent_span_id
     assert shadow.attributes["model.version"] == "1.9.0"
     assert shadow.attributes["sidecar.shadow.primary_version"] == "1.0.0"
