@@ -101,16 +101,22 @@ static int varint_size(uint64_t v)
     return n;
 }
 
+/* A base-128 varint at out (room for 10 bytes); its size. */
+static int write_varint(unsigned char *out, uint64_t v)
+{
+    int n = 0;
+    while (v > 127) {
+        out[n++] = (unsigned char)((v & 127) | 128);
+        v >>= 7;
+    }
+    out[n++] = (unsigned char)v;
+    return n;
+}
+
 static int put_varint(Buf *b, uint64_t v)
 {
     unsigned char tmp[10];
-    int n = 0;
-    while (v > 127) {
-        tmp[n++] = (unsigned char)((v & 127) | 128);
-        v >>= 7;
-    }
-    tmp[n++] = (unsigned char)v;
-    return put(b, tmp, n);
+    return put(b, tmp, write_varint(tmp, v));
 }
 
 static int put_fixed64(Buf *b, uint64_t v)
@@ -218,12 +224,7 @@ static int put_attribute(Buf *b, PyObject *key, PyObject *value)
             return r;
         }
         any_head[any_head_len++] = 0x0a; /* string_value (1) */
-        uint64_t n = (uint64_t)payload_len;
-        while (n > 127) {
-            any_head[any_head_len++] = (unsigned char)((n & 127) | 128);
-            n >>= 7;
-        }
-        any_head[any_head_len++] = (unsigned char)n;
+        any_head_len += write_varint(any_head + any_head_len, (uint64_t)payload_len);
     } else if (PyBool_Check(value)) {
         any_head[any_head_len++] = 0x10; /* bool_value (2) */
         any_head[any_head_len++] = value == Py_True ? 1 : 0;
@@ -233,12 +234,7 @@ static int put_attribute(Buf *b, PyObject *key, PyObject *value)
             return -1;
         }
         any_head[any_head_len++] = 0x18; /* int_value (3) */
-        uint64_t n = (uint64_t)x;
-        while (n > 127) {
-            any_head[any_head_len++] = (unsigned char)((n & 127) | 128);
-            n >>= 7;
-        }
-        any_head[any_head_len++] = (unsigned char)n;
+        any_head_len += write_varint(any_head + any_head_len, (uint64_t)x);
     } else if (PyFloat_CheckExact(value)) {
         double d = PyFloat_AS_DOUBLE(value);
         uint64_t bits;
@@ -464,12 +460,7 @@ static PyObject *span_field(PyObject *module, PyObject *span)
     if (out != NULL) {
         unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
         *p++ = 0x12; /* ScopeSpans.spans (2) */
-        uint64_t n = (uint64_t)body.len;
-        while (n > 127) {
-            *p++ = (unsigned char)((n & 127) | 128);
-            n >>= 7;
-        }
-        *p++ = (unsigned char)n;
+        p += write_varint(p, (uint64_t)body.len);
         memcpy(p, body.data, (size_t)body.len);
     }
     buf_free(&body);

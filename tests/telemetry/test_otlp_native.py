@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from opentelemetry import trace
@@ -33,7 +34,8 @@ def _python_field(span: LeanSpan) -> bytes:
     return b"\x12" + varint(len(body)) + body
 
 
-def _spans() -> list[LeanSpan]:
+def _tracer(scope: str, version: str | None = None) -> tuple[Any, list[LeanSpan]]:
+    """A lean tracer, and the list its ended spans go to."""
     kept: list[LeanSpan] = []
 
     class Keep:
@@ -42,7 +44,11 @@ def _spans() -> list[LeanSpan]:
 
     provider = LeanTracerProvider(decision("parentbased_always_on", 1.0), RESOURCE)
     provider.add_span_processor(Keep())
-    tracer = provider.get_tracer("sidecar.protocol", "1.0")
+    return provider.get_tracer(scope, version), kept
+
+
+def _spans() -> list[LeanSpan]:
+    tracer, kept = _tracer("sidecar.protocol", "1.0")
     remote = SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, True, TraceFlags(1))
     in_remote = trace.set_span_in_context(trace.NonRecordingSpan(remote))
     for kind in SpanKind:
@@ -91,15 +97,7 @@ def _spans() -> list[LeanSpan]:
 
 def _fallbacks() -> list[LeanSpan]:
     """Spans the C encoder hands back: each has one thing it does not encode."""
-    kept: list[LeanSpan] = []
-
-    class Keep:
-        def on_end(self, span: LeanSpan) -> None:
-            kept.append(span)
-
-    provider = LeanTracerProvider(decision("parentbased_always_on", 1.0), RESOURCE)
-    provider.add_span_processor(Keep())
-    tracer = provider.get_tracer("t")
+    tracer, kept = _tracer("t")
     state = TraceState([("vendor", "v1")])
     stated = SpanContext(0x1234, 0x5678, True, TraceFlags(1), state)
     tracer.start_span("trace state", context=trace.set_span_in_context(trace.NonRecordingSpan(stated))).end()
