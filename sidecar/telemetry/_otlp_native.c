@@ -259,6 +259,17 @@ static int put_attribute(Buf *b, PyObject *key, PyObject *value)
     return 1;
 }
 
+/* 1 when the span context (a tuple of at least 5) holds no trace state; FALLBACK when it holds one; -1. */
+static int without_trace_state(PyObject *ctx)
+{
+    PyObject *state = PyTuple_GET_ITEM(ctx, 4);
+    if (state == no_state) {
+        return 1;
+    }
+    int truth = PyObject_IsTrue(state);
+    return truth == 0 ? 1 : (truth < 0 ? -1 : FALLBACK);
+}
+
 /* One Span.links (13) field for a link with no attributes and no trace state (a batch span's):
  * trace id, span id, flags (sampled | CONTEXT_HAS_IS_REMOTE [| IS_REMOTE]), 35 bytes in all. */
 static int put_bare_link(Buf *b, PyObject *link)
@@ -282,13 +293,8 @@ static int put_bare_link(Buf *b, PyObject *link)
     if (!PyTuple_Check(ctx) || PyTuple_GET_SIZE(ctx) < 5) {
         goto done;
     }
-    PyObject *state = PyTuple_GET_ITEM(ctx, 4);
-    if (state != no_state) {
-        int truth = PyObject_IsTrue(state);
-        if (truth != 0) {
-            r = truth < 0 ? -1 : FALLBACK;
-            goto done;
-        }
+    if ((r = without_trace_state(ctx)) != 1) {
+        goto done;
     }
     if ((r = as_u128(PyTuple_GET_ITEM(ctx, 0), &hi, &lo)) != 1 || (r = as_u64(PyTuple_GET_ITEM(ctx, 1), &span_id)) != 1) {
         goto done;
@@ -342,13 +348,8 @@ static int encode_body(Buf *b, PyObject *span)
         !PyDict_CheckExact(attributes)) {
         goto done;
     }
-    PyObject *state = PyTuple_GET_ITEM(ctx, 4);
-    if (state != no_state) {
-        int truth = PyObject_IsTrue(state);
-        if (truth != 0) {
-            r = truth < 0 ? -1 : FALLBACK;
-            goto done;
-        }
+    if ((r = without_trace_state(ctx)) != 1) {
+        goto done;
     }
     uint64_t trace_hi, trace_lo, span_id, parent_id = 0, start_ns, end_ns;
     int parent_remote = 0;
