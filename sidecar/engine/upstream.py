@@ -92,10 +92,10 @@ from sidecar.telemetry.spans import INVALID_SPAN, current_span
 from sidecar.types import DATATYPE_TO_DTYPE, TensorSpec
 
 log = logging.getLogger(__name__)
-MODEL_INFER_METHOD = "inference.GRPCInferenceService/ModelInfer"
 _tracer = tracing.SWITCH.get_tracer("sidecar.engine.upstream")  # CLIENT spans of traced upstream calls
 
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+MODEL_INFER_METHOD = INFER_METHOD[1:]  # as spans name it (rpc.method)
 _PROBE_TIMEOUT_S = 2.0
 _LOAD_TIMEOUT_S = 10.0
 

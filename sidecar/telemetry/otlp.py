@@ -258,8 +258,8 @@ def span_field(span: LeanSpan) -> bytes:
 class TraceEncoder:
     """``ExportTraceServiceRequest`` bytes for a batch of spans of one resource.
 
-    Encoding runs on the export thread. Request spans take the C encoder (``_otlp_native``, ~0.3 us a
-    span) where it is built; the rest, and every span without it, Python's (~2.5 us). About every
+    Encoding runs on the export thread. Request spans take the C encoder (``_otlp_native``, ~0.7 us a
+    span) where it is built; the rest, and every span without it, Python's (~2.7 us). About every
     ``YIELD_EVERY`` Python-encoded spans' worth of work it lets go of the GIL for a moment
     (``time.sleep(0)``), so an event loop waiting for it waits ~0.2 ms, not the whole batch (~1.5 ms
     for 512 spans in Python: CPython hands the GIL over only after a 5 ms switch interval otherwise).
