@@ -202,8 +202,9 @@ def run_server(
                     )
                     results.setdefault((name, c), []).append(out)
                     after = servers.model_statistics(srv.target, "mlp") if sidecar else None
-                    if before and after and after[1] > before[1]:  # rows per engine run in this cell
-                        batches.setdefault((name, c), []).append((after[0] - before[0]) / (after[1] - before[1]))
+                    batch = servers.mean_batch(before, after)  # rows per engine run in this cell
+                    if batch is not None:
+                        batches.setdefault((name, c), []).append(batch)
                     print(f"server round {r} {name:24s} {out.summary()}", flush=True)
     rows = []
     for (name, c), outs in results.items():

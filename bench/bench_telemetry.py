@@ -179,8 +179,9 @@ def bench_serving(
                     )
                     after = servers.model_statistics(srv.target, "mlp")
                     run = result.to_dict()
-                    if before and after and after[1] > before[1]:  # (requests, engine runs): the mean batch formed
-                        run["batch_rows"] = round((after[0] - before[0]) / (after[1] - before[1]), 2)
+                    batch = servers.mean_batch(before, after)  # the mean batch the batcher formed
+                    if batch is not None:
+                        run["batch_rows"] = round(batch, 2)
                     runs[mode].append(run)
                     print(f"round {r} {mode:15s} {result.summary()}", flush=True)
         received = {"export_calls": otlp.requests, "bytes": otlp.bytes}

@@ -130,9 +130,7 @@ def measure_server(ctx: Context, spec: ServerSpec, record: RunRecord) -> None:
                     **load,
                 )
                 stats_after = servers.model_statistics(server.target, name) if stats_before is not None else None
-                mean_batch = None
-                if stats_before and stats_after and stats_after[1] > stats_before[1]:
-                    mean_batch = (stats_after[0] - stats_before[0]) / (stats_after[1] - stats_before[1])
+                mean_batch = servers.mean_batch(stats_before, stats_after)
                 record.cells.append(Cell(spec.key, name, result, mean_batch, len(response)))
                 extra = f" mean batch {mean_batch:.1f}" if mean_batch else ""
                 print(f"[{spec.key}] {name} {result.summary()}{extra}", flush=True)

@@ -353,6 +353,13 @@ def model_statistics(target: str, model: str, timeout_s: float = 5.0) -> tuple[i
     return None if timings is None else (timings["inferences"], timings["executions"])
 
 
+def mean_batch(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Rows per engine run between two ``model_statistics``; None if either is missing or nothing ran."""
+    if not before or not after or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def model_timings(target: str, model: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
     """Triton's ModelStatistics of ``model`` summed over its versions: counts, cumulative nanoseconds and the
     executions per batch size (``batches``); None if absent. ``timings_between`` turns two into means."""
