@@ -87,7 +87,7 @@ from sidecar.errors import (
 from sidecar.protocol._generated import grpc_service_pb2 as pb
 from sidecar.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from sidecar.telemetry import tracing
-from sidecar.telemetry.propagation import trace_context_metadata
+from sidecar.telemetry.propagation import trace_context_metadata, unsampled_metadata
 from sidecar.telemetry.spans import INVALID_SPAN, current_span
 from sidecar.types import DATATYPE_TO_DTYPE, TensorSpec
 
@@ -474,8 +474,12 @@ class UpstreamEngine:
         goes with it (``traceparent``/``tracestate``), so the upstream's spans continue the trace."""
         unary = calls[next(self._next) % len(calls)]
         parent = current_span()
-        if parent is INVALID_SPAN:  # not traced: nothing more
-            return unary.start(payload, timeout_s)
+        if parent is INVALID_SPAN:
+            if not tracing.active():  # telemetry off: the call carries nothing of ours
+                return unary.start(payload, timeout_s)
+            # Not sampled here, and no caller's context (a root request, or a batch of unsampled ones):
+            # that decision goes upstream too, so the upstream does not start traces of its own.
+            return unary.start(payload, timeout_s, unsampled_metadata())
         span = _tracer.start_span(
             MODEL_INFER_METHOD,
             context=trace.set_span_in_context(parent),

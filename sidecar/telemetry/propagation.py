@@ -7,6 +7,8 @@ validation (https://www.w3.org/TR/trace-context/#traceparent-header) in well und
 
 from __future__ import annotations
 
+import random
+
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
@@ -59,3 +61,15 @@ def trace_context_metadata(ctx: SpanContext) -> tuple[tuple[str, str], ...]:
     if ctx.trace_state:
         carried += (("tracestate", ctx.trace_state.to_header()),)
     return carried
+
+
+def unsampled_metadata() -> tuple[tuple[str, str], ...]:
+    """gRPC metadata saying "not sampled" in a trace of its own (fresh random ids, flags 00): what goes
+    upstream from a request the sidecar decided not to trace and that came without a trace context.
+    The OpenTelemetry SDK would propagate its unsampled root span's context the same way; the sidecar
+    makes no span object for such a request (``LeanTracer.start_request_span``), so the ids are drawn
+    here, only for calls that leave the sidecar. A parent-based sampler upstream then records nothing
+    of it, instead of starting traces whose root is missing."""
+    trace_id = random.getrandbits(128) or 1
+    span_id = random.getrandbits(64) or 1
+    return (("traceparent", f"00-{trace_id:032x}-{span_id:016x}-00"),)

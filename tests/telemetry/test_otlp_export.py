@@ -362,6 +362,44 @@ def test_an_upstream_call_carries_the_trace_to_the_upstream(tmp_path, otlp):
     assert not [s for s in otlp.spans() if s.span.trace_id.hex() == unsampled]
 
 
+@pytest.mark.parametrize("batching", [False, True])
+def test_a_request_the_sidecar_does_not_sample_tells_the_upstream_so(tmp_path, otlp, batching):
+    """No caller context and not sampled here (a 0 % ratio): the upstream call carries "not sampled" in a
+    trace of its own (fresh ids, flags 00), so that a parent-based sampler upstream does not start
+    traces whose root is missing; nothing of that trace is recorded. With telemetry off the call
+    carries no trace context at all."""
+    from sidecar.testing.upstream import FakeUpstream
+
+    sent = []
+    with FakeUpstream("fake") as up:
+        for telemetry in (
+            {"otlp_endpoint": otlp.grpc_endpoint, "sampler": "parentbased_traceidratio", "sampler_arg": "0"},
+            {"enabled": False},
+        ):
+            cfg = config_for_tests(
+                _upstream_repo(tmp_path / str(len(sent)), up.target),
+                telemetry=telemetry,
+                batching={"enabled": batching, "max_queue_delay_ms": 1},
+            )
+            with ServerThread(cfg) as srv:
+                client = tc.InferenceServerClient(srv.url)
+                client.infer("m", [_fake_input()])
+                first = dict(up.last_metadata)
+                client.infer("m", [_fake_input()])
+                sent.append((first, dict(up.last_metadata)))
+                if srv.app.telemetry is not None and srv.app.telemetry.active:
+                    assert srv.app.telemetry.force_flush(5.0)
+    (first, second), (off_first, off_second) = sent
+    contexts = [first["traceparent"].split("-"), second["traceparent"].split("-")]
+    for version, trace_id, span_id, flags in contexts:
+        assert (version, flags) == ("00", "00")
+        assert len(trace_id) == 32 and int(trace_id, 16) and len(span_id) == 16 and int(span_id, 16)
+    assert contexts[0][1] != contexts[1][1]  # a trace of its own per request
+    recorded = {s.span.trace_id.hex() for s in otlp.spans()}
+    assert not recorded & {contexts[0][1], contexts[1][1]}
+    assert "traceparent" not in off_first and "traceparent" not in off_second
+
+
 def test_a_batched_upstream_call_is_a_child_of_its_batch_span_and_errors_are_recorded(tmp_path, otlp):
     import grpc
 
