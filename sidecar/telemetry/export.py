@@ -135,13 +135,14 @@ class BoundedSpanProcessor:
         while True:
             self._wake.wait(self._delay_s)
             self._wake.clear()
+            stopping = self._stopping  # read before the export: then no span can be queued after it
             with self._flushed:
                 requested = self._flush_requests
             self._export_all()
             with self._flushed:
                 self._flushes_done = requested
                 self._flushed.notify_all()
-            if self._stopping:
+            if stopping:
                 return
 
     def _export_all(self) -> None:

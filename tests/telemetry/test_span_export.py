@@ -133,3 +133,32 @@ def test_a_full_queue_refuses_spans_and_counts_them_never_blocking() -> None:
         release.set()
         processor.shutdown()
     assert exporter.shut
+
+
+def test_shutdown_exports_what_was_queued_during_the_last_export() -> None:
+    """A shutdown while the worker exports: the spans that ended meanwhile still go out, none dropped."""
+    exporting, release = threading.Event(), threading.Event()
+
+    class Slow(Recording):
+        def export(self, spans: list[LeanSpan]) -> bool:
+            super().export(spans)
+            if len(self.batches) == 1:
+                exporting.set()
+                release.wait(10.0)
+            return True
+
+    exporter = Slow()
+    processor, drops = _processor(exporter, queue_size=100, batch_size=2)
+    spans = _spans(5)
+    processor.on_end(spans[0])
+    processor.on_end(spans[1])  # a full batch: the worker takes it and is held in the export
+    assert exporting.wait(5.0)
+    for span in spans[2:]:
+        processor.on_end(span)
+    stopper = threading.Thread(target=processor.shutdown, args=(10.0,))
+    stopper.start()
+    threading.Event().wait(0.05)  # shutdown is waiting for the worker
+    release.set()
+    stopper.join(10.0)
+    assert exporter.batches == [["s0", "s1"], ["s2", "s3"], ["s4"]]
+    assert processor.exported == 5 and drops.counts == {}
