@@ -295,6 +295,7 @@ def bench_wrapper(n: int = 48_000, batch: int = 8, impls: tuple[str, ...] = ("sd
     class LeanEncoding:
         def __init__(self) -> None:
             self.encoder = TraceEncoder(resource)
+            self.at_end = self.encoder.at_end  # as the sidecar's OTLP exporters: spans encoded as they end
             self.bytes = 0
 
         def export(self, spans: Any) -> bool:
@@ -305,6 +306,10 @@ def bench_wrapper(n: int = 48_000, batch: int = 8, impls: tuple[str, ...] = ("sd
             pass
 
     class SdkEncoding(LeanEncoding):
+        def __init__(self) -> None:
+            super().__init__()
+            self.at_end = None  # the SDK's spans: encoded at export
+
         def export(self, spans: Any) -> bool:
             self.bytes += len(encode_spans(spans).SerializeToString())
             return True

@@ -92,7 +92,9 @@ class BoundedSpanProcessor:
     """Batches ended spans to one exporter from one worker thread; never blocks ``on_end``.
 
     The exporter: ``export(spans) -> bool`` (True: delivered; False or an exception: dropped and
-    counted) and ``shutdown()`` (``sidecar.telemetry.otlp``).
+    counted) and ``shutdown()`` (``sidecar.telemetry.otlp``). An exporter with ``at_end(span)``
+    (the OTLP ones) gets what that made of each span where it made something (its encoded bytes:
+    ``TraceEncoder.at_end``), instead of the span: the queue then holds bytes, not span objects.
     """
 
     def __init__(
@@ -104,8 +106,9 @@ class BoundedSpanProcessor:
         schedule_delay_s: float = 5.0,
     ) -> None:
         self._exporter = exporter
+        self._at_end = getattr(exporter, "at_end", None)
         self._drops = drops
-        self._queue: collections.deque[LeanSpan] = collections.deque()
+        self._queue: collections.deque[Any] = collections.deque()  # LeanSpan, or what at_end made of one
         self._queue_size = queue_size
         self._full = f"the span queue holds {queue_size}"
         self._batch_size = batch_size
@@ -127,7 +130,11 @@ class BoundedSpanProcessor:
         if len(queue) >= self._queue_size:
             self._drops.add("traces", "queue_full", 1, self._full)
             return
-        queue.append(span)  # deque.append is atomic; only this method appends
+        at_end = self._at_end
+        if at_end is not None:
+            queue.append(at_end(span) or span)  # deque.append is atomic; only this method appends
+        else:
+            queue.append(span)
         if len(queue) == self._batch_size:  # once per batch: the worker then drains everything queued
             self._wake.set()
 

@@ -162,3 +162,51 @@ def test_shutdown_exports_what_was_queued_during_the_last_export() -> None:
     stopper.join(10.0)
     assert exporter.batches == [["s0", "s1"], ["s2", "s3"], ["s4"]]
     assert processor.exported == 5 and drops.counts == {}
+
+
+def test_an_otlp_exporter_gets_spans_encoded_as_they_ended_with_the_same_bytes() -> None:
+    """The OTLP exporters' ``at_end``: the queue keeps each span's encoded field (C encoder), not the span,
+    and the request sent is byte for byte the one encoding the spans at export time makes."""
+    from sidecar.telemetry import otlp
+    from sidecar.telemetry.otlp import TraceEncoder
+
+    resource = {"service.name": "queue-test"}
+    sent: list[bytes] = []
+    kept: list[Any] = []
+
+    class Encoding:
+        def __init__(self) -> None:
+            self.encoder = TraceEncoder(resource)
+            self.at_end = self.encoder.at_end
+
+        def export(self, items: list[Any]) -> bool:
+            kept.extend(items)
+            sent.append(self.encoder.encode(items))
+            return True
+
+        def shutdown(self) -> None:
+            pass
+
+    spans = _spans(3)
+    processor, _ = _processor(Encoding(), queue_size=100, batch_size=10)
+    try:
+        for span in spans:
+            processor.on_end(span)
+        assert processor.force_flush(5000)
+    finally:
+        processor.shutdown()
+    assert sent == [TraceEncoder(resource).encode(spans)]
+    if otlp.native_span_field is not None:  # built (as in CI): the queue held (scope, bytes), no span objects
+        assert all(type(item) is tuple and type(item[1]) is bytes for item in kept)
+    else:
+        assert kept == spans
+
+
+def test_a_span_the_c_encoder_does_not_take_is_kept_and_encoded_on_export() -> None:
+    from sidecar.telemetry.otlp import TraceEncoder
+
+    (span,) = _spans(1)
+    span.events = [("an event", 1, {})]  # events: the C encoder hands the span back to Python
+    assert TraceEncoder.at_end(span) is None
+    ordinary = _spans(1)[0]
+    assert TraceEncoder.at_end(ordinary) is None or TraceEncoder.at_end(ordinary)[0] is ordinary.scope
