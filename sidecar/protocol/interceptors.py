@@ -249,17 +249,20 @@ class _MetadataRead:
     key, per message of a stream) get the same tuple. Everything else goes to the real context.
     """
 
-    __slots__ = ("_context", "_metadata")
+    __slots__ = ("_context", "_metadata", "time_remaining")
 
     def __init__(self, context: Any, metadata: Any) -> None:
         self._context = context
         self._metadata = metadata
+        # read for every request (its deadline): the context's own method, no call through this one
+        # (a context without one leaves the slot unset: __getattr__ then asks the context, and fails)
+        try:  # noqa: SIM105
+            self.time_remaining = context.time_remaining
+        except AttributeError:
+            pass
 
     def invocation_metadata(self) -> Any:
         return self._metadata
-
-    def time_remaining(self) -> float | None:
-        return self._context.time_remaining()
 
     def code(self) -> Any:
         return self._context.code()
