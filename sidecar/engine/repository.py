@@ -132,9 +132,11 @@ class ModelVersion:
             )
             span = current_span()
             if span is not INVALID_SPAN:
-                if type(span) is LeanSpan:  # the request's span names the version that served it
+                if type(span) is LeanSpan:  # the request's span names the model and version that served it
                     if not span.end_ns:
-                        span.attributes["model.version"] = self.version_str
+                        attributes = span.attributes
+                        attributes["model.name"] = self.name
+                        attributes["model.version"] = self.version_str
                 elif not span.is_recording():  # (a caller's unsampled context)
                     span = INVALID_SPAN
             result = await scheduler.submit(WorkItem(request, rows, outputs, arrival, span, started))
