@@ -114,12 +114,10 @@ class _Call:
                 return None, (None, _set_current(NonRecordingSpan(parent))), context
             return None, None, context
         if request.__class__ is bytes or request.__class__ is memoryview:  # ModelInfer's, serialized
-            if self._lean:
-                # The repository writes the model and the version that served it into the span
-                # (sidecar.engine.repository); ``_finish`` reads them from the request for a call that
-                # failed before (served, reading them here cost ~4 us a traced request).
-                return span, (otel_context.attach(trace.set_span_in_context(span)), _set_current(span)), context
-            name, version = model_of(request)
+            # A lean span gets the model and the version that served it from the repository
+            # (sidecar.engine.repository), and from the request's bytes in ``_finish`` for a call that
+            # failed before (served, reading them here cost ~4 us a traced request).
+            name, version = ("", "") if self._lean else model_of(request)
         else:
             name = getattr(request, "model_name", None)
             version = request.model_version if name else ""

@@ -5,9 +5,10 @@
   loop); one worker thread encodes and exports them in batches (``otlp``), so a slow or dead collector
   only ever stalls that thread. The worker exports everything queued when it wakes (every schedule
   delay, or when a batch is full), so the GIL is taken for a few long stretches rather than many
-  short ones. Measured in a served sidecar: encoding each
-  span as it ends, on the event loop between requests, cost about three times the CPU of encoding
-  them in batches here (a tight loop keeps the encoder's code and caches warm).
+  short ones. The OTLP exporters have each span the C encoder takes encoded as it ends
+  (``at_end``), so the queue holds bytes; a span only the Python encoder takes is queued as it is
+  and encoded here (in Python, encoding as spans end cost the event loop about three times what
+  encoding them in batches here does).
 - Metrics: cumulative (a failed export loses no totals, the next one carries them); a failed export
   counts its points as dropped. The sidecar's lean histograms are merged into every collection.
 - Everything dropped is counted in ``sidecar.telemetry.dropped{signal,reason}`` and logged at most
@@ -135,7 +136,7 @@ class BoundedSpanProcessor:
             queue.append(at_end(span) or span)  # deque.append is atomic; only this method appends
         else:
             queue.append(span)
-        if len(queue) == self._batch_size:  # once per batch: the worker then drains everything queued
+        if len(queue) == self._batch_size:  # once per batch: the worker then sends everything queued
             self._wake.set()
 
     def _run(self) -> None:
