@@ -298,25 +298,21 @@ class TraceEncoder:
         for span in spans:
             if span.__class__ is tuple:  # encoded when it ended
                 scope, encoded = span  # type: ignore[misc]
-                group = by_scope.get(scope)
-                if group is None:
-                    by_scope[scope] = [encoded]
-                else:
-                    group.append(encoded)
-                continue
-            encoded = native(span) if native is not None else None
-            if encoded is None:
-                body = encode_span(span)
-                encoded = b"\x12" + varint(len(body)) + body  # ScopeSpans.spans (2)
-                spent += self.NATIVE_WEIGHT
             else:
-                spent += 1
-            if spent >= budget:
-                spent = 0
-                time.sleep(0)  # releases the GIL: a waiting thread takes it
-            group = by_scope.get(span.scope)
+                scope = span.scope
+                encoded = native(span) if native is not None else None
+                if encoded is None:
+                    body = encode_span(span)
+                    encoded = b"\x12" + varint(len(body)) + body  # ScopeSpans.spans (2)
+                    spent += self.NATIVE_WEIGHT
+                else:
+                    spent += 1
+                if spent >= budget:
+                    spent = 0
+                    time.sleep(0)  # releases the GIL: a waiting thread takes it
+            group = by_scope.get(scope)
             if group is None:
-                by_scope[span.scope] = [encoded]
+                by_scope[scope] = [encoded]
             else:
                 group.append(encoded)
         scope_spans = []
