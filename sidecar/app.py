@@ -106,7 +106,8 @@ class Sidecar:
 
         self.register_inference = register  # what ingest workers relay to (sidecar.ingest)
         self.stream_message = servicer.stream_message  # ... and each message of their streams
-        registrar = generic_only(server)  # every registered method would cost every call (see registration)
+        # every registered method would cost every call; traced calls read their metadata once (see registration)
+        registrar = generic_only(server, tap_metadata=self.telemetry.tracer is not None)
         register(registrar)
         if cfg.reflection:
             enable_reflection(registrar, (INFERENCE_SERVICE, HEALTH_SERVICE))

@@ -41,7 +41,7 @@ from typing import Any
 import grpc
 
 from sidecar.ingest import wire
-from sidecar.protocol.registration import generic_only
+from sidecar.protocol.registration import CALL_METADATA, generic_only
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,7 @@ class _Connection(asyncio.Protocol):
             return grpc.StatusCode.INTERNAL.value[0], f"ingest relay: {exc}", b""
         behaviour, deserialize, serialize = self._owner.table[method]
         context = RelayContext(metadata, remaining)
+        CALL_METADATA.set(metadata)  # this call's, in this call's task (sidecar.protocol.registration)
         self._owner.relayed += 1
         if ring is not None:
             self._owner.shared += 1

@@ -22,6 +22,7 @@ from sidecar.protocol._generated import grpc_service_pb2 as pb
 from sidecar.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from sidecar.protocol._generated import model_config_pb2 as mc
 from sidecar.protocol.codec import decode_request, encode_response, encode_stream_response, set_parameter
+from sidecar.protocol.registration import call_metadata
 from sidecar.protocol.request_plans import inputs_for, learn, planned, read_head
 from sidecar.protocol.status import grpc_status
 from sidecar.protocol.streams import answer_in_order
@@ -83,7 +84,7 @@ def add_to_server(servicer: object, server: grpc.aio.Server) -> None:
 
 
 def _routing_key(context: grpc.aio.ServicerContext) -> str | None:
-    for key, value in context.invocation_metadata() or ():
+    for key, value in call_metadata(context):
         if key == "x-routing-key":
             return value if isinstance(value, str) else value.decode()
     return None

@@ -24,13 +24,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode
 
 from sidecar.protobuf_wire import read_varint
+from sidecar.protocol.registration import CALL_METADATA
 from sidecar.telemetry.histograms import HistogramFamily
-from sidecar.telemetry.lean_tracing import CURRENT_SPAN, reset_current
+from sidecar.telemetry.lean_tracing import CURRENT_SPAN, enter_span, leave_span, reset_current
 from sidecar.telemetry.propagation import remote_span_context
 
 SERVER_ERRORS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"})
@@ -38,6 +38,7 @@ _CODE_NAMES = {c: c.name for c in grpc.StatusCode}
 _CODE_NAMES.update({c.value[0]: c.name for c in grpc.StatusCode})
 _SERVER = SpanKind.SERVER
 _set_current = CURRENT_SPAN.set
+_tapped = CALL_METADATA.get
 
 
 def observed(servicer: Any, service: str, tracer: Any, durations: HistogramFamily | None) -> Any:
@@ -97,7 +98,10 @@ class _Call:
         An unsampled call from a caller with a trace context has no span; the caller's context, as a
         non-recording span, is ``CURRENT_SPAN`` only, so that an upstream call carries the decision on.
         """
-        metadata = context.invocation_metadata() or ()
+        metadata = _tapped()  # what the handler lookup kept for this call (registration.MetadataTap)
+        tapped = metadata is not None
+        if not tapped:
+            metadata = context.invocation_metadata() or ()
         traceparent = tracestate = None
         for key, value in metadata:
             if key == "traceparent":
@@ -108,7 +112,8 @@ class _Call:
         if traceparent is not None:
             parent = remote_span_context(_text(traceparent), _text(tracestate) if tracestate is not None else None)
         span = self._start_span(self.method, parent, _SERVER, self.attributes)
-        context = _MetadataRead(context, metadata)
+        if not tapped:  # the servicer's own reads get this tuple (tapped, they read the tap's)
+            context = _MetadataRead(context, metadata)
         if span is None:
             if parent is not None:  # the caller's decision, "not sampled", goes on to an upstream call
                 return None, (None, _set_current(NonRecordingSpan(parent))), context
@@ -130,7 +135,7 @@ class _Call:
                 span.set_attribute("model.name", name)
                 if version:
                     span.set_attribute("model.version", version)
-        return span, (otel_context.attach(trace.set_span_in_context(span)), _set_current(span)), context
+        return span, (enter_span(span), _set_current(span)), context
 
     def _finish(
         self, span: Any, tokens: Any, start_ns: int, code: str, exc: BaseException | None, ctx: Any, request: Any
@@ -138,7 +143,7 @@ class _Call:
         if tokens is not None:
             reset_current(tokens[1])
             if tokens[0] is not None:
-                otel_context.detach(tokens[0])
+                leave_span(tokens[0])
         if span is not None:
             if code == "OK" and self._lean:
                 span.attributes["rpc.status_code"] = "OK"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -9,7 +11,7 @@ from sidecar.protocol._generated import grpc_service_pb2 as pb
 from sidecar.protocol._generated import grpc_service_pb2_grpc as pb_grpc
 from sidecar.protocol.inference_servicer import SERVICE
 from sidecar.protocol.inference_servicer import add_to_server as add_inference
-from sidecar.protocol.registration import generic_only
+from sidecar.protocol.registration import CALL_METADATA, call_metadata, generic_only
 
 
 class _Live(pb_grpc.GRPCInferenceServiceServicer):
@@ -63,3 +65,49 @@ async def test_a_server_registered_this_way_serves_every_method():
     assert live.live is True
     assert unimplemented is grpc.StatusCode.UNIMPLEMENTED  # the servicer's default, reached by name
     assert SERVICE == "inference.GRPCInferenceService"
+
+
+class _Recorder(pb_grpc.GRPCInferenceServiceServicer):
+    """Records, per call, what the tap kept and what the call's context says."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[object, dict]] = []
+
+    async def ServerLive(self, request, context):
+        await asyncio.sleep(0.01)  # the two calls overlap
+        tapped = CALL_METADATA.get()
+        self.seen.append((None if tapped is None else dict(tapped), dict(context.invocation_metadata())))
+        return pb.ServerLiveResponse(live=call_metadata(context) == context.invocation_metadata())
+
+
+async def _two_calls(tap: bool) -> tuple[list, list]:
+    server = grpc.aio.server()
+    recorder = _Recorder()
+    add_inference(recorder, generic_only(server, tap_metadata=tap))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            answers = await asyncio.gather(
+                *(stub.ServerLive(pb.ServerLiveRequest(), metadata=(("x-call", str(i)),), timeout=5) for i in range(2))
+            )
+    finally:
+        await server.stop(None)
+    return recorder.seen, [a.live for a in answers]
+
+
+async def test_a_tapped_server_hands_each_call_its_own_metadata():
+    seen, same = await _two_calls(tap=True)
+    assert same == [True, True]  # call_metadata() gives what the context gives
+    assert sorted(tapped["x-call"] for tapped, _ in seen) == ["0", "1"]
+    for tapped, from_context in seen:
+        assert tapped == from_context  # the lookup's tuple, this call's, in this call's task
+    assert CALL_METADATA.get() is None  # nothing leaks into the caller's context
+
+
+async def test_an_untapped_server_leaves_the_metadata_to_the_context():
+    seen, same = await _two_calls(tap=False)
+    assert same == [True, True]
+    assert [tapped for tapped, _ in seen] == [None, None]
+    assert sorted(ctx["x-call"] for _, ctx in seen) == ["0", "1"]

@@ -13,6 +13,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.span import TraceState
 
+from sidecar.telemetry import lean_tracing
 from sidecar.telemetry.lean_tracing import LeanSpan, LeanTracerProvider
 from sidecar.telemetry.otlp import GrpcSpanExporter, HttpSpanExporter, TraceEncoder
 from sidecar.telemetry.propagation import remote_context
@@ -298,6 +299,29 @@ def test_context_detach_restores_the_previous_span():
         assert trace.get_current_span() is outer
     finally:
         otel_context.detach(token)
+
+
+def test_entering_a_span_directly_is_what_the_api_does():
+    """``enter_span``/``leave_span`` set the API's context variable directly (the default runtime
+    context): the span is current to the API, other context values stay, leaving restores."""
+    assert lean_tracing.enter_span is not lean_tracing._api_enter  # the direct pair is in use here
+    provider, _ = _provider()
+    tracer = provider.get_tracer("t")
+    outer, inner = tracer.start_span("outer"), tracer.start_span("inner")
+    key = otel_context.create_key("kept")
+    before = otel_context.get_current()
+    api = otel_context.attach(otel_context.set_value(key, "v"))
+    first = lean_tracing.enter_span(outer)
+    assert trace.get_current_span() is outer and otel_context.get_value(key) == "v"
+    second = lean_tracing.enter_span(inner)
+    assert trace.get_current_span() is inner and otel_context.get_value(key) == "v"
+    lean_tracing.leave_span(second)
+    assert trace.get_current_span() is outer
+    lean_tracing.leave_span(first)
+    assert trace.get_current_span() is trace.INVALID_SPAN and otel_context.get_value(key) == "v"
+    otel_context.detach(api)
+    assert otel_context.get_current() is before
+    lean_tracing.leave_span(first)  # a spent token is ignored, as detach ignores it (no exception)
 
 
 class _Context:
