@@ -17,7 +17,7 @@ from typing import Any
 from opentelemetry import trace
 
 from sidecar.telemetry import tracing
-from sidecar.telemetry.lean_tracing import CURRENT_SPAN, LeanSpan, LeanTracer, UseSpan
+from sidecar.telemetry.lean_tracing import CURRENT_SPAN, LeanSpan, LeanTracer, enter_span, leave_span, reset_current
 
 # The switch directly, not trace.get_tracer(): the API's proxy tracer would add a generator-based
 # context manager around every batch span.
@@ -30,6 +30,7 @@ _NO_PARENT = trace.set_span_in_context(_INVALID)
 
 # The span the sidecar made current: the request's server span (set by the RPC wrapper,
 # sidecar.protocol.interceptors, for a recording span), a shadow call's span, or the invalid span.
+_set_current = CURRENT_SPAN.set
 current_span = CURRENT_SPAN.get  # () -> that span, in one call (the API's lookup takes five)
 
 
@@ -50,12 +51,15 @@ def batch_span(model: str, version: str, request_spans: Sequence[Any], rows: int
         "sidecar.engine.provider": provider,
     }
     tracer = _tracer.resolve()
-    if type(tracer) is LeanTracer and all(type(span) is LeanSpan for span in request_spans):
-        # The sidecar's own request spans (recording, so sampled and valid): no checks, no API detour.
-        span = tracer.start_linked_span("sidecar.batch", request_spans, attributes)
-        if span is None:
-            return _NO_SPAN
-        return _BatchSpan(UseSpan(span, True, True, True), request_spans, rows)
+    if type(tracer) is LeanTracer:
+        for span in request_spans:
+            if type(span) is not LeanSpan:
+                break
+        else:  # the sidecar's own request spans (recording, so sampled and valid): no checks, no API detour
+            span = tracer.start_linked_span("sidecar.batch", request_spans, attributes)
+            if span is None:
+                return _NO_SPAN
+            return _LeanBatchSpan(span, request_spans, rows)
     links = []
     for span in request_spans:
         ctx = span.get_span_context()
@@ -76,6 +80,42 @@ def batch_span(model: str, version: str, request_spans: Sequence[Any], rows: int
         request_spans,
         rows,
     )
+
+
+class _LeanBatchSpan:
+    """``_BatchSpan(UseSpan(span, ...))`` for a lean batch span and the sidecar's own request spans,
+    in one object (two Python calls fewer per batch): each request span gets the batch's span id and
+    rows, the batch span is current inside (the API's context and ``CURRENT_SPAN``) and ends on exit,
+    with an exception leaving it recorded and its status ERROR."""
+
+    __slots__ = ("_requests", "_rows", "_span", "_tokens")
+
+    def __init__(self, span: LeanSpan, request_spans: Sequence[LeanSpan], rows: int) -> None:
+        self._span = span
+        self._requests = request_spans
+        self._rows = rows
+        self._tokens: Any = None
+
+    def __enter__(self) -> LeanSpan:
+        span = self._span
+        batch_id = format(span._context.span_id, "016x")
+        rows = self._rows
+        for req in self._requests:
+            if not req.end_ns:
+                attributes = req.attributes
+                attributes["sidecar.batch.span_id"] = batch_id
+                attributes["sidecar.batch.rows"] = rows
+        self._tokens = (enter_span(span), _set_current(span))
+        return span
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        tokens = self._tokens
+        reset_current(tokens[1])
+        leave_span(tokens[0])
+        span = self._span
+        if isinstance(exc, Exception):
+            span._on_error(exc, True, True)
+        span.end()
 
 
 class _BatchSpan:

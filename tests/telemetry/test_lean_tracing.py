@@ -301,6 +301,14 @@ def test_context_detach_restores_the_previous_span():
         otel_context.detach(token)
 
 
+def test_a_bare_link_reads_as_the_apis_link():
+    provider, _ = _provider()
+    context = provider.get_tracer("t").start_span("s").get_span_context()
+    bare, api = lean_tracing.bare_link(context), Link(context)
+    assert (bare.context, bare.attributes, bare.dropped_attributes) == (api.context, api.attributes, 0)
+    assert bare.context is context
+
+
 def test_entering_a_span_directly_is_what_the_api_does():
     """``enter_span``/``leave_span`` set the API's context variable directly (the default runtime
     context): the span is current to the API, other context values stay, leaving restores."""

@@ -16,7 +16,7 @@ from opentelemetry.trace.span import TraceState
 
 from sidecar.protobuf_wire import varint
 from sidecar.telemetry import otlp
-from sidecar.telemetry.lean_tracing import LeanSpan, LeanTracerProvider
+from sidecar.telemetry.lean_tracing import BareLink, LeanSpan, LeanTracerProvider
 from sidecar.telemetry.otlp import TraceEncoder, encode_span
 from sidecar.telemetry.sampling import decision
 from sidecar.testing.otlp_receiver import attributes
@@ -92,6 +92,9 @@ def _spans() -> list[LeanSpan]:
     batch_attributes = {"model.name": "mlp", "sidecar.batch.rows": 3, "sidecar.engine.provider": "CPUExecutionProvider"}
     links = [Link(request.get_span_context()), Link(remote), Link(child.get_span_context(), {})]
     tracer.start_span("sidecar.batch", attributes=batch_attributes, links=links).end()
+    linked = tracer.start_linked_span("sidecar.batch", [request, child], dict(batch_attributes))  # bare links
+    assert linked is not None and [type(link) for link in linked.links] == [BareLink, BareLink]
+    linked.end()
     return kept
 
 
