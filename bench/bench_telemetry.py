@@ -26,10 +26,15 @@
    OTLP encoding, grpc-free: metrics only, traces 100 %, traces 1 %; each traced mode both with the
    sidecar's lean tracer (``lean_*``) and with the OpenTelemetry SDK's tracer and encoder (``sdk_*``,
    what the sidecar used before), plus the OTLP encoding alone per span and the statistics sink.
-3. **gpu** (``--gpu``): time of one NVML sample of every GPU (``GpuSampler.sample``), on the sampler's
+3. **paired**: server CPU per request of ``metrics``, ``full``, ``sampled1`` and ``control``, each
+   against an ``off`` server loaded at the same time (open loop at 500 req/s on each, fresh processes
+   every pair, 6 rounds): a cost measure that holds to a few per cent on this shared machine, where the
+   closed-loop req/s of part 1 moves by +-15 % from round to round. Below saturation; the targets are
+   stated on part 1's req/s.
+4. **gpu** (``--gpu``): time of one NVML sample of every GPU (``GpuSampler.sample``), on the sampler's
    own thread in production; reports that there is no GPU where there is none.
 
-    .venv/bin/python -m bench.bench_telemetry                      # about 10 minutes
+    .venv/bin/python -m bench.bench_telemetry                      # about 15 minutes
     .venv/bin/python -m bench.bench_telemetry --duration 2 --rounds 4 --only wrapper,serving --gpu
 
 Results: bench/results/telemetry.json and telemetry.md. On a shared 2-core machine the serving numbers
@@ -47,6 +52,7 @@ import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -186,6 +192,77 @@ def bench_serving(
                     print(f"round {r} {mode:15s} {result.summary()}", flush=True)
         received = {"export_calls": otlp.requests, "bytes": otlp.bytes}
     return {"modes": summarise(runs), "runs": runs, "collector": received, "fresh_processes": fresh}
+
+
+def bench_paired(workdir: Path, duration_s: float, rounds: int, rate_per_s: float, modes: list[str]) -> dict:
+    """CPU per request of each mode against ``off``, the two served **at the same time**, open loop.
+
+    Each round, for each mode (shuffled): a fresh ``off`` server and a fresh server of the mode, each
+    loaded at ``rate_per_s`` (open loop, below saturation) by its own load generator process, both in
+    the same seconds. The cost is the median over the rounds of (mode's server CPU per request / the
+    ``off`` server's - 1). Both share whatever the machine does in those seconds, so this resolves a few
+    per cent where the closed-loop req/s ratios (``bench_serving``) move by +-15 % from round to round;
+    ``control`` (``off`` against ``off``) is its noise floor. Below saturation the batches are small
+    (about one request each), so a batch span costs each request what a request span does."""
+    repo = workdir / "repo"
+    write_version(repo, "mlp", "1.0.0", mlp_model)
+    payload = loadgen.make_infer_request("mlp", {"input": np.random.default_rng(0).random((1, 64), np.float32)})
+    pairs: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {m: [] for m in modes if m != "off"}
+    order = random.Random(1)
+    with NullCollector() as otlp:
+        dead = f"http://127.0.0.1:{servers.free_port()}"
+        for r in range(rounds):
+            for mode in order.sample(list(pairs), len(pairs)):
+                base = "off" if mode == "control" else mode
+                with (
+                    servers.start_sidecar(
+                        repo, models=["mlp"], settings=mode_settings("off", otlp.endpoint, dead), name="sidecar-off"
+                    ) as ref,
+                    servers.start_sidecar(
+                        repo, models=["mlp"], settings=mode_settings(base, otlp.endpoint, dead), name=f"sidecar-{mode}"
+                    ) as srv,
+                ):
+                    out: dict[str, dict[str, Any]] = {}
+                    threads = [
+                        threading.Thread(target=_open_loop, args=(out, key, x, payload, rate_per_s, duration_s))
+                        for key, x in (("off", ref), ("mode", srv))
+                    ]
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        t.join()
+                    pairs[mode].append((out["off"], out["mode"]))
+                    a, b = (x["cpu_us_per_request"]["server"] for x in (out["off"], out["mode"]))
+                    print(
+                        f"round {r} {mode:15s} off {a:.0f} us/req, {mode} {b:.0f} us/req ({100 * (b / a - 1):+.1f} %)"
+                    )
+    summary = {}
+    for mode, got in pairs.items():
+        cpu = [100.0 * (m["cpu_us_per_request"]["server"] / o["cpu_us_per_request"]["server"] - 1) for o, m in got]
+        loop = [100.0 * (m["cpu_us_per_request"]["loop"] / o["cpu_us_per_request"]["loop"] - 1) for o, m in got]
+        summary[mode] = {
+            "off_server_us_per_req": statistics.median(o["cpu_us_per_request"]["server"] for o, _ in got),
+            "server_us_per_req": statistics.median(m["cpu_us_per_request"]["server"] for _, m in got),
+            "cpu_cost_pct": round(statistics.median(cpu), 2),
+            "cpu_cost_iqr": _iqr(cpu) if len(cpu) >= 4 else "",
+            "loop_cost_pct": round(statistics.median(loop), 2),
+            "p50_ms_off": statistics.median(o["latency_ms"]["p50"] for o, _ in got),
+            "p50_ms": statistics.median(m["latency_ms"]["p50"] for _, m in got),
+            "errors": sum(m["errors"] + o["errors"] for o, m in got),
+        }
+    return {"rate_per_s": rate_per_s, "modes": summary, "pairs": pairs}
+
+
+def _open_loop(out: dict, key: str, server: Any, payload: bytes, rate_per_s: float, duration_s: float) -> None:
+    result = loadgen.run(
+        server.target,
+        payload,
+        rate_per_s=rate_per_s,
+        duration_s=duration_s,
+        warmup_s=1.0,
+        cpu_probes={"server": server.cpu_seconds, "loop": functools.partial(loop_cpu_s, server.pid)},
+    )
+    out[key] = result.to_dict()
 
 
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -458,7 +535,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=3.0, help="measured seconds per mode and round")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--only", default="wrapper,serving", help="comma list of wrapper, serving")
+    p.add_argument("--only", default="wrapper,serving,paired", help="comma list of wrapper, serving, paired")
+    p.add_argument("--paired-rate", type=float, default=500.0, help="paired: open-loop req/s on each of the two")
+    p.add_argument("--paired-rounds", type=int, default=6)
+    p.add_argument("--paired-duration", type=float, default=5.0, help="paired: measured seconds per pair")
+    p.add_argument("--paired-modes", default="metrics,full,sampled1,control", help="paired: each against off")
     p.add_argument("--modes", default=",".join(MODES), help="comma list; off (the baseline) is always measured")
     p.add_argument(
         "--same-processes",
@@ -510,7 +591,38 @@ def main(argv: list[str] | None = None) -> int:
         table = markdown_table(rows, columns)
         print(table)
         results["table"] = table
+    if "paired" in only:
+        paired_modes = [m for m in args.paired_modes.split(",") if m and m != "off"]
+        unknown = sorted(set(paired_modes) - set(MODES))
+        if unknown:
+            p.error(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
+        with tempfile.TemporaryDirectory() as tmp:
+            results["paired"] = bench_paired(
+                Path(tmp), args.duration, args.paired_rounds, args.paired_rate, paired_modes
+            )
+        rows = [{"mode": mode, **m} for mode, m in results["paired"]["modes"].items()]
+        columns = [
+            ("mode", "mode"),
+            ("off_server_us_per_req", "off: server CPU us/req"),
+            ("server_us_per_req", "mode: server CPU us/req"),
+            ("cpu_cost_pct", "CPU/req cost % vs off"),
+            ("cpu_cost_iqr", "per-pair cost, IQR %"),
+            ("loop_cost_pct", "event loop CPU/req cost %"),
+            ("p50_ms_off", "off p50 ms"),
+            ("p50_ms", "mode p50 ms"),
+            ("errors", "errors"),
+        ]
+        heading = (
+            f"Paired, open loop at {args.paired_rate:g} req/s on each of two servers served at the same time "
+            f"(a fresh `off` and a fresh server of the mode every pair, {args.paired_rounds} rounds of "
+            f"{args.paired_duration:g} s; cost = median of the per-pair ratios of server CPU per request; "
+            "`control` is `off` against `off`):"
+        )
+        results["paired_table"] = f"{heading}\n\n{markdown_table(rows, columns)}"
+        print(results["paired_table"])
     markdown = results.get("table", "")
+    if "paired_table" in results:
+        markdown = f"{markdown}\n\n{results['paired_table']}" if markdown else results["paired_table"]
     if "wrapper" in results:
         w = results["wrapper"]
         rows = [
@@ -549,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
             line = f"NVML sampling: {g.get('note', 'no GPU')}"
         markdown = f"{markdown}\n\n{line}" if markdown else line
     # A GPU-only run must not overwrite the serving and wrapper results of a full run.
-    name = args.name or ("telemetry" if only & {"wrapper", "serving"} else "telemetry-gpu")
+    name = args.name or ("telemetry" if only & {"wrapper", "serving", "paired"} else "telemetry-gpu")
     save_results(name, results, markdown)
     return 0
 
