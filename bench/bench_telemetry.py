@@ -15,6 +15,8 @@
    - ``sampled1``: the same with ``parentbased_traceidratio`` at 1 %;
    - ``sampled1_pull``: ``sampled1`` with metrics pulled only (Prometheus, not scraped here): the 1 %
      traces without the OTLP metric push every second (60 times the default rate);
+   - ``full_push60``, ``sampled1_push60``: ``full`` and ``sampled1`` with the metric push at its
+     default interval (60 s): what the traces cost without the benchmark's 1 s push;
    - ``collector_down``: ``full`` with the collector unreachable (spans dropped and counted).
 
    Targets: ``full`` costs at most 10 % of req/s against ``off``; ``sampled1`` at most 3 %. Also per
@@ -26,11 +28,11 @@
    OTLP encoding, grpc-free: metrics only, traces 100 %, traces 1 %; each traced mode both with the
    sidecar's lean tracer (``lean_*``) and with the OpenTelemetry SDK's tracer and encoder (``sdk_*``,
    what the sidecar used before), plus the OTLP encoding alone per span and the statistics sink.
-3. **paired**: server CPU per request of ``metrics``, ``full``, ``sampled1`` and ``control``, each
-   against an ``off`` server loaded at the same time (open loop at 500 req/s on each, fresh processes
-   every pair, 6 rounds): a cost measure that holds to a few per cent on this shared machine, where the
-   closed-loop req/s of part 1 moves by +-15 % from round to round. Below saturation; the targets are
-   stated on part 1's req/s.
+3. **paired**: server CPU per request of ``metrics``, ``full``, ``sampled1``, their ``_push60``
+   variants and ``control``, each against an ``off`` server loaded at the same time (open loop at 500
+   req/s on each, fresh processes every pair, 6 rounds): a cost measure that holds to a few per cent on
+   this shared machine, where the closed-loop req/s of part 1 moves by +-15 % from round to round.
+   Below saturation; the targets are stated on part 1's req/s.
 4. **gpu** (``--gpu``): time of one NVML sample of every GPU (``GpuSampler.sample``), on the sampler's
    own thread in production; reports that there is no GPU where there is none.
 
@@ -65,7 +67,17 @@ from sidecar.testing.models import mlp_model, write_version
 
 TARGET_FULL_PCT = 10.0
 TARGET_SAMPLED_PCT = 3.0
-MODES = ("off", "control", "metrics", "full", "sampled1", "sampled1_pull", "collector_down")
+MODES = (
+    "off",
+    "control",
+    "metrics",
+    "full",
+    "sampled1",
+    "sampled1_pull",
+    "full_push60",
+    "sampled1_push60",
+    "collector_down",
+)
 
 
 def mode_settings(mode: str, otlp_endpoint: str, dead_endpoint: str) -> dict[str, Any]:
@@ -85,6 +97,8 @@ def mode_settings(mode: str, otlp_endpoint: str, dead_endpoint: str) -> dict[str
         exported.update({"telemetry.sampler": "parentbased_traceidratio", "telemetry.sampler_arg": "0.01"})
     if mode == "sampled1_pull":  # metrics only pulled (Prometheus): what the 1 % costs without the 1 s OTLP push
         exported["telemetry.metrics_exporter"] = "prometheus"
+    if mode.endswith("_push60"):  # the OTLP metric push at its default interval (60 s), not every second
+        exported["telemetry.metric_export_interval_ms"] = 60_000
     if mode == "collector_down":
         exported.update({"telemetry.otlp_endpoint": dead_endpoint, "telemetry.otlp_timeout_ms": 500})
     return exported
@@ -539,8 +553,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paired-rate", type=float, default=500.0, help="paired: open-loop req/s on each of the two")
     p.add_argument("--paired-rounds", type=int, default=6)
     p.add_argument("--paired-duration", type=float, default=5.0, help="paired: measured seconds per pair")
-    p.add_argument("--paired-modes", default="metrics,full,sampled1,control", help="paired: each against off")
-    p.add_argument("--modes", default=",".join(MODES), help="comma list; off (the baseline) is always measured")
+    p.add_argument(
+        "--paired-modes",
+        default="metrics,full,sampled1,full_push60,sampled1_push60,control",
+        help="paired: each against off",
+    )
+    p.add_argument(
+        "--modes",
+        default="off,control,metrics,full,sampled1,sampled1_pull,collector_down",
+        help=f"comma list of {', '.join(MODES)}; off (the baseline) is always measured",
+    )
     p.add_argument(
         "--same-processes",
         action="store_true",
