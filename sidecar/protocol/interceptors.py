@@ -263,6 +263,8 @@ class _MetadataRead:
     grpc.aio builds a new tuple of ``_Metadatum`` on every ``invocation_metadata()`` call (~2.5 us with
     two entries); the wrapper reads it for the trace context, and the servicer's own reads (the routing
     key, per message of a stream) get the same tuple. Everything else goes to the real context.
+    Only for a call whose metadata was not tapped (``registration.MetadataTap``, on the sidecar's own
+    inference port when tracing is on): there the wrapper and the servicer both read the tap's tuple.
     """
 
     __slots__ = ("_context", "_metadata", "time_remaining")
