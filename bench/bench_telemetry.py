@@ -36,7 +36,7 @@
 4. **gpu** (``--gpu``): time of one NVML sample of every GPU (``GpuSampler.sample``), on the sampler's
    own thread in production; reports that there is no GPU where there is none.
 
-    .venv/bin/python -m bench.bench_telemetry                      # about 15 minutes
+    .venv/bin/python -m bench.bench_telemetry                      # about 20 minutes
     .venv/bin/python -m bench.bench_telemetry --duration 2 --rounds 4 --only wrapper,serving --gpu
 
 Results: bench/results/telemetry.json and telemetry.md. On a shared 2-core machine the serving numbers
