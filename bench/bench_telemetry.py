@@ -194,7 +194,7 @@ def bench_serving(
                         concurrency=concurrency,
                         duration_s=duration_s,
                         warmup_s=0.5,
-                        cpu_probes={"server": srv.cpu_seconds, "loop": functools.partial(loop_cpu_s, srv.pid)},
+                        cpu_probes=server_probes(srv),
                         labels={"mode": mode, "round": r},
                     )
                     after = servers.model_statistics(srv.target, "mlp")
@@ -274,7 +274,7 @@ def _open_loop(out: dict, key: str, server: Any, payload: bytes, rate_per_s: flo
         rate_per_s=rate_per_s,
         duration_s=duration_s,
         warmup_s=1.0,
-        cpu_probes={"server": server.cpu_seconds, "loop": functools.partial(loop_cpu_s, server.pid)},
+        cpu_probes=server_probes(server),
     )
     out[key] = result.to_dict()
 
@@ -308,6 +308,11 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
 def _iqr(values: list[float]) -> str:
     q1, _, q3 = statistics.quantiles(values, n=4)
     return f"{q1:.1f} .. {q3:.1f}"
+
+
+def server_probes(server: Any) -> dict[str, Any]:
+    """The load generator's CPU probes for a served sidecar: its whole process tree, and its event loop."""
+    return {"server": server.cpu_seconds, "loop": functools.partial(loop_cpu_s, server.pid)}
 
 
 def loop_cpu_s(pid: int) -> float:
