@@ -27,6 +27,7 @@ from sidecar.telemetry import catalog
 from sidecar.telemetry.histograms import HistogramSet
 
 CACHE_S = 0.5
+_SERIES_LIMIT = 65_536  # attribute mappings kept (per version, feature and bin or statistic)
 _NO_VALUE = ("insufficient_data", "no_reference")
 
 
@@ -35,6 +36,10 @@ class DriftMetrics:
         self._take = snapshot
         self._lock = threading.Lock()
         self._cached: tuple[float, Any] | None = None
+        # Each series' attributes, the same mapping from one collection to the next: the OTLP encoder
+        # then encodes them once per series (sidecar.telemetry.otlp_metrics._AttributeBlocks).
+        self._attributes: dict[tuple[str, ...], dict[str, str]] = {}
+        self._bin_attributes: dict[tuple[Any, ...], tuple[dict[str, str], ...]] = {}  # per feature: its bins'
         # Hundreds of points per model version (per feature and bin): the lean observable path
         # (``HistogramSet.observe``), not the SDK's (~10 us per point at every collection).
         hists.observe(catalog.FEATURE_BIN_COUNT, self._bins)
@@ -57,13 +62,32 @@ class DriftMetrics:
 
     def _versions(self) -> Iterable[tuple[dict[str, str], Any]]:
         for v in self.snapshot().versions:
-            yield {"model.name": v.model, "model.version": v.version}, v
+            yield self._series({"model.name": v.model, "model.version": v.version}), v
+
+    def _series(self, attributes: dict[str, str], **extra: str) -> dict[str, str]:
+        """``{**attributes, **extra}``, the same mapping every time it is asked for (bounded)."""
+        key = (*attributes.values(), *extra.keys(), *extra.values())
+        found = self._attributes.get(key)
+        if found is None:
+            if len(self._attributes) >= _SERIES_LIMIT:
+                self._attributes.clear()
+                self._bin_attributes.clear()
+            found = self._attributes[key] = {**attributes, **extra}
+        return found
+
+    def _bin_series(self, attributes: dict[str, str], f: Any) -> tuple[dict[str, str], ...]:
+        """``_series(attributes, feature=..., bin=label)`` for each of ``f``'s bins, in one lookup."""
+        key = (*attributes.values(), f.feature, f.bins)
+        found = self._bin_attributes.get(key)
+        if found is None:
+            found = tuple(self._series(attributes, feature=f.feature, bin=label) for label in f.bins)
+            self._bin_attributes[key] = found
+        return found
 
     def _bins(self) -> Iterable[tuple[Any, dict[str, str]]]:
         for attrs, v in self._versions():
             for f in v.features:
-                for label, count in zip(f.bins, f.cumulative, strict=True):
-                    yield count, {**attrs, "feature": f.feature, "bin": label}
+                yield from zip(f.cumulative, self._bin_series(attrs, f), strict=True)
 
     def _reference(self) -> Iterable[tuple[Any, dict[str, str]]]:
         for attrs, v in self._versions():
@@ -72,8 +96,8 @@ class DriftMetrics:
             for f in v.features:
                 total = sum(f.reference)
                 if total:
-                    for label, count in zip(f.bins, f.reference, strict=True):
-                        yield count / total, {**attrs, "feature": f.feature, "bin": label}
+                    for count, series in zip(f.reference, self._bin_series(attrs, f), strict=True):
+                        yield count / total, series
 
     def _window_statistics(self) -> Iterable[tuple[dict[str, str], str, Any]]:
         for attrs, v in self._versions():
@@ -88,18 +112,18 @@ class DriftMetrics:
     def _psi(self) -> Iterable[tuple[Any, dict[str, str]]]:
         for attrs, feature, s in self._window_statistics():
             if s.name == "psi":
-                yield s.value, {**attrs, "feature": feature}
+                yield s.value, self._series(attrs, feature=feature)
 
     def _statistics(self) -> Iterable[tuple[Any, dict[str, str]]]:
         for attrs, feature, s in self._window_statistics():
-            yield s.value, {**attrs, "feature": feature, "statistic": s.name}
+            yield s.value, self._series(attrs, feature=feature, statistic=s.name)
 
     def _quality(self) -> Iterable[tuple[Any, dict[str, str]]]:
         for attrs, v in self._versions():
-            yield v.schema_violations_total, {**attrs, "feature": "*", "check": "schema_violation"}
+            yield v.schema_violations_total, self._series(attrs, feature="*", check="schema_violation")
             for f in v.features:
                 for check, count in quality_counts(f, v.has_reference).items():
-                    yield count, {**attrs, "feature": f.feature, "check": check}
+                    yield count, self._series(attrs, feature=f.feature, check=check)
 
     def _alerts(self) -> Iterable[tuple[Any, dict[str, str]]]:
         for attrs, v in self._versions():
@@ -108,7 +132,7 @@ class DriftMetrics:
     def _alert_states(self) -> Iterable[tuple[Any, dict[str, str]]]:
         for attrs, v in self._versions():
             for a in v.alerts:
-                yield 1, {**attrs, "feature": a.feature, "statistic": a.statistic}
+                yield 1, self._series(attrs, feature=a.feature, statistic=a.statistic)
 
 
 def quality_counts(f: Any, has_reference: bool) -> dict[str, int]:

@@ -39,8 +39,42 @@ from sidecar.telemetry.settings import OtlpTarget
 
 GRPC_METHOD = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 
-_NUMBER_ATTRIBUTES = _Attributes(b"\x3a")  # NumberDataPoint.attributes (7)
-_HISTOGRAM_ATTRIBUTES = _Attributes(b"\x4a")  # HistogramDataPoint.attributes (9)
+_BLOCKS_LIMIT = 16_384
+
+
+class _AttributeBlocks:
+    """A point's encoded attribute fields, kept per attributes object.
+
+    The sidecar's series keep their attribute mappings from one collection to the next (the SDK's
+    aggregations, the histogram families, and ``DriftMetrics``'s per feature and bin), so the fields
+    are encoded once per series instead of once per point and export: a drift profile has hundreds of
+    points. Keyed by ``id()`` and checked by identity (the mapping is kept with its bytes, so its id is
+    not reused while it is here); attribute mappings are never changed once made (the SDK's
+    convention too). Bounded: cleared when full."""
+
+    __slots__ = ("_attributes", "_blocks")
+
+    def __init__(self, tag: bytes) -> None:
+        self._attributes = _Attributes(tag)
+        self._blocks: dict[int, tuple[Any, bytes]] = {}
+
+    def block(self, attributes: Any) -> bytes:
+        hit = self._blocks.get(id(attributes))
+        if hit is not None and hit[0] is attributes:
+            return hit[1]
+        parts: list[bytes] = []
+        if attributes:
+            self._attributes.encode(attributes, parts)
+        block = b"".join(parts)
+        if len(self._blocks) >= _BLOCKS_LIMIT:
+            self._blocks.clear()
+        self._blocks[id(attributes)] = (attributes, block)
+        return block
+
+
+_NUMBER_ATTRIBUTES = _AttributeBlocks(b"\x3a")  # NumberDataPoint.attributes (7)
+_HISTOGRAM_ATTRIBUTES = _AttributeBlocks(b"\x4a")  # HistogramDataPoint.attributes (9)
+_number_block = _NUMBER_ATTRIBUTES.block
 _TIMES = struct.Struct("<BQBQ")  # start_time_unix_nano (2), time_unix_nano (3): fixed64 in both point kinds
 _TIME = struct.Struct("<BQ")
 _DOUBLE = struct.Struct("<Bd")
@@ -101,22 +135,21 @@ def _metric(metric: Any) -> bytes:
 def _number(point: Any, with_start: bool) -> bytes:
     if point.exemplars:
         raise Unsupported("exemplars")
-    parts: list[bytes] = []
-    _NUMBER_ATTRIBUTES.encode(point.attributes, parts)
     start = point.start_time_unix_nano if with_start else 0
-    parts.append(
-        _TIMES.pack(0x11, start, 0x19, point.time_unix_nano) if start else _TIME.pack(0x19, point.time_unix_nano)
-    )
     value = point.value
-    parts.append(_INT64.pack(0x31, value) if isinstance(value, int) else _DOUBLE.pack(0x21, value))
-    return b"".join(parts)
+    return b"".join(
+        (
+            _number_block(point.attributes),
+            _TIMES.pack(0x11, start, 0x19, point.time_unix_nano) if start else _TIME.pack(0x19, point.time_unix_nano),
+            _INT64.pack(0x31, value) if isinstance(value, int) else _DOUBLE.pack(0x21, value),
+        )
+    )
 
 
 def _histogram(point: Any) -> bytes:
     if point.exemplars:
         raise Unsupported("exemplars")
-    parts: list[bytes] = []
-    _HISTOGRAM_ATTRIBUTES.encode(point.attributes, parts)
+    parts = [_HISTOGRAM_ATTRIBUTES.block(point.attributes)]
     parts.append(_TIMES.pack(0x11, point.start_time_unix_nano, 0x19, point.time_unix_nano))
     parts.append(_COUNT.pack(0x21, point.count))
     parts.append(_DOUBLE.pack(0x29, point.sum))

@@ -72,3 +72,57 @@ def test_unsupported_data_goes_through_the_sdk_encoder_and_arrives():
     for protocol in ("grpc", "http"):
         assert (protocol, "sdk.histogram") in by_protocol and (protocol, "sidecar.inference.requests") in by_protocol
     assert all(h.get("x-tenant") == "t1" for h in headers)
+
+
+def test_attribute_blocks_are_kept_per_mapping_and_never_given_to_another():
+    from sidecar.telemetry.otlp_metrics import _AttributeBlocks
+
+    blocks = _AttributeBlocks(b"\x3a")
+    first = {"model.name": "mlp", "bin": "3"}
+    encoded = blocks.block(first)
+    assert blocks.block(first) is encoded  # the same mapping: its bytes, encoded once
+    for i in range(200):  # new mappings, freed at once: their ids are reused, their bytes never
+        other = {"model.name": "mlp", "bin": str(i)}
+        fresh = _AttributeBlocks(b"\x3a").block(other)
+        assert blocks.block(other) == fresh
+        del other
+    assert blocks.block({}) == b""
+
+
+def test_a_drift_series_keeps_its_attribute_mapping_from_one_collection_to_the_next():
+    from types import SimpleNamespace
+
+    from sidecar.telemetry.drift_metrics import DriftMetrics
+
+    feature = SimpleNamespace(
+        feature="f0", kind="numeric", bins=("lo", "b0", "hi", "nan", "inf"), cumulative=(1, 2, 3, 0, 0), reference=()
+    )
+    version = SimpleNamespace(
+        model="mlp",
+        version="1.0.0",
+        features=(feature,),
+        has_reference=False,
+        schema_violations_total=0,
+        last_window=None,
+        alerts=(),
+    )
+    hists = HistogramSet(RESOURCE)
+    drift = DriftMetrics(hists, lambda: SimpleNamespace(versions=(version,)))
+    first, second = list(drift._bins()), list(drift._bins())
+    assert [count for count, _ in first] == [1, 2, 3, 0, 0]
+    assert [a["bin"] for _, a in first] == list(feature.bins)
+    assert all(a is b for (_, a), (_, b) in zip(first, second, strict=True))
+    assert first[0][1] == {"model.name": "mlp", "model.version": "1.0.0", "feature": "f0", "bin": "lo"}
+    for _ in range(2):  # the second time from the kept blocks: still the SDK's message
+        data = hists.merge_into(None)
+        assert ExportMetricsServiceRequest.FromString(encode_request(data)) == encode_metrics(data)
+
+
+def test_points_are_made_without_the_dataclass_init_and_equal_the_sdks():
+    from opentelemetry.sdk.metrics.export import NumberDataPoint
+
+    from sidecar.telemetry import histograms
+
+    assert histograms._number_point is histograms._fast_number_point  # the check at import passed here
+    made = histograms._number_point({"feature": "f0"}, 5, 6, 7)
+    assert made == NumberDataPoint({"feature": "f0"}, 5, 6, 7) and made.exemplars == []
