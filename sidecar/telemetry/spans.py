@@ -98,13 +98,7 @@ class _LeanBatchSpan:
 
     def __enter__(self) -> LeanSpan:
         span = self._span
-        batch_id = format(span._context.span_id, "016x")
-        rows = self._rows
-        for req in self._requests:
-            if not req.end_ns:
-                attributes = req.attributes
-                attributes["sidecar.batch.span_id"] = batch_id
-                attributes["sidecar.batch.rows"] = rows
+        _name_the_batch(self._requests, span._context.span_id, self._rows)
         self._tokens = (enter_span(span), _set_current(span))
         return span
 
@@ -128,21 +122,25 @@ class _BatchSpan:
 
     def __enter__(self) -> Any:
         span = self._inner.__enter__()
-        batch_id = format(span.get_span_context().span_id, "016x")
-        rows = self._rows
-        for req in self._requests:
-            if type(req) is LeanSpan:  # the sidecar's request spans: their dict directly
-                if not req.end_ns:
-                    attributes = req.attributes
-                    attributes["sidecar.batch.span_id"] = batch_id
-                    attributes["sidecar.batch.rows"] = rows
-            elif req.is_recording():
-                req.set_attribute("sidecar.batch.span_id", batch_id)
-                req.set_attribute("sidecar.batch.rows", rows)
+        _name_the_batch(self._requests, span.get_span_context().span_id, self._rows)
         return span
 
     def __exit__(self, *exc: Any) -> Any:
         return self._inner.__exit__(*exc)
+
+
+def _name_the_batch(request_spans: Sequence[Any], batch_span_id: int, rows: int) -> None:
+    """Each recording request span gets the batch's span id and its rows."""
+    batch_id = format(batch_span_id, "016x")
+    for req in request_spans:
+        if type(req) is LeanSpan:  # the sidecar's request spans: their dict directly
+            if not req.end_ns:
+                attributes = req.attributes
+                attributes["sidecar.batch.span_id"] = batch_id
+                attributes["sidecar.batch.rows"] = rows
+        elif req.is_recording():
+            req.set_attribute("sidecar.batch.span_id", batch_id)
+            req.set_attribute("sidecar.batch.rows", rows)
 
 
 def record_queue_time(span: Any, queue_s: float) -> None:
