@@ -70,6 +70,5 @@ def unsampled_metadata() -> tuple[tuple[str, str], ...]:
     makes no span object for such a request (``LeanTracer.start_request_span``), so the ids are drawn
     here, only for calls that leave the sidecar. A parent-based sampler upstream then records nothing
     of it, instead of starting traces whose root is missing."""
-    trace_id = random.getrandbits(128) or 1
-    span_id = random.getrandbits(64) or 1
-    return (("traceparent", f"00-{trace_id:032x}-{span_id:016x}-00"),)
+    ids = SpanContext(random.getrandbits(128) or 1, random.getrandbits(64) or 1, False, _FLAGS[0])
+    return trace_context_metadata(ids)

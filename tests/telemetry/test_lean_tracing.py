@@ -304,7 +304,7 @@ def test_context_detach_restores_the_previous_span():
 def test_a_bare_link_reads_as_the_apis_link():
     provider, _ = _provider()
     context = provider.get_tracer("t").start_span("s").get_span_context()
-    bare, api = lean_tracing.bare_link(context), Link(context)
+    bare, api = lean_tracing.BareLink((context,)), Link(context)
     assert (bare.context, bare.attributes, bare.dropped_attributes) == (api.context, api.attributes, 0)
     assert bare.context is context
 
