@@ -90,7 +90,7 @@ def run_raw(ctx: Context) -> dict[str, Any]:
     return out
 
 
-def measure_server(ctx: Context, spec: ServerSpec, record: RunRecord) -> None:
+def measure_server(ctx: Context, spec: ServerSpec, record: RunRecord, round: int = 0) -> None:
     args = ctx.args
     began = time.monotonic()
     try:
@@ -131,10 +131,10 @@ def measure_server(ctx: Context, spec: ServerSpec, record: RunRecord) -> None:
                 )
                 stats_after = servers.model_statistics(server.target, name) if stats_before is not None else None
                 mean_batch = servers.mean_batch(stats_before, stats_after)
-                record.cells.append(Cell(spec.key, name, result, mean_batch, len(response)))
+                record.cells.append(Cell(spec.key, name, result, mean_batch, len(response), round))
                 extra = f" mean batch {mean_batch:.1f}" if mean_batch else ""
                 print(f"[{spec.key}] {name} {result.summary()}{extra}", flush=True)
-            if args.profile and spec.key.startswith("sidecar") and name == "mlp":
+            if args.profile and spec.key.startswith("sidecar") and name == "mlp" and round == 0:
                 # One more cell with py-spy attached: kept out of the tables, since py-spy takes CPU of its own.
                 record.profiles[spec.key] = profile_cell(
                     server,
@@ -176,6 +176,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="measured seconds per cell (default 5; --quick 2)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per cell (default 1; --quick 0.5)")
     p.add_argument("--processes", type=int, default=1, help="load generator worker processes")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every server this many times, order rotated; targets judged on the rounds' median",
+    )
     p.add_argument("--intra-op-threads", type=int, default=1, help="ONNX Runtime intra-op threads, every server")
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--max-queue-delay-ms", type=float, default=1.0)
@@ -224,13 +230,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             response_files[name] = path
         ctx = Context(args, workdir, models, response_files, workdir / "logs")
         record.raw = run_raw(ctx)
-        for key in args.servers:
-            print(f"[{key}] starting", flush=True)
-            try:
-                measure_server(ctx, SERVERS[key], record)
-            except Exception as exc:  # one broken peer must not lose the others' numbers
-                traceback.print_exc()
-                record.skipped[key] = f"{type(exc).__name__}: {exc}"
+        for r in range(args.rounds):
+            # Each round starts one server further on, so that no server is always first after the raw
+            # sweep, or always right after the same neighbour.
+            shift = r % len(args.servers)
+            for key in args.servers[shift:] + args.servers[:shift]:
+                if key in record.skipped:
+                    continue
+                print(
+                    f"[{key}] starting" + (f" (round {r + 1} of {args.rounds})" if args.rounds > 1 else ""), flush=True
+                )
+                try:
+                    measure_server(ctx, SERVERS[key], record, r)
+                except Exception as exc:  # one broken peer must not lose the others' numbers
+                    traceback.print_exc()
+                    record.skipped[key] = f"{type(exc).__name__}: {exc}"
         meta = {
             "started": started,
             "command": command,
@@ -244,7 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
             "raw_onnxruntime": record.raw,
             "cells": [
-                {**c.result.to_dict(), "server": c.server, "model": c.model, "mean_batch": c.mean_batch}
+                {
+                    **c.result.to_dict(),
+                    "server": c.server,
+                    "model": c.model,
+                    "mean_batch": c.mean_batch,
+                    "round": c.round,
+                }
                 for c in record.cells
             ],
             "targets": targets(record),

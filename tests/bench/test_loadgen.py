@@ -197,3 +197,45 @@ def test_batching_floor_server_answers_each_request_with_its_own_rows(tmp_path):
         names = [o.name for o in resp.outputs]
         got = np.frombuffer(resp.raw_output_contents[names.index("probabilities")], np.float32)
         np.testing.assert_allclose(got, expected[i], rtol=1e-5)
+
+
+def _closed_cell(server: str, round: int, rps: float, cpu_us: float, concurrency: int = 64):
+    from bench.batching_report import Cell
+
+    requests = int(rps * 5)
+    result = loadgen.Result(
+        "closed",
+        "127.0.0.1:1",
+        5.0,
+        concurrency=concurrency,
+        requests=requests,
+        latency_ms={"p50": 1.0, "p99": 10.0},
+        cpu_s={"server": cpu_us * requests / 1e6},
+    )
+    return Cell(server, "mlp", result, round=round)
+
+
+def test_batching_targets_are_judged_within_each_round_and_on_the_rounds_median():
+    """``run_batching --rounds``: the sidecar is compared with the echo server of its own round, and a
+    target's verdict is the median of the rounds' figures (all listed), not one round's."""
+    from bench.batching_report import RunRecord, targets
+
+    record = RunRecord()
+    # (echo req/s, echo CPU, sidecar req/s, sidecar CPU) per round: ratios 0.9, 0.7, 0.85 / 1.2, 1.5, 1.25
+    for r, (e_rps, e_cpu, s_rps, s_cpu) in enumerate(
+        ((1000, 400, 900, 480), (2000, 300, 1400, 450), (1000, 400, 850, 500))
+    ):
+        record.cells += [_closed_cell("echo", r, e_rps, e_cpu), _closed_cell("sidecar-batching", r, s_rps, s_cpu)]
+    rows = {row["target"]: row for row in targets(record)}
+    rps = rows["req/s vs echo server (c=64)"]
+    assert rps["measured"] == pytest.approx(0.85) and rps["verdict"] == "met"
+    assert rps["rounds"] == "0.90, 0.70, 0.85"
+    cpu = rows["server CPU per request vs echo"]
+    assert cpu["measured"] == pytest.approx(1.25) and cpu["verdict"] == "met"
+    assert cpu["rounds"] == "1.20, 1.50, 1.25"
+
+    one = RunRecord(cells=[_closed_cell("echo", 0, 1000, 400), _closed_cell("sidecar-batching", 0, 700, 600)])
+    rows = {row["target"]: row for row in targets(one)}
+    assert rows["req/s vs echo server (c=64)"]["verdict"] == "NOT met"
+    assert rows["server CPU per request vs echo"]["measured"] == pytest.approx(1.5)
+    assert "rounds" not in rows["server CPU per request vs echo"]
