@@ -67,7 +67,7 @@ COLUMNS = (
 )
 
 
-def find(record: RunRecord, server: str, model: str, concurrency: int, round: int = 0) -> loadgen.Result | None:
+def find(record: RunRecord, server: str, model: str, concurrency: int, round_no: int = 0) -> loadgen.Result | None:
     for cell in record.cells:
         r = cell.result
         if (
@@ -75,7 +75,7 @@ def find(record: RunRecord, server: str, model: str, concurrency: int, round: in
             and cell.model == model
             and r.mode == "closed"
             and r.concurrency == concurrency
-            and cell.round == round
+            and cell.round == round_no
         ):
             return r
     return None
@@ -118,9 +118,9 @@ def _verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("met" if ok else "NOT met")
 
 
-def _round_targets(record: RunRecord, model: str, concurrency: int, round: int) -> list[dict[str, Any]]:
+def _round_targets(record: RunRecord, model: str, concurrency: int, round_no: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    at = functools.partial(find, record, round=round)
+    at = functools.partial(find, record, round_no=round_no)
     echo = at("echo", model, concurrency)
     # The stronger of MLServer's two adaptive-batching configurations (parallel_workers 0 and 1).
     adaptive = [at(k, model, concurrency) for k in ("mlserver-pw0-adaptive", "mlserver-pw1-adaptive")]

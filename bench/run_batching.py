@@ -90,7 +90,7 @@ def run_raw(ctx: Context) -> dict[str, Any]:
     return out
 
 
-def measure_server(ctx: Context, spec: ServerSpec, record: RunRecord, round: int = 0) -> None:
+def measure_server(ctx: Context, spec: ServerSpec, record: RunRecord, round_no: int = 0) -> None:
     args = ctx.args
     began = time.monotonic()
     try:
@@ -131,10 +131,10 @@ def measure_server(ctx: Context, spec: ServerSpec, record: RunRecord, round: int
                 )
                 stats_after = servers.model_statistics(server.target, name) if stats_before is not None else None
                 mean_batch = servers.mean_batch(stats_before, stats_after)
-                record.cells.append(Cell(spec.key, name, result, mean_batch, len(response), round))
+                record.cells.append(Cell(spec.key, name, result, mean_batch, len(response), round_no))
                 extra = f" mean batch {mean_batch:.1f}" if mean_batch else ""
                 print(f"[{spec.key}] {name} {result.summary()}{extra}", flush=True)
-            if args.profile and spec.key.startswith("sidecar") and name == "mlp" and round == 0:
+            if args.profile and spec.key.startswith("sidecar") and name == "mlp" and round_no == 0:
                 # One more cell with py-spy attached: kept out of the tables, since py-spy takes CPU of its own.
                 record.profiles[spec.key] = profile_cell(
                     server,
