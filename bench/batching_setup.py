@@ -155,6 +155,16 @@ def _start_echo(parse: bool) -> Callable[[Context], dict[str, servers.ServerProc
     return start
 
 
+def _start_native_echo(ctx: Context) -> dict[str, servers.ServerProcess]:
+    """One C++ echo server per model (bench/native_echo), replaying that model's real response."""
+    return _per_model(
+        ctx,
+        lambda name: servers.start_native_echo(
+            response_file=ctx.response_files[name], name=f"echo-native-{name}", log_dir=ctx.log_dir
+        ),
+    )
+
+
 def _start_echo_batching(ctx: Context) -> dict[str, servers.ServerProcess]:
     """One minimal batching server per model: the floor of batching on grpc.aio (bench/echo_server.py)."""
     return _per_model(
@@ -206,6 +216,7 @@ SERVERS: dict[str, ServerSpec] = {
     for s in (
         ServerSpec("echo", "grpc.aio echo (ceiling)", False, _start_echo(False)),
         ServerSpec("echo-parse", "grpc.aio echo + protobuf parse/serialise", False, _start_echo(True)),
+        ServerSpec("echo-native", "C++ gRPC echo (libgrpc++ callback API)", False, _start_native_echo),
         ServerSpec("echo-batching", "grpc.aio + minimal batcher + ONNX Runtime (floor)", True, _start_echo_batching),
         ServerSpec("sidecar", "sidecar, batching off", False, _start_sidecar(False)),
         ServerSpec("sidecar-batching", "sidecar, batching on", True, _start_sidecar(True)),

@@ -3,7 +3,8 @@
 1. raw in-process ONNX Runtime at batch sizes 1..max (the ceiling of the model itself);
 2. a bare grpc.aio server answering ModelInfer with the model's real response bytes (the ceiling of
    Python gRPC on this box), and the same server parsing each request and serialising the response
-   with protobuf (the ceiling of any Python server that looks at the request);
+   with protobuf (the ceiling of any Python server that looks at the request); and the same answer
+   from a bare C++ gRPC server (``echo-native``, bench/native_echo: gRPC's own cost without Python);
 3. the sidecar with batching off and with batching on;
 4. MLServer 1.7.1 (bench/peers/mlserver_onnx.py runtime) with and without adaptive batching, with
    ``parallel_workers`` 1 (its default) and 0;
@@ -154,9 +155,9 @@ def measure_server(ctx: Context, spec: ServerSpec, record: RunRecord, round_no: 
 
 def _cpu_probes(spec: ServerSpec, server: servers.ServerProcess) -> dict[str, Callable[[], float]]:
     """Whole-process CPU for every server; for our own single-process grpc.aio servers also the event loop's
-    thread, where every request's Python runs (the first thing to saturate)."""
+    thread, where every request's Python runs (the first thing to saturate). (The C++ echo has no loop.)"""
     probes: dict[str, Callable[[], float]] = {"server": server.cpu_seconds}
-    if spec.key.startswith(("echo", "sidecar")):
+    if spec.key.startswith(("echo", "sidecar")) and spec.key != "echo-native":
         pid = server.pid
         probes["loop"] = lambda: servers.thread_cpu(pid).get("main", math.nan)
     return probes

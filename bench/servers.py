@@ -330,6 +330,37 @@ def start_echo(
     return ServerProcess(name, argv, port=port, cwd=REPO_ROOT, log_dir=log_dir).start()
 
 
+NATIVE_ECHO_DIR = REPO_ROOT / "bench" / "native_echo"
+
+
+def build_native_echo() -> Path:
+    """The C++ echo server's executable (``bench/native_echo``), built on first use.
+
+    Raises RuntimeError with the build's own words where it cannot be built (no g++, no libgrpc++-dev)."""
+    exe = NATIVE_ECHO_DIR / "build" / "echo"
+    source = NATIVE_ECHO_DIR / "echo.cc"
+    if exe.exists() and exe.stat().st_mtime >= source.stat().st_mtime:
+        return exe
+    done = subprocess.run(["bash", str(NATIVE_ECHO_DIR / "build.sh")], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"cannot build the C++ echo server: {(done.stderr or done.stdout).strip()[-500:]}")
+    return exe
+
+
+def start_native_echo(
+    *,
+    response_file: str | os.PathLike[str],
+    port: int | None = None,
+    name: str = "echo-native",
+    log_dir: str | os.PathLike[str] | None = None,
+) -> ServerProcess:
+    """Start the C++ gRPC echo server (``bench/native_echo/echo.cc``: libgrpc++'s callback API answering
+    every ModelInfer with ``response_file``), built first if needed; returned once it answers ServerReady."""
+    exe = build_native_echo()
+    port = port or free_port()
+    return ServerProcess(name, [str(exe), str(port), str(response_file)], port=port, log_dir=log_dir).start()
+
+
 def _unary(target: str, method: str, request: Any, response_type: Any, timeout_s: float) -> Any:
     """One ``inference.GRPCInferenceService`` call on a channel of its own; None if it fails."""
     with grpc.insecure_channel(target) as channel:

@@ -239,3 +239,31 @@ def test_batching_targets_are_judged_within_each_round_and_on_the_rounds_median(
     assert rows["req/s vs echo server (c=64)"]["verdict"] == "NOT met"
     assert rows["server CPU per request vs echo"]["measured"] == pytest.approx(1.5)
     assert "rounds" not in rows["server CPU per request vs echo"]
+
+
+def test_native_echo_server_answers_model_infer_with_the_file_and_ready_probes(tmp_path):
+    """The C++ echo of ``bench/native_echo`` (built here, as ``run_batching --servers echo-native`` does)
+    replays the response file to every ModelInfer, and answers ServerReady (start-up waited on it)."""
+    answer = pb.ModelInferResponse(model_name="mlp", id="x").SerializeToString()
+    response_file = tmp_path / "response.bin"
+    response_file.write_bytes(answer)
+    with servers.start_native_echo(response_file=response_file, log_dir=tmp_path) as server:
+        import grpc
+
+        with grpc.insecure_channel(server.target) as channel:
+            infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            ready = channel.unary_unary("/inference.GRPCInferenceService/ModelReady")
+            got = infer(loadgen.make_infer_request("mlp", {"input": np.ones((1, 64), np.float32)}), timeout=10)
+            assert got == answer
+            assert pb.ModelReadyResponse.FromString(ready(b"", timeout=10)).ready
+        result = loadgen.run(
+            server.target,
+            b"",
+            concurrency=4,
+            duration_s=0.5,
+            warmup_s=0.1,
+            processes=0,
+            cpu_probes={"server": server.cpu_seconds},
+        )
+        assert result.requests > 0 and result.errors == 0
+        assert result.cpu_us_per_request("server") > 0
