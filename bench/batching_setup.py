@@ -125,6 +125,10 @@ def _start_sidecar(batching: bool, extra: dict[str, Any] | None = None) -> Calla
     return start
 
 
+def _start_native_front(ctx: Context) -> servers.ServerProcess:
+    return servers.start_native_front(ctx.repository, settings=_sidecar_settings(ctx, True), log_dir=ctx.log_dir)
+
+
 def _per_model(ctx: Context, start_one: Callable[[str], servers.ServerProcess]) -> dict[str, servers.ServerProcess]:
     """One server per model (``start_one(model name)``); those already started are stopped if one fails."""
     started: dict[str, servers.ServerProcess] = {}
@@ -226,6 +230,12 @@ SERVERS: dict[str, ServerSpec] = {
             True,
             _start_sidecar(True, {"telemetry.enabled": False, "monitoring.enabled": False}),
         ),
+        ServerSpec(
+            "sidecar-native-front",
+            "sidecar, batching on, behind the prototype native front end (bench/native_front)",
+            True,
+            _start_native_front,
+        ),
         ServerSpec("mlserver-pw1", "MLServer, parallel_workers 1", False, _start_mlserver(1, False)),
         ServerSpec(
             "mlserver-pw1-adaptive", "MLServer, parallel_workers 1, adaptive batching", True, _start_mlserver(1, True)
@@ -238,4 +248,4 @@ SERVERS: dict[str, ServerSpec] = {
         ServerSpec("pytriton", "PyTriton, no batching", False, _start_pytriton(False)),
     )
 }
-DEFAULT_SERVERS = [k for k in SERVERS if k != "pytriton"]
+DEFAULT_SERVERS = [k for k in SERVERS if k not in ("pytriton", "sidecar-native-front")]

@@ -267,3 +267,42 @@ def test_native_echo_server_answers_model_infer_with_the_file_and_ready_probes(t
         )
         assert result.requests > 0 and result.errors == 0
         assert result.cpu_us_per_request("server") > 0
+
+
+def test_native_front_prototype_answers_through_the_sidecar_and_keeps_its_errors(tmp_path):
+    """bench/native_front (built here): ModelInfer on gRPC's C++ server, answered by the sidecar's own
+    servicer. Concurrent requests get their own rows of the batched model; a bad request gets the
+    sidecar's INVALID_ARGUMENT naming the problem, and the server goes on serving."""
+    import asyncio
+
+    import grpc
+    import onnxruntime as ort
+
+    repo = tmp_path / "repo"
+    vdir = write_version(repo, "mlp", "1.0.0", mlp_model)
+    xs = [np.full((1, 64), i / 10, np.float32) for i in range(12)]
+    expected = ort.InferenceSession(str(vdir / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["probabilities"], {"input": np.concatenate(xs)}
+    )[0]
+
+    async def send_all(target: str) -> tuple[list[pb.ModelInferResponse], grpc.aio.AioRpcError]:
+        async with grpc.aio.insecure_channel(target) as channel:
+            infer = channel.unary_unary(loadgen.INFER_METHOD)
+            replies = await asyncio.gather(
+                *(infer(loadgen.make_infer_request("mlp", {"input": x}), timeout=30) for x in xs)
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as bad:
+                await infer(loadgen.make_infer_request("mlp", {"nope": xs[0]}), timeout=30)
+            again = await infer(loadgen.make_infer_request("mlp", {"input": xs[3]}), timeout=30)
+        return [pb.ModelInferResponse.FromString(r) for r in [*replies, again]], bad.value
+
+    settings = {"engine.providers": "CPUExecutionProvider", "batching.max_queue_delay_ms": 5}
+    with servers.start_native_front(repo, settings=settings, log_dir=tmp_path) as server:
+        responses, error = asyncio.run(send_all(server.target))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "missing input tensor(s) 'input'" in error.details()
+    for i, resp in enumerate(responses):
+        assert resp.model_name == "mlp" and resp.model_version == "1.0.0"
+        names = [o.name for o in resp.outputs]
+        got = np.frombuffer(resp.raw_output_contents[names.index("probabilities")], np.float32)
+        np.testing.assert_allclose(got, expected[i if i < len(xs) else 3], rtol=1e-5)
