@@ -101,9 +101,9 @@ def measure_server(ctx: Context, spec: ServerSpec, record: RunRecord, round_no: 
         print(f"[{spec.key}] skipped: {reason}", flush=True)
         record.skipped[spec.key] = reason
         return
-    record.startup_s[spec.key] = round(time.monotonic() - began, 2)
     by_model = started if isinstance(started, dict) else dict.fromkeys(ctx.models, started)
-    try:
+    try:  # from here on, whatever happens, the servers started are stopped
+        record.startup_s[spec.key] = round(time.monotonic() - began, 2)
         for name, model in ctx.models.items():
             server = by_model[name]
             payload = loadgen.make_infer_request(name, {model.input_name: batch1_input(model)})
