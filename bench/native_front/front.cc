@@ -1,12 +1,13 @@
 // A prototype native front end for the sidecar (a benchmark, not the served path): gRPC's C++ server
-// (libgrpc++, callback generic API) takes ModelInfer calls on its own threads and queues their bytes;
-// Python takes everything queued at once (one wake-up through an eventfd for many calls), answers each
-// through the sidecar's own servicer, and hands the answer back (``respond``/``fail``), which gRPC's
-// threads send. ServerReady/ModelReady are answered "ready" here; every other method UNIMPLEMENTED.
+// (libgrpc++, callback generic API) takes every call on its own threads, reads its request message and
+// queues it with its method, deadline and metadata; Python takes everything queued at once (one wake-up
+// through an eventfd for many calls) with the ids of calls cancelled meanwhile, answers each through the
+// sidecar's own handlers, and hands the answer back (``respond``/``fail``), which gRPC's threads send.
+// One request message per call: streaming methods are Python's to refuse.
 //
 //   front = _native_front.Front(port)      # listening on 127.0.0.1:port
-//   loop.add_reader(front.fileno(), drain) # drain: for handle, request in front.take(): ...
-//   front.respond(handle, answer_bytes) | front.fail(handle, grpc_code, message)   # exactly once each
+//   loop.add_reader(front.fileno(), drain) # drain: calls, cancelled = front.take() ...
+//   front.respond(id, answer_bytes) | front.fail(id, grpc_code, message)   # once each
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -15,7 +16,10 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <map>
 #include <mutex>
+#include <unordered_map>
 #include <string>
 #include <vector>
 
@@ -23,12 +27,16 @@ namespace {
 
 class Front;
 
+// One call: its first (for unary methods, only) request message is read, then the call waits in the
+// front's queue, then in Python, until ``respond``/``fail`` finishes it. Its id, never reused, is
+// Python's handle: a cancel that comes late (after the answer) names an id Python no longer holds.
 class Call : public grpc::ServerGenericBidiReactor {
  public:
   Call(Front* front, grpc::GenericCallbackServerContext* context) : front_(front), context_(context) {
     StartRead(&request_);
   }
   void OnReadDone(bool ok) override;
+  void OnCancel() override;
   void OnDone() override { delete this; }
   void Respond(const char* data, size_t size) {
     grpc::Slice slice(data, size);
@@ -38,12 +46,16 @@ class Call : public grpc::ServerGenericBidiReactor {
   void Fail(int code, const std::string& message) {
     Finish(grpc::Status(static_cast<grpc::StatusCode>(code), message));
   }
-  grpc::ByteBuffer request_;
   double deadline_s() const {
     auto d = context_->deadline();
     if (d == std::chrono::system_clock::time_point::max()) return -1.0;
     return std::chrono::duration<double>(d.time_since_epoch()).count();
   }
+  const std::string& method() const { return context_->method(); }
+  const std::multimap<grpc::string_ref, grpc::string_ref>& metadata() const { return context_->client_metadata(); }
+
+  grpc::ByteBuffer request_;
+  std::atomic<uint64_t> id_{0};  // set when queued (read by OnCancel on another thread)
 
  private:
   Front* front_;
@@ -51,80 +63,78 @@ class Call : public grpc::ServerGenericBidiReactor {
   grpc::ByteBuffer answer_;
 };
 
-class Ready : public grpc::ServerGenericBidiReactor {
- public:
-  Ready() { StartRead(&request_); }
-  void OnReadDone(bool ok) override {
-    if (!ok) {
-      Finish(grpc::Status::OK);
-      return;
-    }
-    static const char kReady[] = "\x08\x01";
-    grpc::Slice slice(kReady, 2);
-    answer_ = grpc::ByteBuffer(&slice, 1);
-    StartWriteAndFinish(&answer_, grpc::WriteOptions(), grpc::Status::OK);
-  }
-  void OnDone() override { delete this; }
-
- private:
-  grpc::ByteBuffer request_, answer_;
-};
-
-class Unimplemented : public grpc::ServerGenericBidiReactor {
- public:
-  Unimplemented() { Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "not served by the prototype")); }
-  void OnDone() override { delete this; }
-};
-
 class Front final : public grpc::CallbackGenericService {
  public:
   Front() : fd_(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
   ~Front() override { close(fd_); }
   grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* context) override {
-    const std::string& method = context->method();
-    if (method == "/inference.GRPCInferenceService/ModelInfer") return new Call(this, context);
-    if (method == "/inference.GRPCInferenceService/ServerReady" ||
-        method == "/inference.GRPCInferenceService/ModelReady")
-      return new Ready();
-    return new Unimplemented();
+    return new Call(this, context);
   }
   void Queue(Call* call) {
-    bool first;
+    bool wake;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      first = queued_.empty();
+      call->id_ = ++last_id_;
+      live_[call->id_] = call;
+      wake = queued_.empty() && cancelled_.empty();
       queued_.push_back(call);
     }
-    if (first) {
-      uint64_t one = 1;
-      ssize_t n = write(fd_, &one, sizeof one);
-      (void)n;
-    }
+    if (wake) Wake();
   }
-  std::vector<Call*> Take() {
+  void Cancelled(uint64_t id) {
+    bool wake;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (live_.find(id) == live_.end()) return;  // answered already
+      wake = queued_.empty() && cancelled_.empty();
+      cancelled_.push_back(id);
+    }
+    if (wake) Wake();
+  }
+  void Take(std::vector<Call*>* calls, std::vector<uint64_t>* cancelled) {
     uint64_t count;
     ssize_t n = read(fd_, &count, sizeof count);
     (void)n;
-    std::vector<Call*> out;
     std::lock_guard<std::mutex> lock(mu_);
-    out.swap(queued_);
-    return out;
+    calls->swap(queued_);
+    cancelled->swap(cancelled_);
+  }
+  // The call with this id, no longer live (it is being finished); nullptr if it was finished already.
+  Call* Finishing(uint64_t id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = live_.find(id);
+    if (it == live_.end()) return nullptr;
+    Call* call = it->second;
+    live_.erase(it);
+    return call;
   }
   int fd() const { return fd_; }
   std::unique_ptr<grpc::Server> server;
 
  private:
+  void Wake() {
+    uint64_t one = 1;
+    ssize_t n = write(fd_, &one, sizeof one);
+    (void)n;
+  }
   int fd_;
   std::mutex mu_;
+  uint64_t last_id_ = 0;
+  std::unordered_map<uint64_t, Call*> live_;
   std::vector<Call*> queued_;
+  std::vector<uint64_t> cancelled_;
 };
 
 void Call::OnReadDone(bool ok) {
-  if (!ok) {
-    Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "expected one request message"));
+  if (!ok) {  // no message: the client half-closed at once, or the call was cancelled
+    Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "expected a request message"));
     return;
   }
   front_->Queue(this);
+}
+
+void Call::OnCancel() {
+  if (id_ != 0) front_->Cancelled(id_);
 }
 
 // -- Python type -------------------------------------------------------------------------------------
@@ -160,44 +170,59 @@ void Front_dealloc(FrontObject* self) {
 
 PyObject* Front_fileno(FrontObject* self, PyObject*) { return PyLong_FromLong(self->front->fd()); }
 
+PyObject* Str(const grpc::string_ref& ref) { return PyUnicode_DecodeUTF8(ref.data(), ref.size(), "replace"); }
+
 PyObject* Front_take(FrontObject* self, PyObject*) {
-  std::vector<Call*> calls = self->front->Take();
+  std::vector<Call*> calls;
+  std::vector<uint64_t> cancelled;
+  self->front->Take(&calls, &cancelled);
   PyObject* list = PyList_New(static_cast<Py_ssize_t>(calls.size()));
   if (!list) return nullptr;
   for (size_t i = 0; i < calls.size(); ++i) {
     Call* call = calls[i];
     grpc::Slice slice;
-    PyObject* bytes;
-    if (call->request_.TrySingleSlice(&slice).ok()) {
-      bytes = PyBytes_FromStringAndSize(reinterpret_cast<const char*>(slice.begin()), slice.size());
-    } else {
-      call->request_.DumpToSingleSlice(&slice);
-      bytes = PyBytes_FromStringAndSize(reinterpret_cast<const char*>(slice.begin()), slice.size());
+    if (!call->request_.TrySingleSlice(&slice).ok()) call->request_.DumpToSingleSlice(&slice);
+    PyObject* bytes = PyBytes_FromStringAndSize(reinterpret_cast<const char*>(slice.begin()), slice.size());
+    const auto& md = call->metadata();
+    PyObject* metadata = PyTuple_New(static_cast<Py_ssize_t>(md.size()));
+    Py_ssize_t k = 0;
+    for (const auto& entry : md) {
+      PyObject* key = Str(entry.first);
+      // binary ("-bin") values stay bytes, as grpc.aio gives them
+      PyObject* value = entry.first.ends_with("-bin")
+                            ? PyBytes_FromStringAndSize(entry.second.data(), entry.second.size())
+                            : Str(entry.second);
+      PyTuple_SET_ITEM(metadata, k++, Py_BuildValue("(NN)", key, value));
     }
-    PyObject* item = Py_BuildValue("(KNd)", static_cast<unsigned long long>(reinterpret_cast<uintptr_t>(call)), bytes,
-                                   call->deadline_s());
+    PyObject* item = Py_BuildValue("(KNNdN)", static_cast<unsigned long long>(call->id_),
+                                   PyUnicode_FromStringAndSize(call->method().data(), call->method().size()), bytes,
+                                   call->deadline_s(), metadata);
     PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), item);
   }
-  return list;
+  PyObject* gone = PyList_New(static_cast<Py_ssize_t>(cancelled.size()));
+  for (size_t i = 0; i < cancelled.size(); ++i)
+    PyList_SET_ITEM(gone, static_cast<Py_ssize_t>(i), PyLong_FromUnsignedLongLong(cancelled[i]));
+  return Py_BuildValue("(NN)", list, gone);
 }
 
-PyObject* Front_respond(FrontObject*, PyObject* args) {
-  unsigned long long handle;
+PyObject* Front_respond(FrontObject* self, PyObject* args) {
+  unsigned long long id;
   Py_buffer view;
-  if (!PyArg_ParseTuple(args, "Ky*", &handle, &view)) return nullptr;
-  Call* call = reinterpret_cast<Call*>(static_cast<uintptr_t>(handle));
-  call->Respond(static_cast<const char*>(view.buf), static_cast<size_t>(view.len));
+  if (!PyArg_ParseTuple(args, "Ky*", &id, &view)) return nullptr;
+  Call* call = self->front->Finishing(id);
+  if (call) call->Respond(static_cast<const char*>(view.buf), static_cast<size_t>(view.len));
   PyBuffer_Release(&view);
-  Py_RETURN_NONE;
+  return PyBool_FromLong(call != nullptr);
 }
 
-PyObject* Front_fail(FrontObject*, PyObject* args) {
-  unsigned long long handle;
+PyObject* Front_fail(FrontObject* self, PyObject* args) {
+  unsigned long long id;
   int code;
   const char* message;
-  if (!PyArg_ParseTuple(args, "Kis", &handle, &code, &message)) return nullptr;
-  reinterpret_cast<Call*>(static_cast<uintptr_t>(handle))->Fail(code, message);
-  Py_RETURN_NONE;
+  if (!PyArg_ParseTuple(args, "Kis", &id, &code, &message)) return nullptr;
+  Call* call = self->front->Finishing(id);
+  if (call) call->Fail(code, message);
+  return PyBool_FromLong(call != nullptr);
 }
 
 PyObject* Front_shutdown(FrontObject* self, PyObject*) {
@@ -211,9 +236,10 @@ PyObject* Front_shutdown(FrontObject* self, PyObject*) {
 PyMethodDef Front_methods[] = {
     {"shutdown", reinterpret_cast<PyCFunction>(Front_shutdown), METH_NOARGS, "stop taking calls"},
     {"fileno", reinterpret_cast<PyCFunction>(Front_fileno), METH_NOARGS, "the eventfd to wait on"},
-    {"take", reinterpret_cast<PyCFunction>(Front_take), METH_NOARGS, "[(handle, request bytes, deadline s)]"},
-    {"respond", reinterpret_cast<PyCFunction>(Front_respond), METH_VARARGS, "answer a call (bytes)"},
-    {"fail", reinterpret_cast<PyCFunction>(Front_fail), METH_VARARGS, "fail a call (code, message)"},
+    {"take", reinterpret_cast<PyCFunction>(Front_take), METH_NOARGS,
+     "([(id, method, request bytes, deadline s or -1, metadata)], [ids of calls cancelled])"},
+    {"respond", reinterpret_cast<PyCFunction>(Front_respond), METH_VARARGS, "answer call id (bytes); False if gone"},
+    {"fail", reinterpret_cast<PyCFunction>(Front_fail), METH_VARARGS, "fail call id (code, message); False if gone"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyTypeObject FrontType = {PyVarObject_HEAD_INIT(nullptr, 0)};

@@ -2,11 +2,12 @@
 
     python bench/native_front/serve.py --model-repository REPO --port PORT
 
-Starts the sidecar as ``sidecar serve`` does (its own grpc.aio port on a free port: health, metadata,
-everything else), then the C++ front on ``PORT``: ModelInfer calls arrive on gRPC's C++ threads, and
-the event loop takes every queued call at one wake-up and answers each through the sidecar's own
-servicer (with its telemetry wrapper), as a call to its grpc.aio port would be answered. A prototype:
-no metadata, cancellation or streams.
+Starts the sidecar as ``sidecar serve`` does (its own grpc.aio port on a free port), then the C++ front
+on ``PORT``: calls arrive on gRPC's C++ threads, and the event loop takes every queued call at one
+wake-up and answers each through the handler the sidecar registers on its grpc.aio port for that
+method (the inference service with its telemetry wrapper, health), with the call's metadata (in the
+context, and in ``CALL_METADATA`` as the metadata tap keeps it) and deadline; a call the client
+cancels has its task cancelled. A prototype: unary methods only (streams are refused UNIMPLEMENTED).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import _native_front  # built by bench/native_front/build.sh
 
 from sidecar.cli import install_event_loop_policy
 from sidecar.config import SidecarConfig
+from sidecar.protocol.registration import CALL_METADATA
 
+set_call_metadata = CALL_METADATA.set
 _Details = collections.namedtuple("_Details", "method invocation_metadata")
 
 
@@ -39,15 +42,16 @@ class _Aborted(Exception):
 class _Context:
     """What the servicer and its wrapper ask of a ``grpc.aio.ServicerContext``, for a native call."""
 
-    __slots__ = ("_code", "_deadline", "_details")
+    __slots__ = ("_code", "_deadline", "_details", "_metadata")
 
-    def __init__(self, deadline_s: float) -> None:
+    def __init__(self, deadline_s: float, metadata: tuple) -> None:
         self._deadline = deadline_s
+        self._metadata = metadata
         self._code = None
         self._details = ""
 
     def invocation_metadata(self):
-        return ()
+        return self._metadata
 
     def time_remaining(self):
         return None if self._deadline < 0 else max(self._deadline - time.time(), 0.0)
@@ -84,34 +88,54 @@ async def main(args: argparse.Namespace) -> None:
     await app.start()
     registrar = _Registrar()
     app.register_inference(registrar)
-    infer = None
-    for handler in registrar.handlers:
-        found = handler.service(_Details("/inference.GRPCInferenceService/ModelInfer", ()))
-        if found is not None:
-            infer = found.unary_unary
-            break
+    handlers: dict[str, object] = {}
+
+    def handler(method: str, metadata: tuple) -> object:
+        found = handlers.get(method)
+        if found is None:
+            for generic in registrar.handlers:
+                found = generic.service(_Details(method, metadata))
+                if found is not None:
+                    break
+            handlers[method] = found = found or False
+        return found
+
     front = _native_front.Front(args.port)
     loop = asyncio.get_running_loop()
 
-    async def answer(handle: int, request: bytes, deadline_s: float) -> None:
+    async def answer(call_id: int, method: str, request: bytes, deadline_s: float, metadata: tuple) -> None:
+        found = handler(method, metadata)
+        if not found or found.request_streaming or found.response_streaming:
+            front.fail(call_id, 12, f"method {method} is not served here")  # UNIMPLEMENTED
+            return
+        set_call_metadata(metadata)  # as registration.MetadataTap keeps it for a grpc.aio call
         try:
-            response = await infer(request, _Context(deadline_s))
+            if found.request_deserializer is not None:
+                request = found.request_deserializer(request)
+            response = await found.unary_unary(request, _Context(deadline_s, metadata))
+            if found.response_serializer is not None:
+                response = found.response_serializer(response)
         except _Aborted as exc:
-            front.fail(handle, exc.code, exc.details)
-        except BaseException as exc:
-            front.fail(handle, 13, f"internal error: {type(exc).__name__}: {exc}")
-            if not isinstance(exc, Exception):
-                raise
+            front.fail(call_id, exc.code, exc.details)
+        except asyncio.CancelledError:
+            front.fail(call_id, 1, "cancelled")  # the client cancelled it: gRPC has told it already
+        except Exception as exc:
+            front.fail(call_id, 13, f"internal error: {type(exc).__name__}: {exc}")
         else:
-            front.respond(handle, response)
+            front.respond(call_id, response)
 
-    tasks: set[asyncio.Task] = set()
+    tasks: dict[int, asyncio.Task] = {}
 
     def drain() -> None:
-        for handle, request, deadline_s in front.take():
-            task = loop.create_task(answer(handle, request, deadline_s))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+        calls, cancelled = front.take()
+        for call in calls:
+            task = loop.create_task(answer(*call))
+            tasks[call[0]] = task
+            task.add_done_callback(lambda _t, call_id=call[0]: tasks.pop(call_id, None))
+        for call_id in cancelled:
+            task = tasks.get(call_id)
+            if task is not None:
+                task.cancel()
 
     loop.add_reader(front.fileno(), drain)
     print("ready", flush=True)

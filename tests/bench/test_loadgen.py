@@ -306,3 +306,54 @@ def test_native_front_prototype_answers_through_the_sidecar_and_keeps_its_errors
         names = [o.name for o in resp.outputs]
         got = np.frombuffer(resp.raw_output_contents[names.index("probabilities")], np.float32)
         np.testing.assert_allclose(got, expected[i if i < len(xs) else 3], rtol=1e-5)
+
+
+def test_native_front_prototype_serves_unary_methods_and_drops_cancelled_calls(tmp_path):
+    """bench/native_front: tritonclient's unary calls (health, metadata, inference with named outputs)
+    answered through the sidecar's handlers; a call its client cancels while it waits in the batch queue
+    never runs (the statistics count only the call after it), and streams are refused UNIMPLEMENTED."""
+    import asyncio
+
+    import grpc
+    import tritonclient.grpc as triton
+
+    repo = tmp_path / "repo"
+    write_version(repo, "mlp", "1.0.0", mlp_model)
+    # Triton's rule with a long window: a lone request waits 400 ms for company, long enough to cancel it
+    settings = {
+        "engine.providers": "CPUExecutionProvider",
+        "batching.adaptive": False,
+        "batching.max_queue_delay_ms": 400,
+    }
+    with servers.start_native_front(repo, settings=settings, log_dir=tmp_path) as server:
+        client = triton.InferenceServerClient(server.target)
+        assert client.is_server_live() and client.is_model_ready("mlp")
+        meta = client.get_model_metadata("mlp")
+        assert [i.name for i in meta.inputs] == ["input"] and meta.versions == ["1.0.0"]
+        x = np.ones((1, 64), np.float32)
+        inp = triton.InferInput("input", [1, 64], "FP32")
+        inp.set_data_from_numpy(x)
+        result = client.infer("mlp", [inp], outputs=[triton.InferRequestedOutput("label")])
+        assert result.as_numpy("label").shape == (1,) and result.as_numpy("probabilities") is None
+
+        async def cancel_one_then_send_one() -> tuple[grpc.StatusCode, bytes]:
+            async with grpc.aio.insecure_channel(server.target) as channel:
+                infer = channel.unary_unary(loadgen.INFER_METHOD)
+                call = infer(loadgen.make_infer_request("mlp", {"input": x}), timeout=30)
+                await asyncio.sleep(0.1)
+                call.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await call
+                await asyncio.sleep(0.5)  # past the window the cancelled call would have run in
+                answer = await infer(loadgen.make_infer_request("mlp", {"input": x}), timeout=30)
+                stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await stream(iter([loadgen.make_infer_request("mlp", {"input": x})]), timeout=30).read()
+                return refused.value.code(), answer
+
+        code, answer = asyncio.run(cancel_one_then_send_one())
+        assert code == grpc.StatusCode.UNIMPLEMENTED
+        assert pb.ModelInferResponse.FromString(answer).model_name == "mlp"
+        stats = client.get_inference_statistics("mlp").model_stats[0]
+        assert stats.inference_count == 2  # the tritonclient call and the one after the cancelled one
+        client.close()
