@@ -3,11 +3,13 @@
 // queues it with its method, deadline and metadata; Python takes everything queued at once (one wake-up
 // through an eventfd for many calls) with the ids of calls cancelled meanwhile, answers each through the
 // sidecar's own handlers, and hands the answer back (``respond``/``fail``), which gRPC's threads send.
-// One request message per call: streaming methods are Python's to refuse.
+// A stream's later messages are read once Python asks (``stream``), its answers written in order
+// (``write``) and its status sent once they are (``end``).
 //
 //   front = _native_front.Front(port)      # listening on 127.0.0.1:port
 //   loop.add_reader(front.fileno(), drain) # drain: calls, cancelled = front.take() ...
-//   front.respond(id, answer_bytes) | front.fail(id, grpc_code, message)   # once each
+//   front.respond(id, answer_bytes) | front.fail(id, grpc_code, message)   # a unary call, once
+//   front.stream(id); front.write(id, bytes)...; front.end(id, grpc_code, message)   # a stream
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -17,6 +19,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <unordered_map>
@@ -36,6 +39,7 @@ class Call : public grpc::ServerGenericBidiReactor {
     StartRead(&request_);
   }
   void OnReadDone(bool ok) override;
+  void OnWriteDone(bool ok) override;
   void OnCancel() override;
   void OnDone() override { delete this; }
   void Respond(const char* data, size_t size) {
@@ -45,6 +49,33 @@ class Call : public grpc::ServerGenericBidiReactor {
   }
   void Fail(int code, const std::string& message) {
     Finish(grpc::Status(static_cast<grpc::StatusCode>(code), message));
+  }
+  // Streams: every message after the first is read as it comes (``Stream``), and answers are written
+  // one at a time from a queue (``Write``), then the status once the queue is empty (``End``).
+  void Stream() {
+    streaming_ = true;
+    StartRead(&request_);
+  }
+  void Write(const char* data, size_t size) {
+    bool start;
+    {
+      std::lock_guard<std::mutex> lock(write_mu_);
+      writes_.emplace_back(data, size);
+      start = !writing_;
+      if (start) Next();
+    }
+    if (start) StartWrite(&answer_);  // (no lock held across gRPC's calls: a reaction may run inline)
+  }
+  void End(int code, const std::string& message) {
+    bool finish;
+    {
+      std::lock_guard<std::mutex> lock(write_mu_);
+      status_ = grpc::Status(static_cast<grpc::StatusCode>(code), message);
+      ending_ = true;
+      finish = !writing_ && !finished_;
+      finished_ = finished_ || finish;
+    }
+    if (finish) Finish(status_);
   }
   double deadline_s() const {
     auto d = context_->deadline();
@@ -58,9 +89,22 @@ class Call : public grpc::ServerGenericBidiReactor {
   std::atomic<uint64_t> id_{0};  // set when queued (read by OnCancel on another thread)
 
  private:
+  void Next() {  // write_mu_ held, writes_ not empty: the next answer into answer_, a write in flight
+    writing_ = true;
+    grpc::Slice slice(writes_.front());
+    answer_ = grpc::ByteBuffer(&slice, 1);
+    writes_.pop_front();
+  }
   Front* front_;
   grpc::GenericCallbackServerContext* context_;
   grpc::ByteBuffer answer_;
+  bool streaming_ = false;
+  std::mutex write_mu_;
+  std::deque<std::string> writes_;
+  bool writing_ = false;
+  bool ending_ = false;
+  bool finished_ = false;
+  grpc::Status status_;
 };
 
 class Front final : public grpc::CallbackGenericService {
@@ -76,7 +120,7 @@ class Front final : public grpc::CallbackGenericService {
       std::lock_guard<std::mutex> lock(mu_);
       call->id_ = ++last_id_;
       live_[call->id_] = call;
-      wake = queued_.empty() && cancelled_.empty();
+      wake = queued_.empty() && cancelled_.empty() && messages_.empty();
       queued_.push_back(call);
     }
     if (wake) Wake();
@@ -86,18 +130,39 @@ class Front final : public grpc::CallbackGenericService {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (live_.find(id) == live_.end()) return;  // answered already
-      wake = queued_.empty() && cancelled_.empty();
+      wake = queued_.empty() && cancelled_.empty() && messages_.empty();
       cancelled_.push_back(id);
     }
     if (wake) Wake();
   }
-  void Take(std::vector<Call*>* calls, std::vector<uint64_t>* cancelled) {
+  // A stream's next message (``ended``: the client has sent its last).
+  void Message(uint64_t id, std::string bytes, bool ended) {
+    bool wake;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      wake = queued_.empty() && cancelled_.empty() && messages_.empty();
+      messages_.push_back({id, std::move(bytes), ended});
+    }
+    if (wake) Wake();
+  }
+  struct Msg {
+    uint64_t id;
+    std::string bytes;
+    bool ended;
+  };
+  void Take(std::vector<Call*>* calls, std::vector<uint64_t>* cancelled, std::vector<Msg>* messages) {
     uint64_t count;
     ssize_t n = read(fd_, &count, sizeof count);
     (void)n;
     std::lock_guard<std::mutex> lock(mu_);
     calls->swap(queued_);
     cancelled->swap(cancelled_);
+    messages->swap(messages_);
+  }
+  Call* Live(uint64_t id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = live_.find(id);
+    return it == live_.end() ? nullptr : it->second;
   }
   // The call with this id, no longer live (it is being finished); nullptr if it was finished already.
   Call* Finishing(uint64_t id) {
@@ -123,14 +188,47 @@ class Front final : public grpc::CallbackGenericService {
   std::unordered_map<uint64_t, Call*> live_;
   std::vector<Call*> queued_;
   std::vector<uint64_t> cancelled_;
+  std::vector<Msg> messages_;
 };
 
 void Call::OnReadDone(bool ok) {
+  if (streaming_) {  // a later message of a stream, or its end
+    std::string bytes;
+    if (ok) {
+      grpc::Slice slice;
+      if (!request_.TrySingleSlice(&slice).ok()) request_.DumpToSingleSlice(&slice);
+      bytes.assign(reinterpret_cast<const char*>(slice.begin()), slice.size());
+    }
+    front_->Message(id_, std::move(bytes), !ok);
+    if (ok) StartRead(&request_);
+    return;
+  }
   if (!ok) {  // no message: the client half-closed at once, or the call was cancelled
     Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "expected a request message"));
     return;
   }
   front_->Queue(this);
+}
+
+void Call::OnWriteDone(bool ok) {
+  bool next = false, finish = false;
+  {
+    std::lock_guard<std::mutex> lock(write_mu_);
+    if (!ok) writes_.clear();  // the stream is broken (cancelled): the rest is not sent
+    if (!writes_.empty()) {
+      Next();
+      next = true;
+    } else {
+      writing_ = false;
+      finish = ending_ && !finished_;
+      finished_ = finished_ || finish;
+    }
+  }
+  if (next) {
+    StartWrite(&answer_);
+  } else if (finish) {
+    Finish(status_);
+  }
 }
 
 void Call::OnCancel() {
@@ -175,7 +273,8 @@ PyObject* Str(const grpc::string_ref& ref) { return PyUnicode_DecodeUTF8(ref.dat
 PyObject* Front_take(FrontObject* self, PyObject*) {
   std::vector<Call*> calls;
   std::vector<uint64_t> cancelled;
-  self->front->Take(&calls, &cancelled);
+  std::vector<Front::Msg> messages;
+  self->front->Take(&calls, &cancelled, &messages);
   PyObject* list = PyList_New(static_cast<Py_ssize_t>(calls.size()));
   if (!list) return nullptr;
   for (size_t i = 0; i < calls.size(); ++i) {
@@ -202,7 +301,42 @@ PyObject* Front_take(FrontObject* self, PyObject*) {
   PyObject* gone = PyList_New(static_cast<Py_ssize_t>(cancelled.size()));
   for (size_t i = 0; i < cancelled.size(); ++i)
     PyList_SET_ITEM(gone, static_cast<Py_ssize_t>(i), PyLong_FromUnsignedLongLong(cancelled[i]));
-  return Py_BuildValue("(NN)", list, gone);
+  PyObject* msgs = PyList_New(static_cast<Py_ssize_t>(messages.size()));
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const Front::Msg& m = messages[i];
+    PyObject* body = m.ended ? Py_NewRef(Py_None) : PyBytes_FromStringAndSize(m.bytes.data(), m.bytes.size());
+    PyList_SET_ITEM(msgs, static_cast<Py_ssize_t>(i),
+                    Py_BuildValue("(KN)", static_cast<unsigned long long>(m.id), body));
+  }
+  return Py_BuildValue("(NNN)", list, gone, msgs);
+}
+
+PyObject* Front_stream(FrontObject* self, PyObject* args) {
+  unsigned long long id;
+  if (!PyArg_ParseTuple(args, "K", &id)) return nullptr;
+  Call* call = self->front->Live(id);
+  if (call) call->Stream();
+  return PyBool_FromLong(call != nullptr);
+}
+
+PyObject* Front_write(FrontObject* self, PyObject* args) {
+  unsigned long long id;
+  Py_buffer view;
+  if (!PyArg_ParseTuple(args, "Ky*", &id, &view)) return nullptr;
+  Call* call = self->front->Live(id);
+  if (call) call->Write(static_cast<const char*>(view.buf), static_cast<size_t>(view.len));
+  PyBuffer_Release(&view);
+  return PyBool_FromLong(call != nullptr);
+}
+
+PyObject* Front_end(FrontObject* self, PyObject* args) {
+  unsigned long long id;
+  int code;
+  const char* message;
+  if (!PyArg_ParseTuple(args, "Kis", &id, &code, &message)) return nullptr;
+  Call* call = self->front->Finishing(id);
+  if (call) call->End(code, message);
+  return PyBool_FromLong(call != nullptr);
 }
 
 PyObject* Front_respond(FrontObject* self, PyObject* args) {
@@ -237,9 +371,12 @@ PyMethodDef Front_methods[] = {
     {"shutdown", reinterpret_cast<PyCFunction>(Front_shutdown), METH_NOARGS, "stop taking calls"},
     {"fileno", reinterpret_cast<PyCFunction>(Front_fileno), METH_NOARGS, "the eventfd to wait on"},
     {"take", reinterpret_cast<PyCFunction>(Front_take), METH_NOARGS,
-     "([(id, method, request bytes, deadline s or -1, metadata)], [ids of calls cancelled])"},
+     "([(id, method, request, deadline s or -1, metadata)], [cancelled ids], [(stream id, message or None)])"},
     {"respond", reinterpret_cast<PyCFunction>(Front_respond), METH_VARARGS, "answer call id (bytes); False if gone"},
     {"fail", reinterpret_cast<PyCFunction>(Front_fail), METH_VARARGS, "fail call id (code, message); False if gone"},
+    {"stream", reinterpret_cast<PyCFunction>(Front_stream), METH_VARARGS, "read call id's later messages too"},
+    {"write", reinterpret_cast<PyCFunction>(Front_write), METH_VARARGS, "queue one answer of stream id (bytes)"},
+    {"end", reinterpret_cast<PyCFunction>(Front_end), METH_VARARGS, "end stream id (code, message) once written"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyTypeObject FrontType = {PyVarObject_HEAD_INIT(nullptr, 0)};

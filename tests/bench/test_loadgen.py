@@ -308,14 +308,18 @@ def test_native_front_prototype_answers_through_the_sidecar_and_keeps_its_errors
         np.testing.assert_allclose(got, expected[i if i < len(xs) else 3], rtol=1e-5)
 
 
-def test_native_front_prototype_serves_unary_methods_and_drops_cancelled_calls(tmp_path):
+def test_native_front_prototype_serves_every_method_and_drops_cancelled_calls(tmp_path):
     """bench/native_front: tritonclient's unary calls (health, metadata, inference with named outputs)
-    answered through the sidecar's handlers; a call its client cancels while it waits in the batch queue
-    never runs (the statistics count only the call after it), and streams are refused UNIMPLEMENTED."""
+    and its stream, gRPC health (Check and Watch) and reflection, answered through the sidecar's
+    handlers; a call its client cancels while it waits in the batch queue never runs (the statistics
+    count only the calls after it)."""
     import asyncio
+    import queue
 
     import grpc
     import tritonclient.grpc as triton
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     repo = tmp_path / "repo"
     write_version(repo, "mlp", "1.0.0", mlp_model)
@@ -325,18 +329,40 @@ def test_native_front_prototype_serves_unary_methods_and_drops_cancelled_calls(t
         "batching.adaptive": False,
         "batching.max_queue_delay_ms": 400,
     }
+    x = np.ones((1, 64), np.float32)
     with servers.start_native_front(repo, settings=settings, log_dir=tmp_path) as server:
         client = triton.InferenceServerClient(server.target)
         assert client.is_server_live() and client.is_model_ready("mlp")
         meta = client.get_model_metadata("mlp")
         assert [i.name for i in meta.inputs] == ["input"] and meta.versions == ["1.0.0"]
-        x = np.ones((1, 64), np.float32)
         inp = triton.InferInput("input", [1, 64], "FP32")
         inp.set_data_from_numpy(x)
         result = client.infer("mlp", [inp], outputs=[triton.InferRequestedOutput("label")])
         assert result.as_numpy("label").shape == (1,) and result.as_numpy("probabilities") is None
 
-        async def cancel_one_then_send_one() -> tuple[grpc.StatusCode, bytes]:
+        answers: queue.Queue = queue.Queue()
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        for i in range(2):
+            client.async_stream_infer("mlp", [inp], request_id=f"s{i}")
+        got = [answers.get(timeout=30) for _ in range(2)]
+        client.stop_stream()
+        assert [error for _, error in got] == [None, None]
+        assert [r.get_response().id for r, _ in got] == ["s0", "s1"]
+
+        with grpc.insecure_channel(server.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == 1  # SERVING
+            watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=10)
+            assert next(watch).status == 1
+            watch.cancel()
+            reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+            listed = next(
+                reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            )
+            names = {s.name for s in listed.list_services_response.service}
+            assert "inference.GRPCInferenceService" in names and "grpc.health.v1.Health" in names
+
+        async def cancel_one_then_send_one() -> bytes:
             async with grpc.aio.insecure_channel(server.target) as channel:
                 infer = channel.unary_unary(loadgen.INFER_METHOD)
                 call = infer(loadgen.make_infer_request("mlp", {"input": x}), timeout=30)
@@ -345,15 +371,10 @@ def test_native_front_prototype_serves_unary_methods_and_drops_cancelled_calls(t
                 with pytest.raises(asyncio.CancelledError):
                     await call
                 await asyncio.sleep(0.5)  # past the window the cancelled call would have run in
-                answer = await infer(loadgen.make_infer_request("mlp", {"input": x}), timeout=30)
-                stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
-                with pytest.raises(grpc.aio.AioRpcError) as refused:
-                    await stream(iter([loadgen.make_infer_request("mlp", {"input": x})]), timeout=30).read()
-                return refused.value.code(), answer
+                return await infer(loadgen.make_infer_request("mlp", {"input": x}), timeout=30)
 
-        code, answer = asyncio.run(cancel_one_then_send_one())
-        assert code == grpc.StatusCode.UNIMPLEMENTED
+        answer = asyncio.run(cancel_one_then_send_one())
         assert pb.ModelInferResponse.FromString(answer).model_name == "mlp"
         stats = client.get_inference_statistics("mlp").model_stats[0]
-        assert stats.inference_count == 2  # the tritonclient call and the one after the cancelled one
+        assert stats.inference_count == 4  # tritonclient's call, its stream's two, and the one after the cancel
         client.close()
