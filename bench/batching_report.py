@@ -128,8 +128,7 @@ def _round_targets(record: RunRecord, model: str, concurrency: int, round_no: in
     echo1 = at("echo", model, 1)
     raw = record.raw.get(model, {}).get("rows", [])
     model_ms = raw[0]["p50_ms"] if raw and raw[0]["batch"] == 1 else None
-    # the floor first; the prototype front end last (a benchmark of the design, not the served path)
-    for key in ("echo-batching", "sidecar", "sidecar-batching", "sidecar-batching-bare", "sidecar-native-front"):
+    for key in ("echo-batching", "sidecar", "sidecar-batching", "sidecar-batching-bare", "sidecar-batching-aio"):
         side = at(key, model, concurrency)
         if side is None:
             continue

@@ -112,21 +112,19 @@ def _sidecar_settings(ctx: Context, batching: bool) -> dict[str, Any]:
     return settings
 
 
-def _start_sidecar(batching: bool, extra: dict[str, Any] | None = None) -> Callable[[Context], servers.ServerProcess]:
+def _start_sidecar(
+    batching: bool, extra: dict[str, Any] | None = None, suffix: str = ""
+) -> Callable[[Context], servers.ServerProcess]:
     def start(ctx: Context) -> servers.ServerProcess:
         return servers.start_sidecar(
             ctx.repository,
             models=list(ctx.models),
             settings={**_sidecar_settings(ctx, batching), **(extra or {})},
-            name=f"sidecar-{'batching' if batching else 'direct'}{'-bare' if extra else ''}",
+            name=f"sidecar-{'batching' if batching else 'direct'}{suffix}",
             log_dir=ctx.log_dir,
         )
 
     return start
-
-
-def _start_native_front(ctx: Context) -> servers.ServerProcess:
-    return servers.start_native_front(ctx.repository, settings=_sidecar_settings(ctx, True), log_dir=ctx.log_dir)
 
 
 def _per_model(ctx: Context, start_one: Callable[[str], servers.ServerProcess]) -> dict[str, servers.ServerProcess]:
@@ -228,13 +226,13 @@ SERVERS: dict[str, ServerSpec] = {
             "sidecar-batching-bare",
             "sidecar, batching on, telemetry and monitoring off",
             True,
-            _start_sidecar(True, {"telemetry.enabled": False, "monitoring.enabled": False}),
+            _start_sidecar(True, {"telemetry.enabled": False, "monitoring.enabled": False}, "-bare"),
         ),
         ServerSpec(
-            "sidecar-native-front",
-            "sidecar, batching on, behind the prototype native front end (bench/native_front)",
+            "sidecar-batching-aio",
+            "sidecar, batching on, on grpc.aio (server.front = grpc.aio)",
             True,
-            _start_native_front,
+            _start_sidecar(True, {"server.front": "grpc.aio"}, "-aio"),
         ),
         ServerSpec("mlserver-pw1", "MLServer, parallel_workers 1", False, _start_mlserver(1, False)),
         ServerSpec(
@@ -248,4 +246,4 @@ SERVERS: dict[str, ServerSpec] = {
         ServerSpec("pytriton", "PyTriton, no batching", False, _start_pytriton(False)),
     )
 }
-DEFAULT_SERVERS = [k for k in SERVERS if k not in ("pytriton", "sidecar-native-front")]
+DEFAULT_SERVERS = [k for k in SERVERS if k != "pytriton"]

@@ -361,52 +361,6 @@ def start_native_echo(
     return ServerProcess(name, [str(exe), str(port), str(response_file)], port=port, log_dir=log_dir).start()
 
 
-NATIVE_FRONT_DIR = REPO_ROOT / "bench" / "native_front"
-
-
-def build_native_front(python: str = sys.executable) -> None:
-    """Build the prototype native front end's extension (``bench/native_front``) for ``python`` if needed.
-
-    Raises RuntimeError with the build's own words where it cannot be built (no g++, no libgrpc++-dev)."""
-    import sysconfig
-
-    suffix = sysconfig.get_config_var("EXT_SUFFIX") if python == sys.executable else None
-    built = NATIVE_FRONT_DIR / "build" / f"_native_front{suffix}" if suffix else None
-    if (
-        built is not None
-        and built.exists()
-        and built.stat().st_mtime >= (NATIVE_FRONT_DIR / "front.cc").stat().st_mtime
-    ):
-        return
-    done = subprocess.run(
-        ["bash", str(NATIVE_FRONT_DIR / "build.sh")],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHON": python},
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"cannot build the native front end: {(done.stderr or done.stdout).strip()[-500:]}")
-
-
-def start_native_front(
-    repository: str | os.PathLike[str],
-    *,
-    settings: Mapping[str, Any] | None = None,
-    port: int | None = None,
-    python: str = sys.executable,
-    name: str = "sidecar-native-front",
-    log_dir: str | os.PathLike[str] | None = None,
-) -> ServerProcess:
-    """The sidecar behind the prototype native front end (``bench/native_front/serve.py``): ModelInfer on
-    gRPC's C++ server, answered by the sidecar's own servicer. Built first if needed; returned once ready."""
-    build_native_front(python)
-    port = port or free_port()
-    argv = [python, str(NATIVE_FRONT_DIR / "serve.py"), "--model-repository", str(repository), "--port", str(port)]
-    env = sidecar_env(settings)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return ServerProcess(name, argv, port=port, env=env, cwd=REPO_ROOT, log_dir=log_dir).start()
-
-
 def _unary(target: str, method: str, request: Any, response_type: Any, timeout_s: float) -> Any:
     """One ``inference.GRPCInferenceService`` call on a channel of its own; None if it fails."""
     with grpc.insecure_channel(target) as channel:

@@ -23,18 +23,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from sidecar.batching.dynamic import DynamicBatcher
 from sidecar.batching.scheduler import BatchSettings, DirectScheduler, Scheduler
-from sidecar.config import SidecarConfig
+from sidecar.config import ServerConfig, SidecarConfig
 from sidecar.engine.base import Engine
 from sidecar.engine.repository import ModelVersion, Repository
 from sidecar.engine.statistics import VersionStatistics
+from sidecar.errors import ConfigError
 from sidecar.ingest.relay import IngestWorkers
 from sidecar.lifecycle import Lifecycle
 from sidecar.monitoring.monitor import Monitoring
+from sidecar.protocol import native_front
 from sidecar.protocol.inference_servicer import SERVICE as INFERENCE_SERVICE
 from sidecar.protocol.inference_servicer import InferenceServicer
 from sidecar.protocol.inference_servicer import add_to_server as add_inference_servicer
 from sidecar.protocol.interceptors import observed
 from sidecar.protocol.monitoring_servicer import add_monitoring_servicer
+from sidecar.protocol.native_front import NativeFront
 from sidecar.protocol.reflection import HEALTH_SERVICE, enable_reflection
 from sidecar.protocol.registration import generic_only
 from sidecar.protocol.routing_servicer import add_routing_servicer
@@ -65,7 +68,9 @@ class Sidecar:
         self.router, self.routing = build_routing(config, self.repository)
         self.health = health.aio.HealthServicer()
         self.repository.on_change(self._on_version_change)
-        self._server: grpc.aio.Server | None = None
+        self._server: grpc.aio.Server | None = None  # the inference port on grpc.aio, or
+        self._native: NativeFront | None = None  # on the native front end (server.front)
+        self.front = ""  # which of the two (start)
         self._control: grpc.aio.Server | None = None
         self.ingest: IngestWorkers | None = None  # server.ingest_workers > 0
         self._control_registrations: list[Callable[[grpc.aio.Server], str]] = []
@@ -91,8 +96,7 @@ class Sidecar:
             ("grpc.max_send_message_length", cfg.max_message_bytes),
             ("grpc.so_reuseport", 0),  # a port clash must fail...
         ]
-        # ... except where ingest workers share the inference port with this process.
-        server = grpc.aio.server(options=[*options[:2], ("grpc.so_reuseport", int(cfg.ingest_workers > 0))])
+        self.front, why = choose_front(cfg)
         self.telemetry = Telemetry(resolve_telemetry(self.config.telemetry, self._environ))
         self.telemetry.start(self.repository)
         self.telemetry.observe_monitoring(self.monitoring)  # drift, data-quality and alert metrics
@@ -106,18 +110,39 @@ class Sidecar:
 
         self.register_inference = register  # what ingest workers relay to (sidecar.ingest)
         self.stream_message = servicer.stream_message  # ... and each message of their streams
-        # every registered method would cost every call; traced calls read their metadata once (see registration)
-        registrar = generic_only(server, tap_metadata=self.telemetry.tracer is not None)
-        register(registrar)
-        if cfg.reflection:
-            enable_reflection(registrar, (INFERENCE_SERVICE, HEALTH_SERVICE))
-        self.grpc_port = server.add_insecure_port(f"{_host(cfg.grpc_host)}:{cfg.grpc_port}")
-        if self.grpc_port == 0:
-            raise OSError(f"cannot bind the gRPC port {cfg.grpc_host}:{cfg.grpc_port}")
-        await self._set_server_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await server.start()
-        self._server = server
-        log.info("Open Inference Protocol gRPC API listening on %s:%d", cfg.grpc_host, self.grpc_port)
+        address = f"{_host(cfg.grpc_host)}:{cfg.grpc_port}"
+        if self.front == "native":  # gRPC's C++ server takes the calls (sidecar.protocol.native_front)
+            native = NativeFront()
+            register(native)
+            if cfg.reflection:
+                enable_reflection(native, (INFERENCE_SERVICE, HEALTH_SERVICE))
+            await self._set_server_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+            try:
+                self.grpc_port = await native.start(address, cfg.max_message_bytes)
+            except OSError as exc:
+                raise OSError(f"cannot bind the gRPC port {cfg.grpc_host}:{cfg.grpc_port}") from exc
+            self._native = native
+        else:
+            # ... except where ingest workers share the inference port with this process.
+            server = grpc.aio.server(options=[*options[:2], ("grpc.so_reuseport", int(cfg.ingest_workers > 0))])
+            # every registered method would cost every call; traced calls read their metadata once (registration)
+            registrar = generic_only(server, tap_metadata=self.telemetry.tracer is not None)
+            register(registrar)
+            if cfg.reflection:
+                enable_reflection(registrar, (INFERENCE_SERVICE, HEALTH_SERVICE))
+            self.grpc_port = server.add_insecure_port(address)
+            if self.grpc_port == 0:
+                raise OSError(f"cannot bind the gRPC port {cfg.grpc_host}:{cfg.grpc_port}")
+            await self._set_server_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+            await server.start()
+            self._server = server
+        log.info(
+            "Open Inference Protocol gRPC API listening on %s:%d (front end: %s, %s)",
+            cfg.grpc_host,
+            self.grpc_port,
+            self.front,
+            why,
+        )
         if cfg.ingest_workers:
             self.ingest = IngestWorkers(
                 cfg.ingest_workers,
@@ -187,6 +212,8 @@ class Sidecar:
             await self.ingest.stop()
         if self._server is not None:
             await self._server.stop(grace_s)
+        if self._native is not None:
+            await self._native.stop(grace_s)
         if self._control is not None:
             await self._control.stop(grace_s)
         await self.router.stop()  # shadow copies are dropped, never waited for
@@ -200,6 +227,22 @@ class Sidecar:
     async def wait_for_termination(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
+        if self._native is not None:
+            await self._native.wait_for_termination()
+
+
+def choose_front(cfg: ServerConfig) -> tuple[str, str]:
+    """("native" or "grpc.aio", why) for ``server.front``: auto is native where it is built and no ingest
+    workers share the port (they need grpc.aio's port sharing)."""
+    if cfg.front == "grpc.aio":
+        return "grpc.aio", "server.front"
+    if cfg.ingest_workers > 0:
+        return "grpc.aio", "ingest workers share the port"
+    if not native_front.AVAILABLE:
+        if cfg.front == "native":
+            raise ConfigError("server.front = native, but the native front end is not built (needs libgrpc++-dev)")
+        return "grpc.aio", "the native front end is not built (libgrpc++-dev was missing at install)"
+    return "native", "server.front" if cfg.front == "native" else "auto: built"
 
 
 def _host(host: str) -> str:

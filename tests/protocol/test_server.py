@@ -34,6 +34,17 @@ NP = {
 }
 
 
+@pytest.fixture(scope="module", params=["native", "grpc.aio"])
+def server(request, model_repository):
+    """The sidecar serving the shared repository on each front end (``server.front``): every test here
+    runs against gRPC's C++ server and against grpc.aio."""
+    from sidecar.testing.server import ServerThread, config_for_tests
+
+    with ServerThread(config_for_tests(str(model_repository), server={"front": request.param})) as srv:
+        assert srv.app.front == request.param
+        yield srv
+
+
 @pytest.fixture(scope="module")
 def client(server):
     c = tc.InferenceServerClient(server.url)

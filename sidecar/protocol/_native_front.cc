@@ -1,15 +1,19 @@
-// A prototype native front end for the sidecar (a benchmark, not the served path): gRPC's C++ server
-// (libgrpc++, callback generic API) takes every call on its own threads, reads its request message and
-// queues it with its method, deadline and metadata; Python takes everything queued at once (one wake-up
-// through an eventfd for many calls) with the ids of calls cancelled meanwhile, answers each through the
-// sidecar's own handlers, and hands the answer back (``respond``/``fail``), which gRPC's threads send.
-// A stream's later messages are read once Python asks (``stream``), its answers written in order
-// (``write``) and its status sent once they are (``end``).
+// The sidecar's native front end (``server.front = "native"``; ``sidecar.protocol.native_front``): gRPC's
+// C++ server (libgrpc++, callback generic API) takes every call on the inference port on its own
+// threads, reads its first request message and queues it with its method, deadline and metadata.
+// Python takes everything queued at once (one wake-up through an eventfd for many calls) with the ids
+// of calls cancelled meanwhile and the later messages of streams, answers each through the handlers the
+// sidecar registers for that method, and hands the answers back, which gRPC's threads send.
 //
-//   front = _native_front.Front(port)      # listening on 127.0.0.1:port
-//   loop.add_reader(front.fileno(), drain) # drain: calls, cancelled = front.take() ...
+//   front = _native_front.Front(address, max_message_bytes)   # "host:port"; front.port(): the bound port
+//   loop.add_reader(front.fileno(), drain)   # drain: calls, cancelled, messages = front.take()
 //   front.respond(id, answer_bytes) | front.fail(id, grpc_code, message)   # a unary call, once
 //   front.stream(id); front.write(id, bytes)...; front.end(id, grpc_code, message)   # a stream
+//   front.shutdown(grace_s)   # from a thread other than the event loop's: unanswered calls are
+//                             # cancelled after grace_s, and Python must still finish them
+//
+// A call's id (never reused) is Python's handle: a cancel that comes late, after the answer, names an
+// id Python no longer holds.
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -238,27 +242,35 @@ void Call::OnCancel() {
 // -- Python type -------------------------------------------------------------------------------------
 struct FrontObject {
   PyObject_HEAD Front* front;
+  int port;
+  bool shut;
 };
 
 int Front_init(FrontObject* self, PyObject* args, PyObject*) {
-  int port;
-  if (!PyArg_ParseTuple(args, "i", &port)) return -1;
+  const char* address;
+  int max_message_bytes;
+  if (!PyArg_ParseTuple(args, "si", &address, &max_message_bytes)) return -1;
   self->front = new Front();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort("127.0.0.1:" + std::to_string(port), grpc::InsecureServerCredentials());
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &self->port);
+  builder.SetMaxReceiveMessageSize(max_message_bytes);
+  builder.SetMaxSendMessageSize(max_message_bytes);
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a port clash must fail
   builder.RegisterCallbackGenericService(self->front);
   Py_BEGIN_ALLOW_THREADS self->front->server = builder.BuildAndStart();
-  Py_END_ALLOW_THREADS if (!self->front->server) {
-    PyErr_Format(PyExc_OSError, "cannot listen on 127.0.0.1:%d", port);
+  Py_END_ALLOW_THREADS if (!self->front->server || self->port == 0) {
+    PyErr_Format(PyExc_OSError, "cannot bind the gRPC port %s", address);
     return -1;
   }
   return 0;
 }
 
+PyObject* Front_port(FrontObject* self, PyObject*) { return PyLong_FromLong(self->port); }
+
 void Front_dealloc(FrontObject* self) {
   if (self->front) {
-    if (self->front->server) {
-      Py_BEGIN_ALLOW_THREADS self->front->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    if (self->front->server && !self->shut) {  // never shut down (an error at start): at once
+      Py_BEGIN_ALLOW_THREADS self->front->server->Shutdown(std::chrono::system_clock::now());
       Py_END_ALLOW_THREADS
     }
     delete self->front;
@@ -359,16 +371,23 @@ PyObject* Front_fail(FrontObject* self, PyObject* args) {
   return PyBool_FromLong(call != nullptr);
 }
 
-PyObject* Front_shutdown(FrontObject* self, PyObject*) {
-  if (self->front && self->front->server) {  // calls still unanswered after a second are cancelled
-    Py_BEGIN_ALLOW_THREADS self->front->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+PyObject* Front_shutdown(FrontObject* self, PyObject* args) {
+  double grace_s;
+  if (!PyArg_ParseTuple(args, "d", &grace_s)) return nullptr;
+  if (self->front && self->front->server) {  // calls still unanswered after grace_s are cancelled
+    auto deadline = std::chrono::system_clock::now() +
+                    std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::duration<double>(grace_s));
+    self->shut = true;
+    Py_BEGIN_ALLOW_THREADS self->front->server->Shutdown(deadline);
+    self->front->server->Wait();
     Py_END_ALLOW_THREADS
   }
   Py_RETURN_NONE;
 }
 
 PyMethodDef Front_methods[] = {
-    {"shutdown", reinterpret_cast<PyCFunction>(Front_shutdown), METH_NOARGS, "stop taking calls"},
+    {"shutdown", reinterpret_cast<PyCFunction>(Front_shutdown), METH_VARARGS, "stop; cancel what is left after grace_s"},
+    {"port", reinterpret_cast<PyCFunction>(Front_port), METH_NOARGS, "the port bound"},
     {"fileno", reinterpret_cast<PyCFunction>(Front_fileno), METH_NOARGS, "the eventfd to wait on"},
     {"take", reinterpret_cast<PyCFunction>(Front_take), METH_NOARGS,
      "([(id, method, request, deadline s or -1, metadata)], [cancelled ids], [(stream id, message or None)])"},
@@ -381,12 +400,12 @@ PyMethodDef Front_methods[] = {
 
 PyTypeObject FrontType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 
-PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native_front", "prototype native front end", -1, nullptr};
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native_front", "the sidecar's native gRPC front end", -1, nullptr};
 
 }  // namespace
 
 PyMODINIT_FUNC PyInit__native_front(void) {
-  FrontType.tp_name = "_native_front.Front";
+  FrontType.tp_name = "sidecar.protocol._native_front.Front";
   FrontType.tp_basicsize = sizeof(FrontObject);
   FrontType.tp_flags = Py_TPFLAGS_DEFAULT;
   FrontType.tp_new = PyType_GenericNew;

@@ -1,0 +1,133 @@
+"""The native front end (``server.front = "native"``, sidecar/protocol/native_front.py) with real clients:
+what it adds to ``test_server.py`` (which runs on both fronts; the rest of the suite runs on the default,
+native where built): cancellation, deadlines, streams of every kind, an unknown method, the choice of front."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as tc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from sidecar.app import choose_front
+from sidecar.config import ServerConfig
+from sidecar.errors import ConfigError
+from sidecar.protocol import native_front
+from sidecar.protocol._generated import grpc_service_pb2 as pb
+from sidecar.testing.models import mlp_model, write_version
+from sidecar.testing.server import ServerThread, config_for_tests
+
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def _request(x: np.ndarray, **fields) -> bytes:
+    msg = pb.ModelInferRequest(model_name="mlp", **fields)
+    msg.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+    msg.raw_input_contents.append(x.tobytes())
+    return msg.SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def server_native(model_repository):
+    with ServerThread(config_for_tests(str(model_repository), server={"front": "native"})) as srv:
+        assert srv.app.front == "native"
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def slow_batches(tmp_path_factory):
+    """Triton's rule with a 400 ms window: a lone request waits for company long enough to cancel it."""
+    repo = tmp_path_factory.mktemp("repo")
+    write_version(repo, "mlp", "1.0.0", mlp_model)
+    config = config_for_tests(
+        str(repo), server={"front": "native"}, batching={"adaptive": False, "max_queue_delay_ms": 400}
+    )
+    with ServerThread(config) as srv:
+        yield srv
+
+
+def test_the_native_front_is_built_here_and_chosen_by_auto():
+    assert native_front.AVAILABLE  # scripts/system-deps installs libgrpc++-dev before the install builds it
+    assert choose_front(ServerConfig(front="auto"))[0] == "native"
+    assert choose_front(ServerConfig(front="grpc.aio"))[0] == "grpc.aio"
+    assert choose_front(ServerConfig(front="auto", ingest_workers=2))[0] == "grpc.aio"  # they share grpc.aio's port
+    with pytest.raises(ValueError, match=r"server\.front must be auto, native or grpc\.aio"):
+        ServerConfig(front="fast")
+
+
+def test_native_front_refused_where_it_is_not_built(monkeypatch):
+    monkeypatch.setattr(native_front, "AVAILABLE", False)
+    assert choose_front(ServerConfig(front="auto")) == (
+        "grpc.aio",
+        "the native front end is not built (libgrpc++-dev was missing at install)",
+    )
+    with pytest.raises(ConfigError, match="not built"):
+        choose_front(ServerConfig(front="native"))
+
+
+def test_a_cancelled_call_never_runs_and_the_next_one_does(slow_batches):
+    x = np.ones((1, 64), np.float32)
+
+    async def cancel_one_then_send_one() -> bytes:
+        async with grpc.aio.insecure_channel(slow_batches.url) as channel:
+            infer = channel.unary_unary(INFER)
+            call = infer(_request(x), timeout=30)
+            await asyncio.sleep(0.1)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            await asyncio.sleep(0.5)  # past the window the cancelled call would have run in
+            return await infer(_request(x), timeout=30)
+
+    before = slow_batches.app.repository.get("mlp").stats.inference_count
+    answer = pb.ModelInferResponse.FromString(asyncio.run(cancel_one_then_send_one()))
+    assert answer.model_name == "mlp"
+    assert slow_batches.app.repository.get("mlp").stats.inference_count == before + 1
+
+
+def test_a_deadline_reaches_the_batcher(slow_batches):
+    """The caller's deadline (150 ms) is shorter than the window: the batcher answers DEADLINE_EXCEEDED."""
+    with grpc.insecure_channel(slow_batches.url) as channel, pytest.raises(grpc.RpcError) as err:
+        channel.unary_unary(INFER)(_request(np.ones((1, 64), np.float32)), timeout=0.15)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_streams_health_watch_and_reflection(server_native):
+    client = tc.InferenceServerClient(server_native.url)
+    x = np.ones((1, 64), np.float32)
+    inp = tc.InferInput("input", [1, 64], "FP32")
+    inp.set_data_from_numpy(x)
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    for i in range(3):
+        client.async_stream_infer("mlp", [inp], request_id=f"s{i}")
+    got = [answers.get(timeout=30) for _ in range(3)]
+    client.stop_stream()
+    client.close()
+    assert [error for _, error in got] == [None, None, None]
+    assert [r.get_response().id for r, _ in got] == ["s0", "s1", "s2"]
+    with grpc.insecure_channel(server_native.url) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        )
+        watch = health.Watch(health_pb2.HealthCheckRequest(service="mlp"), timeout=10)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        listed = next(reflect.ServerReflectionInfo(iter([request]), timeout=10))
+        names = {s.name for s in listed.list_services_response.service}
+        assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
+
+
+def test_an_unknown_method_is_unimplemented_and_names_it(server_native):
+    with grpc.insecure_channel(server_native.url) as channel, pytest.raises(grpc.RpcError) as err:
+        channel.unary_unary("/inference.GRPCInferenceService/NoSuchThing")(b"", timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "NoSuchThing" in err.value.details()
