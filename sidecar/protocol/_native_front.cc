@@ -7,7 +7,7 @@
 //
 //   front = _native_front.Front(address, max_message_bytes)   # "host:port"; front.port(): the bound port
 //   loop.add_reader(front.fileno(), drain)   # drain: calls, cancelled, messages = front.take()
-//   front.respond(id, answer_bytes) | front.fail(id, grpc_code, message)   # a unary call, once
+//   front.respond(id, answer_bytes) | front.end(id, grpc_code, message)   # a unary call, once
 //   front.stream(id); front.write(id, bytes)...; front.end(id, grpc_code, message)   # a stream
 //   front.shutdown(grace_s)   # from a thread other than the event loop's: unanswered calls are
 //                             # cancelled after grace_s, and Python must still finish them
@@ -35,7 +35,7 @@ namespace {
 class Front;
 
 // One call: its first (for unary methods, only) request message is read, then the call waits in the
-// front's queue, then in Python, until ``respond``/``fail`` finishes it. Its id, never reused, is
+// front's queue, then in Python, until ``respond``/``end`` finishes it. Its id, never reused, is
 // Python's handle: a cancel that comes late (after the answer) names an id Python no longer holds.
 class Call : public grpc::ServerGenericBidiReactor {
  public:
@@ -50,9 +50,6 @@ class Call : public grpc::ServerGenericBidiReactor {
     grpc::Slice slice(data, size);
     answer_ = grpc::ByteBuffer(&slice, 1);
     StartWriteAndFinish(&answer_, grpc::WriteOptions(), grpc::Status::OK);
-  }
-  void Fail(int code, const std::string& message) {
-    Finish(grpc::Status(static_cast<grpc::StatusCode>(code), message));
   }
   // Streams: every message after the first is read as it comes (``Stream``), and answers are written
   // one at a time from a queue (``Write``), then the status once the queue is empty (``End``).
@@ -361,16 +358,6 @@ PyObject* Front_respond(FrontObject* self, PyObject* args) {
   return PyBool_FromLong(call != nullptr);
 }
 
-PyObject* Front_fail(FrontObject* self, PyObject* args) {
-  unsigned long long id;
-  int code;
-  const char* message;
-  if (!PyArg_ParseTuple(args, "Kis", &id, &code, &message)) return nullptr;
-  Call* call = self->front->Finishing(id);
-  if (call) call->Fail(code, message);
-  return PyBool_FromLong(call != nullptr);
-}
-
 PyObject* Front_shutdown(FrontObject* self, PyObject* args) {
   double grace_s;
   if (!PyArg_ParseTuple(args, "d", &grace_s)) return nullptr;
@@ -392,10 +379,10 @@ PyMethodDef Front_methods[] = {
     {"take", reinterpret_cast<PyCFunction>(Front_take), METH_NOARGS,
      "([(id, method, request, deadline s or -1, metadata)], [cancelled ids], [(stream id, message or None)])"},
     {"respond", reinterpret_cast<PyCFunction>(Front_respond), METH_VARARGS, "answer call id (bytes); False if gone"},
-    {"fail", reinterpret_cast<PyCFunction>(Front_fail), METH_VARARGS, "fail call id (code, message); False if gone"},
     {"stream", reinterpret_cast<PyCFunction>(Front_stream), METH_VARARGS, "read call id's later messages too"},
     {"write", reinterpret_cast<PyCFunction>(Front_write), METH_VARARGS, "queue one answer of stream id (bytes)"},
-    {"end", reinterpret_cast<PyCFunction>(Front_end), METH_VARARGS, "end stream id (code, message) once written"},
+    {"end", reinterpret_cast<PyCFunction>(Front_end), METH_VARARGS,
+     "finish call id with (code, message) once its answers are written (a failed unary call: at once)"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyTypeObject FrontType = {PyVarObject_HEAD_INIT(nullptr, 0)};

@@ -159,7 +159,7 @@ class NativeFront:
     async def _answer(self, front: Any, call_id: int, method: str, request: bytes, deadline_s: float, metadata: tuple):
         found = self._handler(method, metadata)
         if not found:
-            front.fail(call_id, _UNIMPLEMENTED, f"method {method} is not served on this port")
+            front.end(call_id, _UNIMPLEMENTED, f"method {method} is not served on this port")
             return
         _set_call_metadata(metadata)  # as registration.MetadataTap keeps it for a grpc.aio call
         remaining = None if deadline_s < 0 else max(0.0, deadline_s - time.time())
@@ -174,12 +174,12 @@ class NativeFront:
             if encode is not None:
                 response = encode(response)
         except RelayAbort:
-            front.fail(call_id, context.code().value[0], context.details())
+            front.end(call_id, context.code().value[0], context.details())
         except asyncio.CancelledError:
-            front.fail(call_id, _CANCELLED, "cancelled")  # the client's cancel (or the server's stop)
+            front.end(call_id, _CANCELLED, "cancelled")  # the client's cancel (or the server's stop)
         except Exception as exc:
             log.exception("%s failed unexpectedly", method)
-            front.fail(call_id, _UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
+            front.end(call_id, _UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
         else:
             front.respond(call_id, response)
 
