@@ -328,15 +328,27 @@ PyObject* Front_stream(FrontObject* self, PyObject* args) {
   return PyBool_FromLong(call != nullptr);
 }
 
-PyObject* Front_write(FrontObject* self, PyObject* args) {
+// Bytes for call ``id``: a stream's next answer, or (``finish``) a unary call's answer with status OK.
+PyObject* Send(FrontObject* self, PyObject* args, bool finish) {
   unsigned long long id;
   Py_buffer view;
   if (!PyArg_ParseTuple(args, "Ky*", &id, &view)) return nullptr;
-  Call* call = self->front->Live(id);
-  if (call) call->Write(static_cast<const char*>(view.buf), static_cast<size_t>(view.len));
+  Call* call = finish ? self->front->Finishing(id) : self->front->Live(id);
+  if (call) {
+    const char* data = static_cast<const char*>(view.buf);
+    if (finish) {
+      call->Respond(data, static_cast<size_t>(view.len));
+    } else {
+      call->Write(data, static_cast<size_t>(view.len));
+    }
+  }
   PyBuffer_Release(&view);
   return PyBool_FromLong(call != nullptr);
 }
+
+PyObject* Front_write(FrontObject* self, PyObject* args) { return Send(self, args, false); }
+
+PyObject* Front_respond(FrontObject* self, PyObject* args) { return Send(self, args, true); }
 
 PyObject* Front_end(FrontObject* self, PyObject* args) {
   unsigned long long id;
@@ -345,16 +357,6 @@ PyObject* Front_end(FrontObject* self, PyObject* args) {
   if (!PyArg_ParseTuple(args, "Kis", &id, &code, &message)) return nullptr;
   Call* call = self->front->Finishing(id);
   if (call) call->End(code, message);
-  return PyBool_FromLong(call != nullptr);
-}
-
-PyObject* Front_respond(FrontObject* self, PyObject* args) {
-  unsigned long long id;
-  Py_buffer view;
-  if (!PyArg_ParseTuple(args, "Ky*", &id, &view)) return nullptr;
-  Call* call = self->front->Finishing(id);
-  if (call) call->Respond(static_cast<const char*>(view.buf), static_cast<size_t>(view.len));
-  PyBuffer_Release(&view);
   return PyBool_FromLong(call != nullptr);
 }
 
