@@ -117,10 +117,7 @@ class Sidecar:
             if cfg.reflection:
                 enable_reflection(native, (INFERENCE_SERVICE, HEALTH_SERVICE))
             await self._set_server_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-            try:
-                self.grpc_port = await native.start(address, cfg.max_message_bytes)
-            except OSError as exc:
-                raise OSError(f"cannot bind the gRPC port {cfg.grpc_host}:{cfg.grpc_port}") from exc
+            self.grpc_port = await native.start(address, cfg.max_message_bytes)  # OSError: cannot bind
             self._native = native
         else:
             # ... except where ingest workers share the inference port with this process.
@@ -130,7 +127,10 @@ class Sidecar:
             register(registrar)
             if cfg.reflection:
                 enable_reflection(registrar, (INFERENCE_SERVICE, HEALTH_SERVICE))
-            self.grpc_port = server.add_insecure_port(address)
+            try:  # grpcio raises RuntimeError ("Failed to bind to address ...") where the port is taken
+                self.grpc_port = server.add_insecure_port(address)
+            except RuntimeError:
+                self.grpc_port = 0
             if self.grpc_port == 0:
                 raise OSError(f"cannot bind the gRPC port {cfg.grpc_host}:{cfg.grpc_port}")
             await self._set_server_health(health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -131,3 +131,16 @@ def test_an_unknown_method_is_unimplemented_and_names_it(server_native):
         channel.unary_unary("/inference.GRPCInferenceService/NoSuchThing")(b"", timeout=10)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "NoSuchThing" in err.value.details()
+
+
+@pytest.mark.parametrize("front", ["native", "grpc.aio"])
+def test_a_port_in_use_fails_the_start_and_names_it(model_repository, front):
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = config_for_tests(str(model_repository), server={"front": front, "grpc_port": port})
+        with pytest.raises(OSError, match=f"cannot bind the gRPC port 127.0.0.1:{port}"):
+            ServerThread(config).start()
