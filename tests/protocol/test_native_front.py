@@ -144,3 +144,27 @@ def test_a_port_in_use_fails_the_start_and_names_it(model_repository, front):
         config = config_for_tests(str(model_repository), server={"front": front, "grpc_port": port})
         with pytest.raises(OSError, match=f"cannot bind the gRPC port 127.0.0.1:{port}"):
             ServerThread(config).start()
+
+
+def test_a_stop_with_a_watch_open_ends_it_and_returns(model_repository):
+    """A health Watch stays open until its client goes; stopping the server cancels it after the grace
+    (its stream ends with a status) and the stop returns: nothing waits on a call nobody finishes."""
+    import threading
+    import time
+
+    srv = ServerThread(config_for_tests(str(model_repository), server={"front": "native"})).start()
+    channel = grpc.insecure_channel(srv.url)
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    began = time.monotonic()
+    stopper = threading.Thread(target=srv.stop)
+    stopper.start()
+    statuses = []
+    with pytest.raises(grpc.RpcError) as ended:
+        for answer in watch:  # NOT_SERVING as the server drains, then the stream ends
+            statuses.append(answer.status)
+    stopper.join(30)
+    assert not stopper.is_alive() and time.monotonic() - began < 20
+    assert ended.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+    assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses
+    channel.close()
