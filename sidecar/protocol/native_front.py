@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import queue
 import time
 from collections.abc import Callable
 from typing import Any
@@ -188,22 +189,25 @@ class NativeFront:
     ) -> None:
         decode = found.request_deserializer or _identity
         encode = found.response_serializer or _identity
-        inbox = None
+        method = None
+        if found.response_streaming:
+            method = found.stream_stream if found.request_streaming else found.unary_stream
+        sync = method is not None and not (inspect.iscoroutinefunction(method) or inspect.isasyncgenfunction(method))
+        inbox: Any = None
         if found.request_streaming:
-            inbox = self._inboxes[call_id] = asyncio.Queue()
+            # a synchronous handler reads its requests on a pool thread: a queue it waits on without the loop
+            inbox = self._inboxes[call_id] = queue.SimpleQueue() if sync else asyncio.Queue()
             front.stream(call_id)
         context = NativeContext(metadata, remaining, lambda message: front.write(call_id, encode(message)))
         try:
-            if not found.response_streaming:  # stream in, one answer out
+            if method is None:  # stream in, one answer out
                 response = await found.stream_unary(_requests(first, inbox, decode), context)
                 front.respond(call_id, encode(response))
                 return
-            method = found.stream_stream if found.request_streaming else found.unary_stream
-            argument = _requests(first, inbox, decode) if inbox is not None else decode(first)
-            if not (inspect.iscoroutinefunction(method) or inspect.isasyncgenfunction(method)):
+            if sync:
                 await self._sync_stream(front, method, call_id, first, inbox, decode, encode, context)
             else:
-                answers = method(argument, context)
+                answers = method(_requests(first, inbox, decode) if inbox is not None else decode(first), context)
                 if inspect.isasyncgen(answers):
                     async for answer in answers:
                         front.write(call_id, encode(answer))
@@ -218,19 +222,18 @@ class NativeFront:
             log.exception("%s failed unexpectedly", found)
             front.end(call_id, _UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
         finally:
-            self._inboxes.pop(call_id, None)
+            if self._inboxes.pop(call_id, None) is not None:
+                inbox.put_nowait(None)  # whatever still reads the requests (a pool thread) sees their end
 
     async def _sync_stream(self, front, method, call_id, first, inbox, decode, encode, context) -> None:
-        """A synchronous stream handler (reflection's) on a pool thread, as grpc.aio runs one."""
-        loop = self._loop
+        """A synchronous stream handler (reflection's) on a pool thread, as grpc.aio runs one; ``inbox``
+        (a ``queue.SimpleQueue``) gets the later requests, and None at their end or the call's."""
 
         def requests():
             message = first
             while message is not None:
                 yield decode(message)
-                if inbox is None:
-                    return
-                message = asyncio.run_coroutine_threadsafe(inbox.get(), loop).result()  # type: ignore[arg-type]
+                message = inbox.get()
 
         def run() -> None:
             for answer in method(requests() if inbox is not None else decode(first), context):

@@ -168,3 +168,42 @@ def test_a_stop_with_a_watch_open_ends_it_and_returns(model_repository):
     assert ended.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
     assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses
     channel.close()
+
+
+def test_a_cancelled_reflection_stream_frees_its_pool_thread(server_native):
+    """Reflection's handler is synchronous: it reads its requests on a pool thread. A client that goes
+    away in the middle of its stream (no half-close) must not leave that thread waiting for a request
+    that never comes (it would keep the process from exiting)."""
+    import sys
+    import threading
+    import time
+
+    hold = threading.Event()
+
+    def requests():
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+        hold.wait(30)  # no half-close: the stream stays open until the call is cancelled
+
+    with grpc.insecure_channel(server_native.url) as channel:
+        call = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(requests(), timeout=30)
+        assert next(call).list_services_response.service
+
+        def waiting() -> int:  # threads whose stack is inside the handler's request reader
+            def reading(frame) -> bool:
+                while frame is not None:
+                    if frame.f_code.co_name == "requests" and frame.f_code.co_filename.endswith(
+                        "protocol/native_front.py"
+                    ):
+                        return True
+                    frame = frame.f_back
+                return False
+
+            return sum(1 for frame in sys._current_frames().values() if reading(frame))
+
+        assert waiting() == 1
+        call.cancel()
+        hold.set()
+        deadline = time.monotonic() + 10
+        while waiting() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert waiting() == 0
