@@ -95,9 +95,20 @@ class _Details:
 
     __slots__ = ("invocation_metadata", "method")
 
-    def __init__(self, method: str) -> None:
+    def __init__(self, method: str, metadata: tuple = ()) -> None:
         self.method = method
-        self.invocation_metadata = ()
+        self.invocation_metadata = metadata
+
+
+def find_handler(generic_handlers: Any, method: str, metadata: tuple = ()) -> Any:
+    """The method handler the first of ``generic_handlers`` that serves ``method`` gives; None if none does
+    (grpc.aio's lookup, for calls that reach the handlers some other way: relayed, or the native front)."""
+    details = _Details(method, metadata)
+    for generic in generic_handlers:
+        found = generic.service(details)
+        if found is not None:
+            return found
+    return None
 
 
 class _Capture:
@@ -123,11 +134,7 @@ def method_table(
         if method == wire.METHODS[wire.STREAM_MESSAGE]:
             table.append((stream_message, None, None))
             continue
-        found = None
-        for generic in capture.handlers:
-            found = generic.service(_Details(method))
-            if found is not None:
-                break
+        found = find_handler(capture.handlers, method)
         if found is None or found.unary_unary is None:
             raise ValueError(f"no unary handler for {method}")
         table.append((found.unary_unary, found.request_deserializer, found.response_serializer))

@@ -29,7 +29,7 @@ from typing import Any
 
 import grpc
 
-from sidecar.ingest.relay import RelayAbort, RelayContext
+from sidecar.ingest.relay import RelayAbort, RelayContext, find_handler
 from sidecar.protocol.registration import CALL_METADATA
 
 try:
@@ -67,14 +67,6 @@ class NativeContext(RelayContext):
         return "native-front"
 
 
-class _Details:
-    __slots__ = ("invocation_metadata", "method")
-
-    def __init__(self, method: str, metadata: tuple) -> None:
-        self.method = method
-        self.invocation_metadata = metadata
-
-
 class NativeFront:
     """Registration target for the inference port's handlers (``add_generic_rpc_handlers``), then the
     port itself: ``start(address, max_message_bytes)`` binds it, ``stop(grace_s)`` closes it."""
@@ -87,7 +79,7 @@ class NativeFront:
         self._front: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: dict[int, asyncio.Task] = {}
-        self._inboxes: dict[int, asyncio.Queue] = {}
+        self._inboxes: dict[int, Any] = {}  # a request stream's later messages: asyncio or thread-safe queue
         self._stopped: asyncio.Event | None = None
         self.port = 0
 
@@ -149,12 +141,7 @@ class NativeFront:
     def _handler(self, method: str, metadata: tuple) -> Any:
         found = self._handlers.get(method)
         if found is None:
-            details = _Details(method, metadata)
-            for generic in self._generic:
-                found = generic.service(details)
-                if found is not None:
-                    break
-            self._handlers[method] = found = found or False
+            self._handlers[method] = found = find_handler(self._generic, method, metadata) or False
         return found
 
     async def _answer(self, front: Any, call_id: int, method: str, request: bytes, deadline_s: float, metadata: tuple):
