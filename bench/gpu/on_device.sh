@@ -13,7 +13,17 @@ mkdir -p /tmp/parts
 if compgen -G '.gpuparts/*' >/dev/null; then cp .gpuparts/* /tmp/parts/; fi
 if compgen -G '.whl/*.whl' >/dev/null; then  # carried in this call (an uncarried .whl is left empty)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  if [ -f .whl/native.tar.xz ]; then tar -xJf .whl/native.tar.xz -C .whl; fi
   cp .whl/native/*.so /tmp/parts/
+  if [ -d .whl/native/lib ]; then  # gRPC C++ (the native front end, the C++ echo): see pack_wheels.sh
+    mkdir -p /tmp/parts/lib && cp .whl/native/lib/* /tmp/parts/lib/ && cp .whl/native/echo /tmp/parts/
+    for lib in .whl/native/lib-fallback/*; do
+      ldconfig -p | grep -q "$(basename "$lib") " || cp "$lib" /tmp/parts/lib/
+    done
+    LD_LIBRARY_PATH=/tmp/parts/lib ldd /tmp/parts/_native_front.*.so /tmp/parts/echo | grep 'not found' || true
+    (cd /tmp/parts && LD_LIBRARY_PATH=/tmp/parts/lib python3 -c 'import _native_front; print("native front loads")') ||
+      echo "the native front end does not load here"
+  fi
   PYTHONPATH=/tmp/site python3 -m bench.gpu.export_models --out /tmp/gpurepo
 fi
 if [ "${1:-stage}" = stage ]; then
@@ -24,6 +34,12 @@ shift
 bash /tmp/parts/unpack-onnxruntime-gpu.sh /tmp/parts /tmp/site
 cp /tmp/parts/_histogram_native.*.so sidecar/monitoring/
 cp /tmp/parts/_otlp_native.*.so sidecar/telemetry/ 2>/dev/null || true  # (older .whl packs lack it)
+if [ -d /tmp/parts/lib ]; then
+  cp /tmp/parts/_native_front.*.so sidecar/protocol/
+  mkdir -p bench/native_echo/build && cp /tmp/parts/echo bench/native_echo/build/echo
+  touch bench/native_echo/build/echo  # newer than echo.cc: used as built
+  export LD_LIBRARY_PATH=/tmp/parts/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 [ -f /tmp/gpurepo/encoder/1.0.0/model.onnx ] || python3 -m bench.gpu.export_models --out /tmp/gpurepo
 "$@"

@@ -6,7 +6,9 @@ Meant for one H100 machine (16 cores). For each model, in one session:
    default options (the ceiling: what a server that receives numpy arrays can reach); then the same
    with the sidecar's cuDNN setting (``--sidecar-conv-search``), and with IO binding, at a few sizes;
 2. the ingest ceiling: a bare grpc.aio server (bench/echo_server.py) receiving the same batch-1
-   requests (602 KB each for ResNet-50) and answering with the model's real response bytes;
+   requests (602 KB each for ResNet-50) and answering with the model's real response bytes; with
+   ``--servers echo-native`` also the C++ one (bench/native_echo: gRPC's own cost, no Python), the
+   ceiling of the sidecar's native front end (``server.front``);
 3. the sidecar with batching on (and off, unless ``--servers`` says otherwise), batch-1 clients,
    closed loop at each concurrency (default 1, 16, 64, 256; ``--echo-concurrency`` and
    ``--unbatched-concurrency`` for the other two), load generator in several processes. The unbatched
@@ -53,7 +55,7 @@ RAW_KINDS = {
     "numpy_sidecar_search": "numpy in and out, the sidecar's cuDNN search setting",
     "io_binding": "IO binding: inputs copied to the GPU once, outputs left there",
 }
-LOG_WORDS = ("warm-up", "wanted", "preload_dlls")  # sidecar log lines the results keep
+LOG_WORDS = ("warm-up", "wanted", "preload_dlls", "front end")  # sidecar log lines the results keep
 CONV_MODELS = {"resnet50"}  # where the cuDNN convolution search matters
 MODELS = {
     # name: (input name, description)
@@ -148,7 +150,7 @@ def run_cells(
         if over_budget(args):
             skipped[f"{key}/{model}/c={c}"] = "over --budget-s"
             continue
-        timings_before = servers.model_timings(server.target, model) if key != "echo" else None
+        timings_before = servers.model_timings(server.target, model) if not key.startswith("echo") else None
         # CPU of each of the server's threads (by name) over the measured window, "main" = the event loop.
         probes: dict[str, Any] = {"server": server.cpu_seconds}
         for name in servers.thread_cpu(server.pid):
@@ -265,12 +267,18 @@ def diagnosis(rows: Sequence[dict[str, Any]], target: dict[str, Any], request_by
         f"One bare grpc.aio process ingests {echo['rps']:,.0f} req/s of {kb:,.0f} KB "
         f"({echo['server_us']:,.0f} us of CPU each, event loop busy {echo['event_loop_busy']:.2f} cores)"
     )
+    native = max((c for c in rows if c["server"] == "echo-native"), key=lambda c: c["rps"], default=None)
+    if native is not None:
+        ingest += (
+            f"; the C++ echo (the native front end's ceiling) {native['rps']:,.0f} req/s "
+            f"({native['server_us']:,.0f} us of CPU each)"
+        )
     if side["rps"] >= goal:
         return f"Diagnosis: the target is met. {ingest}."
-    if echo["rps"] < goal:
+    if max(echo["rps"], native["rps"] if native else 0.0) < goal:
         return (
             f"Diagnosis: ingest is the first limit. {ingest}, below the {goal:,.0f} req/s the target needs, so "
-            "no single-process Python server can reach it whatever its batcher does. The sidecar's event loop "
+            "no single-process server can reach it whatever its batcher does. The sidecar's event loop "
             f"was busy {side['event_loop_busy']:.2f} cores at {side['load']} ({side['event_loop_us']:,.0f} us "
             "per request). Design change: several ingest processes (SO_REUSEPORT on the same port, one event "
             "loop each) passing requests through shared memory to the one process that owns the GPU session "
@@ -387,7 +395,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--torch-python", default=sys.executable, help="Python with torch, for --export")
     p.add_argument("--cpu-check", action="store_true", help="tiny models on the CPU, short cells: pipeline check")
     p.add_argument("--models", default="resnet50,encoder")
-    p.add_argument("--servers", default="echo,sidecar-batching,sidecar", help="echo, sidecar-batching, sidecar")
+    p.add_argument(
+        "--servers", default="echo,sidecar-batching,sidecar", help="echo, echo-native, sidecar-batching, sidecar"
+    )
     p.add_argument("--concurrency", default="1,16,64,256", help="for the batched sidecar")
     p.add_argument("--echo-concurrency", default="64,256")
     p.add_argument("--unbatched-concurrency", default="256")
@@ -488,6 +498,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "echo" in args.servers:
                 with servers.start_echo(response_file=response_file, name=f"echo-{model}") as echo:
                     run_cells(echo, "echo", model, request, args, data["cells"], args.echo_concurrency, data["skipped"])
+            if "echo-native" in args.servers:
+                try:
+                    native_echo = servers.start_native_echo(response_file=response_file, name=f"echo-native-{model}")
+                except Exception as exc:
+                    data["skipped"][f"echo-native/{model}"] = f"{type(exc).__name__}: {str(exc)[:2000]}"
+                    print(f"[echo-native] could not start: {exc}", flush=True)
+                else:
+                    with native_echo:
+                        run_cells(
+                            native_echo,
+                            "echo-native",
+                            model,
+                            request,
+                            args,
+                            data["cells"],
+                            args.echo_concurrency,
+                            data["skipped"],
+                        )
             for key in ("sidecar-batching", "sidecar"):
                 if key not in args.servers or over_budget(args):
                     continue
