@@ -3,7 +3,8 @@
 All are optional: without a working C compiler `pip install` still succeeds, prints a warning, and
 ``sidecar.monitoring.histogram`` uses its numpy twin (it logs which kernel is active, and
 ``sidecar.monitoring.histogram.KERNEL`` says so), ``sidecar.telemetry.otlp`` its Python span encoder
-(``sidecar.telemetry.otlp.ENCODER``), and the server grpc.aio instead of the native front end (C++,
+(``sidecar.telemetry.otlp.ENCODER``), the batcher numpy's concatenate for its merges
+(``sidecar.batching.gather``), and the server grpc.aio instead of the native front end (C++,
 built only where ``pkg-config grpc++`` finds gRPC's C++ library: Debian's libgrpc++-dev). The
 histogram kernel is portable C: no ``-march=native``; it carries AVX2 and AVX-512 variants chosen at
 run time (native/histogram.c).
@@ -88,6 +89,7 @@ setup(
             libraries=["m"] if sys.platform != "win32" else [],
         ),
         Extension("sidecar.telemetry._otlp_native", sources=["sidecar/telemetry/_otlp_native.c"]),
+        Extension("sidecar.batching._gather_native", sources=["sidecar/batching/_gather_native.c"]),
         *NATIVE_FRONT,
     ],
     cmdclass={"build_ext": OptionalBuildExt},

@@ -9,13 +9,15 @@
 # then the batched sidecar alone, alternating: 6 ingest workers (grpc.aio), native, 6 workers, and native
 # with 4 batches in flight. The results go into OUT/results.tgz (rewritten after every invocation, so a
 # call cut short keeps what ran) and the console into OUT/console.txt. REPO and EXTRA as in
-# confirm_session.sh (a pipeline check on a CPU: EXTRA="--providers CPUExecutionProvider ...").
+# confirm_session.sh (a pipeline check on a CPU: EXTRA="--providers CPUExecutionProvider ...");
+# MODELS (default resnet50,encoder); ECHOS (the first invocation's echo servers, default
+# echo,echo-native; empty: none).
 set -uo pipefail
 out=${1:?usage: native_front_session.sh OUT [NAME]}
 name=${2:-gpu-native}
 repo=${REPO:-/tmp/gpurepo}
 results=$(mktemp -d)
-common=(--repository "$repo" --models resnet50,encoder --processes 8 --channels 4 --duration 5 --warmup 1.5
+common=(--repository "$repo" --models "${MODELS:-resnet50,encoder}" --processes 8 --channels 4 --duration 5 --warmup 1.5
   --raw-duration 1.5 --raw-batch-sizes 64,128 --raw-extra-batch-sizes "" --concurrency 256 --echo-concurrency 256
   --out "$results" ${EXTRA:-})
 native=(--sidecar-setting server.front=native)
@@ -24,7 +26,8 @@ run() {
   python3 -m bench.gpu.run_gpu "${common[@]}" "$@" 2>&1 | tee -a "$out/console.txt"
   tar -czf "$out/results.tgz" -C "$results" .
 }
-run --servers echo,echo-native,sidecar-batching "${native[@]}" --budget-s 120 --name "$name-1"
+echos=${ECHOS-echo,echo-native}
+run --servers "${echos:+$echos,}sidecar-batching" "${native[@]}" --budget-s 120 --name "$name-1"
 run --servers sidecar-batching "${workers[@]}" --budget-s 80 --name "$name-workers6-1"
 run --servers sidecar-batching "${native[@]}" --budget-s 80 --name "$name-2"
 run --servers sidecar-batching "${workers[@]}" --budget-s 80 --name "$name-workers6-2"

@@ -34,6 +34,7 @@ shift
 bash /tmp/parts/unpack-onnxruntime-gpu.sh /tmp/parts /tmp/site
 cp /tmp/parts/_histogram_native.*.so sidecar/monitoring/
 cp /tmp/parts/_otlp_native.*.so sidecar/telemetry/ 2>/dev/null || true  # (older .whl packs lack it)
+cp /tmp/parts/_gather_native.*.so sidecar/batching/ 2>/dev/null || true
 if [ -d /tmp/parts/lib ]; then
   cp /tmp/parts/_native_front.*.so sidecar/protocol/
   mkdir -p bench/native_echo/build && cp /tmp/parts/echo bench/native_echo/build/echo

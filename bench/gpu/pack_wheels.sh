@@ -8,6 +8,7 @@
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site DEST/*.whl
 #   cp DEST/native/_histogram_native.*.so sidecar/monitoring/ && cp DEST/native/_otlp_native.*.so sidecar/telemetry/
 #   cp DEST/native/_native_front.*.so sidecar/protocol/ && cp DEST/native/echo bench/native_echo/build/
+#   cp DEST/native/_gather_native.*.so sidecar/batching/
 #   export PYTHONPATH=/tmp/site LD_LIBRARY_PATH=DEST/native/lib   (plus DEST/native/lib-fallback where
 #   that machine lacks one of its libraries: OpenSSL, zlib)
 # onnxruntime-gpu travels separately (../shared/gpu/pack-onnxruntime-gpu.sh: it is too big for one call).
@@ -33,7 +34,8 @@ trap 'rm -rf "$work"' EXIT
 git -C "$root" archive HEAD | tar -x -C "$work"
 (cd "$work" && "$work/venv/bin/python" setup.py -q build_ext --inplace)
 cp "$work"/sidecar/monitoring/_histogram_native.cpython-312-*.so "$work"/sidecar/telemetry/_otlp_native.cpython-312-*.so \
-  "$work"/sidecar/protocol/_native_front.cpython-312-*.so "$dest/native/"
+  "$work"/sidecar/protocol/_native_front.cpython-312-*.so "$work"/sidecar/batching/_gather_native.cpython-312-*.so \
+  "$dest/native/"
 bash "$work/bench/native_echo/build.sh"
 cp "$work/bench/native_echo/build/echo" "$dest/native/"
 # The libraries the native front end and the echo link, but for the C and C++ runtimes every Linux has;

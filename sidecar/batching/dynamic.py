@@ -60,6 +60,7 @@ import numpy as np
 
 from sidecar.batching.buffers import MergeBuffers
 from sidecar.batching.cost_model import CostModel
+from sidecar.batching.gather import concatenate_into
 from sidecar.batching.policy import DEADLINE_MARGIN_NS, DEADLINE_SAFETY, NEXT_TURN, ArrivalStats, ClosePolicy
 from sidecar.batching.queue import Entry, RequestQueue, priority_level
 from sidecar.batching.scheduler import BatchSettings, InferenceObserver, WorkItem, run_engine
@@ -516,7 +517,7 @@ class DynamicBatcher:
                 merged = pool.take(padded, first.shape[1:], first.dtype)
             else:
                 merged = np.empty((padded, *first.shape[1:]), first.dtype)
-            np.concatenate(parts, out=merged[:rows])
+            concatenate_into(merged[:rows], parts)
             if padded > rows:
                 merged[rows:] = 0
             out[n] = merged

@@ -634,13 +634,13 @@ async def test_a_big_merge_is_copied_off_the_event_loop(make_batcher, monkeypatc
         outputs=(TensorSpec("OUTPUT0", "FP32", (-1, width)), TensorSpec("OUTPUT1", "FP32", (-1,))),
     )
     threads = []
-    real = np.concatenate
+    real = dynamic.concatenate_into
 
     def spy(*args, **kwargs):
         threads.append(threading.current_thread())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(dynamic.np, "concatenate", spy)
+    monkeypatch.setattr(dynamic, "concatenate_into", spy)
     batcher, _ = make_batcher(engine, kept_merge_mb=kept_merge_mb)
     first = await hold_engine_wide(batcher, engine, width)
     xs = [rows_of(float(i), rows=1, width=width) for i in range(2)]
