@@ -125,15 +125,7 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(config.log_level)
     io = grpc_io.choose(config.server.grpc_io, config.repository.path)  # before gRPC loads (sidecar.app does)
     loop_name = install_event_loop_policy()
-    if config.server.switch_interval_ms > 0:
-        sys.setswitchinterval(config.server.switch_interval_ms / 1e3)
-    log.info(
-        "sidecar %s starting on %s, gRPC I/O: %s, GIL switch interval %g ms",
-        __version__,
-        loop_name,
-        io,
-        sys.getswitchinterval() * 1e3,
-    )
+    log.info("sidecar %s starting on %s, gRPC I/O: %s", __version__, loop_name, io)
     return asyncio.run(serve_until_signalled(config))
 
 

@@ -60,12 +60,6 @@ class ServerConfig:
         "grpc.aio, or auto: native where it was built (libgrpc++-dev at install) and no ingest workers run.",
         default="auto",
     )
-    switch_interval_ms: float = _doc(
-        "`sidecar serve`: the interpreter's GIL switch interval (sys.setswitchinterval), the longest a thread that "
-        "wants the GIL (a batch's merge, the engine's run, the span exporter) waits while the event loop runs "
-        "Python; 0 = Python's own (5 ms).",
-        default=0.0,
-    )
     ingest_workers: int = _doc(
         "Extra processes that take gRPC calls on the inference port beside this one (SO_REUSEPORT: the kernel "
         "spreads client connections over them) and relay each call to it over a Unix socket, so that gRPC's "
@@ -88,8 +82,6 @@ class ServerConfig:
             raise ValueError(
                 f"server.ingest_shared_memory_bytes must be 0 or more, not {self.ingest_shared_memory_bytes}"
             )
-        if not self.switch_interval_ms >= 0:
-            raise ValueError(f"server.switch_interval_ms must be 0 or more, not {self.switch_interval_ms}")
         if self.ingest_workers < 0:
             raise ValueError(f"server.ingest_workers must be 0 or more, not {self.ingest_workers}")
 

@@ -55,7 +55,7 @@ RAW_KINDS = {
     "numpy_sidecar_search": "numpy in and out, the sidecar's cuDNN search setting",
     "io_binding": "IO binding: inputs copied to the GPU once, outputs left there",
 }
-LOG_WORDS = ("warm-up", "wanted", "preload_dlls", "front end", "switch interval")  # sidecar log lines the results keep
+LOG_WORDS = ("warm-up", "wanted", "preload_dlls", "front end")  # sidecar log lines the results keep
 CONV_MODELS = {"resnet50"}  # where the cuDNN convolution search matters
 MODELS = {
     # name: (input name, description)
