@@ -207,3 +207,63 @@ def test_a_cancelled_reflection_stream_frees_its_pool_thread(server_native):
         while waiting() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert waiting() == 0
+
+
+@pytest.fixture(scope="module")
+def wide_identity(tmp_path_factory):
+    """identity_wide: FP32 rows of 32,768 values (128 KiB a row: every request is read in place)."""
+    from sidecar.testing.models import identity_model
+
+    repo = tmp_path_factory.mktemp("wide")
+    write_version(repo, "identity_wide", "1.0.0", identity_model, dims=(32768,))
+    with ServerThread(config_for_tests(str(repo), server={"front": "native"})) as srv:
+        yield srv
+
+
+def test_a_big_request_is_read_in_place_and_answered_exactly(wide_identity, monkeypatch):
+    from sidecar.protocol.inference_servicer import InferenceServicer
+
+    seen = []
+    real = InferenceServicer._decode_encoded
+
+    def spy(self, encoded, context):
+        seen.append(type(encoded))
+        return real(self, encoded, context)
+
+    monkeypatch.setattr(InferenceServicer, "_decode_encoded", spy)
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((rows, 32768)).astype(np.float32) for rows in (1, 2, 1, 3)]
+
+    async def send_all() -> list[bytes]:
+        async with grpc.aio.insecure_channel(wide_identity.url, options=[("grpc.max_send_message_length", -1)]) as ch:
+            infer = ch.unary_unary(INFER)
+            calls = []
+            for x in xs:
+                msg = pb.ModelInferRequest(model_name="identity_wide")
+                msg.inputs.add(name="INPUT0", datatype="FP32", shape=list(x.shape))
+                msg.raw_input_contents.append(x.tobytes())
+                calls.append(infer(msg.SerializeToString(), timeout=30))
+            return await asyncio.gather(*calls)
+
+    answers = asyncio.run(send_all())
+    assert seen and all(t is memoryview for t in seen)  # the gRPC slice itself, not a copy
+    for x, answer in zip(xs, answers, strict=True):
+        resp = pb.ModelInferResponse.FromString(answer)
+        got = {
+            o.name: np.frombuffer(raw, np.float32).reshape(o.shape)
+            for o, raw in zip(resp.outputs, resp.raw_output_contents, strict=True)
+        }
+        assert np.array_equal(got["OUTPUT0"], x) and np.array_equal(got["OUTPUT1"], x)
+    # tritonclient too, and a big message to a method with a deserializer (parsed from the view)
+    client = tc.InferenceServerClient(wide_identity.url)
+    x = rng.standard_normal((1, 32768)).astype(np.float32)
+    inp = tc.InferInput("INPUT0", [1, 32768], "FP32")
+    inp.set_data_from_numpy(x)
+    assert np.array_equal(client.infer("identity_wide", [inp]).as_numpy("OUTPUT0"), x)
+    with grpc.insecure_channel(wide_identity.url) as channel:
+        index = channel.unary_unary(
+            "/inference.GRPCInferenceService/RepositoryIndex",
+            request_serializer=pb.RepositoryIndexRequest.SerializeToString,
+            response_deserializer=pb.RepositoryIndexResponse.FromString,
+        )(pb.RepositoryIndexRequest(repository_name="r" * 70_000), timeout=10)
+    assert [m.name for m in index.models] == ["identity_wide"]
