@@ -267,3 +267,24 @@ def test_a_big_request_is_read_in_place_and_answered_exactly(wide_identity, monk
             response_deserializer=pb.RepositoryIndexResponse.FromString,
         )(pb.RepositoryIndexRequest(repository_name="r" * 70_000), timeout=10)
     assert [m.name for m in index.models] == ["identity_wide"]
+
+
+def test_many_concurrent_calls_each_get_their_own_answer(server_native):
+    # answers leave through the front's responder thread: none may go to another call
+    xs = [np.full((1, 4), i, np.float32) for i in range(300)]
+
+    async def send_all() -> list[bytes]:
+        async with grpc.aio.insecure_channel(server_native.url) as channel:
+            infer = channel.unary_unary(INFER)
+            calls = []
+            for i, x in enumerate(xs):
+                msg = pb.ModelInferRequest(model_name="identity_fp32", id=f"r{i}")
+                msg.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 4])
+                msg.raw_input_contents.append(x.tobytes())
+                calls.append(infer(msg.SerializeToString(), timeout=30))
+            return await asyncio.gather(*calls)
+
+    for i, answer in enumerate(asyncio.run(send_all())):
+        resp = pb.ModelInferResponse.FromString(answer)
+        assert resp.id == f"r{i}"
+        assert np.array_equal(np.frombuffer(resp.raw_output_contents[0], np.float32), xs[i].ravel())
