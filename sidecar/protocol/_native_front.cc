@@ -3,7 +3,8 @@
 // threads, reads its first request message and queues it with its method, deadline and metadata.
 // Python takes everything queued at once (one wake-up through an eventfd for many calls) with the ids
 // of calls cancelled meanwhile and the later messages of streams, answers each through the handlers the
-// sidecar registers for that method, and hands the answers back, which gRPC's threads send.
+// sidecar registers for that method, and hands the answers back, which a thread of the front's own
+// gives to gRPC (Responder).
 //
 //   front = _native_front.Front(address, max_message_bytes)   # "host:port"; front.port(): the bound port
 //   loop.add_reader(front.fileno(), drain)   # drain: calls, cancelled, messages = front.take()

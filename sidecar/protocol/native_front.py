@@ -13,7 +13,9 @@ messages arrive as they come and its answers leave in order, and each call's met
 handler both in its context and in ``registration.CALL_METADATA`` (as the metadata tap keeps it).
 A request of 64 KiB or more reaches its handler as a read-only memoryview of gRPC's own buffer, not a
 copy (the servicer reads a relayed request from shared memory the same way): copying an image-sized
-request on the event loop, GIL held, cost more than all the rest of its handling.
+request on the event loop, GIL held, cost more than all the rest of its handling. Answers are queued,
+in order, for a thread of the front's own that hands them to gRPC (whose write path would otherwise
+run on the event loop: ~36 us a call on 2 cores).
 
 What differs from grpc.aio, by design: a method the port does not serve is UNIMPLEMENTED with the
 method's name in the message; ingest workers (``server.ingest_workers``) need grpc.aio's port sharing,
