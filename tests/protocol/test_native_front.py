@@ -267,6 +267,21 @@ def test_a_big_request_is_read_in_place_and_answered_exactly(wide_identity, monk
             response_deserializer=pb.RepositoryIndexResponse.FromString,
         )(pb.RepositoryIndexRequest(repository_name="r" * 70_000), timeout=10)
     assert [m.name for m in index.models] == ["identity_wide"]
+    # a stream whose messages are big: the first is a view, the later ones bytes; answers in order
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    sent = [rng.standard_normal((1, 32768)).astype(np.float32) for _ in range(3)]
+    for i, x in enumerate(sent):
+        inp = tc.InferInput("INPUT0", [1, 32768], "FP32")
+        inp.set_data_from_numpy(x)
+        client.async_stream_infer("identity_wide", [inp], request_id=f"w{i}")
+    got = [answers.get(timeout=30) for _ in sent]
+    client.stop_stream()
+    client.close()
+    assert [error for _, error in got] == [None, None, None]
+    assert [r.get_response().id for r, _ in got] == ["w0", "w1", "w2"]
+    for (result, _), x in zip(got, sent, strict=True):
+        assert np.array_equal(result.as_numpy("OUTPUT0"), x)
 
 
 def test_many_concurrent_calls_each_get_their_own_answer(server_native):
