@@ -33,7 +33,6 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
-#include <string>
 #include <vector>
 
 namespace {
