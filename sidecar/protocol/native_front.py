@@ -18,8 +18,9 @@ in order, for a thread of the front's own that hands them to gRPC (whose write p
 run on the event loop: ~36 us a call on 2 cores).
 
 What differs from grpc.aio, by design: a method the port does not serve is UNIMPLEMENTED with the
-method's name in the message; ingest workers (``server.ingest_workers``) need grpc.aio's port sharing,
-so with them the sidecar serves on grpc.aio.
+method's name in the message; a unary request that does not decode is INVALID_ARGUMENT naming the method
+(grpc.aio answers INTERNAL, "Exception deserializing request!"); ingest workers
+(``server.ingest_workers``) need grpc.aio's port sharing, so with them the sidecar serves on grpc.aio.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 AVAILABLE = _native_front is not None
 _set_call_metadata = CALL_METADATA.set
 _CANCELLED = grpc.StatusCode.CANCELLED.value[0]
+_INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 _UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED.value[0]
 _UNKNOWN = grpc.StatusCode.UNKNOWN.value[0]
 
@@ -161,10 +163,16 @@ class NativeFront:
         if found.request_streaming or found.response_streaming:
             await self._stream(front, found, call_id, request, remaining, metadata)
             return
+        decode = found.request_deserializer
+        if decode is not None:
+            try:
+                request = decode(request)
+            except Exception as exc:  # bad input: the client's to fix, and nothing ran
+                front.end(call_id, _INVALID_ARGUMENT, f"{method}: the request is not a valid message: {exc}")
+                return
         context = NativeContext(metadata, remaining)
         try:
-            decode = found.request_deserializer
-            response = await found.unary_unary(decode(request) if decode is not None else request, context)
+            response = await found.unary_unary(request, context)
             encode = found.response_serializer
             if encode is not None:
                 response = encode(response)

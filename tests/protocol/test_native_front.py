@@ -126,6 +126,19 @@ def test_streams_health_watch_and_reflection(server_native):
         assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
 
 
+def test_a_request_that_does_not_decode_is_invalid_argument_and_names_the_method(server_native):
+    with grpc.insecure_channel(server_native.url) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            channel.unary_unary("/inference.GRPCInferenceService/ModelMetadata")(b"\xff\xff\xff", timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "ModelMetadata" in err.value.details() and "not a valid message" in err.value.details()
+        # the server goes on serving
+        health = health_pb2_grpc.HealthStub(channel)
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        )
+
+
 def test_an_unknown_method_is_unimplemented_and_names_it(server_native):
     with grpc.insecure_channel(server_native.url) as channel, pytest.raises(grpc.RpcError) as err:
         channel.unary_unary("/inference.GRPCInferenceService/NoSuchThing")(b"", timeout=10)
