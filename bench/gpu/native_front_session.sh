@@ -5,7 +5,8 @@
 # echo and gRPC C++'s libraries):
 #   bash bench/gpu/on_device.sh run bash bench/gpu/native_front_session.sh "$OUT" NAME
 # ResNet-50 and the encoder at c=256 (8 load generator processes x 4 connections), each invocation with
-# its own raw sweep: (1) the grpc.aio echo, the C++ echo and the batched sidecar on the native front;
+# its own raw sweep: (1) the grpc.aio echo, the C++ echo and the batched sidecar on the native front
+# (and a py-spy profile of its c=256 cell);
 # then the batched sidecar alone, alternating: 6 ingest workers (grpc.aio), native, 6 workers, and native
 # with 4 batches in flight. The results go into OUT/results.tgz (rewritten after every invocation, so a
 # call cut short keeps what ran) and the console into OUT/console.txt. REPO and EXTRA as in
@@ -27,7 +28,10 @@ run() {
   tar -czf "$out/results.tgz" -C "$results" .
 }
 echos=${ECHOS-echo,echo-native}
-run --servers "${echos:+$echos,}sidecar-batching" "${native[@]}" --budget-s 120 --name "$name-1"
+# (with a py-spy profile of the native front's top cell where py-spy is there: pack_wheels.sh carries it)
+profile=()
+[ -x /tmp/site/bin/py-spy ] && profile=(--profile --py-spy /tmp/site/bin/py-spy)
+run --servers "${echos:+$echos,}sidecar-batching" "${native[@]}" "${profile[@]}" --budget-s 140 --name "$name-1"
 run --servers sidecar-batching "${workers[@]}" --budget-s 80 --name "$name-workers6-1"
 run --servers sidecar-batching "${native[@]}" --budget-s 80 --name "$name-2"
 run --servers sidecar-batching "${workers[@]}" --budget-s 80 --name "$name-workers6-2"
