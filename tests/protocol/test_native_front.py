@@ -25,9 +25,9 @@ from sidecar.testing.server import ServerThread, config_for_tests
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
-def _request(x: np.ndarray, **fields) -> bytes:
-    msg = pb.ModelInferRequest(model_name="mlp", **fields)
-    msg.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+def _request(x: np.ndarray, model: str = "mlp", input_name: str = "input", **fields) -> bytes:
+    msg = pb.ModelInferRequest(model_name=model, **fields)
+    msg.inputs.add(name=input_name, datatype="FP32", shape=list(x.shape))
     msg.raw_input_contents.append(x.tobytes())
     return msg.SerializeToString()
 
@@ -250,12 +250,7 @@ def test_a_big_request_is_read_in_place_and_answered_exactly(wide_identity, monk
     async def send_all() -> list[bytes]:
         async with grpc.aio.insecure_channel(wide_identity.url, options=[("grpc.max_send_message_length", -1)]) as ch:
             infer = ch.unary_unary(INFER)
-            calls = []
-            for x in xs:
-                msg = pb.ModelInferRequest(model_name="identity_wide")
-                msg.inputs.add(name="INPUT0", datatype="FP32", shape=list(x.shape))
-                msg.raw_input_contents.append(x.tobytes())
-                calls.append(infer(msg.SerializeToString(), timeout=30))
+            calls = [infer(_request(x, "identity_wide", "INPUT0"), timeout=30) for x in xs]
             return await asyncio.gather(*calls)
 
     answers = asyncio.run(send_all())
@@ -304,12 +299,7 @@ def test_many_concurrent_calls_each_get_their_own_answer(server_native):
     async def send_all() -> list[bytes]:
         async with grpc.aio.insecure_channel(server_native.url) as channel:
             infer = channel.unary_unary(INFER)
-            calls = []
-            for i, x in enumerate(xs):
-                msg = pb.ModelInferRequest(model_name="identity_fp32", id=f"r{i}")
-                msg.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 4])
-                msg.raw_input_contents.append(x.tobytes())
-                calls.append(infer(msg.SerializeToString(), timeout=30))
+            calls = [infer(_request(x, "identity_fp32", "INPUT0", id=f"r{i}"), timeout=30) for i, x in enumerate(xs)]
             return await asyncio.gather(*calls)
 
     for i, answer in enumerate(asyncio.run(send_all())):
