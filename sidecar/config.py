@@ -64,7 +64,9 @@ class ServerConfig:
         "Extra processes that take gRPC calls on the inference port beside this one (SO_REUSEPORT: the kernel "
         "spreads client connections over them) and relay each call to it over a Unix socket, so that gRPC's "
         "per-call work (HTTP/2, copying each message) spreads over cores while models, batching, routing and "
-        "monitoring stay in this process. For large tensors on a many-core machine; 0 = off (sidecar/ingest).",
+        "monitoring stay in this process. For large tensors on a many-core machine where the native front end "
+        "(`server.front`) is not built: on a GPU it serves image-sized requests better without workers "
+        "(Performance, GPU); 0 = off (sidecar/ingest).",
         default=0,
     )
     ingest_shared_memory_bytes: int = _doc(
