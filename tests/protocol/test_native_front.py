@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import select
+import time
 
 import grpc
 import numpy as np
@@ -306,3 +308,44 @@ def test_many_concurrent_calls_each_get_their_own_answer(server_native):
         resp = pb.ModelInferResponse.FromString(answer)
         assert resp.id == f"r{i}"
         assert np.array_equal(np.frombuffer(resp.raw_output_contents[0], np.float32), xs[i].ravel())
+
+
+def _take_calls(front, count: int) -> list:
+    taken: list = []
+    deadline = time.monotonic() + 10
+    while len(taken) < count and time.monotonic() < deadline:
+        select.select([front.fileno()], [], [], 0.5)
+        calls, _, _ = front.take()
+        taken += calls
+    assert len(taken) == count
+    return taken
+
+
+def test_staged_answers_leave_together_at_the_flush():
+    # the event loop stages a loop iteration's unary answers and flushes them at one wake-up of the
+    # responder thread (native_front.NativeFront._answer): nothing leaves before the flush, each call gets
+    # its own answer after it, and an answered call cannot be staged again
+    front = native_front._native_front.Front("127.0.0.1:0", 1 << 20)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{front.port()}") as channel:
+            method = channel.unary_unary("/test.Echo/Say")
+            futures = [method.future(b"question %d" % i, timeout=20) for i in range(3)]
+            taken = _take_calls(front, 3)
+            assert [front.stage(call_id, b"answer to " + bytes(request)) for call_id, _, request, _, _ in taken] == [
+                True,
+                False,
+                False,
+            ]
+            time.sleep(0.3)
+            assert not any(f.done() for f in futures)
+            front.flush()
+            assert [f.result(timeout=10) for f in futures] == [b"answer to question %d" % i for i in range(3)]
+            assert front.stage(taken[0][0], b"again") is False  # finished: nothing staged
+            front.flush()  # nothing to send: a no-op
+            follow = method.future(b"next", timeout=20)
+            ((call_id, _, _, _, _),) = _take_calls(front, 1)
+            assert front.stage(call_id, b"answer to next") is True  # the first since the last flush
+            front.shutdown(5.0)  # sends what is still staged before it waits for the calls
+            assert follow.result(timeout=10) == b"answer to next"
+    finally:
+        front.shutdown(0.0)
