@@ -267,3 +267,19 @@ def test_native_echo_server_answers_model_infer_with_the_file_and_ready_probes(t
         )
         assert result.requests > 0 and result.errors == 0
         assert result.cpu_us_per_request("server") > 0
+
+
+def test_ab_trees_serves_each_checkout_from_its_own_directory_and_reports_ratios(tmp_path):
+    from bench import ab_trees
+
+    # the same checkout on both sides (its noise floor): each side's sidecar serves the closed loop, and
+    # the report holds both sides' figures and the per-round ratios
+    both = ["--before", str(ROOT), "--after", str(ROOT), "--modes", "off", "--rounds", "1", "--duration", "0.5"]
+    assert ab_trees.main([*both, "--concurrency", "4", "--name", "ab", "--out", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "ab.json").read_text())
+    (row,) = saved["rows"]
+    assert row["mode"] == "off" and row["errors"] == 0
+    assert row["rps_before"] > 0 and row["rps_after"] > 0 and math.isfinite(row["rps_ratio"])
+    assert row["server_before"] > 0 and row["loop_after"] > 0
+    assert saved["trees"] == {"before": str(ROOT.resolve()), "after": str(ROOT.resolve())}
+    assert "| off |" in (tmp_path / "ab.md").read_text()
