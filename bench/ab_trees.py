@@ -35,17 +35,6 @@ from bench.bench_telemetry import NullCollector, mode_settings, server_probes
 from bench.report import RESULTS_DIR, machine_info, markdown_table, save_results
 from sidecar.testing.models import mlp_model, write_version
 
-TREES = ("before", "after")
-
-
-def _start(tree: Path, repo: Path, mode: str, collector: str) -> servers.ServerProcess:
-    port = servers.free_port()
-    argv = [sys.executable, "-m", "sidecar", "serve", "--model-repository", str(repo), "--grpc-port", str(port)]
-    argv += ["--grpc-address", "127.0.0.1", "--control-port", "0", "--log-level", "WARNING"]
-    env = servers.sidecar_env(mode_settings(mode, collector, f"http://127.0.0.1:{servers.free_port()}"), None)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return servers.ServerProcess(f"{tree.name}-{mode}", argv, port=port, models=["mlp"], env=env, cwd=tree).start()
-
 
 def _median_ratio(before: list[float], after: list[float]) -> tuple[float, list[float]]:
     ratios = [b / a for a, b in zip(before, after, strict=True) if a]
@@ -80,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for mode in modes:
                     for which, tree in trees.items():
-                        started_servers[(mode, which)] = _start(tree, repo, mode, collector.endpoint)
+                        settings = mode_settings(mode, collector.endpoint, f"http://127.0.0.1:{servers.free_port()}")
+                        started_servers[(mode, which)] = servers.start_sidecar(
+                            repo, models=["mlp"], settings=settings, name=f"{which}-{mode}", cwd=tree
+                        )
                 for key in order.sample(list(started_servers), len(started_servers)):
                     srv = started_servers[key]
                     time.sleep(1.0)  # the previous server's export thread drains what its load left

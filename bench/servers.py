@@ -254,13 +254,16 @@ def start_sidecar(
     extra_args: Sequence[str] = (),
     python_args: Sequence[str] = (),
     startup_timeout_s: float = 120.0,
+    cwd: str | os.PathLike[str] = REPO_ROOT,
 ) -> ServerProcess:
     """Start ``sidecar serve`` on a free port (or ``port``) and return it once ``models`` are ready.
 
     ``settings`` are configuration keys ("batching.enabled": False, "engine.executor_threads": 2, ...)
     passed as SIDECAR_* environment variables over ``env`` (default: this process's environment).
     ``python_args`` go before ``-m sidecar``: ``["-m", "cProfile", "-o", "out.prof"]`` profiles the event
-    loop thread (the profile is written when the server exits on SIGTERM).
+    loop thread (the profile is written when the server exits on SIGTERM). ``cwd``: the checkout whose
+    ``sidecar`` package (and extensions, built in place) serves: this one by default (``bench.ab_trees``
+    starts another beside it).
     """
     port = port or free_port()
     argv = [
@@ -291,7 +294,7 @@ def start_sidecar(
         port=port,
         models=models,
         env=proc_env,
-        cwd=REPO_ROOT,
+        cwd=cwd,
         startup_timeout_s=startup_timeout_s,
         log_dir=log_dir,
     )
