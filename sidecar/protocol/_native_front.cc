@@ -9,8 +9,8 @@
 //   front = _native_front.Front(address, max_message_bytes)   # "host:port"; front.port(): the bound port
 //   loop.add_reader(front.fileno(), drain)   # drain: calls, cancelled, messages = front.take()
 //                                            # (a call's request: bytes, or a memoryview when big)
-//   front.respond(id, answer_bytes) | front.end(id, grpc_code, message)   # a unary call, once
-//   if front.stage(id, answer_bytes): loop.call_soon(front.flush)   # a unary answer, sent at the flush
+//   front.stage(id, answer_bytes) | front.end(id, grpc_code, message)   # a unary call, once: an
+//       answer is sent at the next front.flush() (stage: True = the first since the last flush)
 //   front.stream(id); front.write(id, bytes)...; front.end(id, grpc_code, message)   # a stream
 //   front.shutdown(grace_s)   # from a thread other than the event loop's: unanswered calls are
 //                             # cancelled after grace_s, and Python must still finish them
@@ -41,7 +41,7 @@ namespace {
 class Front;
 
 // One call: its first (for unary methods, only) request message is read, then the call waits in the
-// front's queue, then in Python, until ``respond``/``end`` finishes it. Its id, never reused, is
+// front's queue, then in Python, until ``stage``/``end`` finishes it. Its id, never reused, is
 // Python's handle: a cancel that comes late (after the answer) names an id Python no longer holds.
 class Call : public grpc::ServerGenericBidiReactor {
  public:
@@ -452,28 +452,22 @@ PyObject* Front_stream(FrontObject* self, PyObject* args) {
   return PyBool_FromLong(call != nullptr);
 }
 
-// Bytes for call ``id``: a stream's next answer, or (``finish``) a unary call's answer with status OK.
-PyObject* Send(FrontObject* self, PyObject* args, bool finish) {
+// A stream's next answer for call ``id`` (bytes), copied now (the buffer is Python's) and sent from the
+// responder's thread after those before it.
+PyObject* Front_write(FrontObject* self, PyObject* args) {
   unsigned long long id;
   Py_buffer view;
   if (!PyArg_ParseTuple(args, "Ky*", &id, &view)) return nullptr;
-  Call* call = finish ? self->front->Finishing(id) : self->front->Live(id);
-  if (call) {  // copied now (the buffer is Python's), sent from the responder's thread
-    const char* data = static_cast<const char*>(view.buf);
-    if (finish) {
-      grpc::Slice answer(data, static_cast<size_t>(view.len));
-      self->front->responder.Post([call, answer] { call->Respond(answer); });
-    } else {
-      self->front->responder.Post([call, answer = std::string(data, static_cast<size_t>(view.len))]() mutable {
-        call->Write(std::move(answer));
-      });
-    }
+  Call* call = self->front->Live(id);
+  if (call) {
+    self->front->responder.Post(
+        [call, answer = std::string(static_cast<const char*>(view.buf), static_cast<size_t>(view.len))]() mutable {
+          call->Write(std::move(answer));
+        });
   }
   PyBuffer_Release(&view);
   return PyBool_FromLong(call != nullptr);
 }
-
-PyObject* Front_write(FrontObject* self, PyObject* args) { return Send(self, args, false); }
 
 // A unary call's answer with status OK, staged for the next ``flush`` (Responder::Stage): True when it
 // is the first staged since the last flush, so that the caller arranges one (loop.call_soon(flush)).
@@ -495,8 +489,6 @@ PyObject* Front_flush(FrontObject* self, PyObject*) {
   self->front->responder.Flush();
   Py_RETURN_NONE;
 }
-
-PyObject* Front_respond(FrontObject* self, PyObject* args) { return Send(self, args, true); }
 
 PyObject* Front_end(FrontObject* self, PyObject* args) {
   unsigned long long id;
@@ -530,7 +522,6 @@ PyMethodDef Front_methods[] = {
     {"take", reinterpret_cast<PyCFunction>(Front_take), METH_NOARGS,
      "([(id, method, request (bytes; 64 KiB or more: a read-only memoryview), deadline s or -1, metadata)], "
      "[cancelled ids], [(stream id, message or None)])"},
-    {"respond", reinterpret_cast<PyCFunction>(Front_respond), METH_VARARGS, "answer call id (bytes); False if gone"},
     {"stage", reinterpret_cast<PyCFunction>(Front_stage), METH_VARARGS,
      "answer unary call id (bytes) at the next flush(); True: the first staged since the last flush"},
     {"flush", reinterpret_cast<PyCFunction>(Front_flush), METH_NOARGS, "send what stage() staged, in order"},

@@ -186,8 +186,13 @@ class NativeFront:
             log.exception("%s failed unexpectedly", method)
             front.end(call_id, _UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
         else:
-            if front.stage(call_id, response):  # sent with the others of this loop iteration, at one wake-up
-                self._loop.call_soon(front.flush)  # type: ignore[union-attr]
+            self._respond(front, call_id, response)
+
+    def _respond(self, front: Any, call_id: int, answer: bytes) -> None:
+        """A unary call's answer: sent with the others of this loop iteration, at one wake-up of the
+        responder thread (the first staged schedules the flush)."""
+        if front.stage(call_id, answer):
+            self._loop.call_soon(front.flush)  # type: ignore[union-attr]
 
     async def _stream(
         self, front: Any, found: Any, call_id: int, first: bytes, remaining: float | None, metadata: tuple
@@ -207,7 +212,7 @@ class NativeFront:
         try:
             if method is None:  # stream in, one answer out
                 response = await found.stream_unary(_requests(first, inbox, decode), context)
-                front.respond(call_id, encode(response))
+                self._respond(front, call_id, encode(response))
                 return
             if sync:
                 await self._sync_stream(front, method, call_id, first, inbox, decode, encode, context)
