@@ -13,11 +13,26 @@
  *                                              CONSUMER); unset_status: StatusCode.UNSET; no_state: the
  *                                              API's DEFAULT_TRACE_STATE. Must be called before span_field.
  *   span_field(span) -> bytes | None           ScopeSpans.spans (field 2): tag, length, Span message body
+ *
+ * And the lean span's core, so that a request span's whole life on the event loop is a few C calls
+ * (sidecar/telemetry/lean_tracing.py; a Python twin stands in where this is not built):
+ *
+ *   SpanCore(name, context, parent, kind, attributes, links, scope, sink, start_ns, errors=3)
+ *                       the base of LeanSpan: its slots (member descriptors, read and written from
+ *                       Python as before), get_span_context(), is_recording(), end(end_time=None)
+ *                       (sets end_ns, then calls sink(span) once); span_field reads its fields directly
+ *   RequestStarter(cls, span_context_type, sampled_flags, no_state, getrandbits, decide, scope, provider)
+ *       .start(name, parent, kind, attributes) -> cls instance | None
+ *                       LeanTracer.start_request_span in one call: ids from getrandbits, the sampler's
+ *                       decide(parent, trace_id, None), the span context built as the API's tuple
+ *                       (lean_tracing._span_context), the attributes copied, the provider's sink
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
+#include "structmember.h"
 
 static PyObject *kind_members[5];
 static PyObject *unset_status;
@@ -27,6 +42,438 @@ static int configured;
 /* interned attribute names of LeanSpan's slots */
 static PyObject *s_context, *s_parent, *s_name, *s_kind, *s_attributes, *s_start_ns, *s_end_ns, *s_events,
     *s_links, *s_status_code, *s_link_context;
+
+/* ---- the lean span's core ------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *context;        /* the span's SpanContext (a tuple subclass) */
+    PyObject *parent;         /* the parent's SpanContext, or None */
+    PyObject *name;
+    PyObject *kind;
+    PyObject *attributes;     /* the span's own dict */
+    PyObject *links;          /* () or a list of the span's own */
+    PyObject *events;         /* () or a list */
+    PyObject *scope;
+    PyObject *status_code;
+    PyObject *status_message;
+    PyObject *sink;           /* called with the span when it ends */
+    long long start_ns;
+    long long end_ns;         /* 0 while recording */
+    int errors;               /* what an exception leaving the span does (lean_tracing._RECORD | _SET_STATUS) */
+} SpanCore;
+
+static PyObject *empty_tuple;
+
+static long long now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts); /* time.time_ns()'s clock */
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int core_traverse(SpanCore *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->context);
+    Py_VISIT(self->parent);
+    Py_VISIT(self->name);
+    Py_VISIT(self->kind);
+    Py_VISIT(self->attributes);
+    Py_VISIT(self->links);
+    Py_VISIT(self->events);
+    Py_VISIT(self->scope);
+    Py_VISIT(self->status_code);
+    Py_VISIT(self->status_message);
+    Py_VISIT(self->sink);
+    return 0;
+}
+
+static int core_clear(SpanCore *self)
+{
+    Py_CLEAR(self->context);
+    Py_CLEAR(self->parent);
+    Py_CLEAR(self->name);
+    Py_CLEAR(self->kind);
+    Py_CLEAR(self->attributes);
+    Py_CLEAR(self->links);
+    Py_CLEAR(self->events);
+    Py_CLEAR(self->scope);
+    Py_CLEAR(self->status_code);
+    Py_CLEAR(self->status_message);
+    Py_CLEAR(self->sink);
+    return 0;
+}
+
+static void core_dealloc(SpanCore *self)
+{
+    PyObject_GC_UnTrack(self);
+    core_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Fill a freshly allocated span (every field NULL): steals nothing, takes new references. */
+static void core_fill(SpanCore *self, PyObject *name, PyObject *context, PyObject *parent, PyObject *kind,
+                      PyObject *attributes, PyObject *links, PyObject *scope, PyObject *sink, long long start_ns,
+                      int errors)
+{
+    Py_INCREF(name);
+    self->name = name;
+    Py_INCREF(context);
+    self->context = context;
+    Py_INCREF(parent);
+    self->parent = parent;
+    Py_INCREF(kind);
+    self->kind = kind;
+    Py_INCREF(attributes);
+    self->attributes = attributes;
+    Py_INCREF(links);
+    self->links = links;
+    Py_INCREF(empty_tuple);
+    self->events = empty_tuple;
+    Py_INCREF(scope);
+    self->scope = scope;
+    Py_INCREF(unset_status);
+    self->status_code = unset_status;
+    self->status_message = PyUnicode_New(0, 0);
+    Py_INCREF(sink);
+    self->sink = sink;
+    self->start_ns = start_ns;
+    self->end_ns = 0;
+    self->errors = errors;
+}
+
+static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *names[] = {"name", "context", "parent", "kind", "attributes", "links", "scope", "sink",
+                            "start_ns", "errors", NULL};
+    PyObject *name, *context, *parent, *kind, *attributes, *links, *scope, *sink;
+    long long start_ns;
+    int errors = 3;
+    if (!configured) {
+        PyErr_SetString(PyExc_RuntimeError, "_otlp_native.configure() was not called");
+        return NULL;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOOOL|i:SpanCore", names, &name, &context, &parent, &kind,
+                                     &attributes, &links, &scope, &sink, &start_ns, &errors)) {
+        return NULL;
+    }
+    SpanCore *self = (SpanCore *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    core_fill(self, name, context, parent, kind, attributes, links, scope, sink, start_ns, errors);
+    if (self->status_message == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static PyObject *core_get_span_context(SpanCore *self, PyObject *unused)
+{
+    Py_INCREF(self->context);
+    return self->context;
+}
+
+static PyObject *core_is_recording(SpanCore *self, PyObject *unused)
+{
+    return PyBool_FromLong(self->end_ns == 0);
+}
+
+/* end(end_time=None): as LeanSpan.end: once; end_ns = end_time or now; then sink(span). */
+static PyObject *core_end(SpanCore *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *end_time = nargs > 0 ? args[0] : Py_None;
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
+        if (nargs + PyTuple_GET_SIZE(kwnames) > 1 ||
+            !PyUnicode_Check(PyTuple_GET_ITEM(kwnames, 0)) ||
+            PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "end_time") != 0) {
+            PyErr_SetString(PyExc_TypeError, "end() takes one optional argument, end_time");
+            return NULL;
+        }
+        end_time = args[nargs];
+    } else if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "end() takes one optional argument, end_time");
+        return NULL;
+    }
+    if (self->end_ns) {
+        Py_RETURN_NONE;
+    }
+    long long end_ns = 0;
+    if (end_time != Py_None) {
+        end_ns = PyLong_AsLongLong(end_time);
+        if (end_ns == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    self->end_ns = end_ns ? end_ns : now_ns();
+    PyObject *sink = self->sink;
+    if (sink == NULL) {
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(sink);
+    PyObject *r = PyObject_CallOneArg(sink, (PyObject *)self);
+    Py_DECREF(sink);
+    return r;
+}
+
+static PyMethodDef core_methods[] = {
+    {"get_span_context", (PyCFunction)core_get_span_context, METH_NOARGS, "the span's SpanContext"},
+    {"is_recording", (PyCFunction)core_is_recording, METH_NOARGS, "True until end()"},
+    {"end", (PyCFunction)(void (*)(void))core_end, METH_FASTCALL | METH_KEYWORDS,
+     "end(end_time=None): end_ns = end_time or now, then sink(span); ignored once ended"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef core_members[] = {
+    {"_context", T_OBJECT_EX, offsetof(SpanCore, context), 0, NULL},
+    {"parent", T_OBJECT_EX, offsetof(SpanCore, parent), 0, NULL},
+    {"name", T_OBJECT_EX, offsetof(SpanCore, name), 0, NULL},
+    {"kind", T_OBJECT_EX, offsetof(SpanCore, kind), 0, NULL},
+    {"attributes", T_OBJECT_EX, offsetof(SpanCore, attributes), 0, NULL},
+    {"links", T_OBJECT_EX, offsetof(SpanCore, links), 0, NULL},
+    {"events", T_OBJECT_EX, offsetof(SpanCore, events), 0, NULL},
+    {"scope", T_OBJECT_EX, offsetof(SpanCore, scope), 0, NULL},
+    {"status_code", T_OBJECT_EX, offsetof(SpanCore, status_code), 0, NULL},
+    {"status_message", T_OBJECT_EX, offsetof(SpanCore, status_message), 0, NULL},
+    {"_sink", T_OBJECT_EX, offsetof(SpanCore, sink), 0, NULL},
+    {"start_ns", T_LONGLONG, offsetof(SpanCore, start_ns), 0, NULL},
+    {"end_ns", T_LONGLONG, offsetof(SpanCore, end_ns), 0, NULL},
+    {"_errors", T_INT, offsetof(SpanCore, errors), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject SpanCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sidecar.telemetry._otlp_native.SpanCore",
+    .tp_basicsize = sizeof(SpanCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "A lean span's slots and its hot methods (LeanSpan's base)",
+    .tp_new = core_new,
+    .tp_dealloc = (destructor)core_dealloc,
+    .tp_traverse = (traverseproc)core_traverse,
+    .tp_clear = (inquiry)core_clear,
+    .tp_methods = core_methods,
+    .tp_members = core_members,
+};
+
+/* ---- LeanTracer.start_request_span in one call ---------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyTypeObject *cls;           /* LeanSpan: a subtype of SpanCore */
+    PyTypeObject *context_type;  /* opentelemetry.trace.SpanContext (a tuple subclass) */
+    PyObject *sampled;           /* TraceFlags(SAMPLED) */
+    PyObject *no_state;          /* the API's DEFAULT_TRACE_STATE */
+    PyObject *getrandbits;
+    PyObject *decide;            /* (parent, trace_id, links) -> sampled? */
+    PyObject *scope;
+    PyObject *provider;          /* its .sink, read at each start (as LeanTracer reads it) */
+    PyObject *bits128, *bits64;
+} Starter;
+
+static PyObject *s_sink;
+
+static int starter_traverse(Starter *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->cls);
+    Py_VISIT(self->context_type);
+    Py_VISIT(self->sampled);
+    Py_VISIT(self->no_state);
+    Py_VISIT(self->getrandbits);
+    Py_VISIT(self->decide);
+    Py_VISIT(self->scope);
+    Py_VISIT(self->provider);
+    return 0;
+}
+
+static int starter_clear(Starter *self)
+{
+    Py_CLEAR(self->cls);
+    Py_CLEAR(self->context_type);
+    Py_CLEAR(self->sampled);
+    Py_CLEAR(self->no_state);
+    Py_CLEAR(self->getrandbits);
+    Py_CLEAR(self->decide);
+    Py_CLEAR(self->scope);
+    Py_CLEAR(self->provider);
+    Py_CLEAR(self->bits128);
+    Py_CLEAR(self->bits64);
+    return 0;
+}
+
+static void starter_dealloc(Starter *self)
+{
+    PyObject_GC_UnTrack(self);
+    starter_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *starter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *cls, *context_type, *sampled, *no_state_, *getrandbits, *decide, *scope, *provider;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) > 0) {
+        PyErr_SetString(PyExc_TypeError, "RequestStarter takes positional arguments only");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOOOOOOO:RequestStarter", &cls, &context_type, &sampled, &no_state_, &getrandbits,
+                          &decide, &scope, &provider)) {
+        return NULL;
+    }
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &SpanCoreType)) {
+        PyErr_SetString(PyExc_TypeError, "cls: a subtype of SpanCore");
+        return NULL;
+    }
+    if (!PyType_Check(context_type) || !PyType_IsSubtype((PyTypeObject *)context_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "span_context_type: a tuple subclass");
+        return NULL;
+    }
+    Starter *self = (Starter *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+#define KEEP(field, value) Py_INCREF(value); self->field = (void *)(value);
+    KEEP(cls, cls);
+    KEEP(context_type, context_type);
+    KEEP(sampled, sampled);
+    KEEP(no_state, no_state_);
+    KEEP(getrandbits, getrandbits);
+    KEEP(decide, decide);
+    KEEP(scope, scope);
+    KEEP(provider, provider);
+#undef KEEP
+    self->bits128 = PyLong_FromLong(128);
+    self->bits64 = PyLong_FromLong(64);
+    if (self->bits128 == NULL || self->bits64 == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+/* getrandbits(bits) or 1: a valid (non-zero) id, as the tracer's ``_getrandbits(n) or 1``. */
+static PyObject *random_id(Starter *self, PyObject *bits)
+{
+    PyObject *id = PyObject_CallOneArg(self->getrandbits, bits);
+    if (id == NULL) {
+        return NULL;
+    }
+    int truth = PyObject_IsTrue(id);
+    if (truth < 0) {
+        Py_DECREF(id);
+        return NULL;
+    }
+    if (!truth) {
+        Py_DECREF(id);
+        return PyLong_FromLong(1);
+    }
+    return id;
+}
+
+/* start(name, parent, kind, attributes): see LeanTracer.start_request_span. */
+static PyObject *starter_start(Starter *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "start(name, parent, kind, attributes)");
+        return NULL;
+    }
+    PyObject *name = args[0], *parent = args[1], *kind = args[2], *attributes = args[3];
+    PyObject *trace_id = NULL, *state = NULL, *span_id = NULL, *context = NULL, *copied = NULL, *sink = NULL;
+    PyObject *result = NULL;
+    if (Py_TYPE(parent) == self->context_type && PyTuple_GET_SIZE(parent) >= 6) {
+        /* the API's tuple (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid) */
+        trace_id = PyTuple_GET_ITEM(parent, 0);
+        state = PyTuple_GET_ITEM(parent, 4);
+        Py_INCREF(trace_id);
+        Py_INCREF(state);
+    } else if (parent != Py_None) {
+        if ((trace_id = PyObject_GetAttrString(parent, "trace_id")) == NULL ||
+            (state = PyObject_GetAttrString(parent, "trace_state")) == NULL) {
+            goto done;
+        }
+    } else {
+        if ((trace_id = random_id(self, self->bits128)) == NULL) {
+            goto done;
+        }
+        Py_INCREF(Py_None);
+        state = Py_None;
+    }
+    PyObject *decide_args[3] = {parent, trace_id, Py_None};
+    PyObject *decided = PyObject_Vectorcall(self->decide, decide_args, 3, NULL);
+    if (decided == NULL) {
+        goto done;
+    }
+    int sampled = PyObject_IsTrue(decided);
+    Py_DECREF(decided);
+    if (sampled <= 0) {
+        if (sampled == 0) {
+            Py_INCREF(Py_None);
+            result = Py_None;
+        }
+        goto done;
+    }
+    if ((span_id = random_id(self, self->bits64)) == NULL) {
+        goto done;
+    }
+    int has_state = PyObject_IsTrue(state);
+    if (has_state < 0) {
+        goto done;
+    }
+    /* SpanContext(trace_id, span_id, False, SAMPLED, state or DEFAULT_TRACE_STATE), as the API's tuple
+     * (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid): lean_tracing._span_context */
+    context = self->context_type->tp_alloc(self->context_type, 6);
+    if (context == NULL) {
+        goto done;
+    }
+    PyObject *items[6] = {trace_id, span_id, Py_False, self->sampled, has_state ? state : self->no_state, Py_True};
+    for (int i = 0; i < 6; i++) {
+        Py_INCREF(items[i]);
+        PyTuple_SET_ITEM(context, i, items[i]);
+    }
+    copied = PyDict_CheckExact(attributes) ? PyDict_Copy(attributes) : PyObject_CallOneArg((PyObject *)&PyDict_Type, attributes);
+    if (copied == NULL) {
+        goto done;
+    }
+    if ((sink = PyObject_GetAttr(self->provider, s_sink)) == NULL) {
+        goto done;
+    }
+    SpanCore *span = (SpanCore *)self->cls->tp_alloc(self->cls, 0);
+    if (span == NULL) {
+        goto done;
+    }
+    core_fill(span, name, context, parent, kind, copied, empty_tuple, self->scope, sink, now_ns(), 3);
+    if (span->status_message == NULL) {
+        Py_DECREF(span);
+        goto done;
+    }
+    result = (PyObject *)span;
+done:
+    Py_XDECREF(trace_id);
+    Py_XDECREF(state);
+    Py_XDECREF(span_id);
+    Py_XDECREF(context);
+    Py_XDECREF(copied);
+    Py_XDECREF(sink);
+    return result;
+}
+
+static PyMethodDef starter_methods[] = {
+    {"start", (PyCFunction)(void (*)(void))starter_start, METH_FASTCALL,
+     "start(name, parent, kind, attributes) -> a recording span, or None when the sampler does not sample"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject StarterType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sidecar.telemetry._otlp_native.RequestStarter",
+    .tp_basicsize = sizeof(Starter),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "LeanTracer.start_request_span in one C call",
+    .tp_new = starter_new,
+    .tp_dealloc = (destructor)starter_dealloc,
+    .tp_traverse = (traverseproc)starter_traverse,
+    .tp_clear = (inquiry)starter_clear,
+    .tp_methods = starter_methods,
+};
+
 
 typedef struct {
     unsigned char *data;
@@ -333,14 +780,45 @@ static int encode_body(Buf *b, PyObject *span)
     int r = FALLBACK;
     PyObject *ctx = NULL, *parent = NULL, *name = NULL, *kind = NULL, *attributes = NULL, *start = NULL,
              *end = NULL, *events = NULL, *links = NULL, *status = NULL;
-    if ((ctx = PyObject_GetAttr(span, s_context)) == NULL || (parent = PyObject_GetAttr(span, s_parent)) == NULL ||
-        (name = PyObject_GetAttr(span, s_name)) == NULL || (kind = PyObject_GetAttr(span, s_kind)) == NULL ||
-        (attributes = PyObject_GetAttr(span, s_attributes)) == NULL ||
-        (start = PyObject_GetAttr(span, s_start_ns)) == NULL || (end = PyObject_GetAttr(span, s_end_ns)) == NULL ||
-        (events = PyObject_GetAttr(span, s_events)) == NULL || (links = PyObject_GetAttr(span, s_links)) == NULL ||
-        (status = PyObject_GetAttr(span, s_status_code)) == NULL) {
-        r = -1;
-        goto done;
+    uint64_t trace_hi, trace_lo, span_id, parent_id = 0, start_ns, end_ns;
+    if (PyObject_TypeCheck(span, &SpanCoreType)) { /* the fields themselves (a field deleted: Python's) */
+        SpanCore *core = (SpanCore *)span;
+        if (core->context == NULL || core->parent == NULL || core->name == NULL || core->kind == NULL ||
+            core->attributes == NULL || core->events == NULL || core->links == NULL || core->status_code == NULL ||
+            core->start_ns < 0 || core->end_ns < 0) {
+            return FALLBACK;
+        }
+        ctx = core->context;
+        parent = core->parent;
+        name = core->name;
+        kind = core->kind;
+        attributes = core->attributes;
+        events = core->events;
+        links = core->links;
+        status = core->status_code;
+        Py_INCREF(ctx);
+        Py_INCREF(parent);
+        Py_INCREF(name);
+        Py_INCREF(kind);
+        Py_INCREF(attributes);
+        Py_INCREF(events);
+        Py_INCREF(links);
+        Py_INCREF(status);
+        start_ns = (uint64_t)core->start_ns;
+        end_ns = (uint64_t)core->end_ns;
+    } else {
+        if ((ctx = PyObject_GetAttr(span, s_context)) == NULL || (parent = PyObject_GetAttr(span, s_parent)) == NULL ||
+            (name = PyObject_GetAttr(span, s_name)) == NULL || (kind = PyObject_GetAttr(span, s_kind)) == NULL ||
+            (attributes = PyObject_GetAttr(span, s_attributes)) == NULL ||
+            (start = PyObject_GetAttr(span, s_start_ns)) == NULL || (end = PyObject_GetAttr(span, s_end_ns)) == NULL ||
+            (events = PyObject_GetAttr(span, s_events)) == NULL || (links = PyObject_GetAttr(span, s_links)) == NULL ||
+            (status = PyObject_GetAttr(span, s_status_code)) == NULL) {
+            r = -1;
+            goto done;
+        }
+        if ((r = as_u64(start, &start_ns)) != 1 || (r = as_u64(end, &end_ns)) != 1) {
+            goto done;
+        }
     }
     r = FALLBACK;
     if (!PyTuple_Check(ctx) || PyTuple_GET_SIZE(ctx) < 5 || !is_empty_sequence(events) ||
@@ -351,11 +829,9 @@ static int encode_body(Buf *b, PyObject *span)
     if ((r = without_trace_state(ctx)) != 1) {
         goto done;
     }
-    uint64_t trace_hi, trace_lo, span_id, parent_id = 0, start_ns, end_ns;
     int parent_remote = 0;
     if ((r = as_u128(PyTuple_GET_ITEM(ctx, 0), &trace_hi, &trace_lo)) != 1 ||
-        (r = as_u64(PyTuple_GET_ITEM(ctx, 1), &span_id)) != 1 || (r = as_u64(start, &start_ns)) != 1 ||
-        (r = as_u64(end, &end_ns)) != 1) {
+        (r = as_u64(PyTuple_GET_ITEM(ctx, 1), &span_id)) != 1) {
         goto done;
     }
     if (parent != Py_None) {
@@ -440,6 +916,7 @@ done:
     return r;
 }
 
+
 static PyObject *span_field(PyObject *module, PyObject *span)
 {
     if (!configured) {
@@ -518,6 +995,21 @@ PyMODINIT_FUNC PyInit__otlp_native(void)
     INTERN(s_links, "links");
     INTERN(s_status_code, "status_code");
     INTERN(s_link_context, "context");
+    INTERN(s_sink, "sink");
 #undef INTERN
-    return PyModule_Create(&module_def);
+    if ((empty_tuple = PyTuple_New(0)) == NULL || PyType_Ready(&SpanCoreType) < 0 || PyType_Ready(&StarterType) < 0) {
+        return NULL;
+    }
+    PyObject *module = PyModule_Create(&module_def);
+    if (module == NULL) {
+        return NULL;
+    }
+    Py_INCREF(&SpanCoreType);
+    Py_INCREF(&StarterType);
+    if (PyModule_AddObject(module, "SpanCore", (PyObject *)&SpanCoreType) < 0 ||
+        PyModule_AddObject(module, "RequestStarter", (PyObject *)&StarterType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

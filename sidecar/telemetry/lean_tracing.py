@@ -28,6 +28,7 @@ export thread reads an ended span without a lock.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 import traceback
@@ -208,8 +209,10 @@ class Scope:
         self.version = version or ""
 
 
-class LeanSpan(trace.Span):
-    """A sampled span: records, nothing else. Read by the exporters through its public slots."""
+class _PySpanCore:
+    """The Python twin of ``_otlp_native.SpanCore``: a lean span's slots, ``get_span_context``,
+    ``is_recording`` and ``end``; LeanSpan's base where the C one is not built (or
+    ``SIDECAR_LEAN_SPAN=python``)."""
 
     __slots__ = (
         "_context",
@@ -237,7 +240,7 @@ class LeanSpan(trace.Span):
         attributes: dict[str, Any],
         links: Sequence[Link],
         scope: Scope,
-        sink: Callable[[LeanSpan], None],
+        sink: Callable[[Any], None],
         start_ns: int,
         errors: int = _RECORD | _SET_STATUS,
     ) -> None:
@@ -256,13 +259,50 @@ class LeanSpan(trace.Span):
         self._sink = sink
         self._errors = errors  # _RECORD | _SET_STATUS: what an exception leaving the span does
 
-    # -- the API ------------------------------------------------------------------------------------
     def get_span_context(self) -> SpanContext:
         return self._context
 
     def is_recording(self) -> bool:
         return not self.end_ns
 
+    def end(self, end_time: int | None = None) -> None:
+        if self.end_ns:
+            return
+        self.end_ns = end_time or _time_ns()
+        self._sink(self)
+
+
+SPAN_CORE_ENV = "SIDECAR_LEAN_SPAN"
+
+
+def _native_core() -> Any:
+    """``_otlp_native`` where it is built and ``SIDECAR_LEAN_SPAN`` (read once, at import) is not
+    ``python``; configured with the API's constants (as ``otlp`` configures it for its encoder)."""
+    if os.environ.get(SPAN_CORE_ENV, "auto").strip().lower() == "python":
+        return None
+    try:
+        from sidecar.telemetry import _otlp_native
+    except ImportError:
+        return None
+    kinds = (SpanKind.INTERNAL, SpanKind.SERVER, SpanKind.CLIENT, SpanKind.PRODUCER, SpanKind.CONSUMER)
+    _otlp_native.configure(kinds, _UNSET, DEFAULT_TRACE_STATE)
+    return _otlp_native
+
+
+_native = _native_core()
+SPAN_CORE = "native" if _native is not None else "python"  # which base LeanSpan has
+
+
+class LeanSpan(_native.SpanCore if _native is not None else _PySpanCore, trace.Span):  # type: ignore[misc]
+    """A sampled span: records, nothing else. Read by the exporters through its public slots.
+
+    ``LeanSpan(name, context, parent, kind, attributes, links, scope, sink, start_ns, errors=3)``: the
+    slots, ``get_span_context``, ``is_recording`` and ``end`` are its base's (C, ``_otlp_native.SpanCore``,
+    or its Python twin ``_PySpanCore``); the rest of the API is here."""
+
+    __slots__ = ()
+
+    # -- the API ------------------------------------------------------------------------------------
     def set_attribute(self, key: str, value: Any) -> None:
         if not self.end_ns and value is not None:
             self.attributes[key] = value
@@ -321,12 +361,6 @@ class LeanSpan(trace.Span):
         if not self.end_ns:
             self.name = name
 
-    def end(self, end_time: int | None = None) -> None:
-        if self.end_ns:
-            return
-        self.end_ns = end_time or _time_ns()
-        self._sink(self)
-
     def __enter__(self) -> LeanSpan:
         return self
 
@@ -375,12 +409,21 @@ class UseSpan:
 
 
 class LeanTracer(trace.Tracer):
-    __slots__ = ("_decide", "_provider", "scope")
+    __slots__ = ("_decide", "_provider", "scope", "start_request_span")
 
     def __init__(self, provider: LeanTracerProvider, scope: Scope) -> None:
         self._provider = provider
         self._decide = provider.decide
         self.scope = scope
+        # (name, parent, kind, attributes) -> LeanSpan | None: ``_start_request_span``, in one C call
+        # where the span core is C and the span context the API's tuple (``_make_context``)
+        self.start_request_span: Callable[[str, SpanContext | None, SpanKind, Mapping[str, Any]], LeanSpan | None] = (
+            _native.RequestStarter(
+                LeanSpan, SpanContext, _SAMPLED, _NO_STATE, _getrandbits, provider.decide, scope, provider
+            ).start
+            if _native is not None and _make_context is _span_context
+            else self._start_request_span
+        )
 
     def start_span(
         self,
@@ -440,10 +483,10 @@ class LeanTracer(trace.Tracer):
             _time_ns(),
         )
 
-    def start_request_span(
+    def _start_request_span(
         self, name: str, parent: SpanContext | None, kind: SpanKind, attributes: Mapping[str, Any]
     ) -> LeanSpan | None:
-        """A request's span, or None when the sampler does not sample it: no span object at all.
+        """``start_request_span``: a request's span, or None when the sampler does not sample it: no span object at all.
 
         The request path's fast path (``sidecar.protocol.interceptors``): an unsampled request costs one
         random draw and the sampler's test. ``parent``: the caller's valid span context, or None for a

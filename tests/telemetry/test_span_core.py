@@ -1,0 +1,174 @@
+"""The lean span's C core (``_otlp_native.SpanCore``, ``RequestStarter``) behaves as its Python twin, and
+the tracer's tests pass with either."""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import subprocess
+import sys
+import time
+import weakref
+from pathlib import Path
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.trace import SpanContext, SpanKind, StatusCode, TraceFlags
+from opentelemetry.trace.span import TraceState
+
+from sidecar.protobuf_wire import varint
+from sidecar.telemetry import _otlp_native as _native  # built by `pip install -e .` (scripts/test)
+from sidecar.telemetry import lean_tracing
+from sidecar.telemetry.lean_tracing import LeanSpan, LeanTracerProvider, Scope, _PySpanCore
+from sidecar.telemetry.otlp import encode_span, native_span_field
+from sidecar.telemetry.sampling import decision
+
+TESTS = Path(__file__).resolve().parent
+
+
+class Keep:
+    def __init__(self) -> None:
+        self.spans: list[LeanSpan] = []
+
+    def on_end(self, span: LeanSpan) -> None:
+        self.spans.append(span)
+
+
+def _provider(sampler: str = "parentbased_always_on", ratio: float = 1.0) -> tuple[LeanTracerProvider, Keep]:
+    provider = LeanTracerProvider(decision(sampler, ratio), {"service.name": "core-test"})
+    keep = Keep()
+    provider.add_span_processor(keep)
+    return provider, keep
+
+
+def test_the_native_core_is_the_lean_spans_base_here():
+    """Built (scripts/test builds it): the tracer uses it, and its one-call request start."""
+    assert lean_tracing.SPAN_CORE == "native"
+    assert LeanSpan.__mro__[1] is _native.SpanCore and isinstance(LeanSpan.__mro__[1], type)
+    provider, _ = _provider()
+    tracer = provider.get_tracer("t")
+    assert type(tracer.start_request_span).__name__ == "builtin_function_or_method"
+    assert isinstance(tracer.start_request_span("m", None, SpanKind.SERVER, {}), trace.Span)
+
+
+def test_end_sets_the_time_once_and_hands_the_span_to_the_sink_once():
+    provider, keep = _provider()
+    span = provider.get_tracer("t").start_request_span("m", None, SpanKind.SERVER, {"a": 1})
+    assert span.is_recording() and span.end_ns == 0
+    before = time.time_ns()
+    span.end()
+    after = time.time_ns()
+    assert keep.spans == [span] and not span.is_recording()
+    assert before <= span.end_ns <= after and span.start_ns <= span.end_ns
+    span.end()
+    span.end(end_time=1)
+    assert keep.spans == [span] and span.end_ns <= after
+    other = provider.get_tracer("t").start_request_span("m", None, SpanKind.SERVER, {})
+    other.end(end_time=1_700_000_000_000_000_123)
+    assert other.end_ns == 1_700_000_000_000_000_123 and keep.spans[-1] is other
+    with pytest.raises(TypeError, match="end_time"):
+        other.end(1, 2)
+    with pytest.raises(TypeError, match="end_time"):
+        other.end(when=1)
+
+
+def test_the_one_call_start_is_the_python_start():
+    """``RequestStarter.start`` against ``LeanTracer._start_request_span``: the parent's trace id and
+    state carried, fresh ids for a root, the sampler asked, the attributes copied, the provider's sink."""
+    provider, keep = _provider("parentbased_traceidratio", 0.5)
+    tracer = provider.get_tracer("sidecar.protocol", "1.0")
+    state = TraceState([("vendor", "x")])
+    parent = SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0xF067AA0BA902B7, True, TraceFlags(1), state)
+    attributes = {"rpc.method": "s/M"}
+    for start in (tracer.start_request_span, tracer._start_request_span):
+        span = start("s/M", parent, SpanKind.SERVER, attributes)
+        ctx = span.get_span_context()
+        assert type(ctx) is SpanContext and ctx.trace_id == parent.trace_id and ctx.trace_state == state
+        assert ctx == SpanContext(ctx.trace_id, ctx.span_id, False, TraceFlags(1), state) and ctx.is_valid
+        assert span.parent is parent and span.kind is SpanKind.SERVER and span.scope is tracer.scope
+        assert span.attributes == attributes and span.attributes is not attributes
+        assert span.links == () and span.events == () and span.status_code is StatusCode.UNSET
+        assert span.status_message == "" and span.name == "s/M"
+        assert start("s/M", SpanContext(1, 2, True, TraceFlags(0)), SpanKind.SERVER, {}) is None  # parent: not sampled
+        span.end()
+        assert keep.spans[-1] is span
+    # roots: the ratio decides on the fresh trace id, as the Python start does, with the same draws
+    for seed in range(4):
+        got = []
+        for start in (tracer.start_request_span, tracer._start_request_span):
+            random.seed(seed)
+            made = [start("s/M", None, SpanKind.SERVER, {}) for _ in range(64)]
+            got.append([None if s is None else s.get_span_context()[:2] for s in made])
+        assert got[0] == got[1] and 8 < sum(x is not None for x in got[0]) < 56
+    assert all(s.parent is None for s in keep.spans[2:])
+
+
+def test_members_read_and_write_as_slots_and_the_gc_collects_cycles():
+    provider, keep = _provider()
+    span = provider.get_tracer("t").start_request_span("m", None, SpanKind.SERVER, {})
+    span.name = "renamed"
+    span.status_code = StatusCode.ERROR
+    span.events = [("e", 1, {})]
+    span.attributes["self"] = span  # a cycle through the span's own dict
+    assert (span.name, span.status_code, span.events[0][0]) == ("renamed", StatusCode.ERROR, "e")
+    with pytest.raises(TypeError):
+        span.start_ns = "soon"
+    gone = weakref.ref(span)
+    del span
+    gc.collect()
+    assert gone() is None
+    assert keep.spans == []
+
+
+def test_the_encoder_reads_the_core_and_a_twin_alike():
+    """The C encoder takes a SpanCore's fields directly and any other span through its attributes: the
+    same bytes as Python's encoder for both; a deleted field, and the span goes to Python's."""
+    provider, _ = _provider()
+    span = provider.get_tracer("t").start_request_span("m", None, SpanKind.SERVER, {"model.name": "mlp", "n": 3})
+    span.end()
+    twin = _PySpanCore(
+        span.name, span._context, None, SpanKind.SERVER, dict(span.attributes), (), Scope("t", ""), print, span.start_ns
+    )
+    twin.end_ns = span.end_ns
+    expected = b"\x12" + varint(len(encode_span(span))) + encode_span(span)
+    assert native_span_field(span) == expected == native_span_field(twin)
+    broken = provider.get_tracer("t").start_request_span("m", None, SpanKind.SERVER, {})
+    broken.end()
+    del broken.links
+    assert native_span_field(broken) is None
+
+
+def test_core_arguments_are_checked():
+    with pytest.raises(TypeError):
+        LeanSpan("m", None)
+    with pytest.raises(TypeError, match="subtype of SpanCore"):
+        _native.RequestStarter(object, SpanContext, None, None, random.getrandbits, None, None, None)
+    with pytest.raises(TypeError, match="tuple subclass"):
+        _native.RequestStarter(LeanSpan, object, None, None, random.getrandbits, None, None, None)
+
+
+def test_a_failing_sampler_raises_through_the_start():
+    def decide(parent, trace_id, links):
+        raise RuntimeError("sampler broke")
+
+    provider = LeanTracerProvider(decide, {})
+    with pytest.raises(RuntimeError, match="sampler broke"):
+        provider.get_tracer("t").start_request_span("m", None, SpanKind.SERVER, {})
+
+
+def test_the_python_twin_passes_the_tracer_and_encoder_tests():
+    """``SIDECAR_LEAN_SPAN=python``: what runs where the C core is not built."""
+    env = {**os.environ, lean_tracing.SPAN_CORE_ENV: "python"}
+    code = "from sidecar.telemetry import lean_tracing as t; print(t.SPAN_CORE, t.LeanSpan.__mro__[1].__name__)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["python", "_PySpanCore"]
+    files = [str(TESTS / name) for name in ("test_lean_tracing.py", "test_otlp_native.py", "test_span_export.py")]
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and " failed" not in run.stdout
