@@ -30,7 +30,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode
 from sidecar.protobuf_wire import read_varint
 from sidecar.protocol.registration import CALL_METADATA
 from sidecar.telemetry.histograms import HistogramFamily
-from sidecar.telemetry.lean_tracing import CURRENT_SPAN, enter_span, leave_span, reset_current
+from sidecar.telemetry.lean_tracing import CURRENT_SPAN, enter_current, leave_current
 from sidecar.telemetry.propagation import remote_span_context
 
 SERVER_ERRORS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"})
@@ -135,15 +135,13 @@ class _Call:
                 span.set_attribute("model.name", name)
                 if version:
                     span.set_attribute("model.version", version)
-        return span, (enter_span(span), _set_current(span)), context
+        return span, enter_current(span), context
 
     def _finish(
         self, span: Any, tokens: Any, start_ns: int, code: str, exc: BaseException | None, ctx: Any, request: Any
     ) -> None:
         if tokens is not None:
-            reset_current(tokens[1])
-            if tokens[0] is not None:
-                leave_span(tokens[0])
+            leave_current(tokens)
         if span is not None:
             if code == "OK" and self._lean:
                 span.attributes["rpc.status_code"] = "OK"

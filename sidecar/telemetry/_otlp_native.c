@@ -917,6 +917,303 @@ done:
 }
 
 
+
+/* ---- the span queue's sink: BoundedSpanProcessor.on_end in one C call -------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *append;   /* the queue's bound append */
+    PyObject *queue;    /* a collections.deque */
+    Py_ssize_t queue_size;
+    Py_ssize_t batch_size;
+    PyObject *wake;     /* () when the queue reaches batch_size */
+    PyObject *refuse;   /* (reason) for a span not queued: "shutdown" or "queue_full" */
+    PyObject *at_end;   /* None, or (span) -> what to queue instead, or None: the span */
+    int encode;         /* a SpanCore is encoded here, as TraceEncoder.at_end does: (scope, field) */
+    char stopping;
+    vectorcallfunc vectorcall;
+} Sink;
+
+static PyObject *s_shutdown, *s_queue_full;
+static int encode_body(Buf *b, PyObject *span);
+static PyObject *field_of(Buf *body);
+static PyObject *sink_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames);
+
+static int sink_traverse(Sink *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->append);
+    Py_VISIT(self->queue);
+    Py_VISIT(self->wake);
+    Py_VISIT(self->refuse);
+    Py_VISIT(self->at_end);
+    return 0;
+}
+
+static int sink_clear(Sink *self)
+{
+    Py_CLEAR(self->append);
+    Py_CLEAR(self->queue);
+    Py_CLEAR(self->wake);
+    Py_CLEAR(self->refuse);
+    Py_CLEAR(self->at_end);
+    return 0;
+}
+
+static void sink_dealloc(Sink *self)
+{
+    PyObject_GC_UnTrack(self);
+    sink_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *sink_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *names[] = {"queue", "queue_size", "batch_size", "wake", "refuse", "at_end", "encode", NULL};
+    PyObject *queue, *wake, *refuse, *at_end;
+    Py_ssize_t queue_size, batch_size;
+    int encode;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnnOOOp:SpanSink", names, &queue, &queue_size, &batch_size, &wake,
+                                     &refuse, &at_end, &encode)) {
+        return NULL;
+    }
+    if (encode && !configured) {
+        PyErr_SetString(PyExc_RuntimeError, "_otlp_native.configure() was not called");
+        return NULL;
+    }
+    PyObject *append = PyObject_GetAttrString(queue, "append");
+    if (append == NULL) {
+        return NULL;
+    }
+    Sink *self = (Sink *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        Py_DECREF(append);
+        return NULL;
+    }
+    self->append = append;
+    Py_INCREF(queue);
+    self->queue = queue;
+    self->queue_size = queue_size;
+    self->batch_size = batch_size;
+    Py_INCREF(wake);
+    self->wake = wake;
+    Py_INCREF(refuse);
+    self->refuse = refuse;
+    Py_INCREF(at_end);
+    self->at_end = at_end;
+    self->encode = encode;
+    self->stopping = 0;
+    self->vectorcall = sink_vectorcall;
+    return (PyObject *)self;
+}
+
+/* What the queue keeps of an ended span: (scope, field) from the C encoder, at_end's, or the span. */
+static PyObject *queued_form(Sink *self, PyObject *span)
+{
+    if (self->encode && PyObject_TypeCheck(span, &SpanCoreType)) {
+        Buf body;
+        buf_init(&body);
+        int r = encode_body(&body, span);
+        PyObject *field = r == 1 ? field_of(&body) : NULL;
+        buf_free(&body);
+        if (field != NULL) {
+            PyObject *scope = ((SpanCore *)span)->scope;
+            PyObject *pair = PyTuple_Pack(2, scope != NULL ? scope : Py_None, field);
+            Py_DECREF(field);
+            if (pair != NULL) {
+                return pair;
+            }
+        }
+        PyErr_Clear(); /* never on the request path: the export thread encodes it in Python instead */
+        Py_INCREF(span);
+        return span;
+    }
+    if (self->at_end != Py_None) {
+        PyObject *made = PyObject_CallOneArg(self->at_end, span);
+        if (made == NULL) {
+            PyErr_Clear();
+        } else if (made != Py_None) {
+            return made;
+        } else {
+            Py_DECREF(made);
+        }
+    }
+    Py_INCREF(span);
+    return span;
+}
+
+static PyObject *sink_call(Sink *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "SpanSink(span): one positional argument");
+        return NULL;
+    }
+    if (self->stopping) {
+        return PyObject_CallOneArg(self->refuse, s_shutdown);
+    }
+    Py_ssize_t n = PyObject_Size(self->queue);
+    if (n < 0) {
+        return NULL;
+    }
+    if (n >= self->queue_size) {
+        return PyObject_CallOneArg(self->refuse, s_queue_full);
+    }
+    PyObject *item = queued_form(self, args[0]);
+    if (item == NULL) {
+        return NULL;
+    }
+    PyObject *r = PyObject_CallOneArg(self->append, item);
+    Py_DECREF(item);
+    if (r == NULL) {
+        return NULL;
+    }
+    Py_DECREF(r);
+    if (n + 1 == self->batch_size) { /* once per batch: the worker then sends everything queued */
+        return PyObject_CallNoArgs(self->wake);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *sink_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    return sink_call((Sink *)callable, args, nargsf, kwnames);
+}
+
+static PyObject *sink_tp_call(PyObject *callable, PyObject *args, PyObject *kwds)
+{
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "SpanSink(span): one positional argument");
+        return NULL;
+    }
+    return sink_call((Sink *)callable, &PyTuple_GET_ITEM(args, 0), (size_t)PyTuple_GET_SIZE(args), NULL);
+}
+
+
+static PyMemberDef sink_members[] = {
+    {"stopping", T_BOOL, offsetof(Sink, stopping), 0, "True from the shutdown on: every span is refused"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject SinkType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sidecar.telemetry._otlp_native.SpanSink",
+    .tp_basicsize = sizeof(Sink),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "BoundedSpanProcessor.on_end in C: refuse (stopping, full) or queue the span's encoded form",
+    .tp_new = sink_new,
+    .tp_dealloc = (destructor)sink_dealloc,
+    .tp_traverse = (traverseproc)sink_traverse,
+    .tp_clear = (inquiry)sink_clear,
+    .tp_call = sink_tp_call,
+    .tp_vectorcall_offset = offsetof(Sink, vectorcall),
+    .tp_members = sink_members,
+};
+
+/* ---- the current span: the API's context and lean_tracing.CURRENT_SPAN in one call each way --------- */
+
+static PyObject *api_var, *api_context_type, *api_span_key, *current_var;
+
+/* enter(span) -> (api token, current-span token): lean_tracing.enter_current */
+static PyObject *enter_current(PyObject *module, PyObject *span)
+{
+    if (api_var == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_otlp_native.configure_context() was not called");
+        return NULL;
+    }
+    PyObject *current;
+    if (PyContextVar_Get(api_var, NULL, &current) < 0) {
+        return NULL;
+    }
+    PyObject *items;
+    if (current != NULL && PyDict_Check(current) && PyDict_GET_SIZE(current) > 0) {
+        items = PyDict_Copy(current); /* {**current, key: span} */
+    } else {
+        items = PyDict_New();
+    }
+    Py_XDECREF(current);
+    if (items == NULL) {
+        return NULL;
+    }
+    if (PyDict_SetItem(items, api_span_key, span) < 0) {
+        Py_DECREF(items);
+        return NULL;
+    }
+    PyObject *context = PyObject_CallOneArg(api_context_type, items);
+    Py_DECREF(items);
+    if (context == NULL) {
+        return NULL;
+    }
+    PyObject *api_token = PyContextVar_Set(api_var, context);
+    Py_DECREF(context);
+    if (api_token == NULL) {
+        return NULL;
+    }
+    PyObject *token = PyContextVar_Set(current_var, span);
+    if (token == NULL) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (PyContextVar_Reset(api_var, api_token) < 0) {
+            PyErr_Clear();
+        }
+        PyErr_Restore(type, value, tb);
+        Py_DECREF(api_token);
+        return NULL;
+    }
+    PyObject *pair = PyTuple_Pack(2, api_token, token);
+    Py_DECREF(api_token);
+    Py_DECREF(token);
+    return pair;
+}
+
+/* A reset that ignores a token of another context or one used already (as the API's detach). */
+static int reset_quietly(PyObject *var, PyObject *token)
+{
+    if (token == Py_None) {
+        return 0;
+    }
+    if (PyContextVar_Reset(var, token) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_ValueError) && !PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+            return -1;
+        }
+        PyErr_Clear();
+    }
+    return 0;
+}
+
+/* leave((api token or None, current-span token)): lean_tracing.leave_current */
+static PyObject *leave_current(PyObject *module, PyObject *tokens)
+{
+    if (api_var == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_otlp_native.configure_context() was not called");
+        return NULL;
+    }
+    if (!PyTuple_Check(tokens) || PyTuple_GET_SIZE(tokens) != 2) {
+        PyErr_SetString(PyExc_TypeError, "leave_current(tokens): the pair enter_current returned");
+        return NULL;
+    }
+    if (reset_quietly(current_var, PyTuple_GET_ITEM(tokens, 1)) < 0 ||
+        reset_quietly(api_var, PyTuple_GET_ITEM(tokens, 0)) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *configure_context(PyObject *module, PyObject *args)
+{
+    PyObject *var, *context_type, *key, *current;
+    if (!PyArg_ParseTuple(args, "O!OOO!", &PyContextVar_Type, &var, &context_type, &key, &PyContextVar_Type, &current)) {
+        return NULL;
+    }
+    Py_INCREF(var);
+    Py_XSETREF(api_var, var);
+    Py_INCREF(context_type);
+    Py_XSETREF(api_context_type, context_type);
+    Py_INCREF(key);
+    Py_XSETREF(api_span_key, key);
+    Py_INCREF(current);
+    Py_XSETREF(current_var, current);
+    Py_RETURN_NONE;
+}
+
 static PyObject *span_field(PyObject *module, PyObject *span)
 {
     if (!configured) {
@@ -933,15 +1230,22 @@ static PyObject *span_field(PyObject *module, PyObject *span)
         }
         Py_RETURN_NONE;
     }
-    int head_len = 1 + varint_size((uint64_t)body.len);
-    PyObject *out = PyBytes_FromStringAndSize(NULL, head_len + body.len);
+    PyObject *out = field_of(&body);
+    buf_free(&body);
+    return out;
+}
+
+/* The ScopeSpans.spans (2) field holding an encoded Span message body. */
+static PyObject *field_of(Buf *body)
+{
+    int head_len = 1 + varint_size((uint64_t)body->len);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, head_len + body->len);
     if (out != NULL) {
         unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
-        *p++ = 0x12; /* ScopeSpans.spans (2) */
-        p += write_varint(p, (uint64_t)body.len);
-        memcpy(p, body.data, (size_t)body.len);
+        *p++ = 0x12;
+        p += write_varint(p, (uint64_t)body->len);
+        memcpy(p, body->data, (size_t)body->len);
     }
-    buf_free(&body);
     return out;
 }
 
@@ -971,6 +1275,10 @@ static PyObject *configure(PyObject *module, PyObject *args)
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "configure(kinds, unset_status, no_state): the API's constants"},
     {"span_field", span_field, METH_O, "span_field(span) -> the ScopeSpans.spans field, or None: encode in Python"},
+    {"configure_context", configure_context, METH_VARARGS,
+     "configure_context(api_context_var, Context, span_key, current_span_var): the API's runtime context"},
+    {"enter_current", enter_current, METH_O, "enter_current(span) -> tokens: span current in both contexts"},
+    {"leave_current", leave_current, METH_O, "leave_current(tokens): undo enter_current (foreign tokens ignored)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -996,8 +1304,11 @@ PyMODINIT_FUNC PyInit__otlp_native(void)
     INTERN(s_status_code, "status_code");
     INTERN(s_link_context, "context");
     INTERN(s_sink, "sink");
+    INTERN(s_shutdown, "shutdown");
+    INTERN(s_queue_full, "queue_full");
 #undef INTERN
-    if ((empty_tuple = PyTuple_New(0)) == NULL || PyType_Ready(&SpanCoreType) < 0 || PyType_Ready(&StarterType) < 0) {
+    if ((empty_tuple = PyTuple_New(0)) == NULL || PyType_Ready(&SpanCoreType) < 0 || PyType_Ready(&StarterType) < 0 ||
+        PyType_Ready(&SinkType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&module_def);
@@ -1006,7 +1317,9 @@ PyMODINIT_FUNC PyInit__otlp_native(void)
     }
     Py_INCREF(&SpanCoreType);
     Py_INCREF(&StarterType);
-    if (PyModule_AddObject(module, "SpanCore", (PyObject *)&SpanCoreType) < 0 ||
+    Py_INCREF(&SinkType);
+    if (PyModule_AddObject(module, "SpanSink", (PyObject *)&SinkType) < 0 ||
+        PyModule_AddObject(module, "SpanCore", (PyObject *)&SpanCoreType) < 0 ||
         PyModule_AddObject(module, "RequestStarter", (PyObject *)&StarterType) < 0) {
         Py_DECREF(module);
         return NULL;

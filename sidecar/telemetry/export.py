@@ -34,8 +34,10 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 
+from sidecar.telemetry import lean_tracing
 from sidecar.telemetry.histograms import HistogramSet
 from sidecar.telemetry.lean_tracing import LeanSpan
+from sidecar.telemetry.otlp import TraceEncoder, native_span_field
 from sidecar.telemetry.settings import OtlpTarget
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,22 @@ class BoundedSpanProcessor:
         self._batch_size = batch_size
         self._delay_s = schedule_delay_s
         self._wake = threading.Event()
+        # on_end(span): ``_on_end``, or the same in one C call (``_otlp_native.SpanSink``) where the lean
+        # span's core is C; it encodes as TraceEncoder.at_end does where that is the exporter's at_end
+        native = lean_tracing.native_core()
+        self.on_end: Any = (
+            native.SpanSink(
+                self._queue,
+                queue_size,
+                batch_size,
+                self._wake.set,
+                self._refuse,
+                self._at_end,
+                self._at_end is TraceEncoder.at_end and native_span_field is not None,
+            )
+            if native is not None
+            else self._on_end
+        )
         self._flushed = threading.Condition()
         self._flush_requests = 0
         self._flushes_done = 0
@@ -123,13 +141,13 @@ class BoundedSpanProcessor:
         self._thread = threading.Thread(target=self._run, name="sidecar-span-export", daemon=True)
         self._thread.start()
 
-    def on_end(self, span: LeanSpan) -> None:
+    def _on_end(self, span: LeanSpan) -> None:
         if self._stopping:
-            self._drops.add("traces", "shutdown", 1)
+            self._refuse("shutdown")
             return
         queue = self._queue
         if len(queue) >= self._queue_size:
-            self._drops.add("traces", "queue_full", 1, self._full)
+            self._refuse("queue_full")
             return
         at_end = self._at_end
         if at_end is not None:
@@ -138,6 +156,10 @@ class BoundedSpanProcessor:
             queue.append(span)
         if len(queue) == self._batch_size:  # once per batch: the worker then sends everything queued
             self._wake.set()
+
+    def _refuse(self, reason: str) -> None:
+        """A span not queued: ``shutdown`` (it ended after the shutdown began) or ``queue_full``."""
+        self._drops.add("traces", reason, 1, self._full if reason == "queue_full" else "")
 
     def _run(self) -> None:
         while True:
@@ -186,6 +208,8 @@ class BoundedSpanProcessor:
         if self._stopping:
             return
         self._stopping = True
+        if self.on_end != self._on_end:  # the C sink refuses from now on too
+            self.on_end.stopping = True
         self._wake.set()
         self._thread.join(timeout_s)
         # A worker still stuck in an export gives up on the rest: what is left is counted as dropped.

@@ -94,12 +94,13 @@ _reset = CURRENT_SPAN.reset
 
 def reset_current(token: Any) -> None:
     """Undo a ``CURRENT_SPAN.set``; ignored where the token belongs to another context (a stream's
-    async generator finalised from another task), as ``opentelemetry.context.detach`` ignores it.
+    async generator finalised from another task) or was used already, as ``opentelemetry.context.detach``
+    ignores it.
     (try/except, not ``contextlib.suppress``: this runs twice per traced request, and a served
     profile gave the context manager's object and calls ~6 us a request there.)"""
     try:  # noqa: SIM105
         _reset(token)
-    except ValueError:
+    except (ValueError, RuntimeError):  # another context's token, or one used already
         pass
 
 
@@ -177,6 +178,32 @@ def _check_fast_enter() -> tuple[Callable[[trace.Span], Any], Callable[[Any], No
 
 # (span) -> token: ``span`` becomes the OpenTelemetry context's current span; (token) -> None undoes it.
 enter_span, leave_span = _check_fast_enter()
+
+
+def _enter_current(span: trace.Span) -> tuple[Any, Any]:
+    return enter_span(span), _set_current(span)
+
+
+def _leave_current(tokens: tuple[Any, Any]) -> None:
+    reset_current(tokens[1])
+    if tokens[0] is not None:
+        leave_span(tokens[0])
+
+
+def _native_enter_leave() -> tuple[Callable[[trace.Span], tuple[Any, Any]], Callable[[tuple[Any, Any]], None]]:
+    """``_otlp_native.enter_current``/``leave_current`` (what ``_enter_current``/``_leave_current`` do,
+    in one C call each) where the core is C and the fast enter/leave passed its check against the API."""
+    if _native is None or enter_span is _api_enter:
+        return _enter_current, _leave_current
+    from opentelemetry.trace.propagation import _SPAN_KEY
+
+    _native.configure_context(_runtime_context_var(), otel_context.Context, _SPAN_KEY, CURRENT_SPAN)
+    return _native.enter_current, _native.leave_current
+
+
+def native_core() -> Any:
+    """The C module behind LeanSpan's core (``_otlp_native``), or None where the Python twin serves."""
+    return _native
 
 
 # (parent span context or None, trace id, links) -> sampled?  See sampling.decision().
@@ -292,6 +319,11 @@ def _native_core() -> Any:
 _native = _native_core()
 SPAN_CORE = "native" if _native is not None else "python"  # which base LeanSpan has
 
+# (span) -> tokens: ``span`` becomes the current span of the OpenTelemetry context and of
+# ``CURRENT_SPAN``; (tokens) -> None undoes both (a token of another context ignored). A tokens pair
+# may also be (None, a ``CURRENT_SPAN.set`` token): then only that is undone.
+enter_current, leave_current = _native_enter_leave()
+
 
 class LeanSpan(_native.SpanCore if _native is not None else _PySpanCore, trace.Span):  # type: ignore[misc]
     """A sampled span: records, nothing else. Read by the exporters through its public slots.
@@ -395,12 +427,11 @@ class UseSpan:
 
     def __enter__(self) -> trace.Span:
         span = self._span
-        self._token = (enter_span(span), _set_current(span))
+        self._token = enter_current(span)
         return span
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        reset_current(self._token[1])
-        leave_span(self._token[0])
+        leave_current(self._token)
         span = self._span
         if isinstance(exc, Exception) and isinstance(span, LeanSpan):
             span._on_error(exc, self._record, self._set_status)

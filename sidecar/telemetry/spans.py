@@ -17,7 +17,7 @@ from typing import Any
 from opentelemetry import trace
 
 from sidecar.telemetry import tracing
-from sidecar.telemetry.lean_tracing import CURRENT_SPAN, LeanSpan, LeanTracer, enter_span, leave_span, reset_current
+from sidecar.telemetry.lean_tracing import CURRENT_SPAN, LeanSpan, LeanTracer, enter_current, leave_current
 
 # The switch directly, not trace.get_tracer(): the API's proxy tracer would add a generator-based
 # context manager around every batch span.
@@ -30,7 +30,6 @@ _NO_PARENT = trace.set_span_in_context(_INVALID)
 
 # The span the sidecar made current: the request's server span (set by the RPC wrapper,
 # sidecar.protocol.interceptors, for a recording span), a shadow call's span, or the invalid span.
-_set_current = CURRENT_SPAN.set
 current_span = CURRENT_SPAN.get  # () -> that span, in one call (the API's lookup takes five)
 
 
@@ -99,13 +98,11 @@ class _LeanBatchSpan:
     def __enter__(self) -> LeanSpan:
         span = self._span
         _name_the_batch(self._requests, span._context.span_id, self._rows)
-        self._tokens = (enter_span(span), _set_current(span))
+        self._tokens = enter_current(span)
         return span
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        tokens = self._tokens
-        reset_current(tokens[1])
-        leave_span(tokens[0])
+        leave_current(self._tokens)
         span = self._span
         if isinstance(exc, Exception):
             span._on_error(exc, True, True)

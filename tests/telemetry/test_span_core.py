@@ -172,3 +172,83 @@ def test_the_python_twin_passes_the_tracer_and_encoder_tests():
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and " failed" not in run.stdout
+
+
+def test_entering_in_c_is_entering_in_python():
+    """``enter_current``/``leave_current`` (C) against their Python composition: the span current in the
+    API's context and in ``CURRENT_SPAN``, nested entries undone in order, a foreign token ignored."""
+    import contextvars
+
+    from opentelemetry import context as otel_context
+
+    from sidecar.telemetry.spans import current_span
+
+    assert lean_tracing.enter_current is _native.enter_current
+    provider, _ = _provider()
+    tracer = provider.get_tracer("t")
+    outer, inner = (tracer.start_request_span(n, None, SpanKind.SERVER, {}) for n in ("outer", "inner"))
+    marker = otel_context.create_key("kept")
+    api = otel_context.attach(otel_context.set_value(marker, 7))
+    for enter, leave in (
+        (lean_tracing.enter_current, lean_tracing.leave_current),
+        (lean_tracing._enter_current, lean_tracing._leave_current),
+    ):
+        first = enter(outer)
+        assert trace.get_current_span() is outer is current_span() and otel_context.get_value(marker) == 7
+        second = enter(inner)
+        assert trace.get_current_span() is inner is current_span() and otel_context.get_value(marker) == 7
+        leave(second)
+        assert trace.get_current_span() is outer is current_span()
+        leave(contextvars.copy_context().run(enter, inner))  # tokens of another context: ignored here
+        leave(second)  # used already: ignored
+        assert trace.get_current_span() is outer is current_span()
+        leave(first)
+        assert trace.get_current_span() is trace.INVALID_SPAN is current_span() and otel_context.get_value(marker) == 7
+        only = (None, lean_tracing.CURRENT_SPAN.set(inner))  # the wrapper's unsampled call with a caller context
+        assert current_span() is inner and trace.get_current_span() is trace.INVALID_SPAN
+        leave(only)
+        assert current_span() is trace.INVALID_SPAN
+    otel_context.detach(api)
+    with pytest.raises(TypeError, match="pair"):
+        _native.leave_current((1, 2, 3))
+
+
+def test_the_c_sink_queues_encoded_spans_refuses_and_wakes_as_on_end_does():
+    import collections
+
+    from sidecar.telemetry.otlp import TraceEncoder
+
+    provider, _ = _provider()
+    tracer = provider.get_tracer("sidecar.protocol", "1.0")
+    queue: collections.deque = collections.deque()
+    refused: list[str] = []
+    wakes: list[int] = []
+    calls: list[object] = []
+
+    def at_end(span):
+        calls.append(span)
+        raise ValueError("never on the request path")
+
+    sink = _native.SpanSink(queue, 4, 2, lambda: wakes.append(len(queue)), refused.append, TraceEncoder.at_end, True)
+    spans = [tracer.start_request_span(f"s{i}", None, SpanKind.SERVER, {"i": i}) for i in range(5)]
+    for span in spans:
+        span.end()
+        sink(span)
+    assert len(queue) == 4 and refused == ["queue_full"] and wakes == [2]
+    for (scope, field), span in zip(queue, spans, strict=False):
+        assert scope is tracer.scope and field == native_span_field(span)
+    queue.clear()
+    sink.stopping = True
+    sink(spans[0])
+    assert refused == ["queue_full", "shutdown"] and not queue
+    # not encoded here: at_end's answer, or the span itself where at_end fails or gives None
+    plain = _native.SpanSink(queue, 8, 8, lambda: None, refused.append, at_end, False)
+    plain(spans[1])
+    assert list(queue) == [spans[1]] and calls == [spans[1]]
+    queue.clear()
+    twin = _native.SpanSink(queue, 8, 8, lambda: None, refused.append, lambda span: ("made", span.name), True)
+    other = _PySpanCore("py", spans[2]._context, None, SpanKind.SERVER, {}, (), Scope("t", ""), print, 1)
+    twin(other)
+    assert list(queue) == [("made", "py")]
+    with pytest.raises(TypeError, match="one positional"):
+        twin()
