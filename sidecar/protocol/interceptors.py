@@ -30,14 +30,13 @@ from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode
 from sidecar.protobuf_wire import read_varint
 from sidecar.protocol.registration import CALL_METADATA
 from sidecar.telemetry.histograms import HistogramFamily
-from sidecar.telemetry.lean_tracing import CURRENT_SPAN, enter_current, leave_current
+from sidecar.telemetry.lean_tracing import enter_current, leave_current
 from sidecar.telemetry.propagation import remote_span_context
 
 SERVER_ERRORS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"})
 _CODE_NAMES = {c: c.name for c in grpc.StatusCode}
 _CODE_NAMES.update({c.value[0]: c.name for c in grpc.StatusCode})
 _SERVER = SpanKind.SERVER
-_set_current = CURRENT_SPAN.set
 _tapped = CALL_METADATA.get
 
 
@@ -91,12 +90,12 @@ class _Call:
         return series
 
     def _start(self, context: Any, request: Any) -> tuple[Any, Any, Any]:
-        """(span, context tokens, context for the servicer); (None, None or tokens, ...) for an unsampled call.
+        """(span, context token, context for the servicer); (None, None or a token, ...) for an unsampled call.
 
-        A recording span is the current span of the OpenTelemetry context and of the sidecar's
-        ``lean_tracing.CURRENT_SPAN`` (``spans.current_span()``: one context variable, read per request).
-        An unsampled call from a caller with a trace context has no span; the caller's context, as a
-        non-recording span, is ``CURRENT_SPAN`` only, so that an upstream call carries the decision on.
+        A recording span is the current span of the OpenTelemetry context (``spans.current_span()``
+        reads it, in one call per request). An unsampled call from a caller with a trace context has no
+        span; the caller's context, as a non-recording span, is current instead, so that an upstream
+        call carries the decision on.
         """
         metadata = _tapped()  # what the handler lookup kept for this call (registration.MetadataTap)
         tapped = metadata is not None
@@ -116,7 +115,7 @@ class _Call:
             context = _MetadataRead(context, metadata)
         if span is None:
             if parent is not None:  # the caller's decision, "not sampled", goes on to an upstream call
-                return None, (None, _set_current(NonRecordingSpan(parent))), context
+                return None, enter_current(NonRecordingSpan(parent)), context
             return None, None, context
         if request.__class__ is bytes or request.__class__ is memoryview:  # ModelInfer's, serialized
             # A lean span gets the model and the version that served it from the repository

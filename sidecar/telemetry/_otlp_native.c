@@ -929,7 +929,8 @@ typedef struct {
     PyObject *wake;     /* () when the queue reaches batch_size */
     PyObject *refuse;   /* (reason) for a span not queued: "shutdown" or "queue_full" */
     PyObject *at_end;   /* None, or (span) -> what to queue instead, or None: the span */
-    int encode;         /* a SpanCore is encoded here, as TraceEncoder.at_end does: (scope, field) */
+    PyObject *encoder;  /* None, or the TraceEncoder whose at_end this does for a SpanCore, in C */
+    PyObject *bytes_scope; /* the scope whose spans are queued as the field alone (set on the encoder) */
     char stopping;
     vectorcallfunc vectorcall;
 } Sink;
@@ -946,6 +947,8 @@ static int sink_traverse(Sink *self, visitproc visit, void *arg)
     Py_VISIT(self->wake);
     Py_VISIT(self->refuse);
     Py_VISIT(self->at_end);
+    Py_VISIT(self->encoder);
+    Py_VISIT(self->bytes_scope);
     return 0;
 }
 
@@ -956,6 +959,8 @@ static int sink_clear(Sink *self)
     Py_CLEAR(self->wake);
     Py_CLEAR(self->refuse);
     Py_CLEAR(self->at_end);
+    Py_CLEAR(self->encoder);
+    Py_CLEAR(self->bytes_scope);
     return 0;
 }
 
@@ -968,15 +973,14 @@ static void sink_dealloc(Sink *self)
 
 static PyObject *sink_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *names[] = {"queue", "queue_size", "batch_size", "wake", "refuse", "at_end", "encode", NULL};
-    PyObject *queue, *wake, *refuse, *at_end;
+    static char *names[] = {"queue", "queue_size", "batch_size", "wake", "refuse", "at_end", "encoder", NULL};
+    PyObject *queue, *wake, *refuse, *at_end, *encoder;
     Py_ssize_t queue_size, batch_size;
-    int encode;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnnOOOp:SpanSink", names, &queue, &queue_size, &batch_size, &wake,
-                                     &refuse, &at_end, &encode)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnnOOOO:SpanSink", names, &queue, &queue_size, &batch_size, &wake,
+                                     &refuse, &at_end, &encoder)) {
         return NULL;
     }
-    if (encode && !configured) {
+    if (encoder != Py_None && !configured) {
         PyErr_SetString(PyExc_RuntimeError, "_otlp_native.configure() was not called");
         return NULL;
     }
@@ -1000,7 +1004,11 @@ static PyObject *sink_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->refuse = refuse;
     Py_INCREF(at_end);
     self->at_end = at_end;
-    self->encode = encode;
+    if (encoder != Py_None) {
+        Py_INCREF(encoder);
+        self->encoder = encoder;
+    }
+    self->bytes_scope = NULL;
     self->stopping = 0;
     self->vectorcall = sink_vectorcall;
     return (PyObject *)self;
@@ -1009,7 +1017,7 @@ static PyObject *sink_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 /* What the queue keeps of an ended span: (scope, field) from the C encoder, at_end's, or the span. */
 static PyObject *queued_form(Sink *self, PyObject *span)
 {
-    if (self->encode && PyObject_TypeCheck(span, &SpanCoreType)) {
+    if (self->encoder != NULL && PyObject_TypeCheck(span, &SpanCoreType) && ((SpanCore *)span)->scope != NULL) {
         Buf body;
         buf_init(&body);
         int r = encode_body(&body, span);
@@ -1017,7 +1025,18 @@ static PyObject *queued_form(Sink *self, PyObject *span)
         buf_free(&body);
         if (field != NULL) {
             PyObject *scope = ((SpanCore *)span)->scope;
-            PyObject *pair = PyTuple_Pack(2, scope != NULL ? scope : Py_None, field);
+            if (self->bytes_scope == NULL) { /* the first span's scope: its spans are queued as bytes */
+                if (PyObject_SetAttrString(self->encoder, "bytes_scope", scope) == 0) {
+                    Py_INCREF(scope);
+                    self->bytes_scope = scope;
+                } else {
+                    PyErr_Clear();
+                }
+            }
+            if (scope == self->bytes_scope) {
+                return field;
+            }
+            PyObject *pair = PyTuple_Pack(2, scope, field);
             Py_DECREF(field);
             if (pair != NULL) {
                 return pair;
@@ -1091,6 +1110,7 @@ static PyObject *sink_tp_call(PyObject *callable, PyObject *args, PyObject *kwds
 
 static PyMemberDef sink_members[] = {
     {"stopping", T_BOOL, offsetof(Sink, stopping), 0, "True from the shutdown on: every span is refused"},
+    {"bytes_scope", T_OBJECT, offsetof(Sink, bytes_scope), READONLY, "the scope of the spans queued as bytes"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -1108,15 +1128,24 @@ static PyTypeObject SinkType = {
     .tp_members = sink_members,
 };
 
-/* ---- the current span: the API's context and lean_tracing.CURRENT_SPAN in one call each way --------- */
+/* ---- the current span: the API's runtime context, one C call each way ---------------------------- */
 
-static PyObject *api_var, *api_context_type, *api_span_key, *current_var;
+static PyObject *api_var, *api_context_type, *api_span_key, *api_span_type, *invalid_span;
 
-/* enter(span) -> (api token, current-span token): lean_tracing.enter_current */
-static PyObject *enter_current(PyObject *module, PyObject *span)
+static int context_configured(void)
 {
     if (api_var == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "_otlp_native.configure_context() was not called");
+        return 0;
+    }
+    return 1;
+}
+
+/* enter_current(span) -> token: the API's attach(set_span_in_context(span)) for its default runtime
+ * context: Context({**current, span key: span}) set in its context variable (lean_tracing.enter_span). */
+static PyObject *enter_current(PyObject *module, PyObject *span)
+{
+    if (!context_configured()) {
         return NULL;
     }
     PyObject *current;
@@ -1125,7 +1154,7 @@ static PyObject *enter_current(PyObject *module, PyObject *span)
     }
     PyObject *items;
     if (current != NULL && PyDict_Check(current) && PyDict_GET_SIZE(current) > 0) {
-        items = PyDict_Copy(current); /* {**current, key: span} */
+        items = PyDict_Copy(current);
     } else {
         items = PyDict_New();
     }
@@ -1142,75 +1171,73 @@ static PyObject *enter_current(PyObject *module, PyObject *span)
     if (context == NULL) {
         return NULL;
     }
-    PyObject *api_token = PyContextVar_Set(api_var, context);
+    PyObject *token = PyContextVar_Set(api_var, context);
     Py_DECREF(context);
-    if (api_token == NULL) {
-        return NULL;
-    }
-    PyObject *token = PyContextVar_Set(current_var, span);
-    if (token == NULL) {
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        if (PyContextVar_Reset(api_var, api_token) < 0) {
-            PyErr_Clear();
-        }
-        PyErr_Restore(type, value, tb);
-        Py_DECREF(api_token);
-        return NULL;
-    }
-    PyObject *pair = PyTuple_Pack(2, api_token, token);
-    Py_DECREF(api_token);
-    Py_DECREF(token);
-    return pair;
+    return token;
 }
 
-/* A reset that ignores a token of another context or one used already (as the API's detach). */
-static int reset_quietly(PyObject *var, PyObject *token)
+/* leave_current(token): undo enter_current; a token of another context, one used already, or None, ignored
+ * (as the API's detach, and lean_tracing.leave_span). */
+static PyObject *leave_current(PyObject *module, PyObject *token)
 {
-    if (token == Py_None) {
-        return 0;
+    if (!context_configured()) {
+        return NULL;
     }
-    if (PyContextVar_Reset(var, token) < 0) {
-        if (!PyErr_ExceptionMatches(PyExc_ValueError) && !PyErr_ExceptionMatches(PyExc_RuntimeError)) {
-            return -1;
+    if (token != Py_None && PyContextVar_Reset(api_var, token) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_ValueError) && !PyErr_ExceptionMatches(PyExc_RuntimeError) &&
+            !PyErr_ExceptionMatches(PyExc_TypeError)) {
+            return NULL;
         }
         PyErr_Clear();
-    }
-    return 0;
-}
-
-/* leave((api token or None, current-span token)): lean_tracing.leave_current */
-static PyObject *leave_current(PyObject *module, PyObject *tokens)
-{
-    if (api_var == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "_otlp_native.configure_context() was not called");
-        return NULL;
-    }
-    if (!PyTuple_Check(tokens) || PyTuple_GET_SIZE(tokens) != 2) {
-        PyErr_SetString(PyExc_TypeError, "leave_current(tokens): the pair enter_current returned");
-        return NULL;
-    }
-    if (reset_quietly(current_var, PyTuple_GET_ITEM(tokens, 1)) < 0 ||
-        reset_quietly(api_var, PyTuple_GET_ITEM(tokens, 0)) < 0) {
-        return NULL;
     }
     Py_RETURN_NONE;
 }
 
-static PyObject *configure_context(PyObject *module, PyObject *args)
+/* current_span() -> the API's get_current_span(): the current context's span, or INVALID_SPAN. */
+static PyObject *current_span(PyObject *module, PyObject *unused)
 {
-    PyObject *var, *context_type, *key, *current;
-    if (!PyArg_ParseTuple(args, "O!OOO!", &PyContextVar_Type, &var, &context_type, &key, &PyContextVar_Type, &current)) {
+    if (!context_configured()) {
         return NULL;
     }
-    Py_INCREF(var);
-    Py_XSETREF(api_var, var);
-    Py_INCREF(context_type);
-    Py_XSETREF(api_context_type, context_type);
-    Py_INCREF(key);
-    Py_XSETREF(api_span_key, key);
-    Py_INCREF(current);
-    Py_XSETREF(current_var, current);
+    PyObject *current;
+    if (PyContextVar_Get(api_var, NULL, &current) < 0) {
+        return NULL;
+    }
+    PyObject *span = NULL;
+    if (current != NULL && PyDict_Check(current)) {
+        span = PyDict_GetItemWithError(current, api_span_key); /* borrowed */
+        if (span == NULL && PyErr_Occurred()) {
+            Py_DECREF(current);
+            return NULL;
+        }
+    }
+    int is_span = 0;
+    if (span != NULL) {
+        is_span = PyObject_TypeCheck(span, &SpanCoreType) ? 1 : PyObject_IsInstance(span, api_span_type);
+        if (is_span < 0) {
+            Py_DECREF(current);
+            return NULL;
+        }
+    }
+    PyObject *result = is_span ? span : invalid_span;
+    Py_INCREF(result);
+    Py_XDECREF(current);
+    return result;
+}
+
+static PyObject *configure_context(PyObject *module, PyObject *args)
+{
+    PyObject *var, *context_type, *key, *span_type, *invalid;
+    if (!PyArg_ParseTuple(args, "O!OOOO", &PyContextVar_Type, &var, &context_type, &key, &span_type, &invalid)) {
+        return NULL;
+    }
+#define SET(global, value) Py_INCREF(value); Py_XSETREF(global, value);
+    SET(api_var, var);
+    SET(api_context_type, context_type);
+    SET(api_span_key, key);
+    SET(api_span_type, span_type);
+    SET(invalid_span, invalid);
+#undef SET
     Py_RETURN_NONE;
 }
 
@@ -1276,9 +1303,10 @@ static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "configure(kinds, unset_status, no_state): the API's constants"},
     {"span_field", span_field, METH_O, "span_field(span) -> the ScopeSpans.spans field, or None: encode in Python"},
     {"configure_context", configure_context, METH_VARARGS,
-     "configure_context(api_context_var, Context, span_key, current_span_var): the API's runtime context"},
-    {"enter_current", enter_current, METH_O, "enter_current(span) -> tokens: span current in both contexts"},
-    {"leave_current", leave_current, METH_O, "leave_current(tokens): undo enter_current (foreign tokens ignored)"},
+     "configure_context(api_context_var, Context, span_key, Span, INVALID_SPAN): the API's runtime context"},
+    {"enter_current", enter_current, METH_O, "enter_current(span) -> token: span current in the API's context"},
+    {"leave_current", leave_current, METH_O, "leave_current(token): undo enter_current (foreign tokens ignored)"},
+    {"current_span", current_span, METH_NOARGS, "current_span() -> the API's current span, or INVALID_SPAN"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -118,18 +118,18 @@ class BoundedSpanProcessor:
         self._delay_s = schedule_delay_s
         self._wake = threading.Event()
         # on_end(span): ``_on_end``, or the same in one C call (``_otlp_native.SpanSink``) where the lean
-        # span's core is C; it encodes as TraceEncoder.at_end does where that is the exporter's at_end
+        # span's core is C; where the exporter's at_end is a TraceEncoder's, the sink encodes as that
+        # does, and queues the field alone for the encoder's ``bytes_scope``
         native = lean_tracing.native_core()
+        encoder = getattr(self._at_end, "__self__", None)
+        if not (
+            isinstance(encoder, TraceEncoder)
+            and getattr(self._at_end, "__func__", None) is TraceEncoder.at_end
+            and native_span_field is not None
+        ):
+            encoder = None
         self.on_end: Any = (
-            native.SpanSink(
-                self._queue,
-                queue_size,
-                batch_size,
-                self._wake.set,
-                self._refuse,
-                self._at_end,
-                self._at_end is TraceEncoder.at_end and native_span_field is not None,
-            )
+            native.SpanSink(self._queue, queue_size, batch_size, self._wake.set, self._refuse, self._at_end, encoder)
             if native is not None
             else self._on_end
         )

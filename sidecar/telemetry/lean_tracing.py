@@ -83,26 +83,6 @@ _ERROR = StatusCode.ERROR
 _OK = StatusCode.OK
 _UNSET = StatusCode.UNSET
 
-# The span the sidecar made current (the RPC wrapper's server span, ``start_as_current_span``'s span),
-# also the OpenTelemetry context's current span there: the request path reads it in one call instead
-# of five into the API (``sidecar.telemetry.spans.current_span``). Each gRPC call and each task runs
-# in a context of its own.
-CURRENT_SPAN: ContextVar[trace.Span] = ContextVar("sidecar_current_span", default=trace.INVALID_SPAN)
-_set_current = CURRENT_SPAN.set
-_reset = CURRENT_SPAN.reset
-
-
-def reset_current(token: Any) -> None:
-    """Undo a ``CURRENT_SPAN.set``; ignored where the token belongs to another context (a stream's
-    async generator finalised from another task) or was used already, as ``opentelemetry.context.detach``
-    ignores it.
-    (try/except, not ``contextlib.suppress``: this runs twice per traced request, and a served
-    profile gave the context manager's object and calls ~6 us a request there.)"""
-    try:  # noqa: SIM105
-        _reset(token)
-    except (ValueError, RuntimeError):  # another context's token, or one used already
-        pass
-
 
 def _api_enter(span: trace.Span) -> Any:
     return otel_context.attach(trace.set_span_in_context(span))
@@ -180,25 +160,32 @@ def _check_fast_enter() -> tuple[Callable[[trace.Span], Any], Callable[[Any], No
 enter_span, leave_span = _check_fast_enter()
 
 
-def _enter_current(span: trace.Span) -> tuple[Any, Any]:
-    return enter_span(span), _set_current(span)
-
-
-def _leave_current(tokens: tuple[Any, Any]) -> None:
-    reset_current(tokens[1])
-    if tokens[0] is not None:
-        leave_span(tokens[0])
-
-
-def _native_enter_leave() -> tuple[Callable[[trace.Span], tuple[Any, Any]], Callable[[tuple[Any, Any]], None]]:
-    """``_otlp_native.enter_current``/``leave_current`` (what ``_enter_current``/``_leave_current`` do,
-    in one C call each) where the core is C and the fast enter/leave passed its check against the API."""
-    if _native is None or enter_span is _api_enter:
-        return _enter_current, _leave_current
+def _fast_current(var: ContextVar) -> Callable[[], trace.Span]:
     from opentelemetry.trace.propagation import _SPAN_KEY
 
-    _native.configure_context(_runtime_context_var(), otel_context.Context, _SPAN_KEY, CURRENT_SPAN)
-    return _native.enter_current, _native.leave_current
+    get = var.get
+    invalid = trace.INVALID_SPAN
+
+    def current() -> trace.Span:
+        span = get().get(_SPAN_KEY)
+        return span if isinstance(span, trace.Span) else invalid
+
+    return current
+
+
+def _native_context() -> tuple[Callable[[trace.Span], Any], Callable[[Any], None], Callable[[], trace.Span]]:
+    """(enter, leave, current): ``_otlp_native``'s (one C call each) where the core is C and the fast
+    enter/leave passed its check against the API; else ``enter_span``, ``leave_span`` and the API's
+    ``get_current_span`` (or its direct read of the same context variable)."""
+    var = _runtime_context_var()
+    if enter_span is _api_enter or var is None:
+        return enter_span, leave_span, trace.get_current_span
+    if _native is None:
+        return enter_span, leave_span, _fast_current(var)
+    from opentelemetry.trace.propagation import _SPAN_KEY
+
+    _native.configure_context(var, otel_context.Context, _SPAN_KEY, trace.Span, trace.INVALID_SPAN)
+    return _native.enter_current, _native.leave_current, _native.current_span
 
 
 def native_core() -> Any:
@@ -319,10 +306,11 @@ def _native_core() -> Any:
 _native = _native_core()
 SPAN_CORE = "native" if _native is not None else "python"  # which base LeanSpan has
 
-# (span) -> tokens: ``span`` becomes the current span of the OpenTelemetry context and of
-# ``CURRENT_SPAN``; (tokens) -> None undoes both (a token of another context ignored). A tokens pair
-# may also be (None, a ``CURRENT_SPAN.set`` token): then only that is undone.
-enter_current, leave_current = _native_enter_leave()
+# enter_current(span) -> token: ``span`` becomes the OpenTelemetry context's current span (as
+# ``enter_span``); leave_current(token) undoes it (a token of another context, or one used, ignored);
+# current_span() -> that span (``trace.get_current_span()``), in one call: the request path reads it
+# (``sidecar.telemetry.spans.current_span``). Each gRPC call and each task runs in a context of its own.
+enter_current, leave_current, current_span = _native_context()
 
 
 class LeanSpan(_native.SpanCore if _native is not None else _PySpanCore, trace.Span):  # type: ignore[misc]

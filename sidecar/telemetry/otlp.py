@@ -271,9 +271,12 @@ class TraceEncoder:
     def __init__(self, resource: Mapping[str, Any]) -> None:
         self._resource = encode_resource(resource)
         self._scopes: dict[Scope, bytes] = {}
+        # The scope of the encoded spans the span queue keeps as bare bytes (no tuple: an object the
+        # garbage collector tracks, alive until its export): set by the queue's C sink
+        # (``_otlp_native.SpanSink``, created with this encoder) before the first of them.
+        self.bytes_scope: Scope | None = None
 
-    @staticmethod
-    def at_end(span: LeanSpan) -> tuple[Scope, bytes] | None:
+    def at_end(self, span: LeanSpan) -> tuple[Scope, bytes] | None:
         """The span's (scope, field) from the C encoder, for the span queue to keep instead of the span
         (``export.BoundedSpanProcessor``); None where only Python takes the span (then the span is kept,
         and encoded here on the export thread). Measured: keeping each ended span's objects until its
@@ -289,14 +292,17 @@ class TraceEncoder:
             return None
         return None if encoded is None else (span.scope, encoded)
 
-    def encode(self, spans: Iterable[LeanSpan | tuple[Scope, bytes]]) -> bytes:
-        """``spans``: ended spans, or what ``at_end`` made of them, in any mix."""
+    def encode(self, spans: Iterable[LeanSpan | tuple[Scope, bytes] | bytes]) -> bytes:
+        """``spans``: ended spans, or what ``at_end`` made of them, or the field alone (``bytes_scope``'s
+        spans), in any mix."""
         by_scope: dict[Scope, list[bytes]] = {}
         native = native_span_field
         budget = self.YIELD_EVERY * self.NATIVE_WEIGHT
         spent = 0
         for span in spans:
-            if span.__class__ is tuple:  # encoded when it ended
+            if span.__class__ is bytes:  # encoded when it ended, by the queue's C sink
+                scope, encoded = self.bytes_scope, span
+            elif span.__class__ is tuple:  # encoded when it ended
                 scope, encoded = span  # type: ignore[misc]
             else:
                 scope = span.scope

@@ -16,8 +16,8 @@ from typing import Any
 
 from opentelemetry import trace
 
-from sidecar.telemetry import tracing
-from sidecar.telemetry.lean_tracing import CURRENT_SPAN, LeanSpan, LeanTracer, enter_current, leave_current
+from sidecar.telemetry import lean_tracing, tracing
+from sidecar.telemetry.lean_tracing import LeanSpan, LeanTracer, enter_current, leave_current
 
 # The switch directly, not trace.get_tracer(): the API's proxy tracer would add a generator-based
 # context manager around every batch span.
@@ -28,9 +28,10 @@ _INTERNAL = trace.SpanKind.INTERNAL
 _NO_PARENT = trace.set_span_in_context(_INVALID)
 
 
-# The span the sidecar made current: the request's server span (set by the RPC wrapper,
-# sidecar.protocol.interceptors, for a recording span), a shadow call's span, or the invalid span.
-current_span = CURRENT_SPAN.get  # () -> that span, in one call (the API's lookup takes five)
+# The OpenTelemetry context's current span: the request's server span (set by the RPC wrapper,
+# sidecar.protocol.interceptors, for a recording span; for an unsampled call from a caller with a trace
+# context, the caller's as a non-recording span), a shadow call's or a batch's span, or the invalid span.
+current_span = lean_tracing.current_span  # () -> that span, in one call (the API's lookup takes five)
 
 
 def batch_span(model: str, version: str, request_spans: Sequence[Any], rows: int, provider: str) -> Any:
@@ -84,7 +85,7 @@ def batch_span(model: str, version: str, request_spans: Sequence[Any], rows: int
 class _LeanBatchSpan:
     """``_BatchSpan(UseSpan(span, ...))`` for a lean batch span and the sidecar's own request spans,
     in one object (two Python calls fewer per batch): each request span gets the batch's span id and
-    rows, the batch span is current inside (the API's context and ``CURRENT_SPAN``) and ends on exit,
+    rows, the batch span is current inside (the API's context) and ends on exit,
     with an exception leaving it recorded and its status ERROR."""
 
     __slots__ = ("_requests", "_rows", "_span", "_tokens")

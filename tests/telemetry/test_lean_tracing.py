@@ -429,7 +429,13 @@ def test_unsampled_calls_have_no_span_and_the_servicer_reads_the_same_metadata()
         context = Context(metadata)
         assert asyncio.run(servicer.ModelInfer(request, context)) == "ok"
         span, read, remaining = seen[-1]
-        assert span is trace.INVALID_SPAN and not keep.spans  # no span object, nothing made current
+        assert not keep.spans and not span.is_recording()  # no span object recorded
+        if header:  # the caller's context is current, not sampled: an upstream call carries that on
+            ctx = span.get_span_context()
+            assert type(span) is trace.NonRecordingSpan and ctx.is_remote and not ctx.trace_flags.sampled
+            assert (ctx.trace_id, ctx.span_id) == (0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7)
+        else:
+            assert span is trace.INVALID_SPAN  # nothing made current
         assert read == metadata and remaining == 1.5 and context.reads == 1  # read once, shared
         with pytest.raises(RuntimeError):
             asyncio.run(servicer.ModelInfer(aborting, context))
@@ -537,14 +543,17 @@ def test_sampled_spans_carry_the_apis_own_span_contexts():
 def test_the_current_span_is_restored_and_a_foreign_token_is_ignored():
     import contextvars
 
-    from sidecar.telemetry.lean_tracing import CURRENT_SPAN, reset_current
+    from sidecar.telemetry.lean_tracing import enter_current, leave_current
     from sidecar.telemetry.spans import current_span
 
     provider, _ = _provider()
     with provider.get_tracer("t").start_as_current_span("shadow") as span:
         assert current_span() is span is trace.get_current_span()
     assert current_span() is trace.INVALID_SPAN
-    token = CURRENT_SPAN.set(span)
-    contextvars.copy_context().run(reset_current, CURRENT_SPAN.set(span))  # set there, reset here: ignored
-    reset_current(token)
+    token = enter_current(span)
+    assert current_span() is span is trace.get_current_span()
+    leave_current(contextvars.copy_context().run(enter_current, span))  # entered there, left here: ignored
+    assert current_span() is span
+    leave_current(token)
+    leave_current(token)  # used already: ignored
     assert current_span() is trace.INVALID_SPAN

@@ -175,42 +175,45 @@ def test_the_python_twin_passes_the_tracer_and_encoder_tests():
 
 
 def test_entering_in_c_is_entering_in_python():
-    """``enter_current``/``leave_current`` (C) against their Python composition: the span current in the
-    API's context and in ``CURRENT_SPAN``, nested entries undone in order, a foreign token ignored."""
+    """``enter_current``/``leave_current``/``current_span`` (C) against ``enter_span``/``leave_span`` and
+    the API's ``get_current_span``: nested entries undone in order, other context values kept, a token
+    of another context or a used one ignored, a value under the span key that is no span not current."""
     import contextvars
 
     from opentelemetry import context as otel_context
-
-    from sidecar.telemetry.spans import current_span
+    from opentelemetry.trace.propagation import _SPAN_KEY
 
     assert lean_tracing.enter_current is _native.enter_current
+    assert lean_tracing.current_span is _native.current_span
     provider, _ = _provider()
     tracer = provider.get_tracer("t")
     outer, inner = (tracer.start_request_span(n, None, SpanKind.SERVER, {}) for n in ("outer", "inner"))
     marker = otel_context.create_key("kept")
     api = otel_context.attach(otel_context.set_value(marker, 7))
+    remote = trace.NonRecordingSpan(SpanContext(1, 2, True, TraceFlags(0)))
     for enter, leave in (
         (lean_tracing.enter_current, lean_tracing.leave_current),
-        (lean_tracing._enter_current, lean_tracing._leave_current),
+        (lean_tracing.enter_span, lean_tracing.leave_span),
     ):
+        for current in (lean_tracing.current_span, trace.get_current_span):
+            assert current() is trace.INVALID_SPAN
         first = enter(outer)
-        assert trace.get_current_span() is outer is current_span() and otel_context.get_value(marker) == 7
-        second = enter(inner)
-        assert trace.get_current_span() is inner is current_span() and otel_context.get_value(marker) == 7
+        assert trace.get_current_span() is outer is lean_tracing.current_span() and otel_context.get_value(marker) == 7
+        second = enter(remote)
+        assert trace.get_current_span() is remote is lean_tracing.current_span() and otel_context.get_value(marker) == 7
         leave(second)
-        assert trace.get_current_span() is outer is current_span()
-        leave(contextvars.copy_context().run(enter, inner))  # tokens of another context: ignored here
+        assert trace.get_current_span() is outer is lean_tracing.current_span()
+        leave(contextvars.copy_context().run(enter, inner))  # a token of another context: ignored here
         leave(second)  # used already: ignored
-        assert trace.get_current_span() is outer is current_span()
+        assert trace.get_current_span() is outer is lean_tracing.current_span()
         leave(first)
-        assert trace.get_current_span() is trace.INVALID_SPAN is current_span() and otel_context.get_value(marker) == 7
-        only = (None, lean_tracing.CURRENT_SPAN.set(inner))  # the wrapper's unsampled call with a caller context
-        assert current_span() is inner and trace.get_current_span() is trace.INVALID_SPAN
-        leave(only)
-        assert current_span() is trace.INVALID_SPAN
+        assert trace.get_current_span() is trace.INVALID_SPAN is lean_tracing.current_span()
+        assert otel_context.get_value(marker) == 7
+    odd = otel_context.attach(otel_context.set_value(_SPAN_KEY, "not a span"))
+    assert trace.get_current_span() is trace.INVALID_SPAN is lean_tracing.current_span()
+    otel_context.detach(odd)
     otel_context.detach(api)
-    with pytest.raises(TypeError, match="pair"):
-        _native.leave_current((1, 2, 3))
+    lean_tracing.leave_current(None)  # nothing to undo
 
 
 def test_the_c_sink_queues_encoded_spans_refuses_and_wakes_as_on_end_does():
@@ -229,24 +232,35 @@ def test_the_c_sink_queues_encoded_spans_refuses_and_wakes_as_on_end_does():
         calls.append(span)
         raise ValueError("never on the request path")
 
-    sink = _native.SpanSink(queue, 4, 2, lambda: wakes.append(len(queue)), refused.append, TraceEncoder.at_end, True)
+    encoder = TraceEncoder({"service.name": "core-test"})
+    sink = _native.SpanSink(queue, 4, 2, lambda: wakes.append(len(queue)), refused.append, encoder.at_end, encoder)
     spans = [tracer.start_request_span(f"s{i}", None, SpanKind.SERVER, {"i": i}) for i in range(5)]
     for span in spans:
         span.end()
         sink(span)
     assert len(queue) == 4 and refused == ["queue_full"] and wakes == [2]
-    for (scope, field), span in zip(queue, spans, strict=False):
-        assert scope is tracer.scope and field == native_span_field(span)
+    # the first scope's spans: the field alone (bytes, which the garbage collector does not track)
+    assert sink.bytes_scope is encoder.bytes_scope is tracer.scope
+    assert list(queue) == [native_span_field(span) for span in spans[:4]]
+    assert encoder.encode(list(queue)) == TraceEncoder({"service.name": "core-test"}).encode(spans[:4])
+    queue.clear()
+    other_scope = provider.get_tracer("sidecar.batching").start_request_span("b", None, SpanKind.INTERNAL, {})
+    other_scope.end()
+    sink(other_scope)  # another scope: (scope, field)
+    assert list(queue) == [(other_scope.scope, native_span_field(other_scope))]
+    assert encoder.encode([*queue, native_span_field(spans[0])]) == TraceEncoder({"service.name": "core-test"}).encode(
+        [other_scope, spans[0]]
+    )
     queue.clear()
     sink.stopping = True
     sink(spans[0])
     assert refused == ["queue_full", "shutdown"] and not queue
     # not encoded here: at_end's answer, or the span itself where at_end fails or gives None
-    plain = _native.SpanSink(queue, 8, 8, lambda: None, refused.append, at_end, False)
+    plain = _native.SpanSink(queue, 8, 8, lambda: None, refused.append, at_end, None)
     plain(spans[1])
     assert list(queue) == [spans[1]] and calls == [spans[1]]
     queue.clear()
-    twin = _native.SpanSink(queue, 8, 8, lambda: None, refused.append, lambda span: ("made", span.name), True)
+    twin = _native.SpanSink(queue, 8, 8, lambda: None, refused.append, lambda span: ("made", span.name), encoder)
     other = _PySpanCore("py", spans[2]._context, None, SpanKind.SERVER, {}, (), Scope("t", ""), print, 1)
     twin(other)
     assert list(queue) == [("made", "py")]
