@@ -41,6 +41,20 @@ def _median_ratio(before: list[float], after: list[float]) -> tuple[float, list[
     return (statistics.median(ratios) if ratios else float("nan")), [round(r, 3) for r in ratios]
 
 
+def _settings(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            parser.error(f"a setting is KEY=VALUE, not {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _describe(settings: dict[str, str]) -> str:
+    return " with " + ", ".join(f"`{k} = {v}`" for k, v in settings.items()) if settings else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--before", required=True, help="the checkout measured first (its extensions built in place)")
@@ -50,12 +64,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=4.0)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--rate", type=float, default=0.0, help="requests/s for an open loop instead (0: closed loop)")
+    for side in ("before", "after"):
+        p.add_argument(
+            f"--{side}-setting",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help=f"a configuration key for the {side} side's servers (e.g. server.gc_gen0_threshold=700); repeatable",
+        )
     p.add_argument("--name", default="ab-trees")
     p.add_argument("--out", default=str(RESULTS_DIR))
     args = p.parse_args(argv)
     command = shlex.join(["python", "-m", "bench.ab_trees", *(sys.argv[1:] if argv is None else argv)])
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     trees = {"before": Path(args.before).resolve(), "after": Path(args.after).resolve()}
+    extra = {"before": _settings(p, args.before_setting), "after": _settings(p, args.after_setting)}
     modes = [m for m in args.modes.split(",") if m]
     repo = Path(tempfile.mkdtemp(prefix="ab-trees-")) / "repo"
     write_version(repo, "mlp", "1.0.0", mlp_model)
@@ -69,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for mode in modes:
                     for which, tree in trees.items():
-                        settings = mode_settings(mode, collector.endpoint, f"http://127.0.0.1:{servers.free_port()}")
+                        settings = {
+                            **mode_settings(mode, collector.endpoint, f"http://127.0.0.1:{servers.free_port()}"),
+                            **extra[which],
+                        }
                         started_servers[(mode, which)] = servers.start_sidecar(
                             repo, models=["mlp"], settings=settings, name=f"{which}-{mode}", cwd=tree
                         )
@@ -118,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"Command: `{command}`",
             "",
-            f"Before: `{trees['before']}`; after: `{trees['after']}`. Machine: {info.get('cpus')} CPUs "
+            f"Before: `{trees['before']}`{_describe(extra['before'])}; after: `{trees['after']}`"
+            f"{_describe(extra['after'])}. Machine: {info.get('cpus')} CPUs "
             f"({info.get('cpu_model', '')}), Python {info.get('python')}. MLP, batch-1 requests, {what}, "
             f"{args.duration:g} s cells, {args.rounds} rounds of fresh processes (order shuffled). Ratios: "
             "after / before, the median of the per-round ratios (each round's listed).",
@@ -149,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": started,
         "machine": info,
         "trees": {k: str(v) for k, v in trees.items()},
+        "settings": extra,
     }
     payload_out |= {"rows": rows, "runs": {f"{m}/{w}": v for (m, w), v in runs.items()}}
     save_results(args.name, payload_out, md, args.out)

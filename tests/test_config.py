@@ -94,3 +94,24 @@ def test_cudnn_conv_algo_search_is_checked_and_reaches_the_cuda_provider(tmp_pat
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     onnx_session.OnnxEngine(tmp_path / "m.onnx", providers=["CUDAExecutionProvider"], executor=None, max_batch_size=8)
     assert seen["providers"] == ["CPUExecutionProvider"]
+
+
+def test_serving_settles_the_heap_with_the_configured_collector_threshold():
+    """``server.gc_gen0_threshold``: 10,000 by default, set after start-up (the start-up heap frozen);
+    0 leaves Python's threshold; a negative one is refused, naming the key."""
+    import gc
+
+    from sidecar.cli import settle_heap
+
+    assert SidecarConfig.load(None, environ={}).server.gc_gen0_threshold == 10_000
+    with pytest.raises(ConfigError, match="gc_gen0_threshold must be 0 or more"):
+        SidecarConfig.load(None, environ={"SIDECAR_SERVER__GC_GEN0_THRESHOLD": "-1"})
+    before = gc.get_threshold()
+    try:
+        settle_heap(12_345)
+        assert gc.get_threshold() == (12_345, *before[1:]) and gc.get_freeze_count() > 0
+        settle_heap(0)
+        assert gc.get_threshold()[0] == 12_345
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()

@@ -275,8 +275,11 @@ def test_ab_trees_serves_each_checkout_from_its_own_directory_and_reports_ratios
     # the same checkout on both sides (its noise floor): each side's sidecar serves the closed loop, and
     # the report holds both sides' figures and the per-round ratios
     both = ["--before", str(ROOT), "--after", str(ROOT), "--modes", "off", "--rounds", "1", "--duration", "0.5"]
-    assert ab_trees.main([*both, "--concurrency", "4", "--name", "ab", "--out", str(tmp_path)]) == 0
+    tuned = ["--before-setting", "server.gc_gen0_threshold=700"]  # a setting for one side's servers only
+    assert ab_trees.main([*both, *tuned, "--concurrency", "4", "--name", "ab", "--out", str(tmp_path)]) == 0
     saved = json.loads((tmp_path / "ab.json").read_text())
+    assert saved["settings"] == {"before": {"server.gc_gen0_threshold": "700"}, "after": {}}
+    assert "with `server.gc_gen0_threshold = 700`" in (tmp_path / "ab.md").read_text()
     (row,) = saved["rows"]
     assert row["mode"] == "off" and row["errors"] == 0
     assert row["rps_before"] > 0 and row["rps_after"] > 0 and math.isfinite(row["rps_ratio"])
