@@ -198,7 +198,8 @@ class ServerProcess:
         proc = self.proc
         if proc is None:
             return None
-        with contextlib.suppress(ProcessLookupError, PermissionError):
+        descendants: list[psutil.Process] = []
+        with contextlib.suppress(ProcessLookupError, PermissionError, psutil.Error):  # exited already: none
             descendants = psutil.Process(proc.pid).children(recursive=True)
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -210,11 +211,10 @@ class ServerProcess:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
         # Children that left the process group (Triton's stubs do not, but be sure).
-        with contextlib.suppress(NameError):
-            _, alive = psutil.wait_procs(descendants, timeout=3)
-            for p in alive:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    p.kill()
+        _, alive = psutil.wait_procs(descendants, timeout=3)
+        for p in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         return proc.returncode

@@ -1241,6 +1241,211 @@ static PyObject *configure_context(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
+
+/* ---- the RPC wrapper's start and end of a traced call (sidecar/protocol/interceptors.py) ------------ */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *starter;    /* a RequestStarter */
+    PyObject *method;     /* the span's name */
+    PyObject *kind;       /* SpanKind.SERVER */
+    PyObject *attributes; /* the call's attributes, copied into each span */
+    PyObject *tap;        /* the context variable where the handler lookup kept the call's metadata */
+    PyObject *slow;       /* (context, request) -> (span, token, context): everything else */
+    vectorcallfunc vectorcall;
+} CallStart;
+
+static PyObject *s_traceparent_key, *s_tracestate_key, *s_status_key, *s_ok;
+static PyObject *call_start_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames);
+
+static int call_start_traverse(CallStart *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->starter);
+    Py_VISIT(self->method);
+    Py_VISIT(self->kind);
+    Py_VISIT(self->attributes);
+    Py_VISIT(self->tap);
+    Py_VISIT(self->slow);
+    return 0;
+}
+
+static int call_start_clear(CallStart *self)
+{
+    Py_CLEAR(self->starter);
+    Py_CLEAR(self->method);
+    Py_CLEAR(self->kind);
+    Py_CLEAR(self->attributes);
+    Py_CLEAR(self->tap);
+    Py_CLEAR(self->slow);
+    return 0;
+}
+
+static void call_start_dealloc(CallStart *self)
+{
+    PyObject_GC_UnTrack(self);
+    call_start_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *call_start_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *starter, *method, *kind, *attributes, *tap, *slow;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) > 0) {
+        PyErr_SetString(PyExc_TypeError, "CallStart takes positional arguments only");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O!OOO!O!O:CallStart", &StarterType, &starter, &method, &kind, &PyDict_Type,
+                          &attributes, &PyContextVar_Type, &tap, &slow)) {
+        return NULL;
+    }
+    CallStart *self = (CallStart *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    PyObject *fields[6] = {starter, method, kind, attributes, tap, slow};
+    PyObject **slots[6] = {&self->starter, &self->method, &self->kind, &self->attributes, &self->tap, &self->slow};
+    for (int i = 0; i < 6; i++) {
+        Py_INCREF(fields[i]);
+        *slots[i] = fields[i];
+    }
+    self->vectorcall = call_start_vectorcall;
+    return (PyObject *)self;
+}
+
+/* 1 when the metadata (a tuple or list of pairs) names a trace context (traceparent or tracestate, or a
+ * key that is not an exact str, left to Python), 0 when it does not, -1 on an error. */
+static int names_trace_context(PyObject *metadata)
+{
+    if (!PyTuple_CheckExact(metadata) && !PyList_CheckExact(metadata)) {
+        return 1;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(metadata);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(metadata, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) < 1) {
+            return 1;
+        }
+        PyObject *key = PyTuple_GET_ITEM(item, 0);
+        if (!PyUnicode_CheckExact(key)) {
+            if (PyBytes_Check(key)) {
+                continue; /* never equal to a str key, as in Python */
+            }
+            return 1;
+        }
+        if (PyUnicode_GET_LENGTH(key) != 11 && PyUnicode_GET_LENGTH(key) != 10) {
+            continue;
+        }
+        int eq = PyUnicode_Compare(key, s_traceparent_key) == 0 || PyUnicode_Compare(key, s_tracestate_key) == 0;
+        if (PyErr_Occurred()) {
+            return -1;
+        }
+        if (eq) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* call_start(context, request) -> (span, token, context) | (None, None, context): _Call._start for a call
+ * whose metadata the handler lookup kept, without a trace context, with a serialized request; anything
+ * else goes to the slow path (the Python method), which does the same with everything else. */
+static PyObject *call_start_call(CallStart *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "CallStart(context, request)");
+        return NULL;
+    }
+    PyObject *context = args[0], *request = args[1];
+    PyObject *metadata;
+    if (PyContextVar_Get(self->tap, NULL, &metadata) < 0) {
+        return NULL;
+    }
+    int slow = metadata == NULL || metadata == Py_None ||
+               !(PyBytes_CheckExact(request) || Py_TYPE(request) == &PyMemoryView_Type);
+    if (!slow) {
+        slow = names_trace_context(metadata);
+    }
+    Py_XDECREF(metadata);
+    if (slow) {
+        return slow < 0 ? NULL : PyObject_Vectorcall(self->slow, args, 2, NULL);
+    }
+    PyObject *start_args[4] = {self->method, Py_None, self->kind, self->attributes};
+    PyObject *span = starter_start((Starter *)self->starter, start_args, 4);
+    if (span == NULL) {
+        return NULL;
+    }
+    if (span == Py_None) {
+        PyObject *out = PyTuple_Pack(3, Py_None, Py_None, context);
+        Py_DECREF(span);
+        return out;
+    }
+    PyObject *token = enter_current(NULL, span);
+    if (token == NULL) {
+        Py_DECREF(span);
+        return NULL;
+    }
+    PyObject *out = PyTuple_Pack(3, span, token, context);
+    Py_DECREF(span);
+    Py_DECREF(token);
+    return out;
+}
+
+static PyObject *call_start_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    return call_start_call((CallStart *)callable, args, nargsf, kwnames);
+}
+
+static PyObject *call_start_tp_call(PyObject *callable, PyObject *args, PyObject *kwds)
+{
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "CallStart(context, request)");
+        return NULL;
+    }
+    return call_start_call((CallStart *)callable, &PyTuple_GET_ITEM(args, 0), (size_t)PyTuple_GET_SIZE(args), NULL);
+}
+
+/* finish_ok(span, token): the end of a traced call that answered OK: leave the span's context, its
+ * rpc.status_code "OK", end it (_Call._finish's lean path). */
+static PyObject *finish_ok(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "finish_ok(span, token)");
+        return NULL;
+    }
+    PyObject *span = args[0];
+    PyObject *left = leave_current(NULL, args[1]);
+    if (left == NULL) {
+        return NULL;
+    }
+    Py_DECREF(left);
+    if (!PyObject_TypeCheck(span, &SpanCoreType)) {
+        PyErr_SetString(PyExc_TypeError, "finish_ok: a lean span");
+        return NULL;
+    }
+    SpanCore *core = (SpanCore *)span;
+    if (core->end_ns) {
+        Py_RETURN_NONE;
+    }
+    if (core->attributes != NULL && PyDict_SetItem(core->attributes, s_status_key, s_ok) < 0) {
+        return NULL;
+    }
+    return core_end(core, NULL, 0, NULL);
+}
+
+static PyTypeObject CallStartType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sidecar.telemetry._otlp_native.CallStart",
+    .tp_basicsize = sizeof(CallStart),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "The RPC wrapper's start of a traced call, in one C call for the common case",
+    .tp_new = call_start_new,
+    .tp_dealloc = (destructor)call_start_dealloc,
+    .tp_traverse = (traverseproc)call_start_traverse,
+    .tp_clear = (inquiry)call_start_clear,
+    .tp_call = call_start_tp_call,
+    .tp_vectorcall_offset = offsetof(CallStart, vectorcall),
+};
+
 static PyObject *span_field(PyObject *module, PyObject *span)
 {
     if (!configured) {
@@ -1307,6 +1512,8 @@ static PyMethodDef methods[] = {
     {"enter_current", enter_current, METH_O, "enter_current(span) -> token: span current in the API's context"},
     {"leave_current", leave_current, METH_O, "leave_current(token): undo enter_current (foreign tokens ignored)"},
     {"current_span", current_span, METH_NOARGS, "current_span() -> the API's current span, or INVALID_SPAN"},
+    {"finish_ok", (PyCFunction)(void (*)(void))finish_ok, METH_FASTCALL,
+     "finish_ok(span, token): leave the span's context, rpc.status_code OK, end the span"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1334,9 +1541,14 @@ PyMODINIT_FUNC PyInit__otlp_native(void)
     INTERN(s_sink, "sink");
     INTERN(s_shutdown, "shutdown");
     INTERN(s_queue_full, "queue_full");
+    INTERN(s_traceparent_key, "traceparent");
+    INTERN(s_tracestate_key, "tracestate");
+    INTERN(s_status_key, "rpc.status_code");
+    INTERN(s_ok, "OK");
 #undef INTERN
     if ((empty_tuple = PyTuple_New(0)) == NULL || PyType_Ready(&SpanCoreType) < 0 || PyType_Ready(&StarterType) < 0 ||
-        PyType_Ready(&SinkType) < 0) {
+        PyType_Ready(&SinkType) < 0 ||
+        PyType_Ready(&CallStartType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&module_def);
@@ -1346,7 +1558,9 @@ PyMODINIT_FUNC PyInit__otlp_native(void)
     Py_INCREF(&SpanCoreType);
     Py_INCREF(&StarterType);
     Py_INCREF(&SinkType);
-    if (PyModule_AddObject(module, "SpanSink", (PyObject *)&SinkType) < 0 ||
+    Py_INCREF(&CallStartType);
+    if (PyModule_AddObject(module, "CallStart", (PyObject *)&CallStartType) < 0 ||
+        PyModule_AddObject(module, "SpanSink", (PyObject *)&SinkType) < 0 ||
         PyModule_AddObject(module, "SpanCore", (PyObject *)&SpanCoreType) < 0 ||
         PyModule_AddObject(module, "RequestStarter", (PyObject *)&StarterType) < 0) {
         Py_DECREF(module);

@@ -266,3 +266,131 @@ def test_the_c_sink_queues_encoded_spans_refuses_and_wakes_as_on_end_does():
     assert list(queue) == [("made", "py")]
     with pytest.raises(TypeError, match="one positional"):
         twin()
+
+
+class _Ctx:
+    def __init__(self, metadata: tuple = (), code: object = None) -> None:
+        self._metadata, self._code = metadata, code
+
+    def invocation_metadata(self) -> tuple:
+        return self._metadata
+
+    def code(self) -> object:
+        return self._code
+
+    def details(self) -> str:
+        return ""
+
+
+def test_the_c_call_start_and_end_make_the_python_paths_span():
+    """The RPC wrapper's C start (``CallStart``: metadata tapped, no caller trace context, a serialized
+    request) and OK end (``finish_ok``) against its Python ``_start``/``_finish``: the same span; every
+    other call (a caller's traceparent, untapped metadata, a request object, a failed call) takes Python's."""
+    import asyncio
+    import contextvars
+
+    from sidecar.protocol.interceptors import observed
+    from sidecar.protocol.registration import CALL_METADATA
+
+    class Servicer:
+        async def ModelInfer(self, request, context):
+            span = trace.get_current_span()
+            if isinstance(span, LeanSpan):
+                span.attributes["model.name"] = "mlp"  # as the repository does
+            if request == b"fail":
+                raise ValueError("broken")
+            return span
+
+    provider, keep = _provider()
+    servicer = observed(Servicer(), "inference.GRPCInferenceService", provider.get_tracer("sidecar.protocol"), None)
+    call = servicer.ModelInfer
+    wrapper = call.__closure__  # the _Call is reachable through the wrapper's closure
+    calls = [c.cell_contents for c in wrapper if type(c.cell_contents).__name__ == "_Call"]
+    assert calls and type(calls[0]._start_call) is _native.CallStart and calls[0]._finish_ok is _native.finish_ok
+
+    def serve(request, metadata, tapped=True):
+        def run():
+            if tapped:
+                CALL_METADATA.set(metadata)
+            return asyncio.run(call(request, _Ctx(metadata)))
+
+        return contextvars.copy_context().run(run)
+
+    plain = (("user-agent", "grpc-c++"), (b"bin-key", b"x"))
+    current = serve(b"\x0a\x03mlp", plain)
+    fast = keep.spans[-1]
+    assert current is fast and fast.parent is None and fast.kind is SpanKind.SERVER and not fast.is_recording()
+    assert fast.attributes == {
+        "rpc.system.name": "grpc",
+        "rpc.method": "inference.GRPCInferenceService/ModelInfer",
+        "model.name": "mlp",
+        "rpc.status_code": "OK",
+    }
+    assert trace.get_current_span() is trace.INVALID_SPAN  # left on the way out
+    for request, metadata, tapped in (
+        (b"\x0a\x03mlp", plain, False),  # the metadata not tapped: Python's start
+        (memoryview(b"\x0a\x03mlp"), plain, True),
+        (type("Req", (), {"model_name": "mlp", "model_version": ""})(), plain, True),
+    ):
+        current = serve(request, metadata, tapped)
+        assert current is keep.spans[-1] and keep.spans[-1].attributes == fast.attributes
+    header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    for key in ("traceparent", "tracestate"):
+        traced = ((key, header),) if key == "traceparent" else (("traceparent", header), (key, "v=1"))
+        current = serve(b"\x0a\x03mlp", plain + traced)
+        assert current.parent.trace_id == 0x4BF92F3577B34DA6A3CE929D0E0E4736  # the caller's trace, continued
+    with pytest.raises(ValueError, match="broken"):
+        serve(b"fail", plain)
+    failed = keep.spans[-1]
+    assert failed.attributes["rpc.status_code"] == "UNKNOWN" and failed.attributes["error.type"] == "ValueError"
+    assert failed.status_code is StatusCode.ERROR
+    ended = len(keep.spans)
+    _native.finish_ok(failed, None)  # an ended span: nothing more
+    assert len(keep.spans) == ended and failed.attributes["rpc.status_code"] == "UNKNOWN"
+    with pytest.raises(TypeError, match="lean span"):
+        _native.finish_ok(trace.INVALID_SPAN, None)
+    with pytest.raises(TypeError):
+        calls[0]._start_call(_Ctx())
+
+
+def test_the_c_call_start_takes_only_the_common_call():
+    import contextvars
+
+    from sidecar.protocol.registration import CALL_METADATA
+
+    provider, _ = _provider()
+    starter = provider.get_tracer("sidecar.protocol").start_request_span.__self__
+    slow_calls = []
+
+    def slow(context, request):
+        slow_calls.append(request)
+        return "slow", None, context
+
+    start = _native.CallStart(starter, "s/M", SpanKind.SERVER, {"rpc.method": "s/M"}, CALL_METADATA, slow)
+
+    def run(metadata, request):
+        def inner():
+            if metadata is not None:
+                CALL_METADATA.set(metadata)
+            got = start("ctx", request)
+            if got[1] is not None:
+                lean_tracing.leave_current(got[1])
+            return got
+
+        return contextvars.copy_context().run(inner)
+
+    span, token, ctx = run((("user-agent", "x"),), b"\x0a\x01m")
+    assert isinstance(span, LeanSpan) and token is not None and ctx == "ctx" and slow_calls == []
+    assert span.attributes == {"rpc.method": "s/M"} and span.name == "s/M"
+    for metadata, request in (
+        (None, b""),  # not tapped
+        ((("traceparent", "00-1-2-01"),), b""),
+        ((("tracestate", "a=b"),), b""),
+        ([("user-agent", "x")], "a str request"),
+        ((("user-agent", "x"), "not a pair"), b""),
+    ):
+        assert run(metadata, request)[0] == "slow"
+    assert len(slow_calls) == 5
+    unsampled = LeanTracerProvider(decision("traceidratio", 0.0), {}).get_tracer("t").start_request_span.__self__
+    never = _native.CallStart(unsampled, "s/M", SpanKind.SERVER, {}, CALL_METADATA, slow)
+    assert contextvars.copy_context().run(lambda: (CALL_METADATA.set(()), never("c", b""))[1]) == (None, None, "c")
