@@ -74,7 +74,7 @@ class OptionalBuildExt(build_ext):
     def _warn(exc: BaseException) -> None:
         print(
             f"WARNING: a native extension was not built ({type(exc).__name__}: {exc}); "
-            "sidecar.monitoring.histogram uses its numpy twin, sidecar.telemetry.otlp its Python encoder",
+            "sidecar.monitoring.histogram uses its numpy twin, sidecar.telemetry its Python span core and encoder",
             file=sys.stderr,
         )
 

@@ -1,21 +1,24 @@
 /*
- * The OTLP encoding of one common lean span in C, for the span export thread (sidecar/telemetry/otlp.py).
+ * A traced request's span work in C: the lean span's core, its start, the current-span context, the
+ * RPC wrapper's common start and end, the span queue's sink, and the OTLP encoding of one span
+ * (sidecar/telemetry/lean_tracing.py, otlp.py, export.py, sidecar/protocol/interceptors.py). Each has a
+ * Python twin that serves where this is not built (or SIDECAR_LEAN_SPAN=python), and the tests hold
+ * the two to the same results (tests/telemetry/test_span_core.py, test_otlp_native.py).
  *
- * A request span's encoding in Python takes ~2.5 us of the export thread, all of it holding the GIL the
- * event loop needs; here it takes a fraction of that. Only the common shapes are encoded: no events, no
- * status, no trace state, a str name, attribute values that are exact str, bool, int or float (None
- * skipped), and links (a batch span's) without attributes or trace state. Anything else, or any value Python's encoder would treat differently (a str
- * subclass, a string that is not valid UTF-8, an id out of range), returns None and the caller encodes
- * the span in Python, so the bytes are always the ones otlp.encode_span + its field head would write
- * (tests/telemetry/test_otlp_native.py compares them).
+ * Encoding. A request span's encoding in Python takes ~2.5 us, all of it holding the GIL the event loop
+ * needs; here a fraction of that. Only the common shapes are encoded: no events, no status, no trace
+ * state, a str name, attribute values that are exact str, bool, int or float (None skipped), and links
+ * (a batch span's) without attributes or trace state. Anything else, or any value Python's encoder would
+ * treat differently (a str subclass, a string that is not valid UTF-8, an id out of range), returns None
+ * and the caller encodes the span in Python, so the bytes are always the ones otlp.encode_span + its
+ * field head would write.
  *
  *   configure(kinds, unset_status, no_state)   kinds: the SpanKind members in OTLP order (INTERNAL ...
  *                                              CONSUMER); unset_status: StatusCode.UNSET; no_state: the
- *                                              API's DEFAULT_TRACE_STATE. Must be called before span_field.
+ *                                              API's DEFAULT_TRACE_STATE. Before span_field and SpanCore.
  *   span_field(span) -> bytes | None           ScopeSpans.spans (field 2): tag, length, Span message body
  *
- * And the lean span's core, so that a request span's whole life on the event loop is a few C calls
- * (sidecar/telemetry/lean_tracing.py; a Python twin stands in where this is not built):
+ * The span (lean_tracing):
  *
  *   SpanCore(name, context, parent, kind, attributes, links, scope, sink, start_ns, errors=3)
  *                       the base of LeanSpan: its slots (member descriptors, read and written from
@@ -26,6 +29,22 @@
  *                       LeanTracer.start_request_span in one call: ids from getrandbits, the sampler's
  *                       decide(parent, trace_id, None), the span context built as the API's tuple
  *                       (lean_tracing._span_context), the attributes copied, the provider's sink
+ *   configure_context(api_var, Context, span_key, Span, INVALID_SPAN)
+ *   enter_current(span) -> token, leave_current(token), current_span()
+ *                       the API's attach(set_span_in_context(span)), detach(token) (a foreign or used
+ *                       token ignored) and get_current_span(), for its default runtime context
+ *
+ * The RPC wrapper (interceptors) and the span queue (export):
+ *
+ *   CallStart(starter, method, kind, attributes, tap_var, slow)(context, request) -> (span, token, context)
+ *                       a unary call's start where the handler lookup kept its metadata, which names no
+ *                       trace context, and the request is serialized; slow(context, request) otherwise
+ *   finish_ok(span, token)          leave_current(token), rpc.status_code "OK", span.end()
+ *   SpanSink(queue, queue_size, batch_size, wake, refuse, at_end, encoder)(span)
+ *                       BoundedSpanProcessor.on_end: refuse(reason) when stopping or full; else queue
+ *                       the span's encoded field (bytes alone for the encoder's bytes_scope, the first
+ *                       scope seen; (scope, bytes) for another), at_end(span)'s answer, or the span;
+ *                       wake() when the queue reaches batch_size
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

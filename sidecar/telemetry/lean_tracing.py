@@ -8,6 +8,13 @@ on the export thread. A ``LeanSpan`` implements the API ``Span`` interface (``ge
 hands it to the span sinks (a bounded deque, ``export.BoundedSpanProcessor``), and
 ``sidecar.telemetry.otlp`` encodes the OTLP protobuf straight from those slots.
 
+Its slots and hot methods are C (``_otlp_native.SpanCore``, LeanSpan's base), as are a request span's
+start (``RequestStarter``), making it current (``enter_current``/``leave_current``/``current_span``: the
+API's own context variable) and, in the RPC wrapper and the span queue, its start, end, encoding and
+queueing: a traced request's span work on the event loop is a few C calls. ``_PySpanCore`` and the
+Python functions beside each are the twins that serve where the extension is not built, or with
+``SIDECAR_LEAN_SPAN=python``; the tests run the tracer's tests on both.
+
     provider = LeanTracerProvider(sampling.decision("parentbased_always_on", 1.0), resource_attributes)
     provider.add_span_processor(processor)           # anything with on_end(span)
     tracer = provider.get_tracer("sidecar.protocol", "1.0")

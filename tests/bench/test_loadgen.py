@@ -286,3 +286,17 @@ def test_ab_trees_serves_each_checkout_from_its_own_directory_and_reports_ratios
     assert row["server_before"] > 0 and row["loop_after"] > 0
     assert saved["trees"] == {"before": str(ROOT.resolve()), "after": str(ROOT.resolve())}
     assert "| off |" in (tmp_path / "ab.md").read_text()
+
+
+def test_bench_gc_times_the_collector_inside_each_server_at_each_threshold(tmp_path):
+    """bench.bench_gc: each server's own gc.callbacks (bench/gc_probe) give its collections per request;
+    Python's threshold (700) collects the young generation far more often than the sidecar's (10,000)."""
+    from bench import bench_gc
+
+    args = ["--modes", "off", "--thresholds", "700,10000", "--rounds", "1", "--duration", "1", "--concurrency", "8"]
+    assert bench_gc.main([*args, "--name", "gc", "--out", str(tmp_path)]) == 0
+    rows = {row["threshold"]: row for row in json.loads((tmp_path / "gc.json").read_text())["rows"]}
+    assert set(rows) == {700, 10000} and all(row["errors"] == 0 and row["rps"] > 0 for row in rows.values())
+    assert rows[700]["gen0_per_1000"] > 0 and rows[700]["gc_us"] > 0
+    assert rows[700]["gen0_per_1000"] > 3 * rows[10000]["gen0_per_1000"]
+    assert "| off | 10000 |" in (tmp_path / "gc.md").read_text().replace(",", "")
