@@ -160,7 +160,7 @@ def settle_heap(gc_gen0_threshold: int) -> None:
     gc.collect()
     gc.freeze()
     # A young-generation collection walks every tracked object of the requests in flight (tasks,
-    # coroutines, spans: ~40 per request at concurrency 64) and finds nothing to collect (the serving
+    # coroutines, spans: ~35 per request at concurrency 64) and finds nothing to collect (the serving
     # path makes no reference cycles): at Python's threshold (700 allocations) 11-22 collections per
     # 1,000 requests of 250-320 us each. The default 10,000 makes them ~14 times rarer.
     if gc_gen0_threshold:

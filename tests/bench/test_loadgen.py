@@ -300,3 +300,16 @@ def test_bench_gc_times_the_collector_inside_each_server_at_each_threshold(tmp_p
     assert rows[700]["gen0_per_1000"] > 0 and rows[700]["gc_us"] > 0
     assert rows[700]["gen0_per_1000"] > 3 * rows[10000]["gen0_per_1000"]
     assert "| off | 10000 |" in (tmp_path / "gc.md").read_text().replace(",", "")
+
+
+def test_request_path_measures_each_mode_of_the_traced_request(tmp_path):
+    """bench.request_path: thread CPU per request of the span work, per mode; tracing every request
+    costs more than metrics alone (it does all the same work and more)."""
+    from bench import request_path
+
+    args = ["--blocks", "3", "--requests", "2400", "--name", "rp", "--out", str(tmp_path)]
+    assert request_path.main(args) == 0
+    rows = {row["mode"]: row for row in json.loads((tmp_path / "rp.json").read_text())["rows"]}
+    assert set(rows) == {"metrics", "traces_100pct", "traces_1pct"}
+    assert all(0 < row["min_us"] <= row["median_us"] for row in rows.values())
+    assert rows["traces_100pct"]["min_us"] > rows["metrics"]["min_us"]
