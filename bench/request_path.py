@@ -17,6 +17,7 @@ Results: bench/results/request-path.json and .md (``--name``).
 from __future__ import annotations
 
 import argparse
+import contextvars
 import shlex
 import statistics
 import sys
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "bench.request_path", *(sys.argv[1:] if argv is None else argv)])
     rows = []
     for mode in [m for m in args.modes.split(",") if m]:
-        got = measure(mode, args.blocks, args.requests, args.batch)
+        # a context of its own: the tapped metadata and the spans made current stay in it
+        got = contextvars.copy_context().run(measure, mode, args.blocks, args.requests, args.batch)
         rows.append({"mode": mode, **got})
         print(f"{mode}: {got}", flush=True)
     origin = str(Path(sidecar.__file__).resolve().parents[1])
