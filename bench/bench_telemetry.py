@@ -341,6 +341,25 @@ class _Context:
         return None
 
 
+class NullTraceExporter:
+    """Encodes each batch as the sidecar's OTLP exporters do (spans encoded as they end: ``at_end``),
+    then drops it: the in-process benchmarks' exporter."""
+
+    def __init__(self, resource: dict[str, Any]) -> None:
+        from sidecar.telemetry.otlp import TraceEncoder
+
+        self.encoder = TraceEncoder(resource)
+        self.at_end = self.encoder.at_end
+        self.bytes = 0
+
+    def export(self, spans: Any) -> bool:
+        self.bytes += len(self.encoder.encode(spans))
+        return True
+
+    def shutdown(self) -> None:
+        pass
+
+
 def bench_wrapper(n: int = 48_000, batch: int = 8, impls: tuple[str, ...] = ("sdk", "lean")) -> dict[str, float]:
     """Process CPU per request of the tracing pipeline, in process, grpc-free.
 
@@ -361,7 +380,6 @@ def bench_wrapper(n: int = 48_000, batch: int = 8, impls: tuple[str, ...] = ("sd
     from sidecar.telemetry.histograms import HistogramSet
     from sidecar.telemetry.lean_tracing import LeanTracerProvider
     from sidecar.telemetry.model_metrics import ModelHistograms, VersionMetrics
-    from sidecar.telemetry.otlp import TraceEncoder
     from sidecar.telemetry.sampling import configured_sampler, decision
     from sidecar.telemetry.spans import INVALID_SPAN, batch_span, current_span, record_queue_time
 
@@ -388,18 +406,9 @@ def bench_wrapper(n: int = 48_000, batch: int = 8, impls: tuple[str, ...] = ("sd
                     f.set_result(1)
             return await future
 
-    class LeanEncoding:
+    class LeanEncoding(NullTraceExporter):
         def __init__(self) -> None:
-            self.encoder = TraceEncoder(resource)
-            self.at_end = self.encoder.at_end  # as the sidecar's OTLP exporters: spans encoded as they end
-            self.bytes = 0
-
-        def export(self, spans: Any) -> bool:
-            self.bytes += len(self.encoder.encode(spans))
-            return True
-
-        def shutdown(self) -> None:
-            pass
+            super().__init__(resource)
 
     class SdkEncoding(LeanEncoding):
         def __init__(self) -> None:

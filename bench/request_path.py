@@ -23,38 +23,24 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 
 def measure(mode: str, blocks: int, requests: int, batch: int) -> dict[str, float]:
     from opentelemetry.sdk.resources import Resource
 
+    from bench.bench_telemetry import NullTraceExporter
     from sidecar.protocol.interceptors import _Call
     from sidecar.protocol.registration import CALL_METADATA
     from sidecar.telemetry import catalog, tracing
     from sidecar.telemetry.export import BoundedSpanProcessor, DropCounter
     from sidecar.telemetry.histograms import HistogramSet
     from sidecar.telemetry.lean_tracing import LeanTracerProvider
-    from sidecar.telemetry.otlp import TraceEncoder
     from sidecar.telemetry.sampling import decision
     from sidecar.telemetry.spans import batch_span, current_span, record_queue_time
 
-    class NullExporter:
-        def __init__(self) -> None:
-            self.encoder = TraceEncoder({"service.name": "bench"})
-            self.at_end = self.encoder.at_end
-            self.bytes = 0
-
-        def export(self, spans: Any) -> bool:
-            self.bytes += len(self.encoder.encode(spans))
-            return True
-
-        def shutdown(self) -> None:
-            pass
-
     sampler, ratio = ("parentbased_traceidratio", 0.01) if mode == "traces_1pct" else ("parentbased_always_on", 1.0)
     provider = LeanTracerProvider(decision(sampler, ratio), {"service.name": "bench"})
-    processor = BoundedSpanProcessor(NullExporter(), DropCounter(), 1 << 16, 512, 0.2)
+    processor = BoundedSpanProcessor(NullTraceExporter({"service.name": "bench"}), DropCounter(), 1 << 16, 512, 0.2)
     provider.add_span_processor(processor)
     tracing.activate(provider)
     tracer = None if mode == "metrics" else provider.get_tracer("sidecar.protocol")

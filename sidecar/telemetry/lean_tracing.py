@@ -296,10 +296,10 @@ class _PySpanCore:
 SPAN_CORE_ENV = "SIDECAR_LEAN_SPAN"
 
 
-def _native_core() -> Any:
-    """``_otlp_native`` where it is built and ``SIDECAR_LEAN_SPAN`` (read once, at import) is not
-    ``python``; configured with the API's constants (as ``otlp`` configures it for its encoder)."""
-    if os.environ.get(SPAN_CORE_ENV, "auto").strip().lower() == "python":
+def load_native(switch: str) -> Any:
+    """``_otlp_native``, configured with the API's constants, where it is built and the environment
+    variable ``switch`` (read when called: at import) is not ``python``; else None."""
+    if os.environ.get(switch, "auto").strip().lower() == "python":
         return None
     try:
         from sidecar.telemetry import _otlp_native
@@ -310,7 +310,7 @@ def _native_core() -> Any:
     return _otlp_native
 
 
-_native = _native_core()
+_native = load_native(SPAN_CORE_ENV)
 SPAN_CORE = "native" if _native is not None else "python"  # which base LeanSpan has
 
 # enter_current(span) -> token: ``span`` becomes the OpenTelemetry context's current span (as

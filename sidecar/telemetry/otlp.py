@@ -20,7 +20,6 @@ import datetime as dt
 import gzip
 import json
 import logging
-import os
 import random
 import struct
 import sys
@@ -34,7 +33,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 from sidecar.protobuf_wire import varint
-from sidecar.telemetry.lean_tracing import LeanSpan, Scope
+from sidecar.telemetry.lean_tracing import LeanSpan, Scope, load_native
 from sidecar.telemetry.settings import OtlpTarget
 
 log = logging.getLogger(__name__)
@@ -228,15 +227,8 @@ def encode_scope(scope: Scope) -> bytes:
 def _native_encoder() -> Any:
     """``_otlp_native.span_field`` (C: the common request span's field), or None where it is not built
     or ``SIDECAR_OTLP_ENCODER=python`` (read once, at import) asks for Python alone."""
-    if os.environ.get(ENCODER_ENV, "auto").strip().lower() == "python":
-        return None
-    try:
-        from sidecar.telemetry import _otlp_native
-    except ImportError:
-        return None
-    kinds = (SpanKind.INTERNAL, SpanKind.SERVER, SpanKind.CLIENT, SpanKind.PRODUCER, SpanKind.CONSUMER)
-    _otlp_native.configure(kinds, StatusCode.UNSET, DEFAULT_TRACE_STATE)
-    return _otlp_native.span_field
+    native = load_native(ENCODER_ENV)
+    return None if native is None else native.span_field
 
 
 ENCODER_ENV = "SIDECAR_OTLP_ENCODER"

@@ -16,6 +16,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext, SpanKind, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
+from test_lean_tracing import _provider  # the tracer's tests' provider and its span list (Keep)
 
 from sidecar.protobuf_wire import varint
 from sidecar.telemetry import _otlp_native as _native  # built by `pip install -e .` (scripts/test)
@@ -25,21 +26,6 @@ from sidecar.telemetry.otlp import encode_span, native_span_field
 from sidecar.telemetry.sampling import decision
 
 TESTS = Path(__file__).resolve().parent
-
-
-class Keep:
-    def __init__(self) -> None:
-        self.spans: list[LeanSpan] = []
-
-    def on_end(self, span: LeanSpan) -> None:
-        self.spans.append(span)
-
-
-def _provider(sampler: str = "parentbased_always_on", ratio: float = 1.0) -> tuple[LeanTracerProvider, Keep]:
-    provider = LeanTracerProvider(decision(sampler, ratio), {"service.name": "core-test"})
-    keep = Keep()
-    provider.add_span_processor(keep)
-    return provider, keep
 
 
 def test_the_native_core_is_the_lean_spans_base_here():
