@@ -159,13 +159,13 @@ class _Call:
         return span, enter_current(span), context
 
     def _finish(
-        self, span: Any, tokens: Any, start_ns: int, code: str, exc: BaseException | None, ctx: Any, request: Any
+        self, span: Any, token: Any, start_ns: int, code: str, exc: BaseException | None, ctx: Any, request: Any
     ) -> None:
         if span is not None and code == "OK" and self._finish_ok is not None:
-            self._finish_ok(span, tokens)
-            span = tokens = None
-        if tokens is not None:
-            leave_current(tokens)
+            self._finish_ok(span, token)
+            span = token = None
+        if token is not None:
+            leave_current(token)
         if span is not None:
             if code == "OK" and self._lean:
                 span.attributes["rpc.status_code"] = "OK"
@@ -191,9 +191,9 @@ class _Call:
 
         async def unary(request: Any, context: Any) -> Any:
             start = time.monotonic_ns()
-            span = tokens = None
+            span = token = None
             if tracer is not None:
-                span, tokens, context = self._start_call(context, request)
+                span, token, context = self._start_call(context, request)
             code, error = "OK", None
             try:
                 response = await method(request, context)
@@ -210,7 +210,7 @@ class _Call:
                 code = _code(context) or "OK"
                 return response
             finally:
-                self._finish(span, tokens, start, code, error, context, request)
+                self._finish(span, token, start, code, error, context, request)
 
         unary.__name__ = method.__name__
         return unary
@@ -220,9 +220,9 @@ class _Call:
 
         async def stream(request_iterator: Any, context: Any) -> AsyncIterator[Any]:
             start = time.monotonic_ns()
-            span = tokens = None
+            span = token = None
             if tracer is not None:
-                span, tokens, context = self._start(context, None)
+                span, token, context = self._start(context, None)
             code, error = "OK", None
             try:
                 async for response in method(request_iterator, context):
@@ -239,7 +239,7 @@ class _Call:
             else:
                 code = _code(context) or "OK"
             finally:
-                self._finish(span, tokens, start, code, error, context, None)
+                self._finish(span, token, start, code, error, context, None)
 
         stream.__name__ = method.__name__
         return stream

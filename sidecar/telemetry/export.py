@@ -128,11 +128,12 @@ class BoundedSpanProcessor:
             and native_span_field is not None
         ):
             encoder = None
-        self.on_end: Any = (
+        self._sink = (
             native.SpanSink(self._queue, queue_size, batch_size, self._wake.set, self._refuse, self._at_end, encoder)
             if native is not None
-            else self._on_end
+            else None
         )
+        self.on_end: Any = self._sink if self._sink is not None else self._on_end
         self._flushed = threading.Condition()
         self._flush_requests = 0
         self._flushes_done = 0
@@ -208,8 +209,8 @@ class BoundedSpanProcessor:
         if self._stopping:
             return
         self._stopping = True
-        if self.on_end != self._on_end:  # the C sink refuses from now on too
-            self.on_end.stopping = True
+        if self._sink is not None:  # the C sink refuses from now on too
+            self._sink.stopping = True
         self._wake.set()
         self._thread.join(timeout_s)
         # A worker still stuck in an export gives up on the rest: what is left is counted as dropped.

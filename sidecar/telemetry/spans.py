@@ -88,22 +88,22 @@ class _LeanBatchSpan:
     rows, the batch span is current inside (the API's context) and ends on exit,
     with an exception leaving it recorded and its status ERROR."""
 
-    __slots__ = ("_requests", "_rows", "_span", "_tokens")
+    __slots__ = ("_requests", "_rows", "_span", "_token")
 
     def __init__(self, span: LeanSpan, request_spans: Sequence[LeanSpan], rows: int) -> None:
         self._span = span
         self._requests = request_spans
         self._rows = rows
-        self._tokens: Any = None
+        self._token: Any = None
 
     def __enter__(self) -> LeanSpan:
         span = self._span
         _name_the_batch(self._requests, span._context.span_id, self._rows)
-        self._tokens = enter_current(span)
+        self._token = enter_current(span)
         return span
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        leave_current(self._tokens)
+        leave_current(self._token)
         span = self._span
         if isinstance(exc, Exception):
             span._on_error(exc, True, True)
